@@ -1,0 +1,124 @@
+"""Config files: the project's JSON/TOML (versioned, migrated) and Kohya_ss GUI JSON on the fly."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import toml
+
+from .kohya_import import detect_training_type, import_kohya_json
+from .rules import ConfigError, Problem, parse_config
+from .types import CONFIG_VERSION, CONFIG_TYPES, BaseConfig
+
+
+def _v0_to_v1(data: dict) -> dict:
+    """Version 0: early drafts without config_version that still used Kohya's `max_resolution`."""
+    if "max_resolution" in data and "resolution" not in data:
+        data["resolution"] = data.pop("max_resolution")
+    return data
+
+
+# version N → function turning a version-N dict into version N+1
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {0: _v0_to_v1}
+
+
+def migrate(data: dict, source: str = "") -> dict:
+    version = data.get("config_version", 0)
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise ConfigError([Problem("config_version", f"version {version!r} is newer than this program "
+                                   f"understands ({CONFIG_VERSION}); update kohya-studio")], source)
+    while version < CONFIG_VERSION:
+        data = MIGRATIONS[version](dict(data))
+        version += 1
+    data["config_version"] = CONFIG_VERSION
+    return data
+
+
+@dataclass
+class LoadedConfig:
+    config: BaseConfig
+    source_format: str  # "project-json", "project-toml", "kohya-json"
+    ignored_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_config_dict(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem("config", f"{str(path)!r} does not exist; check the path")]) from None
+    try:
+        return toml.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, toml.TomlDecodeError) as exc:
+        raise ConfigError([Problem("config", f"{path.name} is not valid {path.suffix[1:].upper()}: {exc}")],
+                          str(path)) from None
+
+
+def config_from_dict(data: dict[str, Any], training_type: str | None = None, source: str = "") -> LoadedConfig:
+    """Accept a project dict (has training_type/config_version) or a Kohya_ss GUI dict."""
+    is_project = "config_version" in data or "training_type" in data
+    if is_project:
+        data = migrate(dict(data), source)
+        ttype = data.get("training_type") or training_type
+        if training_type and ttype != training_type:
+            raise ConfigError([Problem("training_type", f"the file is a {ttype} config but {training_type} was "
+                                       "asked for; open it in its own tab or change --type")], source)
+        if ttype not in CONFIG_TYPES:
+            raise ConfigError([Problem("training_type", f"{ttype!r} is not one of {', '.join(CONFIG_TYPES)}")],
+                              source)
+        return LoadedConfig(parse_config(ttype, data, source), "project")
+    ttype = training_type or detect_training_type(data)
+    if ttype is None:
+        raise ConfigError([Problem("training_type", "cannot tell which kind of training this Kohya_ss config "
+                                   "is for; pass --type lora|dreambooth|textual_inversion|finetune")], source)
+    values, ignored, notes = import_kohya_json(data, ttype)
+    return LoadedConfig(parse_config(ttype, values, source), "kohya-json", ignored, notes)
+
+
+def load_config_file(path: str | Path, training_type: str | None = None) -> LoadedConfig:
+    loaded = config_from_dict(read_config_dict(path), training_type, str(path))
+    if loaded.source_format == "project":
+        loaded.source_format = "project-toml" if str(path).lower().endswith(".toml") else "project-json"
+    return loaded
+
+
+def config_to_dict(config: BaseConfig) -> dict[str, Any]:
+    """All options, config_version and training_type first."""
+    data = config.model_dump()
+    head = {"config_version": CONFIG_VERSION, "training_type": config.training_type}
+    return {**head, **{k: v for k, v in data.items() if k not in head}}
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_config_json(config: BaseConfig, path: str | Path) -> Path:
+    return atomic_write_text(path, json.dumps(config_to_dict(config), indent=2, ensure_ascii=False) + "\n")
+
+
+def to_trainer_toml(config: BaseConfig) -> str:
+    """The TOML the trainer subprocess reads (same keys as the JSON; None values are left out)."""
+    return toml.dumps({k: v for k, v in config_to_dict(config).items() if v is not None})
+
+
+def save_trainer_toml(config: BaseConfig, path: str | Path) -> Path:
+    return atomic_write_text(path, to_trainer_toml(config))

@@ -1,0 +1,121 @@
+"""Option sections shared by every training type: model, folders, dataset."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from .spec import opt
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+class Options(BaseModel):
+    """Base of every section: unknown keys are errors (reported with the nearest valid name)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelOptions(Options):
+    pretrained_model_name_or_path: str = opt(
+        DEFAULT_MODEL,
+        "Base checkpoint: a .safetensors/.ckpt file, a diffusers folder, or a Hugging Face id "
+        "such as stable-diffusion-v1-5/stable-diffusion-v1-5 (Kohya's old runwayml id was removed from the hub).",
+        section="model", level="basic", kind="path", label="Pretrained model name or path")
+    v2: bool = opt(False, "Force SD2.x. Normally detected from the weights; tick only if detection is wrong.",
+                   section="model", label="SD2.x (v2)")
+    v_parameterization: bool = opt(
+        False, "Force v-prediction (SD2.x 768-v models). Detected where the file tells; tick to override.",
+        section="model", label="v-parameterization")
+    sdxl: bool = opt(False, "Force SDXL. Normally detected from the weights; tick only if detection is wrong.",
+                     section="model", label="SDXL")
+    vae: str = opt("", "Optional VAE to use instead of the checkpoint's own (file, diffusers folder or hub id).",
+                   section="model", kind="path", label="VAE path")
+    no_half_vae: bool = opt(False, "Keep the VAE in fp32 (the SDXL VAE produces NaNs in fp16).",
+                            section="model", label="No half VAE")
+    clip_skip: int = opt(1, "Use the output of the n-th last text-encoder layer (2 for anime/NovelAI-style "
+                         "models). SD1.x/SD2.x only; SDXL always uses the penultimate layer.",
+                         section="model", ge=1, le=12)
+    save_model_as: Literal["safetensors", "ckpt", "pt"] = opt(
+        "safetensors", "File format of the trained weights. safetensors loads everywhere and cannot carry code.",
+        section="model", level="basic", label="Save trained model as")
+    save_precision: Literal["fp16", "bf16", "float"] = opt(
+        "fp16", "Precision of the saved weights (float = fp32, twice the size).", section="model", level="basic")
+
+
+class FolderOptions(Options):
+    train_data_dir: str = opt(
+        "", "Parent folder of the concept folders named <repeats>_<name>, e.g. dataset/images "
+        "holding 10_mychar/ with image001.png + image001.txt.",
+        section="folders", level="basic", kind="dir", label="Image folder")
+    reg_data_dir: str = opt(
+        "", "Optional regularization (class) images, same <repeats>_<name> layout.",
+        section="folders", level="basic", kind="dir", label="Regularisation folder")
+    output_dir: str = opt("", "Where the trained files, samples and run settings are written (created if missing).",
+                          section="folders", level="basic", kind="dir", label="Output folder")
+    output_name: str = opt("last", "File name of the result without extension: NAME.safetensors, "
+                           "NAME-000004.safetensors for epoch 4.", section="folders", level="basic",
+                           label="Output name")
+    logging_dir: str = opt("", "Optional TensorBoard log folder (loss, learning rate, sample images).",
+                           section="folders", kind="dir", label="Logging folder")
+    dataset_config: str = opt("", "Optional Kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]); "
+                              "when set it replaces the image and regularisation folders.",
+                              section="folders", kind="file", label="Dataset config file")
+
+
+class DatasetOptions(Options):
+    resolution: str = opt("512,512", 'Training resolution "512" or "width,height"; with buckets it is the '
+                          "maximum area. Each side must be a multiple of 8.", section="dataset", level="basic",
+                          label="Max resolution")
+    caption_extension: str = opt(".txt", "Extension of caption files next to the images (.txt or .caption).",
+                                 section="dataset", level="basic")
+    recursive: bool = opt(False, "Also read images in sub-folders of each concept folder.", section="dataset")
+    enable_bucket: bool = opt(True, "Aspect-ratio buckets: train images near their own shape instead of "
+                              "cropping everything square.", section="dataset", level="basic")
+    min_bucket_reso: int = opt(256, "Smallest bucket side (multiple of bucket_reso_steps).", section="dataset",
+                               ge=64, le=4096)
+    max_bucket_reso: int = opt(2048, "Largest bucket side (multiple of bucket_reso_steps).", section="dataset",
+                               ge=64, le=8192)
+    bucket_reso_steps: int = opt(64, "Bucket side granularity in pixels (64 for SD1/2, 32 allowed for SDXL).",
+                                 section="dataset", ge=8, le=256)
+    bucket_no_upscale: bool = opt(True, "Never upscale small images to fill a bucket.", section="dataset")
+    shuffle_caption: bool = opt(False, "Shuffle comma-separated tags each step (after keep_tokens).",
+                                section="dataset")
+    keep_tokens: int = opt(0, "Keep the first N tags in place when shuffling/dropping (e.g. the trigger word).",
+                           section="dataset", ge=0, le=32)
+    keep_tokens_separator: str = opt("", "Tags before this separator are kept in place instead of counting "
+                                     "keep_tokens (e.g. '|||').", section="dataset")
+    secondary_separator: str = opt("", "Separator that joins tags which are shuffled/dropped as one unit "
+                                   "(e.g. ';;;').", section="dataset")
+    caption_prefix: str = opt("", "Text put before every caption.", section="dataset")
+    caption_suffix: str = opt("", "Text put after every caption.", section="dataset")
+    caption_dropout_rate: float = opt(0.0, "Probability of training an image with an empty caption.",
+                                      section="dataset", ge=0, le=1)
+    caption_dropout_every_n_epochs: int = opt(0, "Drop all captions every N epochs (0 = never).",
+                                              section="dataset", ge=0)
+    caption_tag_dropout_rate: float = opt(0.0, "Probability of dropping each tag (not the kept ones).",
+                                          section="dataset", ge=0, le=1)
+    max_token_length: Literal[75, 150, 225] = opt(
+        75, "Caption length in tokens; 150/225 encode longer captions in 75-token chunks as Kohya does.",
+        section="dataset")
+    flip_aug: bool = opt(False, "Randomly mirror images (doubles the cached latents). Avoid for asymmetric "
+                         "subjects.", section="dataset")
+    color_aug: bool = opt(False, "Random hue shifts. Incompatible with cache_latents.", section="dataset")
+    random_crop: bool = opt(False, "Random instead of centre crop. Incompatible with cache_latents.",
+                            section="dataset")
+    cache_latents: bool = opt(True, "Encode images with the VAE once and keep the latents (much faster, "
+                              "less VRAM).", section="dataset", level="basic")
+    cache_latents_to_disk: bool = opt(False, "Keep latent caches on disk so the next run skips encoding; "
+                                      "recomputed automatically when an image, bucket, flip or VAE changes.",
+                                      section="dataset")
+    latent_cache_dir: str = opt("", "Folder for on-disk latent caches (empty = next to the images).",
+                                section="dataset", kind="dir")
+    vae_batch_size: int = opt(1, "Images encoded per VAE call while caching.", section="dataset", ge=1, le=64)
+    cache_text_encoder_outputs: bool = opt(
+        False, "Encode captions once (saves VRAM on SDXL). Needs frozen text encoders and fixed captions "
+        "(no shuffle or dropout).", section="dataset")
+    max_data_loader_n_workers: int = opt(0, "Loader worker processes (0 = load in the training process).",
+                                         section="dataset", ge=0, le=64)
+    persistent_data_loader_workers: bool = opt(False, "Keep loader workers between epochs (faster epochs, "
+                                               "more RAM).", section="dataset")
+    prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", section="dataset", ge=0, le=10)

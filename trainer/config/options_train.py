@@ -1,0 +1,126 @@
+"""Option sections for the run itself: training, optimizer, saving, sampling, logging, accelerate."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from .options_data import Options
+from .spec import opt
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "Lion", "Lion8bit", "SGD", "SGDNesterov",
+              "Adafactor", "Prodigy")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++")
+
+
+class TrainingOptions(Options):
+    train_batch_size: int = opt(1, "Images per step. Higher is faster per image but needs more VRAM.",
+                                section="training", level="basic", ge=1, le=64)
+    epoch: int = opt(10, "Passes over the dataset (each image seen repeats × epoch times).",
+                     section="training", level="basic", ge=1, le=10000)
+    max_train_steps: int = opt(
+        0, "Stop after this many optimizer steps; 0 = epochs govern. (Kohya_ss defaults this to 1600, "
+        "which silently overrides the epoch count; here it only applies when you set it.)",
+        section="training", level="basic", ge=0)
+    gradient_accumulation_steps: int = opt(1, "Sum gradients over N batches before each update "
+                                           "(effective batch = batch × N).", section="training", ge=1, le=120)
+    seed: int = opt(0, "Random seed; 0 = pick one at random and record it in the run settings.",
+                    section="training", level="basic", ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = opt(
+        "fp16", "Compute precision. bf16 is safer on RTX 30xx and newer; fp16 uses loss scaling.",
+        section="training", level="basic")
+    full_fp16: bool = opt(False, "Keep the trained weights in fp16 too (less VRAM, less stable). Needs "
+                          "mixed_precision fp16.", section="training")
+    full_bf16: bool = opt(False, "Keep the trained weights in bf16 too (less VRAM). Needs mixed_precision bf16.",
+                          section="training")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less VRAM, "
+                                       "about 20–40 % slower.", section="training", level="basic")
+    xformers: Literal["none", "sdpa", "xformers"] = opt(
+        "sdpa", "Attention kernel. sdpa is PyTorch's built-in memory-efficient attention (Kohya defaults to "
+        "xformers, which fails when it is not installed).", section="training", label="CrossAttention")
+    min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting γ (5 recommended; 0 = off).", section="training",
+                               ge=0, le=20)
+    noise_offset: float = opt(0.0, "Noise offset (0.05–0.1 helps very dark/bright images; 0 = off).",
+                              section="training", ge=0, le=1)
+    multires_noise_iterations: int = opt(0, "Multi-resolution (pyramid) noise iterations (6–10; 0 = off).",
+                                         section="training", ge=0, le=64)
+    multires_noise_discount: float = opt(0.3, "Multi-resolution noise discount per level.", section="training",
+                                         ge=0, le=1)
+    min_timestep: int = opt(0, "Lowest noise timestep sampled.", section="training", ge=0, le=1000)
+    max_timestep: int = opt(1000, "Highest noise timestep sampled (exclusive).", section="training", ge=1, le=1000)
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = opt("l2", "Loss function.", section="training")
+    huber_c: float = opt(0.1, "Huber/smooth-L1 threshold.", section="training", ge=0,
+                         visible_if={"loss_type": ["huber", "smooth_l1"]})
+    debiased_estimation_loss: bool = opt(False, "Weight the loss by 1/√SNR (debiased estimation).",
+                                         section="training")
+    scale_v_pred_loss_like_noise_pred: bool = opt(False, "Scale v-prediction loss like noise prediction.",
+                                                  section="training")
+
+
+class OptimizerOptions(Options):
+    optimizer: Literal[OPTIMIZERS] = opt(
+        "AdamW8bit", "Optimizer. AdamW8bit (bitsandbytes) halves optimizer memory; Prodigy needs "
+        "`pip install prodigyopt` and learning_rate 1.0.", section="optimizer", level="basic")
+    optimizer_args: str = opt("", 'Extra optimizer arguments as space-separated key=value, e.g. '
+                              '"weight_decay=0.01 betas=0.9,0.999".', section="optimizer")
+    learning_rate: float = opt(1e-4, "Base learning rate (used where unet_lr/text_encoder_lr are empty).",
+                               section="optimizer", level="basic", ge=0, le=10)
+    lr_scheduler: Literal[SCHEDULERS] = opt("cosine", "How the learning rate changes over the run.",
+                                            section="optimizer", level="basic", label="LR scheduler")
+    lr_warmup: float = opt(10.0, "Warm-up as a percentage of total steps (ignored by 'constant').",
+                           section="optimizer", level="basic", ge=0, le=100, label="LR warmup (% of steps)")
+    lr_warmup_steps: int = opt(0, "Warm-up in steps; when > 0 it replaces the percentage.", section="optimizer",
+                               ge=0)
+    lr_scheduler_num_cycles: int = opt(1, "Restarts for cosine_with_restarts.", section="optimizer", ge=1,
+                                       visible_if={"lr_scheduler": ["cosine_with_restarts"]})
+    lr_scheduler_power: float = opt(1.0, "Power of the polynomial schedule.", section="optimizer", ge=0,
+                                    visible_if={"lr_scheduler": ["polynomial"]})
+    max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = no clipping).", section="optimizer", ge=0)
+
+
+class SavingOptions(Options):
+    save_every_n_epochs: int = opt(1, "Save NAME-000004.safetensors every N epochs (0 = only at the end).",
+                                   section="saving", level="basic", ge=0)
+    save_every_n_steps: int = opt(0, "Also save NAME-step00000500.safetensors every N steps (0 = off).",
+                                  section="saving", ge=0)
+    save_last_n_epochs: int = opt(0, "Keep only the N newest epoch files written by this run (0 = keep all). "
+                                  "Files from other runs are never removed.", section="saving", ge=0)
+    save_last_n_steps: int = opt(0, "Keep only step files from the last N steps of this run (0 = keep all).",
+                                 section="saving", ge=0)
+    save_state: bool = opt(False, "Save optimizer/scheduler/RNG state with each checkpoint so the run can be "
+                           "resumed exactly.", section="saving")
+    save_state_on_train_end: bool = opt(False, "Save the state folder at the end of the run.", section="saving")
+    resume: str = opt("", "Resume from a saved state folder (NAME-000004-state).", section="saving", kind="dir")
+    training_comment: str = opt("", "Comment stored in the file's metadata (ss_training_comment).",
+                                section="saving")
+
+
+class SamplingOptions(Options):
+    sample_every_n_epochs: int = opt(0, "Generate sample images every N epochs (0 = off).", section="sampling",
+                                     ge=0)
+    sample_every_n_steps: int = opt(0, "Generate sample images every N steps (0 = off).", section="sampling",
+                                    ge=0)
+    sample_sampler: Literal[SAMPLERS] = opt("euler_a", "Sampler for sample images.", section="sampling")
+    sample_prompts: str = opt(
+        "", "One prompt per line, Kohya syntax: a photo of mychar --n blurry --w 512 --h 512 --s 20 --l 7 --d 1.",
+        section="sampling", kind="text")
+
+
+class LoggingOptions(Options):
+    log_with: Literal["", "tensorboard"] = opt("tensorboard", "Where scalars go when logging_dir is set.",
+                                               section="logging")
+    log_prefix: str = opt("", "Prefix of the TensorBoard run name.", section="logging")
+    metadata_title: str = opt("", "Title stored in the model metadata.", section="logging")
+    metadata_author: str = opt("", "Author stored in the model metadata.", section="logging")
+    metadata_description: str = opt("", "Description stored in the model metadata.", section="logging")
+    metadata_license: str = opt("", "License stored in the model metadata.", section="logging")
+    metadata_tags: str = opt("", "Comma-separated tags stored in the model metadata.", section="logging")
+
+
+class AccelerateOptions(Options):
+    num_processes: int = opt(1, "Training processes (one per GPU); more than 1 runs `accelerate launch` (DDP).",
+                             section="accelerate", ge=1, le=64)
+    gpu_ids: str = opt("", 'GPUs to use, e.g. "0,1" (empty = all visible).', section="accelerate")
+    main_process_port: int = opt(0, "Port for the DDP rendezvous (0 = accelerate's default).",
+                                 section="accelerate", ge=0, le=65535)
+    num_cpu_threads_per_process: int = opt(2, "CPU threads per training process.", section="accelerate",
+                                           ge=1, le=256)

@@ -1,0 +1,249 @@
+"""Validation: every problem at once, each naming the field and the fix.
+
+`validate_values` is pure (no file system) so the GUI can run it while the user types;
+`check_paths` (paths.py) looks at the disk.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+from pydantic import ValidationError
+
+from .spec import parse_resolution
+from .types import CONFIG_TYPES, BaseConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+    level: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConfigError(ValueError):
+    """Raised with the full list of problems when a config cannot be used."""
+
+    def __init__(self, problems: list[Problem], source: str = ""):
+        self.problems = problems
+        head = f"{source}: " if source else ""
+        lines = "\n".join(f"  - {p}" for p in problems if p.level == "error")
+        super().__init__(f"{head}{sum(p.level == 'error' for p in problems)} problem(s) in the config:\n{lines}")
+
+
+def config_class(training_type: str) -> type[BaseConfig]:
+    try:
+        return CONFIG_TYPES[training_type]
+    except KeyError:
+        raise ConfigError([Problem("training_type", f"unknown training type {training_type!r}; choose one of "
+                                   f"{', '.join(CONFIG_TYPES)}")]) from None
+
+
+def unknown_key_problems(cls: type[BaseConfig], values: dict) -> list[Problem]:
+    known = list(cls.model_fields)
+    problems = []
+    for key in values:
+        if key not in cls.model_fields:
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}?" if near else "remove it (see docs/options.md for the valid names)"
+            problems.append(Problem(key, f"unknown option {key!r}; {hint}"))
+    return problems
+
+
+def _field_error_message(err: dict, cls: type[BaseConfig]) -> str:
+    kind, ctx = err["type"], err.get("ctx", {})
+    value = err.get("input")
+    if kind == "literal_error":
+        return f"{value!r} is not a valid choice; use one of {ctx.get('expected')}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        spec = cls.model_fields[err["loc"][0]].metadata
+        lo = next((m.ge for m in spec if getattr(m, "ge", None) is not None), None)
+        hi = next((m.le for m in spec if getattr(m, "le", None) is not None), None)
+        rng = f"between {lo} and {hi}" if lo is not None and hi is not None else (
+            f"at least {lo}" if lo is not None else f"at most {hi}")
+        return f"{value!r} is out of range; use a value {rng}"
+    return f"{value!r}: {err['msg']}"
+
+
+def validate_values(training_type: str, values: dict[str, Any]) -> tuple[BaseConfig | None, list[Problem]]:
+    """Check option values (no disk access). Returns (config or None, every problem found)."""
+    cls = config_class(training_type)
+    values = {k: v for k, v in values.items() if k != "training_type"}
+    problems = unknown_key_problems(cls, values)
+    good = {k: v for k, v in values.items() if k in cls.model_fields}
+    config = None
+    try:
+        config = cls(**good)
+    except ValidationError as exc:
+        bad = set()
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "config"
+            bad.add(name)
+            problems.append(Problem(name, _field_error_message(err, cls)))
+        good = {k: v for k, v in good.items() if k not in bad}
+        partial = cls.model_construct(**{**cls().model_dump(), **good})
+        problems += cross_field_problems(partial)
+        return None, problems
+    problems += cross_field_problems(config)
+    if any(p.level == "error" for p in problems):
+        return None, problems
+    return config, problems
+
+
+def parse_config(training_type: str, values: dict[str, Any], source: str = "") -> BaseConfig:
+    config, problems = validate_values(training_type, values)
+    if config is None:
+        raise ConfigError(problems, source)
+    return config
+
+
+# ---- cross-field rules: each takes the config and yields problems ----------------------------
+
+RULES: list[Callable[[BaseConfig], Iterable[Problem]]] = []
+
+
+def rule(fn):
+    RULES.append(fn)
+    return fn
+
+
+def cross_field_problems(c: BaseConfig) -> list[Problem]:
+    return [p for fn in RULES for p in fn(c)]
+
+
+@rule
+def _precision(c):
+    if c.full_fp16 and c.full_bf16:
+        yield Problem("full_bf16", "full_fp16 and full_bf16 cannot both be on; untick one of them")
+    if c.full_fp16 and c.mixed_precision != "fp16":
+        yield Problem("full_fp16", f"full_fp16 needs mixed_precision fp16 (it is {c.mixed_precision}); set "
+                      "mixed_precision to fp16 or untick full_fp16")
+    if c.full_bf16 and c.mixed_precision != "bf16":
+        yield Problem("full_bf16", f"full_bf16 needs mixed_precision bf16 (it is {c.mixed_precision}); set "
+                      "mixed_precision to bf16 or untick full_bf16")
+
+
+@rule
+def _latent_cache(c):
+    if c.cache_latents or c.cache_latents_to_disk:
+        for name in ("color_aug", "random_crop"):
+            if getattr(c, name):
+                yield Problem(name, f"{name} changes the image every step, so cached latents would be stale; "
+                              "untick cache_latents (and cache_latents_to_disk) or untick " + name)
+
+
+@rule
+def _text_encoder_cache(c):
+    if not c.cache_text_encoder_outputs:
+        return
+    if trains_text_encoder(c):
+        fix = {"lora": "tick network_train_unet_only", "dreambooth": "set learning_rate_te to 0",
+               "finetune": "untick train_text_encoder"}.get(c.training_type, "freeze the text encoder")
+        yield Problem("cache_text_encoder_outputs", "caching text-encoder outputs needs frozen text encoders "
+                      f"(UNet-only training); {fix} or untick cache_text_encoder_outputs")
+    changing = [n for n in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
+                            "caption_dropout_every_n_epochs") if getattr(c, n)]
+    if changing:
+        yield Problem("cache_text_encoder_outputs", f"captions change every step with {', '.join(changing)}, "
+                      "so cached text-encoder outputs would be wrong; turn those off or untick "
+                      "cache_text_encoder_outputs")
+
+
+def trains_text_encoder(c) -> bool:
+    if c.training_type == "lora":
+        te_lr = c.learning_rate if c.text_encoder_lr is None else c.text_encoder_lr
+        return not c.network_train_unet_only and te_lr > 0
+    if c.training_type == "dreambooth":
+        return c.learning_rate_te > 0
+    if c.training_type == "finetune":
+        return c.train_text_encoder
+    return False
+
+
+@rule
+def _learning_rates(c):
+    if c.training_type == "lora":
+        unet = c.learning_rate if c.unet_lr is None else c.unet_lr
+        te = c.learning_rate if c.text_encoder_lr is None else c.text_encoder_lr
+        if c.network_train_unet_only and c.network_train_text_encoder_only:
+            yield Problem("network_train_text_encoder_only", "network_train_unet_only and "
+                          "network_train_text_encoder_only exclude each other; untick one")
+        trained = (0 if c.network_train_text_encoder_only else unet) + (0 if c.network_train_unet_only else te)
+        if trained <= 0:
+            yield Problem("learning_rate", "no part would be trained: every learning rate that applies is 0; "
+                          "set unet_lr (or learning_rate) above 0, e.g. 1e-4")
+    elif c.learning_rate <= 0 and not (c.training_type == "dreambooth" and c.learning_rate_te > 0):
+        yield Problem("learning_rate", "learning_rate must be above 0 (e.g. 1e-5 for a full fine-tune)")
+
+
+@rule
+def _resolution_and_buckets(c):
+    try:
+        w, h = parse_resolution(c.resolution)
+    except ValueError as exc:
+        yield Problem("resolution", str(exc))
+        return
+    if w % 8 or h % 8 or w < 64 or h < 64:
+        yield Problem("resolution", f"{c.resolution!r}: each side must be a multiple of 8 and at least 64, e.g. "
+                      f'"{max(64, w // 8 * 8)},{max(64, h // 8 * 8)}"')
+    if c.bucket_reso_steps % 8:
+        yield Problem("bucket_reso_steps", f"{c.bucket_reso_steps} is not a multiple of 8; use 64 (or 32 for SDXL)")
+    if c.enable_bucket:
+        if c.min_bucket_reso > min(w, h):
+            yield Problem("min_bucket_reso", f"min_bucket_reso {c.min_bucket_reso} is above the resolution's "
+                          f"smaller side {min(w, h)}; lower it to {min(w, h)} or less")
+        if c.max_bucket_reso < max(w, h):
+            yield Problem("max_bucket_reso", f"max_bucket_reso {c.max_bucket_reso} is below the resolution's "
+                          f"larger side {max(w, h)}; raise it to {max(w, h)} or more")
+        for name in ("min_bucket_reso", "max_bucket_reso"):
+            if getattr(c, name) % c.bucket_reso_steps:
+                yield Problem(name, f"{getattr(c, name)} is not a multiple of bucket_reso_steps "
+                              f"({c.bucket_reso_steps})", level="warning")
+
+
+UNSAFE_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+
+
+@rule
+def _output_name(c):
+    name = c.output_name
+    if not name.strip():
+        yield Problem("output_name", "output_name is empty; give the result a file name such as mychar")
+    elif UNSAFE_NAME.search(name) or name.strip() in (".", "..") or name != name.strip():
+        yield Problem("output_name", f"{name!r} has characters that are unsafe in file names "
+                      '(< > : " / \\ | ? * or leading/trailing spaces); use letters, digits, - and _')
+
+
+@rule
+def _misc(c):
+    if c.caption_extension and not c.caption_extension.startswith("."):
+        yield Problem("caption_extension", f"{c.caption_extension!r} must start with a dot, e.g. "
+                      f"'.{c.caption_extension}'")
+    if c.lr_scheduler == "constant" and (c.lr_warmup > 0 or c.lr_warmup_steps > 0):
+        yield Problem("lr_warmup", "the 'constant' scheduler has no warm-up; set lr_warmup and lr_warmup_steps "
+                      "to 0 or choose constant_with_warmup", level="warning")
+    if c.min_timestep >= c.max_timestep:
+        yield Problem("min_timestep", f"min_timestep {c.min_timestep} must be below max_timestep {c.max_timestep}")
+    if c.optimizer_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.optimizer_args):
+        yield Problem("optimizer_args", f"{c.optimizer_args!r} is not a list of key=value pairs separated by "
+                      'spaces, e.g. "weight_decay=0.01 betas=0.9,0.999"')
+    if c.sdxl and c.v2:
+        yield Problem("sdxl", "sdxl and v2 exclude each other; tick the one that matches the checkpoint")
+    if getattr(c, "dim_from_weights", False) and not c.network_weights:
+        yield Problem("dim_from_weights", "dim_from_weights needs network_weights (the LoRA to read the ranks "
+                      "from); choose the file or untick dim_from_weights")
+    if c.training_type == "textual_inversion":
+        if not c.token_string.strip():
+            yield Problem("token_string", "token_string is empty; choose the new token, e.g. mychar")
+        elif " " in c.token_string.strip():
+            yield Problem("token_string", "token_string must be one word without spaces, e.g. mychar")
+        if not c.init_word.strip():
+            yield Problem("init_word", "init_word is empty; use a word close to the concept, e.g. woman or *")
