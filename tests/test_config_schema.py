@@ -105,3 +105,9 @@ def test_a_broken_json_file_names_the_file(tmp_path):
 def test_value_checks_do_not_touch_the_disk():
     config, problems = validate_values("lora", {"train_data_dir": "/does/not/exist", "output_dir": "/nope"})
     assert config is not None and problems == []
+
+
+def test_the_options_doc_is_generated_from_the_schema():
+    from trainer.config.docs import options_markdown
+    with open("docs/options.md", encoding="utf-8") as fh:
+        assert fh.read() == options_markdown(), "run: python -m trainer.config.docs > docs/options.md"
