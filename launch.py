@@ -45,6 +45,10 @@ def ensure_installed(extras: str) -> None:
     if subprocess.call(cmd, cwd=ROOT) != 0:
         sys.exit("[launch] installing the dependencies failed; the pip output above says which package. "
                  "Fix that (or your network) and run launch.py again.")
+    # open_clip ships CLIP's BPE vocabulary, which lets single-file checkpoints load with no hub access.
+    # Only that data file is used, so its heavy dependencies (torchvision) are not installed.
+    subprocess.call([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-deps",
+                     "open-clip-torch>=2.20"], cwd=ROOT)
     stamp_file.write_text(wanted)
 
 

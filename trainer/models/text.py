@@ -1,0 +1,98 @@
+"""Prompt tokenization and text-encoder conditioning, as Kohya's trainers compute them.
+
+* SD1/SD2: last hidden state, or with ``clip_skip`` N the N-th hidden state from the end passed
+  through the final layer norm.
+* SDXL: text encoder 1's penultimate hidden state (index 11 of CLIP-L's 13) concatenated with text
+  encoder 2's penultimate hidden state (no final norm), plus TE2's projected pooled output at the
+  first EOS token; ``clip_skip`` does not apply.
+* ``max_token_length`` 150/225: the caption is cut into 75-token chunks, each wrapped in BOS/EOS and
+  encoded separately; the chunk outputs are joined keeping one BOS and one EOS (length n*75+2).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+CHUNK = 75
+
+
+def tokenize_prompt(base_or_tokenizers, captions: list[str] | str, max_token_length: int | None = None) -> list[torch.Tensor]:
+    """Input ids per text encoder: ``(b, 77)``, or ``(b, n, 77)`` when ``max_token_length`` is 150/225."""
+    tokenizers = getattr(base_or_tokenizers, "tokenizers", base_or_tokenizers)
+    captions = [captions] if isinstance(captions, str) else list(captions)
+    if max_token_length not in (None, 75, 150, 225):
+        raise ValueError(f"max_token_length must be 75, 150 or 225, got {max_token_length}")
+    return [_tokenize(tok, captions, max_token_length) for tok in tokenizers]
+
+
+def _tokenize(tokenizer, captions: list[str], max_token_length: int | None) -> torch.Tensor:
+    size = tokenizer.model_max_length
+    if not max_token_length or max_token_length + 2 <= size:
+        return tokenizer(captions, padding="max_length", truncation=True, max_length=size, return_tensors="pt").input_ids
+    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=max_token_length + 2,
+                    return_tensors="pt").input_ids
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    chunks = []
+    for i in range(1, max_token_length + 2 - size + 2, size - 2):
+        chunk = torch.cat([ids[:, :1], ids[:, i:i + size - 2], ids[:, -1:]], dim=1)
+        if pad != eos:  # OpenCLIP tokenizers pad with "!": make every chunk end with EOS after text
+            text_end = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
+            chunk[text_end, -1] = eos
+            empty = chunk[:, 1] == pad
+            chunk[empty, 1] = eos
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1)
+
+
+def encode_prompt(base, input_ids_per_encoder: list[torch.Tensor], clip_skip: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(encoder_hidden_states, pooled)``; pooled (SDXL ``text_embeds``) is None for SD1/SD2."""
+    encoders = base.text_encoders
+    if base.family == "sdxl":
+        if clip_skip and clip_skip > 1:
+            log.warning("clip_skip is ignored for SDXL (it always uses the penultimate layers)")
+        h1, _ = _encode(encoders[0], input_ids_per_encoder[0], hidden_index=-2, final_norm=False)
+        h2, pooled = _encode(encoders[1], input_ids_per_encoder[1], hidden_index=-2, final_norm=False,
+                             eos_token_id=base.tokenizers[1].eos_token_id)
+        return torch.cat([h1, h2.to(h1.dtype)], dim=-1), pooled
+    index = -clip_skip if clip_skip and clip_skip > 1 else None
+    hidden, _ = _encode(encoders[0], input_ids_per_encoder[0], hidden_index=index, final_norm=True)
+    return hidden, None
+
+
+def _encode(encoder, input_ids: torch.Tensor, *, hidden_index: int | None, final_norm: bool,
+            eos_token_id: int | None = None):
+    device = next(encoder.parameters()).device
+    batch = input_ids.shape[0]
+    n_chunks = input_ids.shape[1] if input_ids.ndim == 3 else 1
+    flat = input_ids.reshape(-1, input_ids.shape[-1]).to(device)
+    out = encoder(flat, output_hidden_states=True, return_dict=True)
+    text_model = getattr(encoder, "text_model", encoder)
+    if hidden_index is None:
+        hidden = out.last_hidden_state
+    else:
+        hidden = out.hidden_states[hidden_index]
+        if final_norm:
+            hidden = text_model.final_layer_norm(hidden)
+    pooled = None
+    if eos_token_id is not None:
+        # pooled output at the first EOS of each (first) chunk, projected (Kohya's pool_workaround)
+        eos_pos = (flat == eos_token_id).int().argmax(dim=-1)
+        last = out.last_hidden_state[torch.arange(flat.shape[0], device=device), eos_pos]
+        pooled = encoder.text_projection(last)[::n_chunks]
+    hidden = hidden.reshape(batch, -1, hidden.shape[-1])
+    if n_chunks > 1:
+        size = input_ids.shape[-1]
+        parts = [hidden[:, :1]] + [hidden[:, k * size + 1:(k + 1) * size - 1] for k in range(n_chunks)] + [hidden[:, -1:]]
+        hidden = torch.cat(parts, dim=1)
+    return hidden, pooled
+
+
+def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int],
+                  *, batch: int = 1, dtype=torch.float32, device=None) -> torch.Tensor:
+    """SDXL size conditioning ``(b, 6)``: original (h, w), crop (top, left), target (h, w)."""
+    ids = torch.tensor([[*original_size, *crop_top_left, *target_size]], dtype=dtype, device=device)
+    return ids.repeat(batch, 1)
