@@ -1,0 +1,73 @@
+"""Shared helpers for the dataset tests: a config factory with Kohya's option names, image makers
+and a tiny seeded VAE. (No tests here; the name keeps it next to the tests that use it.)"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+DATA_DEFAULTS = dict(
+    train_data_dir="", reg_data_dir="", dataset_config="", resolution="512", enable_bucket=False,
+    min_bucket_reso=256, max_bucket_reso=1024, bucket_reso_steps=64, bucket_no_upscale=False,
+    caption_extension=".txt", shuffle_caption=False, keep_tokens=0, keep_tokens_separator="",
+    secondary_separator="", caption_dropout_rate=0.0, caption_dropout_every_n_epochs=0,
+    caption_tag_dropout_rate=0.0, caption_prefix="", caption_suffix="", max_token_length=75, flip_aug=False,
+    color_aug=False, random_crop=False, cache_latents=False, cache_latents_to_disk=False, latent_cache_dir="",
+    vae_batch_size=1, train_batch_size=1, max_data_loader_n_workers=0, persistent_data_loader_workers=False,
+    seed=42, prior_loss_weight=1.0, recursive=False, epoch=1, max_train_steps=0, gradient_accumulation_steps=1,
+    cache_text_encoder_outputs=False,
+)
+
+
+def make_cfg(**overrides) -> SimpleNamespace:
+    unknown = set(overrides) - set(DATA_DEFAULTS)
+    assert not unknown, f"not a data option: {unknown}"
+    return SimpleNamespace(**{**DATA_DEFAULTS, **overrides})
+
+
+def make_image(path: Path, size=(64, 64), seed=0, mode="RGB", fmt=None, **save_kwargs) -> Path:
+    """A noise image (different seed -> different pixels) saved in the format its suffix names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path, format=fmt, **save_kwargs)
+    return path
+
+
+def make_concept(root: Path, folder: str, count: int, size=(64, 64), captions: dict | None = None,
+                 seed0=0, ext=".png") -> Path:
+    """root/folder/img000.png ... with optional {index: caption} written as .txt files."""
+    folder_path = root / folder
+    for i in range(count):
+        make_image(folder_path / f"img{i:03d}{ext}", size, seed=seed0 + i)
+        if captions and i in captions:
+            (folder_path / f"img{i:03d}.txt").write_text(captions[i], encoding="utf-8")
+    return folder_path
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under root with (size, mtime_ns, sha1): proves nothing was modified."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            st = p.stat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+    return out
+
+
+def tiny_vae(seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8, layers_per_block=1,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         sample_size=64).eval()

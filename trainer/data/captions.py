@@ -1,0 +1,105 @@
+"""Caption files and Kohya's per-step caption transforms (prefix/suffix, dropout, keep/shuffle, tag dropout)."""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from .options import CaptionOptions
+
+# Real Japanese text has kana or runs of kanji; Latin accents mis-read as Shift-JIS give lone kanji.
+_KANA = re.compile(r"[\u3040-\u30ff]")
+_KANJI_RUN = re.compile(r"[\u4e00-\u9fff]{2}")
+_HALFWIDTH_KATAKANA = re.compile(r"[\uff61-\uff9f]")
+_GLUED_TO_LATIN = re.compile(r"[A-Za-z][\u3040-\u9fff]|[\u3040-\u9fff][A-Za-z]")
+
+
+def caption_path(image: Path, extension: str) -> Path:
+    return image.with_name(image.stem + extension)
+
+
+def read_caption(path: Path) -> tuple[str, str | None]:
+    """The first non-empty line of a caption file, and a warning when it was not UTF-8.
+
+    Kohya errors on non-UTF-8 captions; Windows Notepad still writes ANSI (cp1252) or Shift-JIS,
+    so decode with a guess and tell the user instead.
+    """
+    data = path.read_bytes()
+    text, warning = decode_caption_bytes(data)
+    if warning:
+        warning = f"{warning}; re-save it as UTF-8 to be sure the caption is read as you wrote it"
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip(), warning
+    return "", warning
+
+
+def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16"), None
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        pass
+    try:  # Shift-JIS (Japanese Windows Notepad), only when the result looks like Japanese
+        text = data.decode("cp932")
+        if ((_KANA.search(text) or _KANJI_RUN.search(text)) and not _HALFWIDTH_KATAKANA.search(text)
+                and not _GLUED_TO_LATIN.search(text)):
+            return text, "not UTF-8; read as Shift-JIS (cp932)"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252"), "not UTF-8; read as cp1252 (Windows ANSI)"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "not UTF-8; read as latin-1"
+
+
+def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int) -> str:
+    """Kohya's BaseDataset.process_caption order: prefix/suffix -> whole-caption dropout ->
+    fixed part + shuffle + tag dropout -> join with ", " -> secondary separator -> plain text.
+
+    `epoch` is 1-based as in Kohya, so caption_dropout_every_n_epochs=2 drops in epochs 2, 4, ...
+    """
+    if opts.caption_prefix:
+        caption = opts.caption_prefix + " " + caption
+    if opts.caption_suffix:
+        caption = caption + " " + opts.caption_suffix
+    # Draw the dropout number even when the rate is 0 would change other draws; Kohya draws only if > 0.
+    dropped = opts.caption_dropout_rate > 0 and rng.random() < opts.caption_dropout_rate
+    every = opts.caption_dropout_every_n_epochs
+    if dropped or (every > 0 and epoch % every == 0):
+        return ""
+    sep = opts.caption_separator or ","
+    marker = opts.keep_tokens_separator
+    if opts.shuffle_caption or opts.caption_tag_dropout_rate > 0:
+        fixed, flex, fixed_suffix = split_tags(caption, opts)
+        if opts.shuffle_caption:
+            rng.shuffle(flex)
+        if opts.caption_tag_dropout_rate > 0:
+            flex = [t for t in flex if rng.random() >= opts.caption_tag_dropout_rate]
+        caption = ", ".join(fixed + flex + fixed_suffix)
+    elif marker and marker in caption:
+        # Kohya leaves the marker in the text when nothing is shuffled; the text encoder should never see it.
+        caption = ", ".join(t for t in (p.strip().strip(sep).strip() for p in caption.split(marker)) if t)
+    if opts.secondary_separator:
+        caption = caption.replace(opts.secondary_separator, sep)
+    return caption
+
+
+def split_tags(caption: str, opts: CaptionOptions) -> tuple[list[str], list[str], list[str]]:
+    """(fixed prefix tags, shuffle-able tags, fixed suffix tags) per keep_tokens / keep_tokens_separator."""
+    sep = opts.caption_separator or ","
+    marker = opts.keep_tokens_separator
+    if marker and marker in caption:
+        fixed_part, flex_part = caption.split(marker, 1)
+        suffix_part = ""
+        if marker in flex_part:
+            flex_part, suffix_part = flex_part.split(marker, 1)
+        return _tags(fixed_part, sep), _tags(flex_part, sep), _tags(suffix_part, sep)
+    tags = [t.strip() for t in caption.strip().split(sep)]
+    keep = max(0, opts.keep_tokens)
+    return tags[:keep], tags[keep:], []
+
+
+def _tags(text: str, sep: str) -> list[str]:
+    return [t.strip() for t in text.split(sep) if t.strip()]

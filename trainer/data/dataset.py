@@ -1,0 +1,135 @@
+"""The training dataset: every item is a whole batch from one bucket, in an order fixed by (seed, epoch)."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from .augment import render
+from .epochs import BatchKey, EpochPlan
+from .errors import DatasetError
+from .images import load_rgb
+from .latent_cache import LatentCache
+from .captions import process_caption
+from .options import cfg_get
+from .rng import derive_rng, derive_seed
+from .scan import ScanResult
+
+log = logging.getLogger(__name__)
+
+
+class TrainDataset(EpochPlan, Dataset):
+    """Each item is a whole batch from one bucket (a dict, see _collate), built from a BatchKey."""
+
+    def __init__(self, scan: ScanResult, cfg, latents: LatentCache | None = None):
+        super().__init__(scan, int(cfg_get(cfg, "seed", 0) or 0))
+        self.prior_loss_weight = float(cfg_get(cfg, "prior_loss_weight", 1.0))
+        self.latents = latents
+        self.epoch = 1
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epochs count from 1 (Kohya's numbering; caption_dropout_every_n_epochs relies on it)."""
+        self.epoch = int(epoch)
+
+    def skip_batches(self, count: int) -> None:
+        """The next pass over the epoch starts after its first `count` batches (resume mid-epoch)."""
+        self._skip = max(0, int(count))
+
+    def take_skip(self) -> int:
+        skip, self._skip = self._skip, 0
+        return skip
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch()
+
+    # ---- building a batch -----------------------------------------------------------------------
+    def __getitem__(self, key: BatchKey | int) -> dict:
+        if isinstance(key, int):
+            key = self.epoch_batches(self.epoch)[key]
+        rows = []
+        for pos, (item_index, _) in enumerate(key.samples):
+            rng = derive_rng(self.seed, "sample", key.epoch, key.index, pos)
+            row = self._row(item_index, key, rng)
+            if row is not None:
+                rows.append(row)
+        if not rows:  # the whole batch broke after the scan: borrow a working image of the same bucket
+            rows = self._borrow_row(key)
+        if not rows:
+            raise DatasetError(f"every image of batch {key.index} (bucket {key.bucket}) failed to load",
+                               "run preflight again; files changed after training started")
+        good = list(rows)
+        while len(rows) < len(key.samples):  # a file vanished mid-run: fill its slot from the same bucket
+            rows.append(good[len(rows) % len(good)])
+        return self._collate(rows, key)
+
+    def _borrow_row(self, key: BatchKey) -> list[dict]:
+        tried = {i for i, _ in key.samples}
+        for item_index, _ in self._train[key.dataset].get(key.bucket, []):
+            if item_index not in tried:
+                tried.add(item_index)
+                row = self._row(item_index, key, derive_rng(self.seed, "borrow", key.epoch, key.index))
+                if row is not None:
+                    return [row]
+        return []
+
+    def _row(self, item_index: int, key: BatchKey, rng) -> dict | None:
+        item = self.scan.items[item_index]
+        subset = self.scan.datasets[item.dataset].subsets[item.subset].spec
+        caption = process_caption(item.caption, subset.caption, rng, key.epoch)
+        flip = subset.flip_aug and rng.random() < 0.5
+        row = {"item": item, "caption": caption, "flip": flip}
+        if self.latents is not None:
+            if item not in self.latents:  # its file broke after the scan: leave it out of this batch
+                return None
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, "latent", key.epoch, key.index,
+                                                                  rng.random()))
+            row["latents"] = self.latents.get(item).sample(flip, generator)
+            crop = item.placement.crop_ltrb
+            if flip:
+                w = item.placement.resized[0]
+                crop = (w - crop[2], crop[1], w - crop[0], crop[3])
+            row["crop"] = crop
+            return row
+        try:
+            image = load_rgb(item.path)
+        except Exception as exc:  # never die mid-run on one file
+            log.warning("skipping %s in this batch: %s", item.path, exc)
+            return None
+        row["images"], row["crop"] = render(image, item.placement, flip=flip, random_crop=subset.random_crop,
+                                            color_aug=subset.color_aug, rng=rng)
+        return row
+
+    def _collate(self, rows: list[dict], key: BatchKey) -> dict:
+        items = [r["item"] for r in rows]
+        bw, bh = key.bucket
+        batch = {
+            "captions": [r["caption"] for r in rows],
+            "is_reg": torch.tensor([it.is_reg for it in items], dtype=torch.bool),
+            "loss_weights": torch.tensor([self.prior_loss_weight if it.is_reg else 1.0 for it in items],
+                                         dtype=torch.float32),
+            "bucket": key.bucket,
+            "paths": [str(it.path) for it in items],
+            # SDXL size conditioning, (height, width) order as in its add_time_ids
+            "original_sizes_hw": torch.tensor([[it.facts.size[1], it.facts.size[0]] for it in items]),
+            "crop_top_lefts": torch.tensor([[r["crop"][1], r["crop"][0]] for r in rows]),
+            "target_sizes_hw": torch.tensor([[bh, bw]] * len(rows)),
+            "epoch": key.epoch,
+            "index": key.index,
+        }
+        if all("latents" in r for r in rows):
+            batch["latents"] = torch.stack([r["latents"] for r in rows])
+        elif any("latents" in r for r in rows):  # mixed: decode the rest on the fly is not possible here
+            raise DatasetError("some images of a batch have cached latents and some do not",
+                               "cache latents for every image (prepare the cache before training)")
+        else:
+            batch["images"] = torch.stack([r["images"] for r in rows])
+        return batch
+
+
+def needs_flip_cache(dataset: TrainDataset) -> Callable[[object], bool]:
+    def need(item) -> bool:
+        return dataset.scan.datasets[item.dataset].subsets[item.subset].spec.flip_aug
+    return need

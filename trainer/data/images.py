@@ -1,0 +1,118 @@
+"""Finding, checking and decoding training images (PIL): every odd file either becomes RGB or a BadImage."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadImage
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# What PIL calls the format each suffix promises.
+_FORMAT_OF_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
+_SUFFIX_OF_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",
+                     "TIFF": ".tif", "MPO": ".jpg"}
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files in `folder` (sub-folders too when recursive), de-duplicated and sorted."""
+    found = set()
+    walker = folder.rglob("*") if recursive else folder.iterdir()
+    for p in walker:
+        if recursive and any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]):
+            continue  # hidden folders (our cache, .git, ...) are not training data
+        if is_image_file(p) and p.is_file():
+            found.add(p)
+    return sorted(found, key=lambda p: str(p))
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    size: tuple[int, int]  # (width, height) after EXIF orientation
+    file_size: int
+    mtime_ns: int
+
+
+def probe_image(path: Path) -> ImageFacts:
+    """Fully decode `path` once so that nothing breaks mid-run; BadImage says why it can't be used."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise BadImage(f"cannot be read ({exc.strerror or exc})", "check the file's permissions") from exc
+    if stat.st_size == 0:
+        raise BadImage("empty file (0 bytes)", "delete it or copy the image again")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_format(path, im)
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    raise BadImage(f"animated image ({frames} frames)", "export a single frame as PNG")
+                im.load()  # decodes everything: truncated files fail here, not during training
+                width, height = im.size
+                orientation = im.getexif().get(0x0112, 1)
+    except BadImage:
+        raise
+    except UnidentifiedImageError as exc:
+        raise BadImage("not an image PIL can read (corrupt, or not an image at all)",
+                       "open it in an image editor and save it again as PNG or JPEG") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage("too many pixels (decompression-bomb guard)", "downscale it below ~89 megapixels") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = "truncated (the file ends early)" if "truncated" in str(exc) else f"cannot be decoded ({exc})"
+        raise BadImage(reason, "copy the image again or re-save it in an image editor") from exc
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    return ImageFacts((width, height), stat.st_size, stat.st_mtime_ns)
+
+
+def _check_format(path: Path, im: Image.Image) -> None:
+    expected = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    actual = "JPEG" if im.format == "MPO" else im.format
+    if expected and actual and actual != expected:
+        right = _SUFFIX_OF_FORMAT.get(actual, "." + actual.lower())
+        raise BadImage(f"holds {actual} data but is named {path.suffix}",
+                       f"rename it to {path.stem}{right} (and its caption file alike) so every tool reads it "
+                       "the same way")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode to 8-bit RGB: EXIF orientation applied, transparency composited on white,
+    CMYK / 16-bit / greyscale / palette converted."""
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        im = _high_bit_depth_to_l(im)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode == "F" and arr.size and arr.max() <= 1.0:
+        arr = arr * 255.0
+    elif im.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+        arr = arr / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))

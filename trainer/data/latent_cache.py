@@ -1,0 +1,248 @@
+"""VAE latent cache, in memory or on disk, recomputed automatically when it is stale.
+
+An entry stores the VAE posterior (mean and log-variance), not one frozen sample as Kohya does
+(sd-scripts #1709): a fresh latent is drawn from it at every use, as uncached training would.
+On disk each image gets `<image name>.<W>x<H>.latents.safetensors` beside it (or under
+latent_cache_dir), whose header records what it was made from: the image (size + mtime, and a
+content hash used when those differ), the bucket, resize and crop, whether flipped latents are in
+it, and the VAE (config + weight fingerprint + dtype). Anything different -> re-encoded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .augment import render
+from .images import load_rgb
+
+log = logging.getLogger(__name__)
+
+CACHE_SUFFIX = ".latents.safetensors"
+FORMAT = 1
+META_KEY = "kohya_studio_latent_cache"
+
+
+def vae_fingerprint(vae) -> str:
+    """Hash of the VAE's config, dtype and a strided sample of every weight tensor (cheap, but any
+    retrained or swapped VAE changes it)."""
+    h = hashlib.blake2b(digest_size=16)
+    config = dict(getattr(vae, "config", {}) or {})
+    h.update(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True,
+                        default=str).encode())
+    with torch.no_grad():
+        for name, tensor in sorted(vae.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // 256)
+            sample = flat[::step].to("cpu", torch.float64)
+            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:".encode())
+            h.update(sample.numpy().tobytes())
+            h.update(repr(float(flat.to(torch.float64).sum())).encode())
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class LatentEntry:
+    mean: torch.Tensor
+    logvar: torch.Tensor
+    mean_flipped: torch.Tensor | None = None
+    logvar_flipped: torch.Tensor | None = None
+
+    def sample(self, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
+        mean, logvar = (self.mean_flipped, self.logvar_flipped) if flip else (self.mean, self.logvar)
+        if mean is None:
+            raise KeyError("flipped latents were not cached")
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * noise
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"mean": self.mean, "logvar": self.logvar}
+        if self.mean_flipped is not None:
+            out.update(mean_flipped=self.mean_flipped, logvar_flipped=self.logvar_flipped)
+        return {k: v.contiguous() for k, v in out.items()}
+
+
+class LatentCache:
+    """Encodes what is missing or stale, then serves entries by (image path, bucket)."""
+
+    def __init__(self, vae, *, to_disk: bool = False, cache_dir: str | Path = "", batch_size: int = 1,
+                 on_progress: Callable[[int, int], None] | None = None):
+        self.vae = vae
+        self.to_disk = to_disk
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.batch_size = max(1, int(batch_size))
+        self.on_progress = on_progress
+        self.fingerprint = vae_fingerprint(vae)
+        self.memory: dict[tuple[str, tuple[int, int]], LatentEntry] = {}
+        self.files: dict[tuple[str, tuple[int, int]], Path] = {}
+        self.stats = {"total": 0, "reused": 0, "computed": 0, "failed": 0}
+
+    def __getstate__(self):  # loader workers need the entries, not the VAE
+        state = dict(self.__dict__)
+        state["vae"] = None
+        state["on_progress"] = None
+        return state
+
+    # ---- where and what -------------------------------------------------------------------------
+    def cache_file(self, item) -> Path:
+        w, h = item.placement.bucket
+        name = f"{item.path.name}.{w}x{h}{CACHE_SUFFIX}"
+        if self.cache_dir is None:
+            return item.path.with_name(name)
+        folder = item.path.parent.resolve()
+        tag = hashlib.blake2b(str(folder).encode("utf-8"), digest_size=4).hexdigest()
+        return self.cache_dir / f"{folder.name}-{tag}" / name
+
+    def _key(self, item, digest: str, flipped: bool) -> dict:
+        p = item.placement
+        return {"format": FORMAT, "vae": self.fingerprint, "bucket": list(p.bucket), "resized": list(p.resized),
+                "crop": list(p.crop_ltrb), "flip": flipped,
+                "image": {"digest": digest, "bytes": item.facts.file_size, "mtime_ns": item.facts.mtime_ns,
+                          "size": list(item.facts.size)}}
+
+    def is_valid(self, item, need_flip: bool) -> bool:
+        """True when the on-disk entry was made from this image, placement, flip setting and VAE."""
+        path = self.cache_file(item)
+        try:
+            with safe_open(str(path), "pt") as fh:
+                meta = json.loads((fh.metadata() or {}).get(META_KEY, "{}"))
+        except Exception:  # missing, partial or foreign file
+            return False
+        p = item.placement
+        if (meta.get("format") != FORMAT or meta.get("vae") != self.fingerprint
+                or meta.get("bucket") != list(p.bucket) or meta.get("resized") != list(p.resized)
+                or meta.get("crop") != list(p.crop_ltrb) or (need_flip and not meta.get("flip"))):
+            return False
+        image = meta.get("image", {})
+        if image.get("bytes") == item.facts.file_size and image.get("mtime_ns") == item.facts.mtime_ns:
+            return True
+        return image.get("digest") == file_digest(item.path)  # touched but maybe unchanged: compare content
+
+    # ---- building -------------------------------------------------------------------------------
+    def prepare(self, items: list, need_flip: Callable[[object], bool]) -> dict:
+        """Make sure every item has an up-to-date entry. need_flip(item): cache flipped latents too."""
+        unique = {}
+        for item in items:
+            unique.setdefault((str(item.path), item.placement.bucket), item)
+        todo = []
+        for key, item in unique.items():
+            if self.to_disk and self.is_valid(item, need_flip(item)):
+                self.files[key] = self.cache_file(item)
+                self.stats["reused"] += 1
+            elif key not in self.memory or (need_flip(item) and self.memory[key].mean_flipped is None):
+                todo.append(item)
+            else:
+                self.stats["reused"] += 1
+        self.stats["total"] = len(unique)
+        done = len(unique) - len(todo)
+        self._progress(done)
+        by_bucket: dict[tuple[int, int], list] = {}
+        for item in sorted(todo, key=lambda it: str(it.path)):
+            by_bucket.setdefault(item.placement.bucket, []).append(item)
+        # one VAE call per vae_batch_size images of one bucket size
+        chunks = [group[i:i + self.batch_size] for _, group in sorted(by_bucket.items())
+                  for i in range(0, len(group), self.batch_size)]
+        threads = max(1, min(4, os.cpu_count() or 1))
+        with ThreadPoolExecutor(threads) as pool:  # decode the next batches while the VAE encodes this one
+            ahead = iter(chunks)
+            pending = deque((c, pool.submit(self._load_chunk, c)) for c in islice(ahead, threads + 1))
+            while pending:
+                chunk, future = pending.popleft()
+                following = next(ahead, None)
+                if following is not None:
+                    pending.append((following, pool.submit(self._load_chunk, following)))
+                loaded = future.result()
+                self.stats["failed"] += len(chunk) - len(loaded)
+                if loaded:
+                    self._encode_and_store(loaded, need_flip)
+                done += len(chunk)
+                self._progress(done)
+        return dict(self.stats)
+
+    def _load_chunk(self, chunk: list) -> list[tuple]:
+        """(item, pixels, digest) for each image that still decodes; a file that broke after the scan is
+        left out (the dataset then fills its slot) instead of stopping the run."""
+        out = []
+        for item in chunk:
+            try:
+                digest = file_digest(item.path) if self.to_disk else ""
+                out.append((item, render(load_rgb(item.path), item.placement)[0], digest))
+            except Exception as exc:
+                log.warning("not caching %s: %s", item.path, exc)
+        return out
+
+    def _progress(self, done: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, self.stats["total"])
+
+    def _encode_and_store(self, loaded: list[tuple], need_flip: Callable[[object], bool]) -> None:
+        batch = [item for item, _, _ in loaded]
+        plain = torch.stack([pixels for _, pixels, _ in loaded])
+        mean, logvar = self._encode(plain)
+        flip_rows = [i for i, it in enumerate(batch) if need_flip(it)]
+        fmean = flogvar = None
+        if flip_rows:
+            flipped = torch.flip(plain[flip_rows], dims=[3])  # the crop is centred, so mirroring commutes
+            fmean, flogvar = self._encode(flipped)
+        for i, (item, _, digest) in enumerate(loaded):
+            entry = LatentEntry(mean[i].clone(), logvar[i].clone())
+            if i in flip_rows:
+                j = flip_rows.index(i)
+                entry.mean_flipped, entry.logvar_flipped = fmean[j].clone(), flogvar[j].clone()
+            self._store(item, entry, digest)
+            self.stats["computed"] += 1
+
+    @torch.no_grad()
+    def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        param = next(self.vae.parameters())
+        dist = self.vae.encode(pixels.to(param.device, param.dtype)).latent_dist
+        return dist.mean.float().cpu(), dist.logvar.float().cpu()
+
+    def _store(self, item, entry: LatentEntry, digest: str) -> None:
+        key = (str(item.path), item.placement.bucket)
+        if not self.to_disk:
+            self.memory[key] = entry
+            return
+        path = self.cache_file(item)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {META_KEY: json.dumps(self._key(item, digest, entry.mean_flipped is not None))}
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(entry.tensors(), str(tmp), metadata=meta)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.files[key] = path
+
+    # ---- serving --------------------------------------------------------------------------------
+    def get(self, item) -> LatentEntry:
+        key = (str(item.path), item.placement.bucket)
+        if key in self.memory:
+            return self.memory[key]
+        tensors = load_file(str(self.files[key]))
+        return LatentEntry(tensors["mean"], tensors["logvar"], tensors.get("mean_flipped"),
+                           tensors.get("logvar_flipped"))
+
+    def __contains__(self, item) -> bool:
+        key = (str(item.path), item.placement.bucket)
+        return key in self.memory or key in self.files

@@ -1,0 +1,275 @@
+"""Scanning the dataset: N_name concept folders (or a dataset TOML) -> checked images with captions
+and bucket placements, plus every problem found on the way."""
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .buckets import BucketManager, Placement
+from .captions import caption_path, read_caption
+from .dataset_toml import load_dataset_config
+from .errors import EXPECTED_LAYOUT, BadImage, DatasetError, Problem
+from .images import ImageFacts, list_images, probe_image
+from .options import DatasetSpec, SubsetSpec, cfg_get, make_dataset_spec, make_subset, subset_values
+
+CONCEPT_FOLDER = re.compile(r"^(\d+)_(.*)$")
+CAPTION_EXTENSIONS = (".txt", ".caption")
+
+
+@dataclass
+class ImageItem:
+    path: Path
+    facts: ImageFacts
+    caption: str  # the raw caption: the file's first line, or the folder's class tokens
+    caption_source: str  # "file" | "class_tokens" | "none"
+    placement: Placement
+    dataset: int
+    subset: int
+    is_reg: bool
+
+
+@dataclass
+class ScannedSubset:
+    spec: SubsetSpec
+    items: list[int] = field(default_factory=list)  # indices into ScanResult.items
+    captions_found: int = 0
+    captions_missing: int = 0
+
+    @property
+    def samples(self) -> int:
+        return len(self.items) * self.spec.num_repeats
+
+
+@dataclass
+class ScannedDataset:
+    spec: DatasetSpec
+    buckets: BucketManager | None  # None when the bucket settings are invalid (see problems)
+    subsets: list[ScannedSubset] = field(default_factory=list)
+
+
+@dataclass
+class ScanResult:
+    datasets: list[ScannedDataset]
+    items: list[ImageItem]
+    problems: list[Problem]
+
+    def of(self, severity: str) -> list[Problem]:
+        return [p for p in self.problems if p.severity == severity]
+
+
+def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) -> ScanResult:
+    """Read every concept folder the config names. strict: raise DatasetError on fatal problems
+    (preflight passes strict=False to report them all instead)."""
+    problems: list[Problem] = []
+    specs = dataset_specs(cfg, problems)
+    datasets: list[ScannedDataset] = []
+    items: list[ImageItem] = []
+    for d_index, spec in enumerate(specs):
+        found = bucket_problems(spec)
+        problems.extend(found)
+        if found:  # kept (empty) so dataset indices stay aligned with the config's [[datasets]]
+            datasets.append(ScannedDataset(spec, None))
+            continue
+        scanned = ScannedDataset(spec, BucketManager(spec))
+        for s_index, subset in enumerate(spec.subsets):
+            scanned.subsets.append(_scan_subset(subset, scanned.buckets, d_index, s_index, items, problems,
+                                                max_workers))
+        datasets.append(scanned)
+    if not any(not item.is_reg for item in items):
+        if not any(p.severity == "error" for p in problems):
+            problems.append(Problem("error", "no usable training image was found",
+                                    "add .png/.jpg/.jpeg/.webp/.bmp images to the concept folders\n"
+                                    + EXPECTED_LAYOUT, str(cfg_get(cfg, "train_data_dir", ""))))
+    result = ScanResult(datasets, items, problems)
+    if strict and result.of("error"):
+        raise DatasetError(result.of("error"))
+    return result
+
+
+def bucket_problems(spec: DatasetSpec) -> list[Problem]:
+    """Kohya's assertions on bucket limits, as messages with the fix."""
+    w, h = spec.resolution
+    out = []
+    if w < 8 or h < 8:
+        out.append(Problem("error", f"resolution {w},{h} is too small", 'use e.g. "512" or "1024"',
+                           field="resolution"))
+    if spec.enable_bucket and not spec.bucket_no_upscale:
+        step = spec.bucket_reso_steps
+        if step < 8 or step % 8:
+            out.append(Problem("error", f"bucket_reso_steps {step} must be a positive multiple of 8",
+                               "use 64 (or 32 for SDXL)", field="bucket_reso_steps"))
+        if spec.min_bucket_reso > min(w, h):
+            out.append(Problem("error", f"min_bucket_reso {spec.min_bucket_reso} is above the resolution's smaller "
+                               f"side {min(w, h)}", f"lower min_bucket_reso to {min(w, h)} or less",
+                               field="min_bucket_reso"))
+        if spec.max_bucket_reso < max(w, h):
+            out.append(Problem("error", f"max_bucket_reso {spec.max_bucket_reso} is below the resolution's larger "
+                               f"side {max(w, h)}", f"raise max_bucket_reso to {max(w, h)} or more",
+                               field="max_bucket_reso"))
+    return out
+
+
+def dataset_specs(cfg, problems: list[Problem]) -> list[DatasetSpec]:
+    config_file = cfg_get(cfg, "dataset_config", "")
+    if config_file:
+        specs, found = load_dataset_config(config_file, cfg)
+        problems.extend(found)
+        return specs
+    spec = make_dataset_spec([], cfg)
+    values = subset_values([], cfg)
+    train_dir = cfg_get(cfg, "train_data_dir", "")
+    if not train_dir:
+        problems.append(Problem("error", "train_data_dir is not set",
+                                "choose the parent folder of your concept folders\n" + EXPECTED_LAYOUT,
+                                field="train_data_dir"))
+        return [spec]
+    skip = _cache_dir_to_skip(cfg)
+    spec.subsets += concept_folders(Path(train_dir), values, False, "train_data_dir", problems, skip)
+    reg_dir = cfg_get(cfg, "reg_data_dir", "")
+    if reg_dir:
+        spec.subsets += concept_folders(Path(reg_dir), values, True, "reg_data_dir", problems, skip)
+    return [spec]
+
+
+def _cache_dir_to_skip(cfg) -> Path | None:
+    cache_dir = cfg_get(cfg, "latent_cache_dir", "")
+    return Path(cache_dir).resolve() if cache_dir else None
+
+
+def concept_folders(parent: Path, values: dict, is_reg: bool, field_name: str, problems: list[Problem],
+                    skip: Path | None = None) -> list[SubsetSpec]:
+    """Kohya's N_name rule: N repeats (>= 1), the rest of the name is the class/instance tokens."""
+    if not parent.is_dir():
+        what = "does not exist" if not parent.exists() else "is not a folder"
+        problems.append(Problem("error", f"{field_name} {what}", "choose the parent folder of your concept "
+                                "folders\n" + EXPECTED_LAYOUT, str(parent), field_name))
+        return []
+    subsets, loose = [], []
+    for entry in sorted(parent.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith(".") or (skip is not None and entry.resolve() == skip):
+            continue
+        if entry.is_file():
+            if entry.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+                loose.append(entry)
+            continue
+        match = CONCEPT_FOLDER.match(entry.name)
+        if not match:
+            problems.append(Problem("error", f"folder {entry.name!r} in {field_name} has no <repeats>_ prefix",
+                                    f"rename it to e.g. 1_{entry.name} (1 repeat)\n" + EXPECTED_LAYOUT,
+                                    str(entry), field_name))
+            continue
+        repeats, name = int(match.group(1)), match.group(2)
+        if repeats < 1:
+            problems.append(Problem("error", f"folder {entry.name!r} has 0 repeats, so it would never be used",
+                                    f"rename it to 1_{name} or more repeats\n" + EXPECTED_LAYOUT, str(entry),
+                                    field_name))
+            continue
+        folder_values = dict(values, num_repeats=repeats, class_tokens=name)
+        subsets.append(make_subset(entry, folder_values, is_reg=is_reg, label=entry.name))
+    if loose and not subsets:
+        problems.append(Problem("error", f"{field_name} holds {len(loose)} images directly instead of concept "
+                                "folders", f"move them into a folder such as {parent / '1_character_name'} and "
+                                "keep pointing at the parent\n" + EXPECTED_LAYOUT, str(parent), field_name))
+    elif loose:
+        problems.append(Problem("warning", f"{len(loose)} images directly in {field_name} are not used",
+                                "move them into one of the <repeats>_<name> folders", str(parent), field_name))
+    elif not subsets and not any(p.severity == "error" and p.path.startswith(str(parent)) for p in problems):
+        problems.append(Problem("error", f"{field_name} has no <repeats>_<name> folders",
+                                "create one and put the images inside\n" + EXPECTED_LAYOUT, str(parent),
+                                field_name))
+    return subsets
+
+
+def _scan_subset(subset: SubsetSpec, buckets: BucketManager, d_index: int, s_index: int,
+                 items: list[ImageItem], problems: list[Problem], max_workers: int | None) -> ScannedSubset:
+    scanned = ScannedSubset(subset)
+    if not subset.image_dir.is_dir():
+        problems.append(Problem("error", "image folder does not exist", "fix the path", str(subset.image_dir)))
+        return scanned
+    paths = list_images(subset.image_dir, subset.recursive)
+    if not paths:
+        problems.append(Problem("warning", f"concept folder {subset.label!r} holds no images",
+                                "add images or remove the folder", str(subset.image_dir)))
+        return scanned
+    workers = max_workers or min(8, (os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
+        results = list(pool.map(_probe, paths))
+    for path, result in zip(paths, results):
+        if isinstance(result, BadImage):
+            problems.append(Problem("skipped", result.reason, result.hint, str(path)))
+            continue
+        try:
+            placement = buckets.place(*result.size)
+        except BadImage as exc:
+            problems.append(Problem("skipped", exc.reason, exc.hint, str(path)))
+            continue
+        caption, source = _caption_for(path, subset, problems)
+        if source == "file":
+            scanned.captions_found += 1
+        else:
+            scanned.captions_missing += 1
+        scanned.items.append(len(items))
+        items.append(ImageItem(path, result, caption, source, placement, d_index, s_index, subset.is_reg))
+    _caption_extension_hint(subset, scanned, paths, problems)
+    return scanned
+
+
+def _probe(path: Path):
+    try:
+        return probe_image(path)
+    except BadImage as exc:
+        return exc
+
+
+def _caption_for(path: Path, subset: SubsetSpec, problems: list[Problem]) -> tuple[str, str]:
+    cap = caption_path(path, subset.caption_extension)
+    if cap.is_file():
+        try:
+            text, warning = read_caption(cap)
+        except OSError as exc:
+            problems.append(Problem("warning", f"caption cannot be read ({exc}); class tokens used instead",
+                                    "check the file's permissions", str(cap)))
+            text, warning = "", None
+        if warning:
+            problems.append(Problem("warning", f"caption {warning}", "", str(cap)))
+        if text:
+            return text, "file"
+        problems.append(Problem("warning", "caption file is empty; the folder's class tokens are used",
+                                "write a caption or delete the empty file", str(cap)))
+    if subset.class_tokens:
+        return subset.class_tokens, "class_tokens"
+    return "", "none"
+
+
+def _caption_extension_hint(subset: SubsetSpec, scanned: ScannedSubset, paths: list[Path],
+                            problems: list[Problem]) -> None:
+    """Kohya's most common silent trap: captions written as .caption while the option says .txt (or back)."""
+    if scanned.captions_found:
+        return
+    for ext in CAPTION_EXTENSIONS:
+        if ext != subset.caption_extension and any(caption_path(p, ext).is_file() for p in paths):
+            problems.append(Problem("warning", f"no {subset.caption_extension} captions in {subset.label!r} but "
+                                    f"{ext} files are there, so they are not used",
+                                    f"set caption_extension to {ext}", str(subset.image_dir), "caption_extension"))
+            return
+    if not subset.class_tokens:
+        problems.append(Problem("warning", f"images in {subset.label!r} have neither captions nor class tokens: "
+                                "they train with an empty caption", "add caption files or name the folder "
+                                "N_<tokens>", str(subset.image_dir)))
+
+
+def cache_problems(scan: ScanResult) -> list[Problem]:
+    """Augmentations that change the image every step cannot work from a latent cache (Kohya asserts)."""
+    problems = []
+    for ds in scan.datasets:
+        for subset in ds.subsets:
+            for name in ("color_aug", "random_crop"):
+                if getattr(subset.spec, name):
+                    problems.append(Problem("error", f"{name} is on for {subset.spec.label!r} but latents are "
+                                            "cached, so the augmentation could never change the cached latent",
+                                            f"turn off {name} or turn off cache_latents", str(subset.spec.image_dir),
+                                            name))
+    return problems

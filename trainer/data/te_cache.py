@@ -1,0 +1,65 @@
+"""Text-encoder output cache: encode each distinct caption once when captions never change.
+
+Only valid when the text encoders are frozen (the trainer's call) and every caption transform is
+fixed (no shuffle, no dropout): then a caption's embedding is the same at every step. Unlike
+sd-scripts (sd_scripts.md 3.2) the cached text is the *processed* caption, so caption_prefix/suffix
+and keep_tokens_separator markers are applied exactly as in uncached training.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+
+from .captions import process_caption
+from .dataset import TrainDataset
+from .errors import DatasetError
+
+Encode = Callable[[list[str]], dict[str, torch.Tensor]]
+
+
+def fixed_captions(dataset: TrainDataset) -> list[str]:
+    """Every caption the dataset can yield, or DatasetError naming what makes captions change."""
+    changing = sorted({s.spec.label for ds in dataset.scan.datasets for s in ds.subsets
+                       if not s.spec.caption.is_fixed})
+    if changing:
+        raise DatasetError(f"captions change between steps in {', '.join(changing)} (shuffle_caption or caption "
+                           "dropout), so text-encoder outputs cannot be cached",
+                           "turn those options off or untick cache_text_encoder_outputs")
+    out = set()
+    for item in dataset.scan.items:
+        spec = dataset.scan.datasets[item.dataset].subsets[item.subset].spec
+        out.add(process_caption(item.caption, spec.caption, random.Random(0), 1))
+    return sorted(out)
+
+
+class TextEncoderOutputCache:
+    """encode(captions) -> {name: tensor [B, ...]} (e.g. hidden states and pooled output), run in batches
+    once per distinct caption; get(captions) stacks the cached rows for a training batch."""
+
+    def __init__(self, encode: Encode, batch_size: int = 8,
+                 on_progress: Callable[[int, int], None] | None = None):
+        self.encode = encode
+        self.batch_size = max(1, batch_size)
+        self.on_progress = on_progress
+        self.rows: dict[str, dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def prepare(self, captions: list[str]) -> int:
+        todo = [c for c in dict.fromkeys(captions) if c not in self.rows]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            out = self.encode(chunk)
+            for i, caption in enumerate(chunk):
+                self.rows[caption] = {k: v[i].detach().to("cpu") for k, v in out.items()}
+            if self.on_progress is not None:
+                self.on_progress(min(start + len(chunk), len(todo)), len(todo))
+        return len(todo)
+
+    def get(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        missing = [c for c in captions if c not in self.rows]
+        if missing:
+            raise KeyError(f"caption not cached: {missing[0]!r}")
+        names = self.rows[captions[0]].keys()
+        return {k: torch.stack([self.rows[c][k] for c in captions]) for k in names}
