@@ -118,12 +118,12 @@ def field_specs(config_cls: type[BaseModel]) -> list[FieldSpec]:
     return specs
 
 
-def parse_resolution(value: str | int | tuple[int, int]) -> tuple[int, int]:
-    """Kohya's resolution: "512" or "512,768" (width,height) → (width, height)."""
-    if isinstance(value, tuple):
-        return value
-    if isinstance(value, int):
-        return value, value
+def parse_resolution(value: str | int | float | list | tuple) -> tuple[int, int]:
+    """Kohya's resolution: "512", "512,768" (width,height), 512 or [768, 512] → (width, height)."""
+    if isinstance(value, (list, tuple)) and len(value) in (1, 2):
+        return parse_resolution(",".join(str(int(v)) for v in value))
+    if isinstance(value, (int, float)):
+        return int(value), int(value)
     parts = [p.strip() for p in str(value).replace("x", ",").split(",") if p.strip()]
     if len(parts) == 1:
         parts = parts * 2

@@ -10,13 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:  # the schema's own parser, so the GUI and the trainer agree on what "512,768" means
-    from trainer.config import parse_resolution as _schema_parse_resolution  # type: ignore
-except Exception:  # pragma: no cover - depends on the schema being importable
-    try:
-        from trainer.config.spec import parse_resolution as _schema_parse_resolution  # type: ignore
-    except Exception:
-        _schema_parse_resolution = None
+from trainer.config.spec import parse_resolution  # noqa: F401  (re-exported: one parser for all)
 
 # Per-subset defaults (Kohya's, except caption_extension: .txt is what taggers write).
 SUBSET_DEFAULTS: dict[str, Any] = {
@@ -48,24 +42,6 @@ DATASET_DEFAULTS: dict[str, tuple[str, Any]] = {
     "bucket_reso_steps": ("bucket_reso_steps", 64),
     "bucket_no_upscale": ("bucket_no_upscale", False),
 }
-
-
-def parse_resolution(value) -> tuple[int, int]:
-    """Kohya's resolution ("512", "512,768" = width,height, 512, [768, 512]) -> (width, height)."""
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    if isinstance(value, (list, tuple)) and len(value) == 1:
-        value = value[0]
-    if _schema_parse_resolution is not None:
-        return _schema_parse_resolution(value if not isinstance(value, float) else int(value))
-    if isinstance(value, int):
-        return value, value
-    parts = [p.strip() for p in str(value).replace("x", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f'resolution {value!r} must be "512" or "width,height" such as "512,768"')
-    return int(parts[0]), int(parts[1])
 
 
 def cfg_get(cfg, name: str, default=None):
