@@ -106,3 +106,23 @@ def test_missing_folders_and_files_are_named(tmp_path):
                    network_weights=str(tmp_path / "w.safetensors"), resume=str(tmp_path / "state"))
     assert "dataset/images" in found["train_data_dir"]
     assert {"reg_data_dir", "network_weights", "resume"} <= set(found)
+
+
+def test_a1111_embeddings_must_be_saved_as_pt():
+    found = problems_for({"token_string": "mychar", "embedding_format": "a1111"}, "textual_inversion")
+    assert "set save_model_as to pt" in found["save_model_as"]
+
+
+def test_an_embedding_is_named_after_its_token_unless_named():
+    assert tc.TextualInversionConfig(token_string="mychar").output_name == "mychar"
+    assert tc.TextualInversionConfig(token_string="mychar", output_name="v2").output_name == "v2"
+
+
+def test_textual_inversion_cannot_cache_text_encoder_outputs():
+    found = problems_for({"token_string": "mychar", "cache_text_encoder_outputs": True}, "textual_inversion")
+    assert "Textual Inversion trains text-encoder embeddings" in found["cache_text_encoder_outputs"]
+
+
+def test_finetuning_has_no_regularization_options():
+    assert "reg_data_dir" not in tc.FinetuneConfig.model_fields
+    assert "unknown option 'reg_data_dir'" in problems_for({"reg_data_dir": "x"}, "finetune")["reg_data_dir"]

@@ -66,6 +66,10 @@ def import_kohya_json(data: dict[str, Any], training_type: str) -> tuple[dict[st
             if value and "optimizer" not in data:
                 values["optimizer"] = "AdamW8bit"
             continue
+        if key == "stop_text_encoder_training" and _has_value(value):
+            notes.append(f"stop_text_encoder_training was {value} % of the steps in Kohya_ss; here it is a step "
+                         "count, so it was left at 0 — set it from the plan")
+            continue
         if key == "use_wandb":
             ignored.append(key)
             continue

@@ -48,9 +48,6 @@ class FolderOptions(Options):
         "", "Parent folder of the concept folders named <repeats>_<name>, e.g. dataset/images "
         "holding 10_mychar/ with image001.png + image001.txt.",
         section="folders", level="basic", kind="dir", label="Image folder")
-    reg_data_dir: str = opt(
-        "", "Optional regularization (class) images, same <repeats>_<name> layout.",
-        section="folders", level="basic", kind="dir", label="Regularisation folder")
     output_dir: str = opt("", "Where the trained files, samples and run settings are written (created if missing).",
                           section="folders", level="basic", kind="dir", label="Output folder")
     output_name: str = opt("last", "File name of the result without extension: NAME.safetensors, "
@@ -118,4 +115,12 @@ class DatasetOptions(Options):
                                          section="dataset", ge=0, le=64)
     persistent_data_loader_workers: bool = opt(False, "Keep loader workers between epochs (faster epochs, "
                                                "more RAM).", section="dataset")
+
+
+class RegularizationOptions(Options):
+    """DreamBooth-style class images (LoRA, DreamBooth, Textual Inversion; fine-tuning has none)."""
+
+    reg_data_dir: str = opt(
+        "", "Optional regularization (class) images, same <repeats>_<name> layout.",
+        section="folders", level="basic", kind="dir", label="Regularisation folder")
     prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", section="dataset", ge=0, le=10)

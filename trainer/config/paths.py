@@ -53,7 +53,7 @@ def check_paths(c) -> list[Problem]:
     elif c.train_data_dir and not Path(c.train_data_dir).is_dir():
         problems.append(Problem("train_data_dir", f"{c.train_data_dir!r} is not a folder; pick the parent of "
                                 "your <repeats>_<name> folders, e.g. dataset/images"))
-    if c.reg_data_dir and not Path(c.reg_data_dir).is_dir():
+    if getattr(c, "reg_data_dir", "") and not Path(c.reg_data_dir).is_dir():
         problems.append(Problem("reg_data_dir", f"{c.reg_data_dir!r} is not a folder; fix it or clear the field"))
     if not c.output_dir:
         problems.append(Problem("output_dir", "no output folder chosen; pick where the trained files go, "

@@ -146,7 +146,8 @@ def _text_encoder_cache(c):
         return
     if trains_text_encoder(c):
         fix = {"lora": "tick network_train_unet_only", "dreambooth": "set learning_rate_te to 0",
-               "finetune": "untick train_text_encoder"}.get(c.training_type, "freeze the text encoder")
+               "finetune": "untick train_text_encoder",
+               "textual_inversion": "Textual Inversion trains text-encoder embeddings, so"}[c.training_type]
         yield Problem("cache_text_encoder_outputs", "caching text-encoder outputs needs frozen text encoders "
                       f"(UNet-only training); {fix} or untick cache_text_encoder_outputs")
     changing = [n for n in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
@@ -165,7 +166,7 @@ def trains_text_encoder(c) -> bool:
         return c.learning_rate_te > 0
     if c.training_type == "finetune":
         return c.train_text_encoder
-    return False
+    return c.training_type == "textual_inversion"  # its new embedding rows live in the text encoder
 
 
 @rule
@@ -216,7 +217,8 @@ UNSAFE_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 def _output_name(c):
     name = c.output_name
     if not name.strip():
-        yield Problem("output_name", "output_name is empty; give the result a file name such as mychar")
+        yield Problem("output_name", "output_name is empty; give the result a file name such as mychar"
+                      + (" (or set token_string)" if c.training_type == "textual_inversion" else ""))
     elif UNSAFE_NAME.search(name) or name.strip() in (".", "..") or name != name.strip():
         yield Problem("output_name", f"{name!r} has characters that are unsafe in file names "
                       '(< > : " / \\ | ? * or leading/trailing spaces); use letters, digits, - and _')
@@ -243,7 +245,10 @@ def _misc(c):
     if c.training_type == "textual_inversion":
         if not c.token_string.strip():
             yield Problem("token_string", "token_string is empty; choose the new token, e.g. mychar")
-        elif " " in c.token_string.strip():
-            yield Problem("token_string", "token_string must be one word without spaces, e.g. mychar")
+        elif re.search(r"[\s,]", c.token_string.strip()):
+            yield Problem("token_string", "token_string must be one word without spaces or commas, e.g. mychar")
+        if c.embedding_format == "a1111" and c.save_model_as != "pt":
+            yield Problem("save_model_as", "the A1111 embedding format is a .pt file; set save_model_as to pt or "
+                          "choose embedding_format kohya")
         if not c.init_word.strip():
             yield Problem("init_word", "init_word is empty; use a word close to the concept, e.g. woman or *")

@@ -1,11 +1,11 @@
 """One config model per training type, composed from the shared sections."""
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options
+from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
 from .options_train import (AccelerateOptions, LoggingOptions, OptimizerOptions, SamplingOptions,
                             SavingOptions, TrainingOptions)
 from .spec import opt
@@ -52,14 +52,13 @@ class BaseConfig(ModelOptions, FolderOptions, DatasetOptions, TrainingOptions, O
                  SavingOptions, SamplingOptions, LoggingOptions, AccelerateOptions):
     config_version: int = Field(CONFIG_VERSION, description="Version of this file format.")
     training_type: str = "base"
-    trains_text_encoder: ClassVar[bool] = True
 
 
-class LoraConfig(BaseConfig, NetworkOptions):
+class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions):
     training_type: Literal["lora"] = "lora"
 
 
-class DreamboothConfig(BaseConfig):
+class DreamboothConfig(BaseConfig, RegularizationOptions):
     training_type: Literal["dreambooth"] = "dreambooth"
     learning_rate: float = opt(1e-5, "UNet learning rate (full fine-tune: 1e-6 to 1e-5).", section="optimizer",
                                level="basic", ge=0, le=10)
@@ -68,15 +67,18 @@ class DreamboothConfig(BaseConfig):
                                   label="Text encoder learning rate")
     stop_text_encoder_training: int = opt(0, "Stop training the text encoder after this many steps "
                                           "(0 = train it the whole run).", section="training", ge=0)
-    no_token_padding: bool = opt(False, "Do not pad captions to 75 tokens (old DreamBooth behaviour).",
-                                 section="dataset")
     save_model_as: Literal["safetensors", "ckpt", "diffusers", "diffusers_safetensors"] = opt(
         "safetensors", "safetensors/ckpt = one file in the original layout (A1111, ComfyUI); diffusers = a "
         "folder.", section="model", level="basic", label="Save trained model as")
 
 
-class FinetuneConfig(DreamboothConfig):
+class FinetuneConfig(BaseConfig):
     training_type: Literal["finetune"] = "finetune"
+    learning_rate: float = opt(1e-5, "UNet learning rate (full fine-tune: 1e-6 to 1e-5).", section="optimizer",
+                               level="basic", ge=0, le=10)
+    save_model_as: Literal["safetensors", "ckpt", "diffusers", "diffusers_safetensors"] = opt(
+        "safetensors", "safetensors/ckpt = one file in the original layout (A1111, ComfyUI); diffusers = a "
+        "folder.", section="model", level="basic", label="Save trained model as")
     in_json: str = opt("", "Metadata JSON with captions (and buckets) built from the image folder; empty = "
                        "build it in the output folder before training.", section="folders", kind="file",
                        label="Metadata file")
@@ -84,13 +86,23 @@ class FinetuneConfig(DreamboothConfig):
                                le=10000)
     train_text_encoder: bool = opt(False, "Also train the text encoder.", section="training")
     max_bucket_reso: int = opt(1024, "Largest bucket side.", section="dataset", ge=64, le=8192)
-    learning_rate_te: float = opt(0.0, "Text-encoder learning rate (used when train_text_encoder is on).",
+    learning_rate_te: float = opt(0.0, "Text-encoder learning rate when train_text_encoder is on (0 = the "
+                                  "UNet's learning rate, as in sd-scripts).",
                                   section="optimizer", ge=0, le=10)
 
 
-class TextualInversionConfig(BaseConfig):
+class TextualInversionConfig(BaseConfig, RegularizationOptions):
     training_type: Literal["textual_inversion"] = "textual_inversion"
-    trains_text_encoder: ClassVar[bool] = False
+    output_name: str = opt("", "File name of the embedding; empty = the token_string, which is also the word "
+                           "A1111 and ComfyUI use for it in prompts.", section="folders", level="basic",
+                           label="Output name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_after_token(cls, data):
+        if isinstance(data, dict) and not data.get("output_name") and data.get("token_string"):
+            data = {**data, "output_name": str(data["token_string"]).strip()}
+        return data
     token_string: str = opt("", "The new token to learn, e.g. mychar (must not already be a word the "
                             "tokenizer knows).", section="embedding", level="basic")
     init_word: str = opt("*", "Existing word whose embedding starts the new token.", section="embedding",
