@@ -1,0 +1,90 @@
+"""Base-model listing and family detection without torch (reads safetensors headers / diffusers JSON)."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+HUB_MODELS = [
+    "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "stabilityai/stable-diffusion-2-1",
+    "stabilityai/stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-xl-base-1.0",
+]
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+def list_models(models_dir: Path, sub: str = "checkpoints") -> list[str]:
+    """Checkpoint files and diffusers folders in models/<sub>/, as absolute paths."""
+    folder = Path(models_dir) / sub
+    if not folder.is_dir():
+        return []
+    found = []
+    for item in sorted(folder.iterdir()):
+        if item.name.startswith("."):
+            continue
+        if item.is_file() and item.suffix.lower() in CHECKPOINT_SUFFIXES:
+            found.append(str(item))
+        elif item.is_dir() and (item / "model_index.json").is_file():
+            found.append(str(item))
+    return found
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > 100_000_000:
+            return []
+        header = json.loads(fh.read(length))
+    return [k for k in header if k != "__metadata__"]
+
+
+def _family_from_keys(keys: list[str]) -> str | None:
+    joined = "\n".join(keys[:200000])
+    if "conditioner.embedders.1" in joined:
+        return "sdxl"
+    if "cond_stage_model.model.transformer" in joined:
+        return "sd2"
+    if "cond_stage_model.transformer" in joined or "model.diffusion_model." in joined:
+        return "sd1"
+    return None
+
+
+def _family_from_diffusers(folder: Path) -> str | None:
+    if (folder / "text_encoder_2").is_dir():
+        return "sdxl"
+    cfg = folder / "text_encoder" / "config.json"
+    if cfg.is_file():
+        try:
+            hidden = json.loads(cfg.read_text()).get("hidden_size")
+        except ValueError:
+            return None
+        return "sd2" if hidden == 1024 else "sd1"
+    return None
+
+
+def detect_family(value: str) -> tuple[str | None, str]:
+    """(family or None, a short sentence for the page) for a file, a diffusers folder or a hub id."""
+    text = (value or "").strip()
+    if not text:
+        return None, "No base model chosen."
+    path = Path(text).expanduser()
+    try:
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            family = _family_from_keys(_safetensors_keys(path))
+        elif path.is_dir():
+            family = _family_from_diffusers(path)
+        elif path.exists():
+            return None, "Family not detected from this file type (.ckpt); it is detected when training starts."
+        elif "/" in text and not text.startswith(("/", ".")) and text.count("/") == 1:
+            lower = text.lower()
+            family = "sdxl" if "xl" in lower else "sd2" if "stable-diffusion-2" in lower else "sd1"
+            return family, f"Hub id: {FAMILY_NAMES[family]} (guessed from the name; downloaded at start)."
+        else:
+            return None, f"'{text}' does not exist and is not a hub id like org/name."
+    except (OSError, ValueError, struct.error) as exc:
+        return None, f"Could not read '{text}': {exc}"
+    if family is None:
+        return None, "Family not recognised from the weights."
+    return family, f"Detected: {FAMILY_NAMES[family]}"

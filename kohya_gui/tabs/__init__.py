@@ -1,0 +1,1 @@
+"""Gradio tab builders: training tabs, utilities, about, and the shared monitor/queue panel."""
