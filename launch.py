@@ -27,17 +27,20 @@ def venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def install_stamp(extras: str) -> str:
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
-    return f"{digest}:{extras}"
+def pyproject_digest() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
 
 
 def ensure_installed(extras: str) -> None:
-    """pip install the project (editable) into the running environment unless already done."""
+    """pip install the project (editable) into the running environment unless already done.
+
+    The stamp records the pyproject digest and the extras installed: a plain start after `--test`
+    (which installs more) does not reinstall."""
     stamp_file = Path(sys.prefix) / ".kohya-studio-install"
-    wanted = install_stamp(extras)
-    if stamp_file.exists() and stamp_file.read_text().strip() == wanted:
+    digest, _, done = (stamp_file.read_text().strip() if stamp_file.exists() else "").partition(":")
+    if digest == pyproject_digest() and (not extras or extras == done):
         return
+    wanted = f"{pyproject_digest()}:{extras}"
     target = f"{ROOT}[{extras}]" if extras else str(ROOT)
     print(f"[launch] installing kohya-studio{f'[{extras}]' if extras else ''} into {sys.prefix} "
           "(first start only; torch is the large part)", flush=True)
