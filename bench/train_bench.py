@@ -1,0 +1,222 @@
+"""Training-step speed: the trainer's own step against the reference recipe, same configs, same run.
+
+The reference is ../shared/bench/ref_train_bench.py (plain diffusers + peft, as in the diffusers
+example scripts). It is copied into bench/_ref/ (git-ignored) and imported from there, so both sides
+build the same architectures from the same config dicts: SD1.5-shape 512 LoRA r16 at batch 1/4/8 and
+SDXL-shape 1024 batch 1, bf16, cached latents. Both run in this process, interleaved round by round,
+and the median step time of each is compared.
+
+    python bench/train_bench.py --tiny            # CPU smoke run on tiny shapes
+    python bench/train_bench.py                   # GPU: the real shapes
+    python bench/train_bench.py --only sd15-lora-b1,sdxl-lora-b1 --steps 30 --rounds 3
+
+Prints one JSON line per configuration and a table: samples/s, ms/step, peak GiB (CUDA) and
+ratio = trainer ms / reference ms (below 1 is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import shutil
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_CONFIGS = "sd15-lora-b1,sd15-lora-b4,sd15-lora-b8,sdxl-lora-b1"
+
+
+def load_reference():
+    local = ROOT / "bench" / "_ref" / "ref_train_bench.py"
+    shared = ROOT.parent / "shared" / "bench" / "ref_train_bench.py"
+    if shared.is_file():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared, local)
+    if not local.is_file():
+        raise SystemExit(f"reference benchmark not found: put ref_train_bench.py in {local.parent}")
+    spec = importlib.util.spec_from_file_location("ref_train_bench", local)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FixedText(torch.nn.Module):
+    """SDXL in the reference gets fixed conditioning tensors; a frozen text encoder in the trainer
+    is likewise a lookup of remembered outputs (TextConditioner's memo), so both skip the encoders."""
+
+    def __init__(self, hidden, pooled):
+        super().__init__()
+        self.hidden, self.pooled = hidden, pooled
+
+    def forward(self, captions):
+        return self.hidden, self.pooled
+
+
+def build_trainer_step(ref, cfg, tiny: bool, device):
+    """The trainer's own pieces on the reference's architecture: kohya LoRA, Denoiser, train_step."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from trainer.networks import create_network
+    from trainer.train.loop import Denoiser, StepContext, train_step
+    from trainer.train.optimizers import build_optimizer
+    from trainer.train.precision import set_attention
+    from trainer.train.schedulers import build_scheduler
+    from trainer.train.text import TextConditioner
+
+    name, arch, mode, batch, res, cache, gckpt, optim, te_lora, precision = cfg
+    res = 32 if tiny else res
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    xl = arch == "sdxl" and not tiny
+    AcceleratorState._reset_state(True)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**(ref.TINY_UNET if tiny else ref.SDXL_UNET if xl else ref.SD15_UNET))
+        te = CLIPTextModel(CLIPTextConfig(**(ref.TINY_CLIP if tiny else ref.CLIP_L)))
+    unet.requires_grad_(False).to(dtype)
+    te.requires_grad_(False).to(dtype).eval()
+    network = create_network(unet, [te], "sdxl" if xl else "sd1", network_dim=16, network_alpha=16,
+                             train_text_encoder=te_lora)
+    network.apply_to()
+    network.to(device)
+    groups = network.prepare_optimizer_params(None, None, 1e-4)
+    if gckpt:
+        unet.enable_gradient_checkpointing()
+        unet.train()
+    set_attention(unet, "sdpa", print)
+    g = torch.Generator(device=device).manual_seed(1)
+    lat_hw = res // 8
+    latents = torch.randn(batch, 4, lat_hw, lat_hw, generator=g, device=device) / 0.18215
+    captions = [f"caption {i}" for i in range(batch)]
+    if xl:
+        text = FixedText(torch.randn(batch, 77, 2048, device=device, dtype=dtype),
+                         torch.randn(batch, 1280, device=device, dtype=dtype))
+    else:
+        ids = torch.randint(0, 1000, (batch, 77), generator=g, device=device)
+        by_caption = {c: ids[i:i + 1] for i, c in enumerate(captions)}
+        text = TextConditioner("sd1", [te], [None], memoize=not te_lora,
+                               tokenize=lambda caps: [torch.cat([by_caption[c] for c in caps])])
+    optimizer = build_optimizer("AdamW8bit" if optim == "adamw8bit" else "AdamW", groups, 1e-4, "", device)
+    scheduler = build_scheduler(types.SimpleNamespace(lr_scheduler="constant", lr_warmup=0), optimizer, 10**6)
+    model, optimizer = accelerator.prepare(Denoiser(unet, text, network), optimizer)
+    cfg_ns = types.SimpleNamespace(loss_type="l2")
+    ctx = StepContext(accelerator, model, optimizer, scheduler, [p for gr in groups for p in gr["params"]],
+                      DDPMScheduler(num_train_timesteps=1000), cfg_ns, max_grad_norm=0.0, sdxl=xl)
+    data = {"latents": latents, "captions": captions, "loss_weights": torch.ones(batch, device=device)}
+    if xl:
+        data.update(original_sizes_hw=torch.tensor([[res, res]] * batch), crop_top_lefts=torch.zeros(batch, 2),
+                    target_sizes_hw=torch.tensor([[res, res]] * batch))
+    trainable = sum(p.numel() for p in ctx.params)
+    counter = iter(range(10**9))
+    return (lambda: train_step(ctx, [data], next(counter))), trainable
+
+
+def time_steps(step, steps: int, warmup: int, device) -> tuple[float, float | None]:
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss)  # one sync at the end, like the reference
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ms = (time.perf_counter() - t0) / steps * 1000
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return ms, peak
+
+
+def run_reference(ref, cfg, args, device) -> tuple[float, float | None]:
+    ns = types.SimpleNamespace(tiny=args.tiny, steps=args.steps, warmup=args.warmup, flops=False, compile=False)
+    out = ref.run(cfg, ns, device)
+    return out["ms_step"], out["peak_gib"], out["trainable_m"]
+
+
+def bench_config(ref, cfg, args, device) -> dict:
+    name, batch = cfg[0], cfg[3]
+    ref_ms, ours_ms, ref_peak, ours_peak = [], [], [], []
+    trainable_ref = trainable_ours = None
+    for _ in range(args.rounds):
+        ms, peak, trainable_ref = run_reference(ref, cfg, args, device)
+        ref_ms.append(ms)
+        ref_peak.append(peak)
+        _cleanup(device)
+        step, trainable_ours = build_trainer_step(ref, cfg, args.tiny, device)
+        ms, peak = time_steps(step, args.steps, args.warmup, device)
+        ours_ms.append(ms)
+        ours_peak.append(peak)
+        del step
+        _cleanup(device)
+    r, o = statistics.median(ref_ms), statistics.median(ours_ms)
+    return dict(name=name, batch=batch, ref_ms=round(r, 2), ours_ms=round(o, 2), ratio=round(o / r, 3),
+                ref_samples_s=round(batch * 1000 / r, 2), ours_samples_s=round(batch * 1000 / o, 2),
+                ref_peak_gib=_round(max(ref_peak) if ref_peak[0] is not None else None),
+                ours_peak_gib=_round(max(ours_peak) if ours_peak[0] is not None else None),
+                ref_trainable_m=trainable_ref, ours_trainable_m=round(trainable_ours / 1e6, 2),
+                ref_ms_rounds=[round(x, 2) for x in ref_ms], ours_ms_rounds=[round(x, 2) for x in ours_ms])
+
+
+def _round(x):
+    return None if x is None else round(x, 2)
+
+
+def _cleanup(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU run")
+    ap.add_argument("--only", default=DEFAULT_CONFIGS, help="comma-separated config names of the reference")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ref = load_reference()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    print(json.dumps(dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                          threads=torch.get_num_threads(), torch=torch.__version__, tiny=args.tiny)), flush=True)
+    wanted = [n for n in args.only.split(",") if n]
+    rows = []
+    for cfg in ref.CONFIGS:
+        if cfg[0] not in wanted:
+            continue
+        try:
+            row = bench_config(ref, cfg, args, device)
+        except Exception as exc:  # one failing config must not lose the others
+            row = dict(name=cfg[0], error=repr(exc)[:300])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(f"\n{'config':16} {'ref ms':>8} {'ours ms':>8} {'ratio':>6} {'ref smp/s':>9} {'our smp/s':>9} "
+          f"{'ref GiB':>7} {'our GiB':>7}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:16} error: {r['error']}")
+            continue
+        print(f"{r['name']:16} {r['ref_ms']:8} {r['ours_ms']:8} {r['ratio']:6} {r['ref_samples_s']:9} "
+              f"{r['ours_samples_s']:9} {str(r['ref_peak_gib']):>7} {str(r['ours_peak_gib']):>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""python -m trainer plan|preflight|run CONFIG, and python -m trainer demo DIR.
+
+CONFIG is the project's JSON/TOML or a Kohya_ss GUI JSON (`--type` says which training type when the
+file does not). `run` writes the event stream (docs/events.md) on stdout and logs on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+TYPES = ("lora", "dreambooth", "textual_inversion", "finetune")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "train: events on stdout, logs and a progress bar on stderr"),
+                            ("plan", "print the step/epoch plan"),
+                            ("preflight", "check the dataset and report every problem")):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("config", help="project JSON/TOML or Kohya_ss GUI JSON")
+        c.add_argument("--type", choices=TYPES, help="training type when the file does not say")
+        if name == "run":
+            c.add_argument("--events", help="also append the event lines to this file")
+        else:
+            c.add_argument("--json", action="store_true", help="print JSON instead of text")
+    d = sub.add_parser("demo", help="write a tiny model, a toy dataset and a ready LoRA config")
+    d.add_argument("folder")
+    return p
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
+                        if os.environ.get("WORLD_SIZE", "1") != "1" else "%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("httpx", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(path: str, training_type: str | None):
+    from trainer.config import load_config_file
+
+    loaded = load_config_file(path, training_type)
+    for note in loaded.notes:
+        logging.getLogger("trainer").info("config: %s", note)
+    if loaded.ignored_keys:
+        logging.getLogger("trainer").warning("config: Kohya_ss keys ignored: %s", ", ".join(loaded.ignored_keys))
+    return loaded
+
+
+def cmd_run(args) -> int:
+    from trainer.events import EventWriter, claim_stdout_for_events
+    from trainer.train.faults import describe
+    from trainer.train.stop import StopSignal
+
+    stop = StopSignal().install()  # before anything slow, so an early Ctrl-C still ends cleanly
+    stream = claim_stdout_for_events()
+    main = os.environ.get("RANK", "0") == "0"
+    events = EventWriter(stream=stream, path=args.events, enabled=main)
+    try:
+        loaded = _load(args.config, args.type)
+        for key in loaded.ignored_keys:
+            events.warning(f"Kohya_ss setting {key!r} has no counterpart here and was ignored")
+        from trainer.train.run import run_training
+    except BaseException as exc:  # noqa: BLE001 — the stream must end in `failed`
+        fault = describe(exc)
+        events.error(fault.message, fault.hint)
+        events.failed(fault.message, fault.hint, fault.exit_code)
+        return fault.exit_code
+    code = run_training(loaded.config, events, stop)
+    events.close()
+    return code
+
+
+def cmd_plan(args) -> int:
+    from trainer.data.scan import scan_dataset
+    from trainer.plan import compute_plan
+
+    config = _load(args.config, args.type).config
+    scan = scan_dataset(config, strict=False)
+    concepts, regs = [], []
+    for ds in scan.datasets:
+        for sub in ds.subsets:
+            (regs if sub.spec.is_reg else concepts).append((len(sub.items), sub.spec.num_repeats))
+    plan = compute_plan(concepts, regs, epochs=config.epoch, batch_size=config.train_batch_size,
+                        gradient_accumulation_steps=config.gradient_accumulation_steps,
+                        max_train_steps=config.max_train_steps, num_processes=config.num_processes)
+    if args.json:
+        print(json.dumps({**plan.to_dict(), "problems": [p.to_dict() for p in scan.problems]}, indent=2))
+    else:
+        print(plan.formula())
+        for p in scan.problems:
+            print(f"{p.severity}: {p}")
+    return 0 if not scan.of("error") else 1
+
+
+def cmd_preflight(args) -> int:
+    from trainer.data.preflight import preflight
+
+    report = preflight(_load(args.config, args.type).config)
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args) -> int:
+    from trainer.train.demo import write_demo
+
+    path = write_demo(args.folder)
+    print(f"Demo ready. Train with:\n  {sys.executable} -m trainer run {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging()
+    if args.command == "run":
+        return cmd_run(args)
+    try:
+        return {"plan": cmd_plan, "preflight": cmd_preflight, "demo": cmd_demo}[args.command](args)
+    except (ValueError, OSError) as exc:  # config/dataset/file errors: the message says what to fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The diffusion objective: noise, timesteps, targets and loss weights (sd-scripts §1.3).
+
+Randomness is drawn from the global generator, reseeded at the start of every optimizer step from
+(seed, rank, step), in a fixed order (all timesteps, then each sample's noise). So a step is a pure
+function of the weights, the batch and its number: a resumed run repeats an uninterrupted one exactly,
+and batch 2 × accumulation 1 sees the same noise as batch 1 × accumulation 2.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def sample_noise(shape: tuple, device, cfg) -> torch.Tensor:
+    """Gaussian noise for one sample [C, H, W], with noise_offset / multi-resolution noise."""
+    noise = torch.randn(shape, device=device)
+    offset = float(getattr(cfg, "noise_offset", 0) or 0)
+    if offset:
+        noise = noise + offset * torch.randn((shape[0], 1, 1), device=device)
+    iterations = int(getattr(cfg, "multires_noise_iterations", 0) or 0)
+    if iterations:
+        noise = pyramid_noise(noise, iterations, float(getattr(cfg, "multires_noise_discount", 0.3)))
+    return noise
+
+
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float) -> torch.Tensor:
+    """Multi-resolution noise: add upsampled lower-resolution noise, then renormalise."""
+    c, h, w = noise.shape
+    for i in range(iterations):
+        r = float(torch.rand(()) * 2 + 2)
+        sh, sw = max(1, int(h / r ** (i + 1))), max(1, int(w / r ** (i + 1)))
+        low = torch.randn((1, c, sh, sw), device=noise.device)
+        noise = noise + F.interpolate(low, size=(h, w), mode="bilinear")[0] * discount ** (i + 1)
+        if sh == 1 or sw == 1:
+            break
+    return noise / noise.std()
+
+
+def sample_timesteps(n: int, device, cfg) -> torch.Tensor:
+    low = int(getattr(cfg, "min_timestep", 0) or 0)
+    high = int(getattr(cfg, "max_timestep", 1000) or 1000)
+    return torch.randint(low, max(high, low + 1), (n,), device=device)
+
+
+def training_target(noise_scheduler, latents, noise, timesteps, v_prediction: bool) -> torch.Tensor:
+    if v_prediction:
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1):
+    """Loss per sample, computed in fp32 and averaged over channels and pixels."""
+    pred, target = pred.float(), target.float()
+    if loss_type == "l1":
+        loss = (pred - target).abs()
+    elif loss_type in ("huber", "smooth_l1"):  # sd-scripts' pseudo-Huber with a constant c
+        scale = 2 * huber_c if loss_type == "huber" else 2
+        loss = scale * (torch.sqrt((pred - target) ** 2 + huber_c ** 2) - huber_c)
+    else:
+        loss = F.mse_loss(pred, target, reduction="none")
+    return loss.mean(dim=list(range(1, loss.dim())))
+
+
+def snr_loss_weights(noise_scheduler, timesteps, cfg, v_prediction: bool) -> torch.Tensor | None:
+    """Min-SNR-γ, debiased estimation and v-pred scaling weights (None when none is on)."""
+    gamma = float(getattr(cfg, "min_snr_gamma", 0) or 0)
+    debiased = bool(getattr(cfg, "debiased_estimation_loss", False))
+    v_like = bool(getattr(cfg, "scale_v_pred_loss_like_noise_pred", False)) and v_prediction
+    if not (gamma or debiased or v_like):
+        return None
+    snr = compute_snr(noise_scheduler, timesteps)
+    weight = torch.ones_like(snr)
+    if gamma:
+        clipped = torch.clamp(snr, max=gamma)
+        weight = weight * (clipped / (snr + 1) if v_prediction else clipped / snr)
+    if v_like:
+        weight = weight * snr / (snr + 1)
+    if debiased:
+        snr_c = torch.clamp(snr, max=1000)
+        weight = weight * (1 / (snr_c + 1) if v_prediction else 1 / torch.sqrt(snr_c))
+    return weight

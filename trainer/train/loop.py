@@ -1,0 +1,117 @@
+"""The training step, in the shape of the diffusers example scripts.
+
+`Denoiser` is the one module that accelerate prepares (and DDP wraps): text conditioning + U-Net,
+with the LoRA modules patched into both, so gradients of U-Net and text-encoder LoRA are synchronised
+together. `train_step` runs one optimizer step over its micro-batches (gradient accumulation).
+No host synchronisation happens here: the loss comes back as a device tensor.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .diffusion import (per_sample_loss, sample_noise, sample_timesteps, snr_loss_weights, step_seed,
+                        training_target)
+
+
+class Denoiser(nn.Module):
+    def __init__(self, unet, text, network):
+        super().__init__()
+        self.unet, self.text, self.network = unet, text, network
+        # frozen weights are identical on every rank: DDP need not broadcast or track them
+        self._ddp_params_and_buffers_to_ignore = [
+            n for n, p in self.named_parameters() if not p.requires_grad] + [n for n, _ in self.named_buffers()]
+
+    def forward(self, noisy, timesteps, captions, time_ids=None):
+        hidden, pooled = self.text(captions)
+        added = None if time_ids is None else {"text_embeds": pooled, "time_ids": time_ids}
+        return self.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+
+
+@dataclass
+class StepContext:
+    accelerator: Any
+    model: nn.Module            # the prepared Denoiser
+    optimizer: Any
+    lr_scheduler: Any
+    params: list                # trainable parameters (for clipping)
+    noise_scheduler: Any
+    cfg: Any                    # loss/noise options: min_snr_gamma, noise_offset, loss_type, ...
+    v_prediction: bool = False
+    vae: Any = None             # only when latents are not cached
+    vae_scale: float = 0.18215
+    vae_shift: float = 0.0
+    sdxl: bool = False
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    rank: int = 0
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+
+def batch_latents(ctx: StepContext, batch: dict) -> torch.Tensor:
+    if "latents" in batch:
+        latents = batch["latents"].to(ctx.device, non_blocking=True)
+    else:  # not cached: encode this batch (no gradient through the VAE)
+        with torch.no_grad():
+            param = next(ctx.vae.parameters())
+            dist = ctx.vae.encode(batch["images"].to(ctx.device, param.dtype)).latent_dist
+            latents = dist.sample()
+    return ((latents.float() - ctx.vae_shift) * ctx.vae_scale)
+
+
+def sdxl_time_ids(batch: dict, device, dtype) -> torch.Tensor:
+    """(original size, crop top-left, target size), each as (h, w): SDXL's micro-conditioning."""
+    ids = torch.cat([batch["original_sizes_hw"], batch["crop_top_lefts"], batch["target_sizes_hw"]], dim=1)
+    return ids.to(device=device, dtype=dtype)
+
+
+def latent_shape(batch: dict) -> tuple[int, ...]:
+    if "latents" in batch:
+        return tuple(batch["latents"].shape)
+    b, _, h, w = batch["images"].shape
+    return (b, 4, h // 8, w // 8)
+
+
+def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> torch.Tensor:
+    """One optimizer step; returns the mean loss over the step's samples (a device tensor)."""
+    torch.manual_seed(step_seed(ctx.seed, ctx.rank, step))
+    shapes = [latent_shape(b) for b in micro_batches]
+    n = sum(s[0] for s in shapes)
+    timesteps = sample_timesteps(n, ctx.device, ctx.cfg)
+    noises = [torch.stack([sample_noise(s[1:], ctx.device, ctx.cfg) for _ in range(s[0])]) for s in shapes]
+
+    total = torch.zeros((), device=ctx.device)
+    start = 0
+    for i, (batch, noise) in enumerate(zip(micro_batches, noises)):
+        last = i == len(micro_batches) - 1
+        t = timesteps[start:start + noise.shape[0]]
+        start += noise.shape[0]
+        with nullcontext() if last else ctx.accelerator.no_sync(ctx.model):
+            latents = batch_latents(ctx, batch)
+            noisy = ctx.noise_scheduler.add_noise(latents, noise, t)
+            time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
+            pred = ctx.model(noisy, t, batch["captions"], time_ids)
+            target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
+            loss = per_sample_loss(pred, target, getattr(ctx.cfg, "loss_type", "l2"),
+                                   float(getattr(ctx.cfg, "huber_c", 0.1)))
+            loss = loss * batch["loss_weights"].to(ctx.device, non_blocking=True)
+            weights = snr_loss_weights(ctx.noise_scheduler, t, ctx.cfg, ctx.v_prediction)
+            if weights is not None:
+                loss = loss * weights
+            loss = loss.sum() / n  # the mean over the whole step, however it is split into micro-batches
+            ctx.accelerator.backward(loss)
+        total += loss.detach()
+
+    if ctx.max_grad_norm:
+        ctx.accelerator.clip_grad_norm_(ctx.params, ctx.max_grad_norm)
+    ctx.optimizer.step()
+    ctx.lr_scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return total

@@ -1,0 +1,98 @@
+"""Step reporting without slowing the step: losses stay on the device and are read in one transfer
+about ten times a second (and before every save), where NaN/inf is also caught. Each read feeds
+the `step` event, the tqdm bar on stderr and TensorBoard."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+
+import torch
+
+from .faults import NonFiniteLoss
+
+
+class Progress:
+    def __init__(self, events, total_steps: int, epochs: int, start_step: int = 0, tracker=None,
+                 enabled: bool = True, interval_s: float = 0.1):
+        self.events, self.total, self.epochs = events, total_steps, epochs
+        self.tracker = tracker
+        self.enabled = enabled
+        self.interval = interval_s
+        self.pending: list[tuple[int, int, torch.Tensor, list[float]]] = []
+        self.epoch_losses: list[float] = []
+        self.epoch = 0
+        self.last_good_path: str | None = None
+        self.step = start_step
+        self._last_flush = time.monotonic()
+        self._times = deque([(time.monotonic(), start_step)], maxlen=50)
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, unit="step",
+                            dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0)
+
+    def record(self, step: int, epoch: int, loss: torch.Tensor, lrs: list[float]) -> None:
+        self.pending.append((step, epoch, loss, lrs))
+        self.step = step
+        if time.monotonic() - self._last_flush >= self.interval or step >= self.total:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the pending losses (one device→host copy) and report the newest step."""
+        if not self.pending:
+            return
+        values = torch.stack([p[2] for p in self.pending]).float().cpu().tolist()
+        pending, self.pending = self.pending, []
+        self._last_flush = now = time.monotonic()
+        for (step, epoch, _, lrs), loss in zip(pending, values):
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(step, self.last_good_path)
+            if epoch != self.epoch:
+                self.epoch, self.epoch_losses = epoch, []
+            self.epoch_losses.append(loss)
+            if self.tracker is not None:
+                self.tracker.add_scalar("loss/current", loss, step)
+                for i, lr in enumerate(lrs):
+                    self.tracker.add_scalar("lr/unet" if i == len(lrs) - 1 else f"lr/group{i}", lr, step)
+        step, epoch, _, lrs = pending[-1]
+        self._times.append((now, step))
+        t0, s0 = self._times[0]
+        it_s = (step - s0) / (now - t0) if now > t0 and step > s0 else 0.0
+        avg = sum(self.epoch_losses) / len(self.epoch_losses)
+        eta = (self.total - step) / it_s if it_s else None
+        self.events.emit("step", step=step, total=self.total, epoch=epoch, epochs=self.epochs, loss=values[-1],
+                         avg_loss=avg, lr=lrs[-1] if lrs else None, it_s=round(it_s, 3),
+                         eta_s=None if eta is None else round(eta, 1))
+        if self.tracker is not None:
+            self.tracker.add_scalar("loss/average", avg, step)
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=f"{epoch}/{self.epochs}", loss=f"{values[-1]:.4f}", avg=f"{avg:.4f}",
+                                 refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def end_epoch(self, epoch: int) -> None:
+        self.flush()
+        if self.tracker is not None and self.epoch_losses:
+            self.tracker.add_scalar("loss/epoch_average", sum(self.epoch_losses) / len(self.epoch_losses), epoch)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tracker is not None:
+            self.tracker.flush()
+
+
+def open_tracker(config, enabled: bool):
+    """TensorBoard writer under logging_dir/<log_prefix><output_name>_<timestamp> (None when off)."""
+    logging_dir = getattr(config, "logging_dir", "") or ""
+    if not (enabled and logging_dir and getattr(config, "log_with", "tensorboard") == "tensorboard"):
+        return None
+    from pathlib import Path
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    name = f"{getattr(config, 'log_prefix', '') or ''}{config.output_name or 'last'}_{time.strftime('%Y%m%d-%H%M%S')}"
+    return SummaryWriter(log_dir=str(Path(logging_dir).expanduser() / name))

@@ -1,0 +1,298 @@
+"""`python -m trainer run CONFIG`: one LoRA training run from settings to NAME.safetensors.
+
+    run_training(config, events) -> exit code
+
+Order of events: plan → cache… → step… (saved, sample) … → done | stopped | failed.
+Every failure ends in an `error` + `failed` pair with a hint; a traceback only ever reaches the log.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from . import setup as S
+from .faults import EXIT_ABORTED, TrainingFault, describe
+from .lora import create_training_kind
+from .loop import train_step
+from .metadata import at_save, training_metadata
+from .progress import Progress, open_tracker
+from .samples import generate_samples, load_prompts
+from .saving import Retention, SavePolicy, check_no_collisions, check_writable, write_settings_json
+from .state import TrainState, check_resume_settings, load_state, read_train_state, save_state
+from .stop import AbortRequested, StopSignal
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingRun:
+    def __init__(self, config, events, stop: StopSignal):
+        self.config, self.events, self.stop = config, events, stop
+        self.outputs: list[Path] = []
+        self.started = time.time()
+
+    def warn(self, message: str) -> None:
+        logger.warning(message)
+        self.events.warning(message)
+
+    # --- preparation -----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        cfg = self.config
+        resume_dir = getattr(cfg, "resume", "") or ""
+        self.resumed = read_train_state(Path(resume_dir)) if resume_dir else None
+        self.seed = self.resumed.seed if self.resumed else S.resolve_seed(cfg)
+        self.config = cfg = S.with_values(cfg, seed=self.seed)
+        self.kind = create_training_kind(cfg)
+        self.acc, self.mp = S.make_accelerator(cfg, self.warn)
+        set_seed(self.seed)  # the same initial LoRA weights on every rank and in every repeat of the run
+        self.main = self.acc.is_main_process
+        if not self.main:
+            self.events.enabled = False
+        self.policy = SavePolicy.from_config(cfg)
+        self.policy.ext = self.kind.output_ext  # a kind may change it in prepare(); read again there
+        if self.main:
+            check_writable(self.policy.output_dir)
+        self.base = S.load_base(cfg, self.acc, self.mp)
+        scan, latents, self.dataset, self.steps, need_flip = S.build_data(cfg, self.base, self.acc, self.events,
+                                                                          self.kind.scan_dataset(cfg))
+        self.plan = S.plan_event(cfg, self.dataset, self.steps, self.base, self.acc)
+        self.plan["warmup_steps"] = S.warmup_for_plan(cfg, self.plan["total_steps"])
+        owned = set(self.resumed.written) if self.resumed else set()
+        if self.main:
+            check_no_collisions(self.policy, self.plan["epochs"], self.plan["total_steps"], owned)
+            settings = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(vars(cfg))
+            self.settings_path = write_settings_json(self.policy.output_dir, self.policy.output_name, settings)
+        self.events.emit("plan", **{k: self.plan[k] for k in (
+            "images", "repeats_total", "reg_images", "buckets", "steps_per_epoch", "epochs", "total_steps",
+            "batch_size", "gradient_accumulation_steps", "family", "num_processes")})
+        if latents is not None:
+            S.cache_latents(latents, scan, need_flip, self.acc)
+        self.prompts = load_prompts(getattr(cfg, "sample_prompts", "") or "")
+        if latents is not None and not self.prompts and self.acc.device.type == "cuda":
+            self.base.vae.to("cpu")  # cached: the VAE is not needed on the GPU any more
+        groups = self.kind.prepare(self.base, S.network_dtype(cfg, self.mp))
+        for message in self.kind.warnings:
+            self.warn(message)
+        self.kind.warnings.clear()
+        self.policy.ext = self.kind.output_ext
+        self.ctx = S.build_step_context(cfg, self.base, self.kind, groups, self.acc, self.mp, self.seed, self.warn,
+                                        self.plan["total_steps"], cached=latents is not None)
+        self.state = TrainState(seed=self.seed, total_steps=self.plan["total_steps"], settings=self.resume_settings())
+        if self.resumed:
+            check_resume_settings(self.resumed.settings, self.state.settings, self.warn)
+            loaded = load_state(Path(resume_dir), self.kind, self.ctx.optimizer, self.ctx.lr_scheduler,
+                                self.acc.scaler)
+            self.state.epoch, self.state.step_in_epoch = loaded.epoch, loaded.step_in_epoch
+            self.state.global_step, self.state.written = loaded.global_step, list(loaded.written)
+            logger.info("resumed from %s at epoch %d, step %d", resume_dir, loaded.epoch, loaded.global_step)
+        self.retention = Retention(self.policy, self.state.written)
+        self.meta = training_metadata(
+            cfg, base=self.base, plan=self.plan, seed=self.seed, started_at=self.started, mixed_precision=self.mp,
+            optimizer_desc=S.describe_optimizer(self.ctx.optimizer, cfg), dataset_dirs=dataset_dirs(scan),
+            tag_frequency=tag_frequency(scan))
+
+    def resume_settings(self) -> dict:
+        c = self.config
+        return {"network_dim": getattr(c, "network_dim", None), "train_batch_size": c.train_batch_size,
+                "gradient_accumulation_steps": c.gradient_accumulation_steps,
+                "num_processes": self.acc.num_processes, "total_steps": self.plan["total_steps"],
+                "optimizer": c.optimizer}
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def train(self) -> str:
+        total, epochs, per_epoch = self.plan["total_steps"], self.plan["epochs"], self.plan["steps_per_epoch"]
+        self.progress = Progress(self.events, total, epochs, self.state.global_step,
+                                 tracker=open_tracker(self.config, self.main), enabled=self.main)
+        for module in self.kind.trained_modules():
+            module.train()
+        try:
+            while self.state.global_step < total:
+                epoch, skip = self.state.epoch, self.state.step_in_epoch
+                for micro in self.steps.epoch(epoch, skip_steps=skip):
+                    for batch in micro:
+                        batch["captions"] = self.kind.prepare_captions(batch["captions"])
+                    loss = train_step(self.ctx, micro, self.state.global_step)
+                    self.kind.after_optimizer_step(self.state.global_step + 1)
+                    self.state.global_step += 1
+                    self.state.step_in_epoch += 1
+                    step = self.state.global_step
+                    self.progress.record(step, epoch, loss, self.ctx.lr_scheduler.get_last_lr())
+                    if self.policy.step_due(step, total):
+                        self.save("step", epoch, step)
+                    if every(self.config, "sample_every_n_steps", step):
+                        self.sample(step, None)
+                    if step >= total or self.state.step_in_epoch >= per_epoch:
+                        break
+                    if self.stop_agreed():
+                        return self.finish_stopped()
+                if self.state.global_step < total or self.state.step_in_epoch >= per_epoch:
+                    self.end_epoch(epoch, epochs)
+                if self.state.global_step < total and self.stop_agreed():
+                    return self.finish_stopped()
+            self.finish_done()
+            return "done"
+        finally:
+            self.progress.close()
+
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        self.progress.end_epoch(epoch)
+        self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+        if self.policy.epoch_due(epoch, epochs) and self.state.global_step < self.plan["total_steps"]:
+            self.save("epoch", epoch, self.state.global_step)
+        if every(self.config, "sample_every_n_epochs", epoch):
+            self.sample(self.state.global_step, epoch)
+
+    def stop_agreed(self) -> bool:
+        """Every rank must stop at the same step, whichever one got the signal."""
+        flag = self.stop.requested
+        if self.acc.num_processes == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.acc.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    # --- outputs ---------------------------------------------------------------------------------
+
+    def save(self, kind: str, epoch: int, step: int, with_state: bool | None = None) -> Path:
+        self.progress.flush()  # raises on a NaN loss before anything is written
+        path = self.policy.path(kind, epoch=epoch, step=step)
+        if with_state is None:
+            with_state = self.policy.save_state
+        if self.main:
+            self.write_model(path, kind, epoch, step)
+            if with_state:
+                self.retention.record(self.policy.state_dir(path))  # before writing: the state lists itself
+                folder = save_state(self.policy.state_dir(path), self.kind, self.ctx.optimizer,
+                                    self.ctx.lr_scheduler, self.acc.scaler, self.state)
+                self.events.emit("saved", path=str(folder), size=size_of(folder), kind="state", verified=None)
+            if kind == "epoch":
+                self.retention.prune_epochs(epoch)
+            elif kind == "step":
+                self.retention.prune_steps(step)
+        self.acc.wait_for_everyone()
+        return path
+
+    def write_model(self, path: Path, kind: str, epoch: int, step: int) -> None:
+        path = self.kind.save(path, step=step, epoch=epoch, metadata=at_save(self.meta, epoch, step))
+        for message in self.kind.warnings:
+            self.warn(message)
+        self.kind.warnings.clear()
+        self.retention.record(path)
+        self.progress.last_good_path = str(path)
+        self.outputs.append(path)
+        self.events.emit("saved", path=str(path), size=size_of(path), kind=kind,
+                         verified=getattr(self.kind, "last_verified", None))
+
+    def sample(self, step: int, epoch: int | None) -> None:
+        if not self.prompts:
+            return
+        if self.main:
+            from trainer.config import parse_resolution
+
+            vae_device = next(self.base.vae.parameters()).device
+            self.base.vae.to(self.acc.device)
+            tracker = self.progress.tracker
+
+            def on_image(path, index, prompt, image):
+                self.events.emit("sample", path=str(path), step=step, epoch=epoch, index=index, prompt=prompt.prompt)
+                if tracker is not None:
+                    import numpy as np
+
+                    tracker.add_image(f"sample_{index}", np.asarray(image), step, dataformats="HWC")
+
+            prompts = [replace(p, prompt=self.kind.expand_prompt(p.prompt)) for p in self.prompts]
+            generate_samples(self.base, self.kind.trained_modules(), prompts, sampler_name=self.config.sample_sampler,
+                             out_dir=self.policy.output_dir / "sample", output_name=self.policy.output_name,
+                             step=step, epoch=epoch, default_size=parse_resolution(self.config.resolution),
+                             seed=self.seed, clip_skip=int(getattr(self.config, "clip_skip", 1) or 1),
+                             autocast_dtype=S.weight_dtype(self.mp), device=self.acc.device, on_image=on_image)
+            self.base.vae.to(vae_device)
+        self.acc.wait_for_everyone()
+
+    def finish_done(self) -> None:
+        on_end = self.policy.save_state_on_train_end
+        self.save("final", self.state.epoch - (1 if self.state.step_in_epoch == 0 else 0), self.state.global_step,
+                  with_state=on_end)
+
+    def finish_stopped(self) -> str:
+        logger.warning("stopping at step %d (%s)", self.state.global_step, self.stop.signal_name)
+        self.save("stopped", self.state.epoch, self.state.global_step, with_state=True)
+        return "stopped"
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def every(config, option: str, n: int) -> bool:
+    k = int(getattr(config, option, 0) or 0)
+    return k > 0 and n % k == 0
+
+
+def dataset_dirs(scan) -> dict:
+    out = {}
+    for ds in scan.datasets:
+        for sub in ds.subsets:
+            out[sub.spec.label or sub.spec.image_dir.name] = {"n_repeats": sub.spec.num_repeats,
+                                                              "img_count": len(sub.items)}
+    return out
+
+
+def tag_frequency(scan) -> dict:
+    out: dict[str, dict[str, int]] = {}
+    for item in scan.items:
+        ds = scan.datasets[item.dataset].subsets[item.subset].spec
+        counts = out.setdefault(ds.label or ds.image_dir.name, {})
+        for tag in (t.strip() for t in item.caption.split(",")):
+            if tag:
+                counts[tag] = counts.get(tag, 0) + 1
+    return out
+
+
+def run_training(config, events, stop: StopSignal | None = None) -> int:
+    """Run to the end; returns the process exit code (0 done/stopped, 1 failed, 130 aborted)."""
+    stop = stop or StopSignal().install()
+    run = TrainingRun(config, events, stop)
+    try:
+        run.prepare()
+        outcome = run.train()
+        if outcome == "stopped":
+            events.stopped([str(p) for p in run.outputs], run.state.global_step)
+        else:
+            events.done([str(p) for p in run.outputs])
+        log_final_digest(run)
+        return 0
+    except AbortRequested as exc:
+        fault = TrainingFault(f"Aborted: {exc}; nothing more was saved.",
+                              "Stop once (and wait for the current step) to save the LoRA before exiting.",
+                              EXIT_ABORTED)
+    except BaseException as exc:  # noqa: BLE001 — every failure must end in a `failed` event
+        fault = describe(exc)
+        if not isinstance(exc, TrainingFault):
+            logger.error("training failed:\n%s", traceback.format_exc())
+        if isinstance(exc, KeyboardInterrupt):
+            fault.exit_code = EXIT_ABORTED
+    logger.error("%s %s", fault.message, fault.hint)
+    events.error(fault.message, fault.hint)
+    events.failed(fault.message, fault.hint, fault.exit_code)
+    return fault.exit_code
+
+
+def log_final_digest(run: TrainingRun) -> None:
+    """Each rank logs a digest of its final weights: identical digests prove DDP kept ranks in step."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(run.kind.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    logger.info("rank %d final network digest %s", run.acc.process_index, h.hexdigest()[:16])

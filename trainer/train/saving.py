@@ -1,0 +1,154 @@
+"""Saving cadence, file names (sd-scripts §4.5), retention and the run-settings JSON.
+
+    NAME-000004.safetensors        epoch 4 (save_every_n_epochs)
+    NAME-step00000500.safetensors  step 500 (save_every_n_steps)
+    NAME.safetensors               the finished run
+    NAME-stopped.safetensors       a run stopped by the user
+    <model stem>-state/            optimizer/scheduler/RNG state beside a model (save_state)
+
+Retention (save_last_n_epochs / save_last_n_steps) only ever removes files this run wrote; a run
+refuses to start when one of the names it would write already exists, unless it resumes the run
+that wrote it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .faults import TrainingFault
+
+
+@dataclass
+class SavePolicy:
+    output_dir: Path
+    output_name: str
+    ext: str = "safetensors"
+    every_n_epochs: int = 0
+    every_n_steps: int = 0
+    last_n_epochs: int = 0
+    last_n_steps: int = 0
+    save_state: bool = False
+    save_state_on_train_end: bool = False
+
+    @classmethod
+    def from_config(cls, config) -> "SavePolicy":
+        return cls(
+            output_dir=Path(config.output_dir or ".").expanduser(),
+            output_name=config.output_name or "last",
+            ext=getattr(config, "save_model_as", "safetensors") or "safetensors",
+            every_n_epochs=int(getattr(config, "save_every_n_epochs", 0) or 0),
+            every_n_steps=int(getattr(config, "save_every_n_steps", 0) or 0),
+            last_n_epochs=int(getattr(config, "save_last_n_epochs", 0) or 0),
+            last_n_steps=int(getattr(config, "save_last_n_steps", 0) or 0),
+            save_state=bool(getattr(config, "save_state", False)),
+            save_state_on_train_end=bool(getattr(config, "save_state_on_train_end", False)),
+        )
+
+    # --- names ---------------------------------------------------------------------------------
+
+    def path(self, kind: str, epoch: int = 0, step: int = 0) -> Path:
+        stem = {
+            "epoch": f"{self.output_name}-{epoch:06d}",
+            "step": f"{self.output_name}-step{step:08d}",
+            "final": self.output_name,
+            "stopped": f"{self.output_name}-stopped",
+        }[kind]
+        return self.output_dir / (f"{stem}.{self.ext}" if self.ext else stem)  # "" = a folder (diffusers)
+
+    @staticmethod
+    def state_dir(model_path: Path) -> Path:
+        stem = model_path.stem if model_path.suffix in (".safetensors", ".ckpt", ".pt") else model_path.name
+        return model_path.with_name(stem + "-state")
+
+    # --- cadence -------------------------------------------------------------------------------
+
+    def epoch_due(self, epoch: int, epochs: int) -> bool:
+        """The last epoch is written under the plain name instead (as sd-scripts does)."""
+        return self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0 and epoch < epochs
+
+    def step_due(self, step: int, total_steps: int) -> bool:
+        return self.every_n_steps > 0 and step % self.every_n_steps == 0 and step < total_steps
+
+    def planned_paths(self, epochs: int, total_steps: int) -> list[Path]:
+        paths = [self.path("epoch", epoch=e) for e in range(1, epochs + 1) if self.epoch_due(e, epochs)]
+        paths += [self.path("step", step=s) for s in range(1, total_steps + 1) if self.step_due(s, total_steps)]
+        paths += [self.path("final"), self.path("stopped")]
+        if self.save_state or self.save_state_on_train_end:
+            paths += [self.state_dir(p) for p in paths]
+        return paths
+
+
+def check_no_collisions(policy: SavePolicy, epochs: int, total_steps: int, owned: set[str]) -> None:
+    """Never overwrite a file from another run: fail before training, naming the files."""
+    taken = [p for p in policy.planned_paths(epochs, total_steps) if p.exists() and str(p) not in owned]
+    if taken:
+        shown = ", ".join(p.name for p in taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+        raise TrainingFault(
+            f"{policy.output_dir} already holds {shown} from an earlier run, and this run would overwrite it.",
+            "Choose another output_name or output_dir, move the old files away, or resume the earlier run "
+            "from its -state folder.")
+
+
+@dataclass
+class Retention:
+    """Files this run wrote, so save_last_n_* can prune them (and only them)."""
+    policy: SavePolicy
+    written: list[str] = field(default_factory=list)
+
+    def record(self, path: Path) -> None:
+        if str(path) not in self.written:
+            self.written.append(str(path))
+
+    def prune_epochs(self, epoch: int) -> list[Path]:
+        """After saving epoch `epoch`, drop this run's epoch files older than the N newest."""
+        n, every = self.policy.last_n_epochs, self.policy.every_n_epochs
+        if n <= 0 or every <= 0:
+            return []
+        old = [e for e in range(every, epoch - n * every + 1, every)]
+        return self._remove([self.policy.path("epoch", epoch=e) for e in old])
+
+    def prune_steps(self, step: int) -> list[Path]:
+        n, every = self.policy.last_n_steps, self.policy.every_n_steps
+        if n <= 0 or every <= 0:
+            return []
+        old = [s for s in range(every, step - n + 1, every) if s <= step - n]
+        return self._remove([self.policy.path("step", step=s) for s in old])
+
+    def _remove(self, paths: list[Path]) -> list[Path]:
+        removed = []
+        for path in paths:
+            for target in (path, self.policy.state_dir(path)):
+                if str(target) in self.written and target.exists():
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+                    self.written.remove(str(target))
+                    removed.append(target)
+        return removed
+
+
+def write_settings_json(output_dir: Path, output_name: str, settings: dict) -> Path:
+    """The run's full settings beside its outputs (Kohya_ss's NAME_YYYYMMDD-HHMMSS.json), loadable again."""
+    from trainer.config import atomic_write_text
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = output_dir / f"{output_name}_{stamp}.json"
+    n = 1
+    while path.exists():  # two runs in the same second: never overwrite
+        path = output_dir / f"{output_name}_{stamp}-{n}.json"
+        n += 1
+    return atomic_write_text(path, json.dumps(settings, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before training (not after an hour) when the output folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingFault(f"Cannot write to output_dir {folder}: {exc.strerror or exc}",
+                            "Choose an output_dir you can write to, or fix its permissions.") from exc

@@ -1,0 +1,160 @@
+"""Building a LoRA run: accelerator, base model, dataset (+ latent cache), network, optimizer, schedule.
+
+Everything here happens once before the first step; `trainer.train.run` drives the loop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import torch
+
+from .batches import StepBatches
+from .faults import TrainingFault
+from .loop import Denoiser, StepContext
+from .optimizers import build_optimizer
+from .precision import (allow_fp16_gradients, effective_mixed_precision, enable_gradient_checkpointing,
+                        network_dtype, set_attention, vae_dtype, weight_dtype)  # noqa: F401 (re-exported)
+from .schedulers import build_scheduler, warmup_steps
+from .text import TextConditioner
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_seed(config) -> int:
+    seed = int(getattr(config, "seed", 0) or 0)
+    return seed if seed > 0 else random.SystemRandom().randint(1, 2**31 - 1)
+
+
+def with_values(config, **values):
+    """A copy of the config with some values replaced (pydantic model or plain namespace)."""
+    if hasattr(config, "model_copy"):
+        return config.model_copy(update=values)
+    import copy
+
+    clone = copy.copy(config)
+    for k, v in values.items():
+        setattr(clone, k, v)
+    return clone
+
+
+def make_accelerator(config, warn):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cuda = torch.cuda.is_available()
+    mp = effective_mixed_precision(config.mixed_precision, torch.device("cuda" if cuda else "cpu"), warn)
+    # module_dropout skips whole modules, so some LoRA weights get no gradient in a step
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(getattr(config, "module_dropout", 0)))
+    accelerator = Accelerator(mixed_precision=mp, cpu=not cuda, kwargs_handlers=[ddp])
+    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, int(getattr(config, "num_cpu_threads_per_process", 2) or 2)))
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator, mp
+
+
+def load_base(config, accelerator, mp: str):
+    from trainer.models.loader import load_base_model
+
+    family = "sdxl" if getattr(config, "sdxl", False) else ("sd2" if getattr(config, "v2", False) else None)
+    base = load_base_model(config.pretrained_model_name_or_path, family=family,
+                           v_parameterization=True if getattr(config, "v_parameterization", False) else None,
+                           vae=getattr(config, "vae", "") or None)
+    device, dtype = accelerator.device, weight_dtype(mp)
+    base.unet.to(device, dtype=dtype).requires_grad_(False).eval()
+    for te in base.text_encoders:
+        te.to(device, dtype=dtype).requires_grad_(False).eval()
+    base.vae.to(device, dtype=vae_dtype(config, mp)).requires_grad_(False).eval()
+    return base
+
+
+def plan_event(config, dataset, steps: StepBatches, base, accelerator) -> dict:
+    train_samples, reg_samples = dataset.samples_per_epoch()
+    per_epoch = steps.steps_per_epoch()
+    if per_epoch == 0:
+        raise TrainingFault("The dataset gives no training batches.", "Add images to the concept folders.")
+    max_steps = int(getattr(config, "max_train_steps", 0) or 0)
+    if max_steps > 0:
+        total, epochs = max_steps, -(-max_steps // per_epoch)
+    else:
+        epochs = int(config.epoch)
+        total = per_epoch * epochs
+    images = sum(1 for it in dataset.scan.items if not it.is_reg)
+    return {
+        "images": images, "repeats_total": train_samples, "reg_images": reg_samples,
+        "buckets": {f"{w}x{h}": n for (w, h), n in dataset.bucket_counts().items()},
+        "batches_per_epoch": dataset.batches_per_epoch(), "steps_per_epoch": per_epoch, "epochs": epochs,
+        "total_steps": total, "batch_size": int(config.train_batch_size),
+        "gradient_accumulation_steps": int(config.gradient_accumulation_steps),
+        "num_processes": accelerator.num_processes, "family": base.family,
+    }
+
+
+def build_data(config, base, accelerator, events, scan=None):
+    """Scan → dataset (the plan needs it) → latent cache with `cache` progress events."""
+    from trainer.data.dataset import TrainDataset, needs_flip_cache
+    from trainer.data.latent_cache import LatentCache
+    from trainer.data.loader import check_cache_compatible, loader_workers
+    from trainer.data.scan import scan_dataset
+
+    scan = scan if scan is not None else scan_dataset(config)
+    for problem in scan.of("skipped") + scan.of("warning"):
+        events.warning(str(problem))
+    latents = None
+    to_disk = bool(getattr(config, "cache_latents_to_disk", False))
+    if getattr(config, "cache_latents", False) or to_disk:
+        check_cache_compatible(scan)
+        latents = LatentCache(base.vae, to_disk=to_disk, cache_dir=getattr(config, "latent_cache_dir", "") or "",
+                              batch_size=int(getattr(config, "vae_batch_size", 1) or 1),
+                              on_progress=lambda done, total: events.emit("cache", what="latents", done=done,
+                                                                          total=total))
+    dataset = TrainDataset(scan, config, latents)
+    steps = StepBatches(dataset, accelerator.process_index, accelerator.num_processes,
+                        int(config.gradient_accumulation_steps), num_workers=loader_workers(dataset, config),
+                        pin_memory=accelerator.device.type == "cuda",
+                        persistent_workers=bool(getattr(config, "persistent_data_loader_workers", False)))
+    return scan, latents, dataset, steps, needs_flip_cache(dataset)
+
+
+def cache_latents(latents, scan, need_flip, accelerator) -> None:
+    # the main process writes disk caches first; the others then find them valid and only read
+    with accelerator.main_process_first():
+        latents.prepare(scan.items, need_flip)
+
+
+def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, total_steps, cached: bool):
+    train_te = bool(kind.text_encoder_trains)
+    if getattr(config, "gradient_checkpointing", False):
+        enable_gradient_checkpointing(base.unet, base.text_encoders, train_te)
+    set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
+    text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
+                           max_token_length=getattr(config, "max_token_length", 75) or 75, memoize=not train_te,
+                           grad_enabled=kind.text_encoder_grad)
+    model = Denoiser(base.unet, text, getattr(kind, "network", None))
+    optimizer = build_optimizer(config.optimizer, groups, config.learning_rate,
+                                getattr(config, "optimizer_args", ""), accelerator.device)
+    lr_scheduler = build_scheduler(config, optimizer, total_steps, warn)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if network_dtype(config, mp) == torch.float16:
+        allow_fp16_gradients(accelerator.scaler)
+    vae_cfg = base.vae.config
+    return StepContext(
+        accelerator=accelerator, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+        params=kind.trainable_parameters(), noise_scheduler=base.noise_scheduler, cfg=config,
+        v_prediction=base.v_prediction, vae=None if cached else base.vae,
+        vae_scale=float(vae_cfg.scaling_factor), vae_shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0),
+        sdxl=base.family == "sdxl", max_grad_norm=float(getattr(config, "max_grad_norm", 0) or 0), seed=seed,
+        rank=accelerator.process_index)
+
+
+def describe_optimizer(optimizer, config) -> str:
+    inner = getattr(optimizer, "optimizer", optimizer)
+    cls = type(inner)
+    args = getattr(config, "optimizer_args", "") or ""
+    return f"{cls.__module__}.{cls.__name__}({args})"
+
+
+def warmup_for_plan(config, total: int) -> int:
+    return min(warmup_steps(config, total), total)
