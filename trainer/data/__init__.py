@@ -19,7 +19,6 @@ _EXPORTS = {
     "PreflightReport": "preflight", "preflight": "preflight",
     "ScanResult": "scan", "scan_dataset": "scan",
     "TextEncoderOutputCache": "te_cache", "fixed_captions": "te_cache",
-    "tokenize_long": "tokens",
 }
 __all__ = sorted(_EXPORTS)
 

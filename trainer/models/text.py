@@ -16,40 +16,54 @@ import logging
 import torch
 
 log = logging.getLogger(__name__)
-CHUNK = 75
+CHUNK_IDS = 77  # BOS + 75 tokens + EOS
+
+
+def tokenize_long(tokenizer, captions: list[str], max_token_length: int | None = 75) -> torch.Tensor:
+    """input_ids [B, n_chunks * 77] with n_chunks = max_token_length / 75 (None -> 75 -> one chunk)."""
+    max_token_length = int(max_token_length or 75)
+    if max_token_length not in (75, 150, 225):
+        raise ValueError(f"max_token_length {max_token_length} must be 75, 150 or 225")
+    model_max = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    if model_max > 1000:  # a tokenizer saved without its limit reports a huge sentinel
+        model_max = 77
+    body = model_max - 2  # 75 tokens between BOS and EOS
+    total = max_token_length + 2
+    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=total,
+                    return_tensors="pt").input_ids
+    if total <= model_max:
+        return ids
+    pad_is_eos = tokenizer.pad_token_id == tokenizer.eos_token_id
+    chunks = []
+    for start in range(1, total - model_max + 2, body):
+        chunk = torch.cat([ids[:, :1], ids[:, start:start + body], ids[:, -1:]], dim=1)
+        if not pad_is_eos:  # SD2 / SDXL tokenizers pad with "!": keep every chunk ending in EOS
+            last_real = (chunk[:, -2] != tokenizer.eos_token_id) & (chunk[:, -2] != tokenizer.pad_token_id)
+            chunk[last_real, -1] = tokenizer.eos_token_id
+            empty = chunk[:, 1] == tokenizer.pad_token_id  # BOS PAD ... -> BOS EOS PAD ...
+            chunk[empty, 1] = tokenizer.eos_token_id
+        chunks.append(chunk)
+    return torch.cat(chunks, dim=1)
 
 
 def tokenize_prompt(base_or_tokenizers, captions: list[str] | str, max_token_length: int | None = None) -> list[torch.Tensor]:
     """Input ids per text encoder: ``(b, 77)``, or ``(b, n, 77)`` when ``max_token_length`` is 150/225."""
     tokenizers = getattr(base_or_tokenizers, "tokenizers", base_or_tokenizers)
     captions = [captions] if isinstance(captions, str) else list(captions)
-    if max_token_length not in (None, 75, 150, 225):
-        raise ValueError(f"max_token_length must be 75, 150 or 225, got {max_token_length}")
-    return [_tokenize(tok, captions, max_token_length) for tok in tokenizers]
-
-
-def _tokenize(tokenizer, captions: list[str], max_token_length: int | None) -> torch.Tensor:
-    size = tokenizer.model_max_length
-    if not max_token_length or max_token_length + 2 <= size:
-        return tokenizer(captions, padding="max_length", truncation=True, max_length=size, return_tensors="pt").input_ids
-    ids = tokenizer(captions, padding="max_length", truncation=True, max_length=max_token_length + 2,
-                    return_tensors="pt").input_ids
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    chunks = []
-    for i in range(1, max_token_length + 2 - size + 2, size - 2):
-        chunk = torch.cat([ids[:, :1], ids[:, i:i + size - 2], ids[:, -1:]], dim=1)
-        if pad != eos:  # OpenCLIP tokenizers pad with "!": make every chunk end with EOS after text
-            text_end = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
-            chunk[text_end, -1] = eos
-            empty = chunk[:, 1] == pad
-            chunk[empty, 1] = eos
-        chunks.append(chunk)
-    return torch.stack(chunks, dim=1)
+    out = []
+    for tok in tokenizers:
+        ids = tokenize_long(tok, captions, max_token_length)
+        n = ids.shape[1] // CHUNK_IDS
+        out.append(ids if n == 1 else ids.view(ids.shape[0], n, CHUNK_IDS))
+    return out
 
 
 def encode_prompt(base, input_ids_per_encoder: list[torch.Tensor], clip_skip: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(encoder_hidden_states, pooled)``; pooled (SDXL ``text_embeds``) is None for SD1/SD2."""
+    if input_ids_per_encoder[0].ndim == 2 and input_ids_per_encoder[0].shape[1] > CHUNK_IDS:
+        b = input_ids_per_encoder[0].shape[0]  # flat [B, n*77] from tokenize_long
+        input_ids_per_encoder = [ids.view(b, -1, CHUNK_IDS) for ids in input_ids_per_encoder]
     encoders = base.text_encoders
     if base.family == "sdxl":
         if clip_skip and clip_skip > 1:

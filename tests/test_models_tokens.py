@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from trainer.data.tokens import tokenize_long
+from trainer.models.text import tokenize_long
 
 clip_bpe = pytest.importorskip("trainer.models.clip_bpe")
 
