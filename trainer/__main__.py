@@ -1,4 +1,4 @@
-"""python -m trainer plan|preflight|run CONFIG, and python -m trainer demo DIR.
+"""python -m trainer plan|preflight|run CONFIG, demo DIR, verify LORA --base MODEL, options --type T.
 
 CONFIG is the project's JSON/TOML or a Kohya_ss GUI JSON (`--type` says which training type when the
 file does not). `run` writes the event stream (docs/events.md) on stdout and logs on stderr.
@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print JSON instead of text")
     d = sub.add_parser("demo", help="write a tiny model, a toy dataset and a ready LoRA config")
     d.add_argument("folder")
+    v = sub.add_parser("verify", help="check a LoRA file against a base model's modules (key map, shapes)",
+                       add_help=False)
+    v.add_argument("rest", nargs=argparse.REMAINDER)
+    o = sub.add_parser("options", help="list every option of a training type with its default and help")
+    o.add_argument("--type", choices=TYPES, default="lora")
     return p
 
 
@@ -76,12 +81,22 @@ def cmd_run(args) -> int:
     return code
 
 
-def cmd_plan(args) -> int:
+def _scan(config):
+    """What the run would train on, reporting problems instead of raising and writing nothing."""
+    if config.training_type == "finetune":  # Kohya's metadata workflow, not concept folders
+        from trainer.kinds.finetune_dataset import scan_metadata
+
+        return scan_metadata(config, strict=False, write=False)
     from trainer.data.scan import scan_dataset
+
+    return scan_dataset(config, strict=False)
+
+
+def cmd_plan(args) -> int:
     from trainer.plan import compute_plan
 
     config = _load(args.config, args.type).config
-    scan = scan_dataset(config, strict=False)
+    scan = _scan(config)
     concepts, regs = [], []
     for ds in scan.datasets:
         for sub in ds.subsets:
@@ -101,7 +116,8 @@ def cmd_plan(args) -> int:
 def cmd_preflight(args) -> int:
     from trainer.data.preflight import preflight
 
-    report = preflight(_load(args.config, args.type).config)
+    config = _load(args.config, args.type).config
+    report = preflight(config, scan=_scan(config))
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -114,13 +130,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_options(args) -> int:
+    from trainer.config.docs import cli_help
+
+    print(cli_help(args.type))
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify"]:  # its own parser, so `verify --help` shows the verify options
+        from trainer.networks.verify import main as verify_main
+
+        return verify_main(argv[1:])
     args = _parser().parse_args(argv)
     _setup_logging()
     if args.command == "run":
         return cmd_run(args)
+    commands = {"plan": cmd_plan, "preflight": cmd_preflight, "demo": cmd_demo,
+                "options": cmd_options}
     try:
-        return {"plan": cmd_plan, "preflight": cmd_preflight, "demo": cmd_demo}[args.command](args)
+        return commands[args.command](args)
     except (ValueError, OSError) as exc:  # config/dataset/file errors: the message says what to fix
         print(f"error: {exc}", file=sys.stderr)
         return 2

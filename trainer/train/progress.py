@@ -35,7 +35,8 @@ class Progress:
                             dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0)
 
     def record(self, step: int, epoch: int, loss: torch.Tensor, lrs: list[float]) -> None:
-        self.pending.append((step, epoch, loss, lrs))
+        # float(): Adafactor's relative-step schedule reports its rates as tensors
+        self.pending.append((step, epoch, loss, [float(lr) for lr in lrs]))
         self.step = step
         if time.monotonic() - self._last_flush >= self.interval or step >= self.total:
             self.flush()
