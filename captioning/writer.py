@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from trainer.atomic import atomic_write_text
 
 from .images import IMAGE_EXTENSIONS
 
@@ -31,21 +31,6 @@ def check_mode(existing: str) -> str:
     if existing not in EXISTING_MODES:
         raise ValueError(f"existing={existing!r}: choose one of {', '.join(EXISTING_MODES)}")
     return existing
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace, so a crash never leaves half a caption."""
-    fd, tmp = tempfile.mkstemp(prefix=".~" + path.name[:40], suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_caption(path: Path) -> str:

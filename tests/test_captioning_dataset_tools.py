@@ -180,7 +180,7 @@ def test_a_failed_write_leaves_the_old_caption_and_no_temp_file(tmp_path, monkey
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("captioning.writer.os.replace", boom)
+    monkeypatch.setattr("trainer.atomic.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(target, "new")
     assert target.read_text(encoding="utf-8") == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -151,7 +151,7 @@ def test_save_is_atomic_and_a_failed_save_keeps_the_previous_file(bases, tmp_pat
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("trainer.networks.files.os.replace", broken_replace)
+    monkeypatch.setattr("trainer.atomic.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         randomized(net).save_weights(path)
     assert path.read_bytes() == before

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import toml
+
+from trainer.atomic import atomic_write_text
 
 from .kohya_import import detect_training_type, import_kohya_json
 from .rules import ConfigError, Problem, parse_config
@@ -92,23 +92,6 @@ def config_to_dict(config: BaseConfig) -> dict[str, Any]:
     data = config.model_dump()
     head = {"config_version": CONFIG_VERSION, "training_type": config.training_type}
     return {**head, **{k: v for k, v in data.items() if k not in head}}
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write via a temp file in the same folder and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_config_json(config: BaseConfig, path: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """Option sections shared by every training type: model, folders, dataset."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 

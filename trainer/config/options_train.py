@@ -1,7 +1,7 @@
 """Option sections for the run itself: training, optimizer, saving, sampling, logging, accelerate."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from .options_data import Options
 from .spec import opt

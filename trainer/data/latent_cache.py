@@ -9,6 +9,8 @@ it, and the VAE (config + weight fingerprint + dtype). Anything different -> re-
 """
 from __future__ import annotations
 
+from trainer.atomic import atomic_path
+
 import hashlib
 import json
 import logging
@@ -223,15 +225,9 @@ class LatentCache:
             self.memory[key] = entry
             return
         path = self.cache_file(item)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {META_KEY: json.dumps(self._key(item, digest, entry.mean_flipped is not None))}
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:  # a crash never leaves a half-written cache file
             save_file(entry.tensors(), str(tmp), metadata=meta)
-            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache file
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         self.files[key] = path
 
     # ---- serving --------------------------------------------------------------------------------

@@ -12,14 +12,14 @@ Reading accepts all of these plus diffusers' single-key ``learned_embeds`` files
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from trainer.atomic import atomic_write_bytes
 
 from .base import KindError
 
@@ -80,7 +80,7 @@ def write_embedding(path: Path, emb: Embedding, *, family: str, fmt: str = "kohy
         buf = io.BytesIO()
         torch.save(payload, buf)
         data = buf.getvalue()
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -152,15 +152,3 @@ def _load(path: Path) -> tuple[dict, dict[str, str]]:
     if not isinstance(data, dict):
         raise KindError(f"{path} holds a {type(data).__name__}, not an embedding dict")
     return data, {}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,9 +16,9 @@ Command line: ``python -m trainer.kinds.finetune_metadata captions|tags ...`` (s
 """
 from __future__ import annotations
 
+from trainer.atomic import atomic_write_text
+
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from .base import KindError
@@ -61,17 +61,7 @@ def write_metadata(metadata: dict, out_json: Path, *, protect: Path | None = Non
     out_json = Path(out_json)
     if protect is not None and Path(protect).exists() and out_json.resolve() == Path(protect).resolve():
         raise KindError(f"{out_json} is also the input file; write the result to a new file name")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_json.parent, prefix=f".{out_json.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(metadata, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, out_json)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_json
+    return atomic_write_text(out_json, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
 
 
 def _merge_text_files(train_data_dir, extension: str, field: str, in_json, out_json, full_path: bool,

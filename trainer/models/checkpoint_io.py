@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-import os
+from trainer.atomic import atomic_path
+
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
@@ -82,21 +82,14 @@ def write_checkpoint(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     import safetensors.torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        tensors = {k: v.contiguous() for k, v in tensors.items()}
+    if path.suffix.lower() not in SAFETENSORS_EXT + PICKLE_EXT:
+        raise CheckpointError(f"{path}: choose a .safetensors or .ckpt file name")
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
         if path.suffix.lower() in SAFETENSORS_EXT:
-            safetensors.torch.save_file(_untie(tensors), tmp, metadata=metadata or {})
-        elif path.suffix.lower() in PICKLE_EXT:
-            torch.save({"state_dict": tensors}, tmp)
+            safetensors.torch.save_file(_untie(tensors), str(tmp), metadata=metadata or {})
         else:
-            raise CheckpointError(f"{path}: choose a .safetensors or .ckpt file name")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            torch.save({"state_dict": tensors}, tmp)
     return path
 
 

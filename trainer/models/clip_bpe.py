@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
+
+from trainer.atomic import atomic_write_text
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -103,19 +103,9 @@ def write_tokenizer_folder(merges: list[tuple[str, str]], out: Path, *, pad_toke
         "add_prefix_space": False,
         **special,
     }
-    _atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-    _atomic_write_text(out / "merges.txt", "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    _atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2))
-    _atomic_write_text(out / "special_tokens_map.json", json.dumps(special, indent=2))
+    atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(out / "merges.txt", "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2))
+    atomic_write_text(out / "special_tokens_map.json", json.dumps(special, indent=2))
     return out
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,6 +12,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from trainer.atomic import atomic_write_bytes
 from trainer.models.hashing import precalculate_safetensors_hashes
 
 SAVE_DTYPES = {
@@ -113,23 +113,6 @@ def modelspec_metadata(family: str, title: str, resolution: str = "", v_predicti
     if resolution:
         meta["modelspec.resolution"] = resolution
     return meta
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def prepare_tensors(state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:

@@ -2,8 +2,9 @@
 loop drives every training type. What trains is a kohya LoRA network patched into the base model."""
 from __future__ import annotations
 
+from trainer.atomic import atomic_path
+
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -106,12 +107,8 @@ class LoraKind:
                 self.warnings.append(f"{path.name} failed its self-check: {report.to_text()}")
             return path
         # ckpt / pt: a plain tensor dict, as sd-scripts writes them
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             torch.save(prepare_tensors(self.network.state_dict(), resolve_save_dtype(dtype)), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         self.last_verified = None
         return path
 

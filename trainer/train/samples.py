@@ -7,9 +7,10 @@ The LoRA stays applied (its patched forwards run inside the pipeline); training 
 """
 from __future__ import annotations
 
+from trainer.atomic import atomic_path
+
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -154,12 +155,8 @@ def generate_samples(base, modules, prompts: list[SamplePrompt], *, sampler_name
                                  height=p.height or default_size[1], num_inference_steps=p.steps,
                                  guidance_scale=p.scale, generator=generator, **kwargs).images[0]
                 path = out_dir / sample_name(output_name, index, p_seed, epoch, step)
-                tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-                try:
-                    image.save(tmp)
-                    os.replace(tmp, path)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                with atomic_path(path) as tmp:
+                    image.save(tmp, format="PNG")
                 written.append(path)
                 if on_image is not None:
                     on_image(path, index, p, image)
