@@ -1,4 +1,4 @@
-"""python -m captioning wd14|blip|prepare|balance|steps ... (option names as in kohya's scripts)."""
+"""python -m captioning wd14|blip|prepare|balance ... (option names as in kohya's scripts)."""
 
 from __future__ import annotations
 
@@ -103,18 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     bal.add_argument("--yes", action="store_true", help="rename the folders as previewed")
     bal.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("steps", help="training steps from epochs, or epochs from steps")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--train_data_dir", help="parent of the N_name folders")
-    src.add_argument("--images_x_repeats", type=int)
-    goal = s.add_mutually_exclusive_group(required=True)
-    goal.add_argument("--epochs", "--epoch", type=int)
-    goal.add_argument("--max_train_steps", type=int)
-    s.add_argument("--train_batch_size", type=int, default=1)
-    s.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    s.add_argument("--num_processes", type=int, default=1)
-    s.add_argument("--reg", action="store_true", help="regularisation images are used (doubles samples)")
-    s.add_argument("--json", action="store_true")
     return ap
 
 
@@ -202,27 +190,9 @@ def cmd_balance(a) -> int:
     return 0
 
 
-def cmd_steps(a) -> int:
-    from .steps import epochs_from_steps, scan_concepts, steps_from_epochs
-
-    ignored: list[str] = []
-    total = a.images_x_repeats
-    if a.train_data_dir:
-        concepts, ignored = scan_concepts(a.train_data_dir)
-        total = sum(c.samples for c in concepts)
-        for c in concepts:
-            print(f"{c.folder}: {c.images} images × {c.repeats} repeats = {c.samples}")
-    args = (a.train_batch_size, a.gradient_accumulation_steps, a.reg, a.num_processes)
-    plan = steps_from_epochs(total, a.epochs, *args) if a.epochs else epochs_from_steps(total, a.max_train_steps, *args)
-    for msg in ignored:
-        print(f"warning: {msg}")
-    print(json.dumps(plan.to_dict(), indent=1) if a.json else plan.formula)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "prepare": cmd_prepare, "balance": cmd_balance, "steps": cmd_steps}
+    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "prepare": cmd_prepare, "balance": cmd_balance}
     try:
         return handler[a.command](a)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:

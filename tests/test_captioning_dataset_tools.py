@@ -1,6 +1,5 @@
 """Dataset folder preparation (copy only), balancing (preview, then rename) and the step calculator."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,6 @@ import pytest
 from PIL import Image
 
 from captioning.dataset_tools import apply_balance, plan_balance, prepare_training_folders
-from captioning.steps import epochs_from_steps, scan_concepts, steps_from_epochs
 from captioning.writer import atomic_write_text, merge_tags, write_caption
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,39 +121,6 @@ def test_balance_command_line_shows_the_plan_and_applies_with_yes(tmp_path):
     assert (tmp_path / "ds" / "1_cat").is_dir()
     subprocess.run(base + ["--yes"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert (tmp_path / "ds" / "25_cat").is_dir()
-
-
-# --- step / epoch calculator --------------------------------------------------------------------
-
-
-def test_steps_from_epochs_matches_the_kohya_examples():
-    plan = steps_from_epochs(20 * 10, epochs=10, train_batch_size=2)
-    assert (plan.steps_per_epoch, plan.total_steps) == (100, 1000)
-    assert steps_from_epochs(200, 10, 2, with_reg=True).total_steps == 2000  # reg doubles the samples
-    assert steps_from_epochs(780, 8, 1, 1, with_reg=True).total_steps == 12480
-    assert steps_from_epochs(201, 1, 2).steps_per_epoch == 101  # a partial batch is still a step
-    assert "= 100 × 10 = 1000" in plan.formula
-
-
-def test_epochs_from_steps_rounds_up():
-    plan = epochs_from_steps(200, max_train_steps=1600, train_batch_size=3)
-    assert (plan.steps_per_epoch, plan.epochs) == (67, 24)
-    with pytest.raises(ValueError, match="train_batch_size=0"):
-        epochs_from_steps(200, 1600, 0)
-
-
-def test_the_calculator_reads_concept_folders_and_warns_about_ignored_ones(tmp_path):
-    images(tmp_path / "img" / "10_sks dog", 3)
-    images(tmp_path / "img" / "2_style", 5)
-    images(tmp_path / "img" / "misc", 1)
-    concepts, ignored = scan_concepts(tmp_path / "img")
-    assert sum(c.samples for c in concepts) == 40 and "misc" in ignored[0]
-    _, ignored = scan_concepts(tmp_path / "img" / "misc")
-    assert "must be the parent" in ignored[0]
-    out = subprocess.run([sys.executable, "-m", "captioning", "steps", "--train_data_dir", str(tmp_path / "img"),
-                          "--epochs", "10", "--train_batch_size", "4", "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert json.loads(out.stdout[out.stdout.index("{"):])["total_steps"] == 100
 
 
 # --- caption files ------------------------------------------------------------------------------

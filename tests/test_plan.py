@@ -24,6 +24,8 @@ def test_regularization_doubles_the_samples_as_kohya_balances_them():
     # reference §2.4: 20 images × 10 repeats, batch 2, 10 epochs + 100 reg images → 2000 steps
     plan = compute_plan([(20, 10)], [(100, 1)], epochs=10, batch_size=2)
     assert plan.reg_samples == 200 and plan.total_steps == 2000
+    # kohya_ss #1524: "max_train_steps (780 / 1 / 1 * 8 * 2) = 12480"
+    assert compute_plan([(78, 10)], [(50, 1)], epochs=8).total_steps == 12480
 
 
 def test_max_train_steps_caps_the_run_and_sets_the_epochs():
