@@ -59,7 +59,7 @@ class FixedText(torch.nn.Module):
         return self.hidden, self.pooled
 
 
-def build_trainer_step(ref, cfg, tiny: bool, device):
+def build_trainer_step(ref, cfg, tiny: bool, device, compile_setting: str = "auto"):
     """The trainer's own pieces on the reference's architecture: kohya LoRA, Denoiser, train_step."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -68,6 +68,7 @@ def build_trainer_step(ref, cfg, tiny: bool, device):
 
     from trainer.networks import create_network
     from trainer.train.loop import Denoiser, StepContext, train_step
+    from trainer.train.compile import compile_enabled, compile_unet
     from trainer.train.optimizers import build_optimizer
     from trainer.train.precision import set_attention
     from trainer.train.schedulers import build_scheduler
@@ -94,6 +95,8 @@ def build_trainer_step(ref, cfg, tiny: bool, device):
         unet.enable_gradient_checkpointing()
         unet.train()
     set_attention(unet, "sdpa", print)
+    if compile_enabled(compile_setting, device):  # the trainer's `compile` option, same code path
+        compile_unet(unet, print)
     g = torch.Generator(device=device).manual_seed(1)
     lat_hw = res // 8
     latents = torch.randn(batch, 4, lat_hw, lat_hw, generator=g, device=device) / 0.18215
@@ -153,7 +156,7 @@ def bench_config(ref, cfg, args, device) -> dict:
         ref_ms.append(ms)
         ref_peak.append(peak)
         _cleanup(device)
-        step, trainable_ours = build_trainer_step(ref, cfg, args.tiny, device)
+        step, trainable_ours = build_trainer_step(ref, cfg, args.tiny, device, args.compile)
         ms, peak = time_steps(step, args.steps, args.warmup, device)
         ours_ms.append(ms)
         ours_peak.append(peak)
@@ -186,6 +189,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="the trainer's compile option (auto = on with CUDA); warm-up steps include compiling")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,7 +200,8 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     print(json.dumps(dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                          threads=torch.get_num_threads(), torch=torch.__version__, tiny=args.tiny)), flush=True)
+                          threads=torch.get_num_threads(), torch=torch.__version__, tiny=args.tiny,
+                          compile=args.compile)), flush=True)
     wanted = [n for n in args.only.split(",") if n]
     rows = []
     for cfg in ref.CONFIGS:

@@ -37,6 +37,10 @@ class TrainingOptions(Options):
     xformers: Literal["none", "sdpa", "xformers"] = opt(
         "sdpa", "Attention kernel. sdpa is PyTorch's built-in memory-efficient attention (Kohya defaults to "
         "xformers, which fails when it is not installed).", section="training", label="CrossAttention")
+    compile: Literal["auto", "on", "off"] = opt(
+        "auto", "torch.compile the U-Net: fused kernels, much less per-step overhead. auto = on with a CUDA GPU, "
+        "off on CPU (compiling takes minutes there). The first step of each bucket shape is slow while it "
+        "compiles; if compiling fails the run continues uncompiled with a warning.", section="training")
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting γ (5 recommended; 0 = off).", section="training",
                                ge=0, le=20)
     noise_offset: float = opt(0.0, "Noise offset (0.05–0.1 helps very dark/bright images; 0 = off).",

@@ -106,7 +106,10 @@ class LoRAModule(nn.Module):
         if self.training and self.module_dropout is not None and torch.rand(1).item() < self.module_dropout:
             return out
 
-        lx = self.lora_down(x.to(self.lora_down.weight.dtype))
+        weight = self.lora_down.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(weight.dtype)  # under autocast the matmul casts both sides itself: no extra copy
+        lx = self.lora_down(x)
         if self.training and self.dropout is not None:
             lx = nn.functional.dropout(lx, p=self.dropout)
 

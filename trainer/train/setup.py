@@ -10,6 +10,7 @@ import random
 import torch
 
 from .batches import StepBatches
+from .compile import compile_enabled, compile_unet
 from .faults import TrainingFault
 from .loop import Denoiser, StepContext
 from .optimizers import build_optimizer
@@ -129,6 +130,8 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
     if getattr(config, "gradient_checkpointing", False):
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te)
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
+    if compile_enabled(getattr(config, "compile", "off"), accelerator.device):
+        compile_unet(base.unet, warn)
     text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
                            max_token_length=getattr(config, "max_token_length", 75) or 75, memoize=not train_te,
                            grad_enabled=kind.text_encoder_grad)
