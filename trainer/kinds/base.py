@@ -85,11 +85,10 @@ class TrainingKind:
         self.warnings.append(message)
 
 
-def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """module.to(dtype) only when needed (diffusers warns on every dtype cast of a model)."""
-    if any(p.dtype != dtype for p in module.parameters()):
-        module.to(dtype=dtype)
-    return module
+def cast_module(module: torch.nn.Module, dtype: torch.dtype, device=None) -> torch.nn.Module:
+    """module.to(device, dtype) through torch's own Module.to: diffusers' override logs a warning about
+    "modules that should be kept in float32" on every dtype cast, even when that list is empty."""
+    return torch.nn.Module.to(module, device=device, dtype=dtype)
 
 
 def save_dtype(name) -> torch.dtype:

@@ -9,6 +9,8 @@ import os
 import random
 import torch
 
+from trainer.kinds.base import cast_module
+
 from .batches import StepBatches
 from .compile import compile_enabled, compile_unet
 from .faults import TrainingFault
@@ -64,10 +66,10 @@ def load_base(config, accelerator, mp: str):
                            v_parameterization=True if getattr(config, "v_parameterization", False) else None,
                            vae=getattr(config, "vae", "") or None)
     device, dtype = accelerator.device, weight_dtype(mp)
-    base.unet.to(device, dtype=dtype).requires_grad_(False).eval()
+    cast_module(base.unet, dtype, device).requires_grad_(False).eval()
     for te in base.text_encoders:
-        te.to(device, dtype=dtype).requires_grad_(False).eval()
-    base.vae.to(device, dtype=vae_dtype(config, mp)).requires_grad_(False).eval()
+        cast_module(te, dtype, device).requires_grad_(False).eval()
+    cast_module(base.vae, vae_dtype(config, mp), device).requires_grad_(False).eval()
     return base
 
 
