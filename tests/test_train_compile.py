@@ -88,8 +88,8 @@ def test_compiled_lora_steps_match_eager_steps():
         optimizer = torch.optim.SGD(params, lr=0.1)
         g = torch.Generator().manual_seed(1)
         losses = []
+        x, h = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 7, 32, generator=g)
         for _ in range(3):
-            x, h = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 7, 32, generator=g)
             loss = torch.nn.functional.mse_loss(unet(x, torch.tensor([5, 500]), h).sample, torch.zeros(2, 4, 8, 8))
             loss.backward()
             optimizer.step()
