@@ -1,4 +1,4 @@
-"""Utilities: captioning (WD14, BLIP/BLIP-2) and dataset tools (folder preparation, balancing).
+"""Utilities: captioning (WD14, BLIP/BLIP-2), dataset tools (folder preparation, balancing), Verify LoRA.
 
 Each tool builds a `python -m captioning …` command and streams its output into the page, so the
 models load in a child process (never in the GUI) and nothing is reported only on the console.
@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..context import AppContext
 from .picker_panel import PickerPanel
+from .verify import render_verify
 
 EXISTING = {"keep existing captions": [], "overwrite existing captions": ["--overwrite"],
             "append new tags to existing captions": ["--append_tags"]}
@@ -169,6 +170,8 @@ def render_utilities(ctx: AppContext) -> None:
                 with gr.Row():
                     d_preview = gr.Button("Preview")
                     d_apply = gr.Button("Rename as previewed", variant="stop")
+        with gr.Tab("Verify LoRA"):
+            render_verify(ctx, picker)
         output = gr.Textbox(label="Tool output", lines=14, max_lines=30, autoscroll=True, interactive=False,
                             elem_id="util-output")
         picker.wire()
