@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_models_helpers import unet_out as unet_probe  # noqa: F401  (the U-Net on fixed seeded inputs)
 
 
 @pytest.fixture(autouse=True)
@@ -12,20 +13,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def unet_probe(unet, seed: int = 1) -> torch.Tensor:
-    """The U-Net's prediction on fixed seeded inputs, to compare two models exactly."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 4, 8, 8, generator=g)
-    ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
-    kwargs = {}
-    if unet.config.addition_embed_type == "text_time":
-        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g).to(unet.dtype),
-                                       "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]]).to(unet.dtype)}
-    with torch.no_grad():
-        return unet(x.to(unet.dtype), torch.tensor([500]), ctx.to(unet.dtype), **kwargs).sample.float()
 
 
 def train_steps(kind, base, groups, captions=("a photo of mytok", "mytok on the beach"), steps=3,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -11,8 +12,9 @@ class KindError(ValueError):
     """A setting or file that this kind of training cannot use; the message names it and the fix."""
 
 
-class TrainingKind:
-    """Defaults suit a kind that trains nothing special; subclasses override what differs."""
+class TrainingKind(ABC):
+    """Defaults suit a kind that trains nothing special; subclasses override what differs and must
+    say what trains (`prepare`) and what a save writes (`save`)."""
 
     name = "base"
     trains_unet = False
@@ -25,9 +27,9 @@ class TrainingKind:
         self.rng = random.Random(seed * 7919 + 17)  # captions/templates: reproducible per run
 
     # ---- set-up ---------------------------------------------------------------------------------
+    @abstractmethod
     def prepare(self, base, train_dtype: torch.dtype = torch.float32) -> list[dict]:
         """Mark what trains on ``base`` (in place) and return optimizer param groups."""
-        raise NotImplementedError
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Every parameter that currently trains (for gradient clipping)."""
@@ -72,8 +74,9 @@ class TrainingKind:
         """File extension for the loop's SavePolicy ("safetensors", "ckpt", "pt"; "" = a folder)."""
         return "safetensors"
 
+    @abstractmethod
     def save(self, path: Path, *, step: int = 0, epoch: int = 0, metadata: dict | None = None) -> Path:
-        raise NotImplementedError
+        """Write the trained result to ``path`` (atomically) and return what was written."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
