@@ -2,33 +2,29 @@
 loop drives every training type. What trains is a kohya LoRA network patched into the base model."""
 from __future__ import annotations
 
-from trainer.atomic import atomic_path
-
 import logging
 from pathlib import Path
 
 import torch
+
+from trainer.atomic import atomic_path
+from trainer.kinds.base import TrainingKind
 
 from .faults import TrainingFault
 
 logger = logging.getLogger(__name__)
 
 
-class LoraKind:
+class LoraKind(TrainingKind):
     name = "lora"
 
     def __init__(self, config):
-        self.config = config
+        super().__init__(config)
         self.network = None
-        self.base = None
         self.param_groups: list[dict] = []
-        self.warnings: list[str] = []
         self.last_verified: bool | None = None
 
     # ---- set-up ---------------------------------------------------------------------------------
-    def scan_dataset(self, cfg=None):
-        return None
-
     def prepare(self, base, train_dtype: torch.dtype = torch.float32) -> list[dict]:
         from trainer.networks import create_network, create_network_from_weights
 
@@ -65,28 +61,16 @@ class LoraKind:
                                 "Set learning_rate (or unet_lr / text_encoder_lr) above 0.")
         return self.param_groups
 
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for g in self.param_groups for p in g["params"] if p.requires_grad]
-
     def trained_modules(self) -> list[torch.nn.Module]:
         return [self.network]
 
     # ---- per step -------------------------------------------------------------------------------
-    def prepare_captions(self, captions: list[str]) -> list[str]:
-        return captions
-
-    def expand_prompt(self, prompt: str) -> str:
-        return prompt
-
     @property
     def text_encoder_trains(self) -> bool:
         return any(g.get("name", "").startswith("textencoder") for g in self.param_groups)
 
     def text_encoder_grad(self) -> bool:
         return self.text_encoder_trains
-
-    def after_optimizer_step(self, global_step: int) -> None:
-        pass
 
     # ---- output ---------------------------------------------------------------------------------
     @property
