@@ -126,3 +126,8 @@ def test_textual_inversion_cannot_cache_text_encoder_outputs():
 def test_finetuning_has_no_regularization_options():
     assert "reg_data_dir" not in tc.FinetuneConfig.model_fields
     assert "unknown option 'reg_data_dir'" in problems_for({"reg_data_dir": "x"}, "finetune")["reg_data_dir"]
+
+
+def test_a_rejected_value_is_not_judged_again_by_its_default():
+    found = problems_for({"min_bucket_reso": 32, "resolution": "64"})
+    assert found["min_bucket_reso"] == "32 is out of range; use a value between 64 and 4096"

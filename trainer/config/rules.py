@@ -90,7 +90,8 @@ def validate_values(training_type: str, values: dict[str, Any]) -> tuple[BaseCon
             problems.append(Problem(name, _field_error_message(err, cls)))
         good = {k: v for k, v in good.items() if k not in bad}
         partial = cls.model_construct(**{**cls().model_dump(), **good})
-        problems += cross_field_problems(partial)
+        # a rule about a field whose value was rejected would judge the default, not the user's value
+        problems += [p for p in cross_field_problems(partial) if p.field not in bad]
         return None, problems
     problems += cross_field_problems(config)
     if any(p.level == "error" for p in problems):
