@@ -1,4 +1,4 @@
-"""`python -m trainer run CONFIG`: one LoRA training run from settings to NAME.safetensors.
+"""`python -m trainer run CONFIG`: one training run (LoRA, DreamBooth, fine-tune or TI), settings to output.
 
     run_training(config, events) -> exit code
 
