@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from trainer.atomic import atomic_folder
 from trainer.models.checkpoint_io import write_checkpoint
 from trainer.models.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 
@@ -106,23 +104,11 @@ def save_diffusers(model, folder: Path, *, family: str | None = None, v_predicti
     else:
         pipe = StableDiffusionPipeline(**{k: parts[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         for sub in ("tokenizer", "tokenizer_2"):
             if (tmp / sub).is_dir():
                 _write_bpe_files(tmp / sub)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

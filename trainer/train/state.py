@@ -15,14 +15,13 @@ under a temporary name and renamed, so a crash never leaves a half state.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from trainer.atomic import atomic_folder
 
 from .faults import TrainingFault
 
@@ -42,9 +41,8 @@ class TrainState:
 
 
 def save_state(folder: Path, trained, optimizer, lr_scheduler, scaler, state: TrainState) -> Path:
-    folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    folder = Path(folder)  # replaced only when this run wrote it (checked by the caller)
+    with atomic_folder(folder) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()},
                   str(tmp / "network.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -52,12 +50,6 @@ def save_state(folder: Path, trained, optimizer, lr_scheduler, scaler, state: Tr
         if scaler is not None:
             torch.save(scaler.state_dict(), tmp / "scaler.pt")
         (tmp / "train_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
-        if folder.exists():  # only a folder this run wrote (checked by the caller): replace it
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
