@@ -86,8 +86,9 @@ def build_trainer_step(ref, cfg, tiny: bool, device, compile_setting: str = "aut
         te = CLIPTextModel(CLIPTextConfig(**(ref.TINY_CLIP if tiny else ref.CLIP_L)))
     unet.requires_grad_(False).to(dtype)
     te.requires_grad_(False).to(dtype).eval()
-    network = create_network(unet, [te], "sdxl" if xl else "sd1", network_dim=16, network_alpha=16,
-                             train_text_encoder=te_lora)
+    # the SDXL configs get fixed conditioning (FixedText), so no text encoder takes part there
+    network = create_network(unet, [] if xl else [te], "sdxl" if xl else "sd1", network_dim=16,
+                             network_alpha=16, train_text_encoder=te_lora and not xl)
     network.apply_to()
     network.to(device)
     groups = network.prepare_optimizer_params(None, None, 1e-4)
