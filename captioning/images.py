@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 # Kohya's tagger and sd-scripts accept these (both cases); avif/jxl only with optional plugins.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from trainer.data.images import IMAGE_EXTENSIONS  # one list: what the trainer reads
 
 
 def is_image(path: Path) -> bool:

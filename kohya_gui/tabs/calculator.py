@@ -5,28 +5,26 @@ numbers match the dataset that will be trained.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import gradio as gr
 
+# the trainer's own folder and image rules (torch-free modules), so the counts match what trains
+from trainer.data.images import list_images
+from trainer.data.scan import CONCEPT_FOLDER
 from trainer.plan import compute_plan, epochs_for_steps
 
-CONCEPT = re.compile(r"^(\d+)_(.+)$")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-
-def count_concepts(folder: str) -> list[tuple[str, int, int]]:
+def count_concepts(folder: str, recursive: bool = False) -> list[tuple[str, int, int]]:
     """(folder name, images, repeats) for each <repeats>_<name> sub-folder of `folder`."""
     root = Path(str(folder or "").strip())
     if not root.is_dir():
         return []
     found = []
     for sub in sorted(root.iterdir()):
-        match = CONCEPT.match(sub.name)
-        if sub.is_dir() and match:
-            images = sum(1 for f in sub.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            found.append((sub.name, images, int(match.group(1))))
+        match = CONCEPT_FOLDER.match(sub.name)
+        if sub.is_dir() and match and int(match.group(1)) > 0 and not sub.name.startswith("."):
+            found.append((sub.name, len(list_images(sub, recursive)), int(match.group(1))))
     return found
 
 
@@ -77,7 +75,7 @@ class StepCalculator:
 
     def fill_from_form(self, *raw):
         values = self.form.collect(raw)
-        concepts = count_concepts(values.get("train_data_dir", ""))
+        concepts = count_concepts(values.get("train_data_dir", ""), bool(values.get("recursive")))
         epochs = values.get("epoch") or 1
         batch = values.get("train_batch_size") or 1
         accum = values.get("gradient_accumulation_steps") or 1

@@ -9,8 +9,6 @@ it, and the VAE (config + weight fingerprint + dtype). Anything different -> re-
 """
 from __future__ import annotations
 
-from trainer.atomic import atomic_path
-
 import hashlib
 import json
 import logging
@@ -26,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from trainer.atomic import atomic_path
 from .augment import render
 from .images import load_rgb
 

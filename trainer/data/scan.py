@@ -12,7 +12,7 @@ from .buckets import BucketManager, Placement
 from .captions import caption_path, read_caption
 from .dataset_toml import load_dataset_config
 from .errors import EXPECTED_LAYOUT, BadImage, DatasetError, Problem
-from .images import ImageFacts, list_images, probe_image
+from .images import IMAGE_EXTENSIONS, ImageFacts, list_images, probe_image
 from .options import DatasetSpec, SubsetSpec, cfg_get, make_dataset_spec, make_subset, subset_values
 
 CONCEPT_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -152,7 +152,7 @@ def concept_folders(parent: Path, values: dict, is_reg: bool, field_name: str, p
         if entry.name.startswith(".") or (skip is not None and entry.resolve() == skip):
             continue
         if entry.is_file():
-            if entry.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+            if entry.suffix.lower() in IMAGE_EXTENSIONS:
                 loose.append(entry)
             continue
         match = CONCEPT_FOLDER.match(entry.name)

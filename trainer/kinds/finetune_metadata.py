@@ -16,14 +16,13 @@ Command line: ``python -m trainer.kinds.finetune_metadata captions|tags ...`` (s
 """
 from __future__ import annotations
 
-from trainer.atomic import atomic_write_text
-
 import json
 from pathlib import Path
 
-from .base import KindError
+from trainer.atomic import atomic_write_text
+from trainer.data.images import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from .base import KindError
 
 
 def image_files(train_data_dir: Path, recursive: bool = False) -> list[Path]:

@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-from trainer.atomic import atomic_path
-
 import pickle
 from pathlib import Path
 
 import torch
+
+from trainer.atomic import atomic_path
 
 SAFETENSORS_EXT = (".safetensors",)
 PICKLE_EXT = (".ckpt", ".pt", ".pth", ".bin")

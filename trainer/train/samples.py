@@ -7,8 +7,6 @@ The LoRA stays applied (its patched forwards run inside the pipeline); training 
 """
 from __future__ import annotations
 
-from trainer.atomic import atomic_path
-
 import json
 import logging
 import re
@@ -17,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from trainer.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
