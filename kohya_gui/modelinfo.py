@@ -5,6 +5,9 @@ import json
 import struct
 from pathlib import Path
 
+from trainer.config import looks_like_hub_id
+from trainer.families import FAMILY_NAMES, family_from_keys
+
 HUB_MODELS = [
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "stabilityai/stable-diffusion-2-1",
@@ -12,7 +15,6 @@ HUB_MODELS = [
     "stabilityai/stable-diffusion-xl-base-1.0",
 ]
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
 def list_models(models_dir: Path, sub: str = "checkpoints") -> list[str]:
@@ -40,17 +42,6 @@ def _safetensors_keys(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
-def _family_from_keys(keys: list[str]) -> str | None:
-    joined = "\n".join(keys[:200000])
-    if "conditioner.embedders.1" in joined:
-        return "sdxl"
-    if "cond_stage_model.model.transformer" in joined:
-        return "sd2"
-    if "cond_stage_model.transformer" in joined or "model.diffusion_model." in joined:
-        return "sd1"
-    return None
-
-
 def _family_from_diffusers(folder: Path) -> str | None:
     if (folder / "text_encoder_2").is_dir():
         return "sdxl"
@@ -72,12 +63,12 @@ def detect_family(value: str) -> tuple[str | None, str]:
     path = Path(text).expanduser()
     try:
         if path.is_file() and path.suffix.lower() == ".safetensors":
-            family = _family_from_keys(_safetensors_keys(path))
+            family = family_from_keys(_safetensors_keys(path))
         elif path.is_dir():
             family = _family_from_diffusers(path)
         elif path.exists():
             return None, "Family not detected from this file type (.ckpt); it is detected when training starts."
-        elif "/" in text and not text.startswith(("/", ".")) and text.count("/") == 1:
+        elif looks_like_hub_id(text):
             lower = text.lower()
             family = "sdxl" if "xl" in lower else "sd2" if "stable-diffusion-2" in lower else "sd1"
             return family, f"Hub id: {FAMILY_NAMES[family]} (guessed from the name; downloaded at start)."

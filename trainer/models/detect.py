@@ -8,14 +8,10 @@ from pathlib import Path
 
 import torch
 
+from trainer.families import FAMILY_NAMES, UNET, family_from_keys
 from trainer.models.checkpoint_io import CheckpointError
 from trainer.models.registry import Architecture, known_architectures, match_architecture
 
-UNET = "model.diffusion_model."
-SDXL_TE2 = "conditioner.embedders.1.model."
-SD2_TE = "cond_stage_model.model."
-SD1_TE = "cond_stage_model.transformer."
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
 
 class UnknownArchitectureError(CheckpointError):
@@ -43,15 +39,13 @@ def detect_family(state_dict: dict[str, torch.Tensor], path: Path) -> str:
         raise UnknownArchitectureError(
             f"{path} is an inpainting/instruct model (U-Net takes {conv_in.shape[1]} input channels); only "
             "text-to-image SD1.x, SD2.x and SDXL base checkpoints can be trained. Pick a non-inpainting base model.")
-    if UNET + "label_emb.0.0.weight" in state_dict or any(k.startswith(SDXL_TE2) for k in keys):
+    family = family_from_keys(keys)
+    if family == "sdxl":
         if not any(k.startswith("conditioner.embedders.0.transformer.") for k in keys) and any(
                 k.startswith("conditioner.embedders.0.model.") for k in keys):
             raise UnknownArchitectureError(f"{path} is an SDXL refiner; train on an SDXL base model instead.")
-        return "sdxl"
-    if any(k.startswith(SD2_TE) for k in keys):
-        return "sd2"
-    if any(k.startswith(SD1_TE) for k in keys):
-        return "sd1"
+    if family is not None:
+        return family
     proj_in = next((v for k, v in sorted(state_dict.items()) if k.startswith(UNET) and k.endswith("proj_in.weight")), None)
     if proj_in is not None:  # U-Net only file: SD2 uses linear projections, SD1 1x1 convolutions
         return "sd2" if proj_in.ndim == 2 else "sd1"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-UNET_PREFIX = "model.diffusion_model."
+from trainer.families import UNET
+
+UNET_PREFIX = UNET
 VAE_PREFIX = "first_stage_model."
 RESNET_RENAMES = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
                   ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))

@@ -11,7 +11,7 @@ import torch
 
 from trainer.models.checkpoint_io import PICKLE_EXT, SAFETENSORS_EXT, CheckpointError
 from trainer.models.components import build_noise_scheduler, build_pipeline_scheduler
-from trainer.models.detect import FAMILY_NAMES
+from trainer.families import FAMILY_NAMES
 from trainer.models.registry import Architecture, read_architecture
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,11 @@ from pathlib import Path
 import torch
 
 from trainer.atomic import atomic_folder
+from trainer.families import SD1_TE, SD2_TE, SDXL_TE2
 from trainer.models.checkpoint_io import write_checkpoint
 from trainer.models.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 
-SD1_TE_PREFIX = "cond_stage_model.transformer."
-SD2_TE_PREFIX = "cond_stage_model.model."
 SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
 MODELSPEC_ARCH = {("sd1", False): "stable-diffusion-v1", ("sd1", True): "stable-diffusion-v1-v",
                   ("sd2", False): "stable-diffusion-v2-512", ("sd2", True): "stable-diffusion-v2-768-v",
                   ("sdxl", False): "stable-diffusion-xl-v1-base", ("sdxl", True): "stable-diffusion-xl-v1-base-v"}
@@ -41,13 +39,13 @@ def original_state_dict(model, *, family: str | None = None, dtype: torch.dtype 
     sd.update(vae_to_ldm(comps["vae"].state_dict(), comps["vae"].config))
     te = comps["text_encoder"].state_dict()
     if family == "sd1":
-        sd.update(clip_to_ldm(te, SD1_TE_PREFIX))
+        sd.update(clip_to_ldm(te, SD1_TE))
     elif family == "sd2":
         layers = comps["text_encoder"].config.num_hidden_layers
-        sd.update(open_clip_to_ldm(te, SD2_TE_PREFIX, num_layers_out=24 if layers == 23 else None))
+        sd.update(open_clip_to_ldm(te, SD2_TE, num_layers_out=24 if layers == 23 else None))
     else:
         sd.update(clip_to_ldm(te, SDXL_TE1_PREFIX))
-        sd.update(open_clip_to_ldm(comps["text_encoder_2"].state_dict(), SDXL_TE2_PREFIX))
+        sd.update(open_clip_to_ldm(comps["text_encoder_2"].state_dict(), SDXL_TE2))
     if dtype is not None:
         sd = {k: v.detach().to(dtype) if v.is_floating_point() else v.detach() for k, v in sd.items()}
     return sd

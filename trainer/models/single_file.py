@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
+from trainer.families import SD2_TE, SDXL_TE2
 from trainer.models.checkpoint_io import CheckpointError, read_checkpoint
 from trainer.models.components import build_components_from_config
 from trainer.models.detect import Detection, detect, probe_v_prediction
 
 log = logging.getLogger(__name__)
-SD2_TE_PREFIX = "cond_stage_model.model."
-SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
 
 
 def load_single_file(path: Path, *, family=None, v_parameterization=None, config_dir=None,
@@ -51,9 +50,9 @@ def convert_text_encoders(state_dict: dict, family: str, comps: dict) -> list[di
     if family == "sd1":
         return [convert_ldm_clip_checkpoint(state_dict)]
     if family == "sd2":
-        return [convert_open_clip_checkpoint(comps["text_encoder"], state_dict, prefix=SD2_TE_PREFIX)]
+        return [convert_open_clip_checkpoint(comps["text_encoder"], state_dict, prefix=SD2_TE)]
     te1 = {k: v for k, v in convert_ldm_clip_checkpoint(state_dict).items()}
-    te2 = convert_open_clip_checkpoint(comps["text_encoder_2"], state_dict, prefix=SDXL_TE2_PREFIX)
+    te2 = convert_open_clip_checkpoint(comps["text_encoder_2"], state_dict, prefix=SDXL_TE2)
     return [te1, te2]
 
 

@@ -1,0 +1,28 @@
+"""The three base-model families and how their original-layout (CompVis/SGM) keys tell them apart.
+
+Torch-free, so the GUI can show the detected family from a safetensors header alone; the loader
+(trainer/models/detect.py) adds what needs tensor shapes (inpainting, refiner, U-Net-only files).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+UNET = "model.diffusion_model."
+SDXL_TE2 = "conditioner.embedders.1.model."  # OpenCLIP bigG
+SD2_TE = "cond_stage_model.model."           # OpenCLIP ViT-H
+SD1_TE = "cond_stage_model.transformer."     # CLIP ViT-L
+SDXL_ADM = UNET + "label_emb.0.0.weight"     # SDXL's size/pooled-text embedding
+
+
+def family_from_keys(keys: Iterable[str]) -> str | None:
+    """sdxl / sd2 / sd1 from the text-encoder (or SDXL label-embedding) keys; None when they don't tell."""
+    keys = list(keys)
+    if SDXL_ADM in keys or any(k.startswith(SDXL_TE2) for k in keys):
+        return "sdxl"
+    if any(k.startswith(SD2_TE) for k in keys):
+        return "sd2"
+    if any(k.startswith(SD1_TE) for k in keys):
+        return "sd1"
+    return None
