@@ -34,6 +34,14 @@ class Plan:
                 f"{self.gradient_accumulation_steps}) × {self.epochs} epochs = {self.total_steps} steps")
 
 
+def run_length(steps_per_epoch: int, epochs: int, max_train_steps: int = 0) -> tuple[int, int]:
+    """(epochs, total steps): epochs govern unless max_train_steps > 0, which then sets the epochs
+    needed to reach it (Kohya's rule, without its 1600 default)."""
+    if max_train_steps > 0:
+        return (math.ceil(max_train_steps / steps_per_epoch) if steps_per_epoch else 0), max_train_steps
+    return epochs, steps_per_epoch * epochs
+
+
 def reg_samples_used(train_samples: int, reg_image_counts: list[tuple[int, int]]) -> int:
     """Kohya registers reg images (with their repeats) until they match the training count."""
     available = sum(images * repeats for images, repeats in reg_image_counts)
@@ -59,11 +67,7 @@ def compute_plan(concept_image_counts: list[tuple[int, int]], reg_image_counts: 
     else:
         batches = math.ceil(samples / batch_size)
     steps_per_epoch = math.ceil(batches / num_processes / gradient_accumulation_steps) if batches else 0
-    if max_train_steps > 0:
-        total = max_train_steps
-        epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else 0
-    else:
-        total = steps_per_epoch * epochs
+    epochs, total = run_length(steps_per_epoch, epochs, max_train_steps)
     return Plan(samples, train, reg, batches, steps_per_epoch, epochs, total, batch_size,
                 gradient_accumulation_steps)
 

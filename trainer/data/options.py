@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.config.spec import parse_resolution  # noqa: F401  (re-exported: one parser for all)
+from trainer.config.spec import parse_resolution
+from trainer.plan import run_length  # noqa: F401  (re-exported: one parser for all)
 
 # Per-subset defaults (Kohya's, except caption_extension: .txt is what taggers write).
 SUBSET_DEFAULTS: dict[str, Any] = {
@@ -139,9 +140,6 @@ def steps_for(batches_per_epoch: int, cfg) -> tuple[int, int, int]:
     """(steps_per_epoch, epochs, total_steps) the way Kohya counts them; max_train_steps > 0 wins."""
     accum = max(1, int(cfg_get(cfg, "gradient_accumulation_steps", 1)))
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
-    max_steps = int(cfg_get(cfg, "max_train_steps", 0) or 0)
-    if max_steps > 0:
-        epochs = math.ceil(max_steps / steps_per_epoch) if steps_per_epoch else 0
-        return steps_per_epoch, epochs, max_steps
-    epochs = int(cfg_get(cfg, "epoch", 1) or 1)
-    return steps_per_epoch, epochs, steps_per_epoch * epochs
+    epochs, total = run_length(steps_per_epoch, int(cfg_get(cfg, "epoch", 1) or 1),
+                               int(cfg_get(cfg, "max_train_steps", 0) or 0))
+    return steps_per_epoch, epochs, total

@@ -10,6 +10,7 @@ import random
 import torch
 
 from trainer.kinds.base import cast_module
+from trainer.plan import run_length
 
 from .batches import StepBatches
 from .compile import compile_enabled, compile_unet
@@ -78,12 +79,7 @@ def plan_event(config, dataset, steps: StepBatches, base, accelerator) -> dict:
     per_epoch = steps.steps_per_epoch()
     if per_epoch == 0:
         raise TrainingFault("The dataset gives no training batches.", "Add images to the concept folders.")
-    max_steps = int(getattr(config, "max_train_steps", 0) or 0)
-    if max_steps > 0:
-        total, epochs = max_steps, -(-max_steps // per_epoch)
-    else:
-        epochs = int(config.epoch)
-        total = per_epoch * epochs
+    epochs, total = run_length(per_epoch, int(config.epoch), int(getattr(config, "max_train_steps", 0) or 0))
     images = sum(1 for it in dataset.scan.items if not it.is_reg)
     return {
         "images": images, "repeats_total": train_samples, "reg_images": reg_samples,
