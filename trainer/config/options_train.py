@@ -34,6 +34,11 @@ class TrainingOptions(Options):
                           section="training")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less VRAM, "
                                        "about 20–40 % slower.", section="training", level="basic")
+    gradient_checkpointing_mode: Literal["selective", "full"] = opt(
+        "selective", "selective = keep the outputs of matrix products, convolutions and attention and recompute "
+        "only the cheap element-wise layers (norms, activations, additions): most of the memory saving for a "
+        "fraction of the slowdown. full = recompute whole blocks (Kohya's behaviour, the least memory).",
+        section="training", visible_if={"gradient_checkpointing": [True]})
     xformers: Literal["none", "sdpa", "xformers"] = opt(
         "sdpa", "Attention kernel. sdpa is PyTorch's built-in memory-efficient attention (Kohya defaults to "
         "xformers, which fails when it is not installed).", section="training", label="CrossAttention")
@@ -41,6 +46,11 @@ class TrainingOptions(Options):
         "auto", "torch.compile the U-Net: fused kernels, much less per-step overhead. auto = on with a CUDA GPU, "
         "off on CPU (compiling takes minutes there). The first step of each bucket shape is slow while it "
         "compiles; if compiling fails the run continues uncompiled with a warning.", section="training")
+    cuda_graphs: Literal["auto", "on", "off"] = opt(
+        "auto", "Replay each training step as a captured CUDA graph (one per bucket shape), so the GPU runs the "
+        "whole step without waiting for Python to launch thousands of small kernels. auto = on with one CUDA "
+        "GPU. Steps that cannot be captured (several GPUs, module_dropout, a capture error, a captured step "
+        "that does not match the normal one) run normally and the log says why.", section="training")
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting γ (5 recommended; 0 = off).", section="training",
                                ge=0, le=20)
     noise_offset: float = opt(0.0, "Noise offset (0.05–0.1 helps very dark/bright images; 0 = off).",
@@ -58,6 +68,14 @@ class TrainingOptions(Options):
                                          section="training")
     scale_v_pred_loss_like_noise_pred: bool = opt(False, "Scale v-prediction loss like noise prediction.",
                                                   section="training")
+
+
+class FrozenBaseOptions(Options):
+    """Only for training types whose base model stays frozen (LoRA, Textual Inversion)."""
+    fp8_base: bool = opt(
+        False, "Store the frozen base model's linear and convolution weights as 8-bit floats (scaled per "
+        "output channel) and widen them one layer at a time: the base weights take half the VRAM (SDXL U-Net "
+        "about 5.1 → 2.6 GB) at a small quality cost.", section="training")
 
 
 class OptimizerOptions(Options):

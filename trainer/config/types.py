@@ -6,8 +6,8 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
-from .options_train import (AccelerateOptions, LoggingOptions, OptimizerOptions, SamplingOptions,
-                            SavingOptions, TrainingOptions)
+from .options_train import (AccelerateOptions, FrozenBaseOptions, LoggingOptions, OptimizerOptions,
+                            SamplingOptions, SavingOptions, TrainingOptions)
 from .spec import opt
 
 CONFIG_VERSION = 1
@@ -54,7 +54,7 @@ class BaseConfig(ModelOptions, FolderOptions, DatasetOptions, TrainingOptions, O
     training_type: str = "base"
 
 
-class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions):
+class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions, FrozenBaseOptions):
     training_type: Literal["lora"] = "lora"
 
 
@@ -91,7 +91,7 @@ class FinetuneConfig(BaseConfig):
                                   section="optimizer", ge=0, le=10)
 
 
-class TextualInversionConfig(BaseConfig, RegularizationOptions):
+class TextualInversionConfig(BaseConfig, RegularizationOptions, FrozenBaseOptions):
     training_type: Literal["textual_inversion"] = "textual_inversion"
     output_name: str = opt("", "File name of the embedding; empty = the token_string, which is also the word "
                            "A1111 and ComfyUI use for it in prompts.", section="folders", level="basic",

@@ -130,9 +130,7 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
     if compile_enabled(getattr(config, "compile", "off"), accelerator.device):
         compile_unet(base.unet, warn)
-    text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
-                           max_token_length=getattr(config, "max_token_length", 75) or 75, memoize=not train_te,
-                           grad_enabled=kind.text_encoder_grad)
+    text = build_text(config, base, kind, accelerator)
     model = Denoiser(base.unet, text, getattr(kind, "network", None))
     optimizer = build_optimizer(config.optimizer, groups, config.learning_rate,
                                 getattr(config, "optimizer_args", ""), accelerator.device)
@@ -148,6 +146,13 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         vae_scale=float(vae_cfg.scaling_factor), vae_shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0),
         sdxl=base.family == "sdxl", max_grad_norm=float(getattr(config, "max_grad_norm", 0) or 0), seed=seed,
         rank=accelerator.process_index)
+
+
+def build_text(config, base, kind, accelerator) -> TextConditioner:
+    """Captions → conditioning; frozen text encoders are only run once per distinct caption."""
+    return TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
+                           max_token_length=getattr(config, "max_token_length", 75) or 75,
+                           memoize=not kind.text_encoder_trains, grad_enabled=kind.text_encoder_grad)
 
 
 def describe_optimizer(optimizer, config) -> str:
