@@ -74,7 +74,7 @@ def set_attention(unet, choice: str, warn) -> str:
     return "sdpa"
 
 
-def enable_gradient_checkpointing(unet, text_encoders, train_text_encoder: bool) -> None:
+def enable_gradient_checkpointing(unet, text_encoders, train_text_encoder: bool, mode: str = "full") -> None:
     unet.enable_gradient_checkpointing()
     unet.train()  # diffusers' blocks only checkpoint in training mode on some versions
     if train_text_encoder:

@@ -126,7 +126,8 @@ def cache_latents(latents, scan, need_flip, accelerator) -> None:
 def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, total_steps, cached: bool):
     train_te = bool(kind.text_encoder_trains)
     if getattr(config, "gradient_checkpointing", False):
-        enable_gradient_checkpointing(base.unet, base.text_encoders, train_te)
+        enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
+                                      mode=getattr(config, "gradient_checkpointing_mode", "full"))
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
     if compile_enabled(getattr(config, "compile", "off"), accelerator.device):
         compile_unet(base.unet, warn)
