@@ -28,6 +28,9 @@ class Denoiser(nn.Module):
 
     def forward(self, noisy, timesteps, captions, time_ids=None):
         hidden, pooled = self.text(captions)
+        return self.denoise(noisy, timesteps, hidden, pooled, time_ids)
+
+    def denoise(self, noisy, timesteps, hidden, pooled=None, time_ids=None):
         added = None if time_ids is None else {"text_embeds": pooled, "time_ids": time_ids}
         return self.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
 
@@ -79,38 +82,53 @@ def latent_shape(batch: dict) -> tuple[int, ...]:
     return (b, 4, h // 8, w // 8)
 
 
-def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> torch.Tensor:
-    """One optimizer step; returns the mean loss over the step's samples (a device tensor)."""
+def step_noise(ctx: StepContext, shapes: list[tuple[int, ...]], step: int):
+    """The step's timesteps and noise, one tensor per micro-batch, from the step's own seed."""
     torch.manual_seed(step_seed(ctx.seed, ctx.rank, step))
-    shapes = [latent_shape(b) for b in micro_batches]
     n = sum(s[0] for s in shapes)
     timesteps = sample_timesteps(n, ctx.device, ctx.cfg)
     noises = [torch.stack([sample_noise(s[1:], ctx.device, ctx.cfg) for _ in range(s[0])]) for s in shapes]
+    sizes = [s[0] for s in shapes]
+    return list(torch.split(timesteps, sizes)), noises
 
-    total = torch.zeros((), device=ctx.device)
-    start = 0
-    for i, (batch, noise) in enumerate(zip(micro_batches, noises)):
-        last = i == len(micro_batches) - 1
-        t = timesteps[start:start + noise.shape[0]]
-        start += noise.shape[0]
-        with nullcontext() if last else ctx.accelerator.no_sync(ctx.model):
-            latents = batch_latents(ctx, batch)
-            noisy = ctx.noise_scheduler.add_noise(latents, noise, t)
-            time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
-            pred = ctx.model(noisy, t, batch["captions"], time_ids)
-            target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
-            loss = per_sample_loss(pred, target, getattr(ctx.cfg, "loss_type", "l2"),
-                                   float(getattr(ctx.cfg, "huber_c", 0.1)))
-            loss = loss * batch["loss_weights"].to(ctx.device, non_blocking=True)
-            weights = snr_loss_weights(ctx.noise_scheduler, t, ctx.cfg, ctx.v_prediction)
-            if weights is not None:
-                loss = loss * weights
-            loss = loss.sum() / n  # the mean over the whole step, however it is split into micro-batches
-            ctx.accelerator.backward(loss)
-        total += loss.detach()
 
+def add_noise(ctx: StepContext, latents, noise, t):
+    return ctx.noise_scheduler.add_noise(latents, noise, t)
+
+
+def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int) -> torch.Tensor:
+    """This micro-batch's share of the step's mean loss (weighted per sample)."""
+    target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
+    loss = per_sample_loss(pred, target, getattr(ctx.cfg, "loss_type", "l2"), float(getattr(ctx.cfg, "huber_c", 0.1)))
+    loss = loss * loss_weights
+    weights = snr_loss_weights(ctx.noise_scheduler, t, ctx.cfg, ctx.v_prediction)
+    if weights is not None:
+        loss = loss * weights
+    return loss.sum() / n  # the mean over the whole step, however it is split into micro-batches
+
+
+def clip_gradients(ctx: StepContext) -> None:
     if ctx.max_grad_norm:
         ctx.accelerator.clip_grad_norm_(ctx.params, ctx.max_grad_norm)
+
+
+def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> torch.Tensor:
+    """One optimizer step; returns the mean loss over the step's samples (a device tensor)."""
+    shapes = [latent_shape(b) for b in micro_batches]
+    n = sum(s[0] for s in shapes)
+    timesteps, noises = step_noise(ctx, shapes, step)
+    total = torch.zeros((), device=ctx.device)
+    for i, (batch, noise, t) in enumerate(zip(micro_batches, noises, timesteps)):
+        last = i == len(micro_batches) - 1
+        with nullcontext() if last else ctx.accelerator.no_sync(ctx.model):
+            latents = batch_latents(ctx, batch)
+            noisy = add_noise(ctx, latents, noise, t)
+            time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
+            pred = ctx.model(noisy, t, batch["captions"], time_ids)
+            loss = micro_loss(ctx, pred, latents, noise, t, batch["loss_weights"].to(ctx.device, non_blocking=True), n)
+            ctx.accelerator.backward(loss)
+        total += loss.detach()
+    clip_gradients(ctx)
     ctx.optimizer.step()
     ctx.lr_scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)

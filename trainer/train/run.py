@@ -19,13 +19,14 @@ from accelerate.utils import set_seed
 from . import setup as S
 from .faults import EXIT_ABORTED, TrainingFault, describe
 from .lora import create_training_kind
-from .loop import train_step
+from .graphs import make_step_fn
 from .metadata import at_save, training_metadata
 from .progress import Progress, open_tracker
 from .samples import generate_samples, load_prompts
 from .saving import Retention, SavePolicy, check_no_collisions, check_writable, write_settings_json
 from .state import TrainState, check_resume_settings, load_state, read_train_state, save_state
 from .stop import AbortRequested, StopSignal
+from .text import modules_on
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ class TrainingRun:
         self.kind.warnings.clear()
         self.policy.ext = self.kind.output_ext
         self.ctx = S.build_step_context(cfg, self.base, self.kind, groups, self.acc, self.mp, self.seed, self.warn,
-                                        self.plan["total_steps"], cached=latents is not None)
+                                        self.plan["total_steps"], cached=latents is not None,
+                                        dataset=self.dataset, events=self.events)
+        self.step_fn = make_step_fn(self.ctx, cfg, self.warn)
         self.state = TrainState(seed=self.seed, total_steps=self.plan["total_steps"], settings=self.resume_settings())
         if self.resumed:
             check_resume_settings(self.resumed.settings, self.state.settings, self.warn)
@@ -118,7 +121,7 @@ class TrainingRun:
                 for micro in self.steps.epoch(epoch, skip_steps=skip):
                     for batch in micro:
                         batch["captions"] = self.kind.prepare_captions(batch["captions"])
-                    loss = train_step(self.ctx, micro, self.state.global_step)
+                    loss = self.step_fn(micro, self.state.global_step)
                     self.kind.after_optimizer_step(self.state.global_step + 1)
                     self.state.global_step += 1
                     self.state.step_in_epoch += 1
@@ -196,8 +199,6 @@ class TrainingRun:
         if self.main:
             from trainer.config import parse_resolution
 
-            vae_device = next(self.base.vae.parameters()).device
-            self.base.vae.to(self.acc.device)
             tracker = self.progress.tracker
 
             def on_image(path, index, prompt, image):
@@ -208,12 +209,14 @@ class TrainingRun:
                     tracker.add_image(f"sample_{index}", np.asarray(image), step, dataformats="HWC")
 
             prompts = [replace(p, prompt=self.kind.expand_prompt(p.prompt)) for p in self.prompts]
-            generate_samples(self.base, self.kind.trained_modules(), prompts, sampler_name=self.config.sample_sampler,
-                             out_dir=self.policy.output_dir / "sample", output_name=self.policy.output_name,
-                             step=step, epoch=epoch, default_size=parse_resolution(self.config.resolution),
-                             seed=self.seed, clip_skip=int(getattr(self.config, "clip_skip", 1) or 1),
-                             autocast_dtype=S.weight_dtype(self.mp), device=self.acc.device, on_image=on_image)
-            self.base.vae.to(vae_device)
+            # the VAE and cached text encoders may wait off the GPU; each goes back where it was
+            with modules_on(self.acc.device, self.base.vae, *self.base.text_encoders):
+                generate_samples(self.base, self.kind.trained_modules(), prompts,
+                                 sampler_name=self.config.sample_sampler, out_dir=self.policy.output_dir / "sample",
+                                 output_name=self.policy.output_name, step=step, epoch=epoch,
+                                 default_size=parse_resolution(self.config.resolution), seed=self.seed,
+                                 clip_skip=int(getattr(self.config, "clip_skip", 1) or 1),
+                                 autocast_dtype=S.weight_dtype(self.mp), device=self.acc.device, on_image=on_image)
         self.acc.wait_for_everyone()
 
     def finish_done(self) -> None:
