@@ -14,8 +14,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 git rev-parse HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
-# 1. eager trainer vs the reference, then the compiled trainer, SD1.5 b1/b4/b8 and SDXL b1
-timeout 240 python3 bench/train_bench.py --compile off --rounds 2 --steps 20 2>&1 | tee "$OUT/bench_eager.log"
-timeout 300 python3 bench/train_bench.py --compile on --rounds 2 --steps 20 2>&1 | tee "$OUT/bench_compiled.log"
-# 2. the CUDA-only test paths: bf16/fp16 training, 8-bit AdamW on CUDA, a short real trainer run
-timeout 120 python3 -m pytest -q -x tests/test_train_step.py tests/test_train_run.py 2>&1 | tail -5 | tee "$OUT/tests.log"
+# In priority order (device time is short; each step writes its log to $OUT as it goes):
+# 1. every issue-9 config, reference vs the trainer with captured steps (compile off: no compile wait)
+timeout 300 python3 bench/train_bench.py --cuda-graphs on --compile off --rounds 1 --steps 20 2>&1 \
+  | tee "$OUT/bench_graphs.log"
+# 2. correctness: eager vs captured vs captured+compiled, same seed, 12 steps (loss curve + LoRA weights)
+timeout 240 python3 bench/graph_check.py --config sd15-lora-b4 --steps 12 2>&1 | tee "$OUT/graph_check.log"
+# 3. captured + compiled, the two LoRA headline configs
+timeout 300 python3 bench/train_bench.py --cuda-graphs on --compile on --rounds 1 --steps 20 \
+  --only sd15-lora-b1,sd15-lora-b8,sdxl-lora-b1 2>&1 | tee "$OUT/bench_graphs_compiled.log"
+# 4. the CUDA paths of the tests: bf16/fp16, 8-bit AdamW, fp8_base, whole runs (async loss reads, graphs)
+timeout 180 python3 -m pytest -q -x tests/test_train_step.py tests/test_train_fp8.py tests/test_train_run.py 2>&1 | tail -5 | tee "$OUT/tests.log"

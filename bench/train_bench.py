@@ -2,16 +2,19 @@
 
 The reference is ../shared/bench/ref_train_bench.py (plain diffusers + peft, as in the diffusers
 example scripts). It is copied into bench/_ref/ (git-ignored) and imported from there, so both sides
-build the same architectures from the same config dicts: SD1.5-shape 512 LoRA r16 at batch 1/4/8 and
-SDXL-shape 1024 batch 1, bf16, cached latents. Both run in this process, interleaved round by round,
-and the median step time of each is compared.
+build the same architectures from the same config dicts: SD1.5-shape 512 LoRA r16 at batch 1/4/8,
+SDXL-shape 1024 batch 1 (without and with memory savers: the reference checkpoints and uses AdamW8bit,
+the trainer adds fp8_base and its gradient_checkpointing_mode), and the SD1.5 full fine-tune at batch 4
+with AdamW8bit; bf16, cached latents. Both run in this process, interleaved round by round, and the
+median step time of each is compared. The trainer side is the step function the trainer itself uses
+(cuda_graphs / compile as the options say).
 
     python bench/train_bench.py --tiny            # CPU smoke run on tiny shapes
     python bench/train_bench.py                   # GPU: the real shapes
     python bench/train_bench.py --only sd15-lora-b1,sdxl-lora-b1 --steps 30 --rounds 3
 
 Prints one JSON line per configuration and a table: samples/s, ms/step, peak GiB (CUDA) and
-ratio = trainer ms / reference ms (below 1 is faster).
+ratio = trainer ms / reference ms (below 1 is faster), and whether issue 9's H100 target is met.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_CONFIGS = "sd15-lora-b1,sd15-lora-b4,sd15-lora-b8,sdxl-lora-b1"
+DEFAULT_CONFIGS = "sd15-lora-b1,sd15-lora-b4,sd15-lora-b8,sdxl-lora-b1,sdxl-lora-b1-gc,sd15-full-b4-adamw8"
 
 
 def load_reference():
@@ -59,18 +62,22 @@ class FixedText(torch.nn.Module):
         return self.hidden, self.pooled
 
 
-def build_trainer_step(ref, cfg, tiny: bool, device, compile_setting: str = "auto"):
-    """The trainer's own pieces on the reference's architecture: kohya LoRA, Denoiser, train_step."""
+def build_trainer_step(ref, cfg, tiny: bool, device, opts):
+    """The trainer's own pieces on the reference's architecture: kohya LoRA (or the whole U-Net for the
+    full fine-tune configs), Denoiser, the step function the trainer uses (captured or eager).
+
+    opts: compile / cuda_graphs ("on"|"off"), gc_mode ("selective"|"full"), fp8 (bool: fp8_base for LoRA)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from trainer.networks import create_network
-    from trainer.train.loop import Denoiser, StepContext, train_step
     from trainer.train.compile import compile_enabled, compile_unet
+    from trainer.train.graphs import make_step_fn
+    from trainer.train.loop import Denoiser, StepContext
     from trainer.train.optimizers import build_optimizer
-    from trainer.train.precision import set_attention
+    from trainer.train.precision import enable_gradient_checkpointing, set_attention
     from trainer.train.schedulers import build_scheduler
     from trainer.train.text import TextConditioner
 
@@ -78,25 +85,34 @@ def build_trainer_step(ref, cfg, tiny: bool, device, compile_setting: str = "aut
     res = 32 if tiny else res
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     xl = arch == "sdxl" and not tiny
+    full = mode == "full"
     AcceleratorState._reset_state(True)
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNet2DConditionModel(**(ref.TINY_UNET if tiny else ref.SDXL_UNET if xl else ref.SD15_UNET))
         te = CLIPTextModel(CLIPTextConfig(**(ref.TINY_CLIP if tiny else ref.CLIP_L)))
-    unet.requires_grad_(False).to(dtype)
     te.requires_grad_(False).to(dtype).eval()
-    # the SDXL configs get fixed conditioning (FixedText), so no text encoder takes part there
-    network = create_network(unet, [] if xl else [te], "sdxl" if xl else "sd1", network_dim=16,
-                             network_alpha=16, train_text_encoder=te_lora and not xl)
-    network.apply_to()
-    network.to(device)
-    groups = network.prepare_optimizer_params(None, None, 1e-4)
+    if full:  # fp32 master weights under autocast, as the reference and the DreamBooth/fine-tune kinds
+        unet.requires_grad_(True)
+        network = None
+        groups = [{"params": list(unet.parameters()), "lr": 1e-4}]
+    else:
+        unet.requires_grad_(False).to(dtype)
+        if opts.fp8:
+            from trainer.models.fp8 import to_fp8
+
+            to_fp8(unet, dtype)
+        # the SDXL configs get fixed conditioning (FixedText), so no text encoder takes part there
+        network = create_network(unet, [] if xl else [te], "sdxl" if xl else "sd1", network_dim=16,
+                                 network_alpha=16, train_text_encoder=te_lora and not xl)
+        network.apply_to()
+        network.to(device)
+        groups = network.prepare_optimizer_params(None, None, 1e-4)
     if gckpt:
-        unet.enable_gradient_checkpointing()
-        unet.train()
+        enable_gradient_checkpointing(unet, [te], False, mode=opts.gc_mode)
     set_attention(unet, "sdpa", print)
-    if compile_enabled(compile_setting, device):  # the trainer's `compile` option, same code path
+    if compile_enabled(opts.compile, device):  # the trainer's `compile` option, same code path
         compile_unet(unet, print)
     g = torch.Generator(device=device).manual_seed(1)
     lat_hw = res // 8
@@ -108,21 +124,22 @@ def build_trainer_step(ref, cfg, tiny: bool, device, compile_setting: str = "aut
     else:
         ids = torch.randint(0, 1000, (batch, 77), generator=g, device=device)
         by_caption = {c: ids[i:i + 1] for i, c in enumerate(captions)}
-        text = TextConditioner("sd1", [te], [None], memoize=not te_lora,
+        text = TextConditioner("sd1", [te], [None], memoize=not te_lora, grad_enabled=lambda: te_lora,
                                tokenize=lambda caps: [torch.cat([by_caption[c] for c in caps])])
     optimizer = build_optimizer("AdamW8bit" if optim == "adamw8bit" else "AdamW", groups, 1e-4, "", device)
     scheduler = build_scheduler(types.SimpleNamespace(lr_scheduler="constant", lr_warmup=0), optimizer, 10**6)
     model, optimizer = accelerator.prepare(Denoiser(unet, text, network), optimizer)
-    cfg_ns = types.SimpleNamespace(loss_type="l2")
+    cfg_ns = types.SimpleNamespace(loss_type="l2", cuda_graphs=opts.cuda_graphs)
     ctx = StepContext(accelerator, model, optimizer, scheduler, [p for gr in groups for p in gr["params"]],
-                      DDPMScheduler(num_train_timesteps=1000), cfg_ns, max_grad_norm=0.0, sdxl=xl)
+                      DDPMScheduler(num_train_timesteps=1000), cfg_ns, max_grad_norm=1.0, sdxl=xl)
     data = {"latents": latents, "captions": captions, "loss_weights": torch.ones(batch, device=device)}
     if xl:
         data.update(original_sizes_hw=torch.tensor([[res, res]] * batch), crop_top_lefts=torch.zeros(batch, 2),
                     target_sizes_hw=torch.tensor([[res, res]] * batch))
     trainable = sum(p.numel() for p in ctx.params)
+    step_fn = make_step_fn(ctx, cfg_ns, lambda m: print(f"[{name}] {m}", file=sys.stderr))
     counter = iter(range(10**9))
-    return (lambda: train_step(ctx, [data], next(counter))), trainable
+    return (lambda: step_fn([data], next(counter))), trainable, network if network is not None else unet
 
 
 def time_steps(step, steps: int, warmup: int, device) -> tuple[float, float | None]:
@@ -157,19 +174,49 @@ def bench_config(ref, cfg, args, device) -> dict:
         ref_ms.append(ms)
         ref_peak.append(peak)
         _cleanup(device)
-        step, trainable_ours = build_trainer_step(ref, cfg, args.tiny, device, args.compile)
+        step, trainable_ours, _ = build_trainer_step(ref, cfg, args.tiny, device, ours_options(cfg, args))
         ms, peak = time_steps(step, args.steps, args.warmup, device)
         ours_ms.append(ms)
         ours_peak.append(peak)
         del step
         _cleanup(device)
     r, o = statistics.median(ref_ms), statistics.median(ours_ms)
-    return dict(name=name, batch=batch, ref_ms=round(r, 2), ours_ms=round(o, 2), ratio=round(o / r, 3),
+    opts = ours_options(cfg, args)
+    ours_peak_gib = _round(max(ours_peak) if ours_peak[0] is not None else None)
+    return dict(name=name, batch=batch, ours=describe(opts), target=target_verdict(name, batch, o, ours_peak_gib), ref_ms=round(r, 2), ours_ms=round(o, 2), ratio=round(o / r, 3),
                 ref_samples_s=round(batch * 1000 / r, 2), ours_samples_s=round(batch * 1000 / o, 2),
                 ref_peak_gib=_round(max(ref_peak) if ref_peak[0] is not None else None),
-                ours_peak_gib=_round(max(ours_peak) if ours_peak[0] is not None else None),
+                ours_peak_gib=ours_peak_gib,
                 ref_trainable_m=trainable_ref, ours_trainable_m=round(trainable_ours / 1e6, 2),
                 ref_ms_rounds=[round(x, 2) for x in ref_ms], ours_ms_rounds=[round(x, 2) for x in ours_ms])
+
+
+# issue 9's targets on an H100 (samples/s, peak GiB); the savers config is measured against the
+# reference's checkpointing + AdamW8bit run
+TARGETS = {"sd15-lora-b1": (25, 3.0), "sd15-lora-b8": (150, 12.0), "sdxl-lora-b1": (4, 14.0),
+           "sdxl-lora-b1-gc": (2, 6.0), "sd15-full-b4-adamw8": (50, 11.0)}
+
+
+def ours_options(cfg, args) -> types.SimpleNamespace:
+    """The trainer's options for this config: memory savers (fp8_base) go with the checkpointing configs."""
+    gckpt, mode = cfg[6], cfg[2]
+    fp8 = args.fp8 == "on" or (args.fp8 == "auto" and gckpt and mode == "lora")
+    return types.SimpleNamespace(compile=args.compile, cuda_graphs=args.cuda_graphs, gc_mode=args.gc_mode,
+                                 fp8=fp8)
+
+
+def describe(opts) -> str:
+    parts = [f"graphs {opts.cuda_graphs}", f"compile {opts.compile}"]
+    return ", ".join(parts + (["fp8_base"] if opts.fp8 else []) + [f"gc {opts.gc_mode}"])
+
+
+def target_verdict(name: str, batch: int, ms: float, peak: float | None) -> str | None:
+    if name not in TARGETS or peak is None:
+        return None
+    samples, gib = TARGETS[name]
+    got = batch * 1000 / ms
+    ok = got >= samples and peak <= gib
+    return f"{'met' if ok else 'missed'} (≥ {samples} samples/s at ≤ {gib} GiB)"
 
 
 def _round(x):
@@ -192,6 +239,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="the trainer's compile option (auto = on with CUDA); warm-up steps include compiling")
+    ap.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto",
+                    help="the trainer's cuda_graphs option (auto = on with CUDA)")
+    ap.add_argument("--gc-mode", choices=("selective", "full"), default="selective",
+                    help="gradient_checkpointing_mode for the configs that checkpoint")
+    ap.add_argument("--fp8", choices=("auto", "on", "off"), default="auto",
+                    help="fp8_base for LoRA configs (auto = with the checkpointing configs only)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,7 +255,8 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = True
     print(json.dumps(dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                           threads=torch.get_num_threads(), torch=torch.__version__, tiny=args.tiny,
-                          compile=args.compile)), flush=True)
+                          compile=args.compile, cuda_graphs=args.cuda_graphs, gc_mode=args.gc_mode,
+                          fp8=args.fp8)), flush=True)
     wanted = [n for n in args.only.split(",") if n]
     rows = []
     for cfg in ref.CONFIGS:
@@ -214,14 +268,14 @@ def main(argv=None) -> int:
             row = dict(name=cfg[0], error=repr(exc)[:300])
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n{'config':16} {'ref ms':>8} {'ours ms':>8} {'ratio':>6} {'ref smp/s':>9} {'our smp/s':>9} "
-          f"{'ref GiB':>7} {'our GiB':>7}")
+    print(f"\n{'config':20} {'ref ms':>8} {'ours ms':>8} {'ratio':>6} {'ref smp/s':>9} {'our smp/s':>9} "
+          f"{'ref GiB':>7} {'our GiB':>7}  target")
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:16} error: {r['error']}")
+            print(f"{r['name']:20} error: {r['error']}")
             continue
-        print(f"{r['name']:16} {r['ref_ms']:8} {r['ours_ms']:8} {r['ratio']:6} {r['ref_samples_s']:9} "
-              f"{r['ours_samples_s']:9} {str(r['ref_peak_gib']):>7} {str(r['ours_peak_gib']):>7}")
+        print(f"{r['name']:20} {r['ref_ms']:8} {r['ours_ms']:8} {r['ratio']:6} {r['ref_samples_s']:9} "
+              f"{r['ours_samples_s']:9} {str(r['ref_peak_gib']):>7} {str(r['ours_peak_gib']):>7}  {r['target'] or ''}")
     return 0
 
 

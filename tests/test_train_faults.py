@@ -28,13 +28,13 @@ def test_a_nan_loss_stops_the_run_with_likely_causes_and_keeps_the_last_good_fil
     from trainer.train import run as run_module
     from trainer.train.stop import StopSignal
 
-    real_step = run_module.train_step
+    real_make_step_fn = run_module.make_step_fn
 
-    def poisoned_step(ctx, micro, step):  # the loss goes NaN in epoch 2 (steps 4+ of 4 per epoch)
-        loss = real_step(ctx, micro, step)
-        return loss * float("nan") if step >= 5 else loss
+    def poisoned_step_fn(*args, **kwargs):  # the loss goes NaN in epoch 2 (steps 4+ of 4 per epoch)
+        real_step = real_make_step_fn(*args, **kwargs)
+        return lambda micro, step: real_step(micro, step) * (float("nan") if step >= 5 else 1.0)
 
-    monkeypatch.setattr(run_module, "train_step", poisoned_step)
+    monkeypatch.setattr(run_module, "make_step_fn", poisoned_step_fn)
     out = tmp_path / "out"
     config = lora_config(tiny_model_dir("sd1"), make_dataset(tmp_path / "data"), out, epoch=3)
     stream = io.StringIO()

@@ -103,7 +103,8 @@ class CudaGraphs:
 
     def capture(self, fn) -> Captured:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: the data loader's pin-memory thread may allocate pinned memory meanwhile
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             out = fn()
         if self.pool is None:
             self.pool = graph.pool()

@@ -71,8 +71,9 @@ def batch_latents(ctx: StepContext, batch: dict) -> torch.Tensor:
 
 def sdxl_time_ids(batch: dict, device, dtype) -> torch.Tensor:
     """(original size, crop top-left, target size), each as (h, w): SDXL's micro-conditioning."""
-    ids = torch.cat([batch["original_sizes_hw"], batch["crop_top_lefts"], batch["target_sizes_hw"]], dim=1)
-    return ids.to(device=device, dtype=dtype)
+    # each part goes over on its own (from the loader's pinned memory, without waiting for the GPU)
+    parts = [batch[k].to(device, non_blocking=True) for k in ("original_sizes_hw", "crop_top_lefts", "target_sizes_hw")]
+    return torch.cat(parts, dim=1).to(dtype)
 
 
 def latent_shape(batch: dict) -> tuple[int, ...]:

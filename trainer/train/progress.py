@@ -1,6 +1,7 @@
 """Step reporting without slowing the step: losses stay on the device and are read in one transfer
-about ten times a second (and before every save), where NaN/inf is also caught. Each read feeds
-the `step` event, the tqdm bar on stderr and TensorBoard."""
+about ten times a second (and before every save), where NaN/inf is also caught. On CUDA the copy is
+asynchronous (pinned buffer + event, collected once it has landed), so reporting never makes the host
+wait for the GPU mid-run. Each read feeds the `step` event, the tqdm bar on stderr and TensorBoard."""
 from __future__ import annotations
 
 import math
@@ -21,6 +22,7 @@ class Progress:
         self.enabled = enabled
         self.interval = interval_s
         self.pending: list[tuple[int, int, torch.Tensor, list[float]]] = []
+        self._in_flight = None  # (records, host values, CUDA event) of the copy under way
         self.epoch_losses: list[float] = []
         self.epoch = 0
         self.last_good_path: str | None = None
@@ -38,16 +40,45 @@ class Progress:
         # float(): Adafactor's relative-step schedule reports its rates as tensors
         self.pending.append((step, epoch, loss, [float(lr) for lr in lrs]))
         self.step = step
-        if time.monotonic() - self._last_flush >= self.interval or step >= self.total:
-            self.flush()
+        self._collect(wait=False)
+        if self._in_flight is None and (time.monotonic() - self._last_flush >= self.interval or step >= self.total):
+            self._send()
 
     def flush(self) -> None:
-        """Read the pending losses (one device→host copy) and report the newest step."""
+        """Read every pending loss now (before a save, at the end of an epoch) and report the newest step."""
+        if self._in_flight is not None:
+            self._collect(wait=True)
+        self._send()
+        self._collect(wait=True)
+
+    def _send(self) -> None:
+        """Start one device→host copy of the pending losses; on CUDA it does not wait for the GPU."""
         if not self.pending:
             return
-        values = torch.stack([p[2] for p in self.pending]).float().cpu().tolist()
+        values = torch.stack([p[2] for p in self.pending]).detach().float()
         pending, self.pending = self.pending, []
-        self._last_flush = now = time.monotonic()
+        self._last_flush = time.monotonic()
+        if not values.is_cuda:
+            self._report(pending, values.tolist())
+            return
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._in_flight = (pending, host, event)
+
+    def _collect(self, wait: bool) -> None:
+        if self._in_flight is None:
+            return
+        pending, host, event = self._in_flight
+        if not (wait or event.query()):
+            return
+        event.synchronize()
+        self._in_flight = None
+        self._report(pending, host.tolist())
+
+    def _report(self, pending: list, values: list[float]) -> None:
+        now = time.monotonic()
         for (step, epoch, _, lrs), loss in zip(pending, values):
             if not math.isfinite(loss):
                 raise NonFiniteLoss(step, self.last_good_path)

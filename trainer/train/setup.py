@@ -71,6 +71,13 @@ def load_base(config, accelerator, mp: str):
     for te in base.text_encoders:
         cast_module(te, dtype, device).requires_grad_(False).eval()
     cast_module(base.vae, vae_dtype(config, mp), device).requires_grad_(False).eval()
+    if getattr(config, "fp8_base", False):  # before any network wraps the base layers' forwards
+        from trainer.models.fp8 import Fp8Report, to_fp8
+
+        report = sum((to_fp8(m, dtype) for m in (base.unet, *base.text_encoders)), Fp8Report())
+        logger.info("fp8_base: %d frozen base layers stored in 8-bit floats, %.2f → %.2f GiB (%.2f GiB saved)",
+                    report.layers, report.bytes_before / 2**30, report.bytes_after / 2**30,
+                    report.saved_bytes / 2**30)
     return base
 
 
@@ -123,7 +130,8 @@ def cache_latents(latents, scan, need_flip, accelerator) -> None:
         latents.prepare(scan.items, need_flip)
 
 
-def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, total_steps, cached: bool):
+def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, total_steps, cached: bool,
+                       dataset=None, events=None):
     train_te = bool(kind.text_encoder_trains)
     if getattr(config, "gradient_checkpointing", False):
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
@@ -131,7 +139,7 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
     if compile_enabled(getattr(config, "compile", "off"), accelerator.device):
         compile_unet(base.unet, warn)
-    text = build_text(config, base, kind, accelerator)
+    text = build_text(config, base, kind, accelerator, dataset, events)
     model = Denoiser(base.unet, text, getattr(kind, "network", None))
     optimizer = build_optimizer(config.optimizer, groups, config.learning_rate,
                                 getattr(config, "optimizer_args", ""), accelerator.device)
@@ -149,11 +157,43 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         rank=accelerator.process_index)
 
 
-def build_text(config, base, kind, accelerator) -> TextConditioner:
-    """Captions → conditioning; frozen text encoders are only run once per distinct caption."""
-    return TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
+TEXT_BATCH_SIZE = 16  # captions per text-encoder call while caching
+AUTO_TEXT_CACHE_BYTES = 4 * 2**30  # the automatic cache gives way (to the lazy memo) beyond this
+
+
+def build_text(config, base, kind, accelerator, dataset=None, events=None) -> TextConditioner:
+    """Captions → conditioning. Frozen text encoders run once per distinct caption: with fixed captions
+    all of them before the first step (then the encoders leave the GPU), else each when first seen."""
+    from trainer.data.errors import DatasetError
+    from trainer.data.te_cache import fixed_captions
+
+    frozen = not kind.text_encoder_trains
+    text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
                            max_token_length=getattr(config, "max_token_length", 75) or 75,
-                           memoize=not kind.text_encoder_trains, grad_enabled=kind.text_encoder_grad)
+                           memoize=frozen, grad_enabled=kind.text_encoder_grad)
+    wanted = bool(getattr(config, "cache_text_encoder_outputs", False))
+    if not frozen:
+        if wanted:
+            raise TrainingFault("cache_text_encoder_outputs needs frozen text encoders, but they train in this run.",
+                                "Train the U-Net only (network_train_unet_only; learning_rate_te 0 or "
+                                "train_text_encoder off for full training) or untick cache_text_encoder_outputs.")
+        return text
+    if dataset is None:
+        return text
+    try:
+        captions = fixed_captions(dataset)
+    except DatasetError as exc:
+        if wanted:
+            raise TrainingFault(exc.problems[0].message, exc.hint) from exc
+        return text  # captions change per step: the lazy memo, encoders stay on the device
+    progress = None if events is None else (
+        lambda done, total: events.emit("cache", what="text", done=done, total=total))
+    cached = text.cache_outputs(captions, TEXT_BATCH_SIZE, progress,
+                                limit_bytes=None if wanted else AUTO_TEXT_CACHE_BYTES)
+    if cached and accelerator.device.type == "cuda":
+        text.offload("cpu")  # sampling brings them back (TrainingRun.sample)
+        torch.cuda.empty_cache()  # hand their memory back, not only to this process's allocator
+    return text
 
 
 def describe_optimizer(optimizer, config) -> str:

@@ -3,23 +3,31 @@
 SD1/SD2: the last hidden state, or with clip_skip N the N-th last layer + the final layer norm.
 SDXL: both encoders' penultimate layers concatenated, plus text encoder 2's pooled projection.
 Long captions (max_token_length 150/225) are encoded as 77-token chunks and joined (BOS, 75 × n, EOS).
-The encoding itself is trainer.models.text's; this module adds the per-caption memo.
+The encoding itself is trainer.models.text's; this module adds remembering the outputs.
 
-When the text encoders are frozen, each caption is encoded once (alone, so the result never depends
-on the rest of the batch) and remembered: later steps skip the text-encoder forward entirely.
+When the text encoders are frozen their output for a caption never changes, so it is computed once:
+* cache_outputs(captions): every caption the dataset can yield is encoded up front, in batches; the
+  encoders then leave the trained model and can be offloaded (moved off the GPU) for the whole run.
+* otherwise (captions change per step: shuffle/dropout) each caption is encoded alone when first
+  seen (so it never depends on the rest of the batch) and remembered on the device.
 """
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from trainer.data.te_cache import TextEncoderOutputCache
 from trainer.models.text import encode_prompt, tokenize_long
 
 logger = logging.getLogger(__name__)
 
 MEMO_LIMIT_BYTES = 512 * 2**20
+# cached outputs stay on the training device while they take at most this share of the encoders' size
+# (no copy per step); beyond it they live in host memory and each batch is copied over
+DEVICE_SHARE = 0.25
 
 
 class TextConditioner(nn.Module):
@@ -27,7 +35,8 @@ class TextConditioner(nn.Module):
                  memoize: bool = True, tokenize=None, grad_enabled=None):
         super().__init__()
         self.family = family
-        self.encoders = nn.ModuleList(text_encoders)
+        self.encoders = nn.ModuleList(text_encoders)  # part of the trained model until cache_outputs
+        self._encoders = list(text_encoders)
         self.tokenizers = list(tokenizers)
         self.clip_skip = max(1, int(clip_skip or 1))
         self.max_token_length = int(max_token_length or 75)
@@ -36,6 +45,8 @@ class TextConditioner(nn.Module):
         self._tokenize = tokenize  # optional override: captions → list of id tensors, one per encoder
         self._memo: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._memo_bytes = 0
+        self.cache: TextEncoderOutputCache | None = None
+        self.device: torch.device | None = None  # where cached conditioning is delivered
         if family == "sdxl" and self.clip_skip > 1:
             logger.warning("clip_skip is ignored for SDXL (it always uses the penultimate layers)")
 
@@ -46,13 +57,15 @@ class TextConditioner(nn.Module):
 
     @property
     def text_encoders(self) -> list[nn.Module]:  # what encode_prompt reads, as on a BaseModel
-        return list(self.encoders)
+        return list(self._encoders)
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states [B, L, D] and (SDXL) pooled embeddings [B, 1280]."""
         return encode_prompt(self, self.tokenize(captions), self.clip_skip)
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cache is not None:
+            return self._from_cache(list(captions))
         if not self.memoize:
             grad = self.grad_enabled() if callable(self.grad_enabled) else True
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
@@ -69,3 +82,67 @@ class TextConditioner(nn.Module):
         if self.family != "sdxl":
             return hidden, None
         return hidden, torch.stack([self._memo[c][1] for c in captions])
+
+    # ---- the up-front cache -----------------------------------------------------------------------
+    def cache_outputs(self, captions: list[str], batch_size: int = 16, on_progress=None,
+                      limit_bytes: int | None = None) -> bool:
+        """Encode every caption now; forward() then only looks them up. Only for frozen encoders.
+        With `limit_bytes`, nothing is cached (False) when the outputs would need more memory than that."""
+        captions = list(dict.fromkeys(captions))
+        if not captions:
+            return False
+        self.device = next(self._encoders[0].parameters()).device
+        if limit_bytes is not None:
+            with torch.no_grad():
+                hidden, pooled = self.encode(captions[:1])
+            need = len(captions) * sum(t.numel() * t.element_size() for t in (hidden, pooled) if t is not None)
+            if need > limit_bytes:
+                logger.info("not caching text-encoder outputs: %d captions need %.1f GiB", len(captions),
+                            need / 2**30)
+                return False
+        cache = TextEncoderOutputCache(self._encode_rows, batch_size, on_progress)
+        cache.prepare(captions)
+        cache.on_progress = None  # a caption met later is encoded silently (see _from_cache)
+        if cache.nbytes <= DEVICE_SHARE * sum(module_bytes(e) for e in self._encoders):
+            cache.to(self.device)
+        self.cache = cache
+        # the encoders leave the module tree: accelerate.prepare must not move them back onto the device
+        self.encoders = nn.ModuleList()
+        logger.info("cached text-encoder outputs of %d captions (%.1f MiB, kept on %s)", len(captions),
+                    cache.nbytes / 2**20, cache.device)
+        return True
+
+    def offload(self, device="cpu") -> None:
+        """Move the encoders off the training device (after cache_outputs)."""
+        for encoder in self._encoders:
+            encoder.to(device)
+
+    def _encode_rows(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        hidden, pooled = self.encode(captions)
+        return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
+
+    def _from_cache(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:  # e.g. a training kind rewrote the caption: encode it once, where the encoders ran
+            logger.info("encoding %d caption(s) missing from the text-encoder cache", len(missing))
+            with modules_on(self.device, *self._encoders):
+                self.cache.prepare(missing)
+        rows = self.cache.get(captions, self.device)
+        return rows["hidden"], rows.get("pooled")
+
+
+def module_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+@contextmanager
+def modules_on(device, *modules: nn.Module):
+    """Run the body with `modules` on `device`, then put each back where it was (sampling, a missed caption)."""
+    homes = [next(m.parameters()).device for m in modules]
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, home in zip(modules, homes):
+            m.to(home)
