@@ -31,7 +31,7 @@ def snapshot(module) -> dict[str, torch.Tensor]:
 
 
 def run_variant(ref, cfg, tiny, device, steps, **opts):
-    options = types.SimpleNamespace(compile="off", cuda_graphs="off", gc_mode="selective", fp8=False)
+    options = types.SimpleNamespace(compile="off", cuda_graphs="off", gc_mode="full", fp8=False)
     vars(options).update(opts)
     step, _, trained = build_trainer_step(ref, cfg, tiny, device, options)
     start = snapshot(trained)

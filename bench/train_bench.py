@@ -241,7 +241,7 @@ def main(argv=None) -> int:
                     help="the trainer's compile option (auto = on with CUDA); warm-up steps include compiling")
     ap.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default="auto",
                     help="the trainer's cuda_graphs option (auto = on with CUDA)")
-    ap.add_argument("--gc-mode", choices=("selective", "full"), default="selective",
+    ap.add_argument("--gc-mode", choices=("full", "selective"), default="full",
                     help="gradient_checkpointing_mode for the configs that checkpoint")
     ap.add_argument("--fp8", choices=("auto", "on", "off"), default="auto",
                     help="fp8_base for LoRA configs (auto = with the checkpointing configs only)")

@@ -34,11 +34,11 @@ class TrainingOptions(Options):
                           section="training")
     gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: much less VRAM, "
                                        "about 20–40 % slower.", section="training", level="basic")
-    gradient_checkpointing_mode: Literal["selective", "full"] = opt(
-        "selective", "selective = keep the outputs of matrix products, convolutions and attention and recompute "
-        "only the cheap element-wise layers (norms, activations, additions): most of the memory saving for a "
-        "fraction of the slowdown. full = recompute whole blocks (Kohya's behaviour, the least memory).",
-        section="training", visible_if={"gradient_checkpointing": [True]})
+    gradient_checkpointing_mode: Literal["full", "selective"] = opt(
+        "full", "full = recompute whole blocks (Kohya's behaviour): the least memory, about 10–25 % of the "
+        "activations. selective = keep the outputs of attention, convolutions and narrowing matrix products, "
+        "recompute only norms, activations, additions and widening products: about half the activations, "
+        "for roughly half of full's slowdown.", section="training", visible_if={"gradient_checkpointing": [True]})
     xformers: Literal["none", "sdpa", "xformers"] = opt(
         "sdpa", "Attention kernel. sdpa is PyTorch's built-in memory-efficient attention (Kohya defaults to "
         "xformers, which fails when it is not installed).", section="training", label="CrossAttention")

@@ -8,6 +8,8 @@ import logging
 
 import torch
 
+from .checkpointing import checkpoint_function
+
 logger = logging.getLogger(__name__)
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -74,8 +76,12 @@ def set_attention(unet, choice: str, warn) -> str:
     return "sdpa"
 
 
-def enable_gradient_checkpointing(unet, text_encoders, train_text_encoder: bool, mode: str = "full") -> None:
-    unet.enable_gradient_checkpointing()
+def enable_gradient_checkpointing(unet, text_encoders, train_text_encoder: bool, mode: str = "full",
+                                  random_inside: bool = True) -> None:
+    """full: recompute whole blocks; selective: keep the outputs of attention, convolutions and narrowing
+    matrix products, recompute the cheap layers (checkpointing.py). Text encoders use HF's own.
+    random_inside=False (no dropout in the trained network) skips saving/restoring the RNG state."""
+    unet.enable_gradient_checkpointing(checkpoint_function(mode, preserve_rng_state=random_inside))
     unet.train()  # diffusers' blocks only checkpoint in training mode on some versions
     if train_text_encoder:
         for te in text_encoders:

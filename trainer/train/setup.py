@@ -134,8 +134,9 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
                        dataset=None, events=None):
     train_te = bool(kind.text_encoder_trains)
     if getattr(config, "gradient_checkpointing", False):
+        dropout = any(getattr(config, k, 0) for k in ("network_dropout", "rank_dropout", "module_dropout"))
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
-                                      mode=getattr(config, "gradient_checkpointing_mode", "full"))
+                                      mode=getattr(config, "gradient_checkpointing_mode", "full"), random_inside=dropout)
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
     if compile_enabled(getattr(config, "compile", "off"), accelerator.device):
         compile_unet(base.unet, warn)
