@@ -174,3 +174,15 @@ def test_the_update_is_captured_only_for_fused_adamw_without_loss_scaling():
     assert "step count on the CPU" in update_blocker(ctx)
     fp16 = types.SimpleNamespace(optimizer=ctx.optimizer, accelerator=types.SimpleNamespace(scaler=object()))
     assert "loss scaling" in update_blocker(fp16)
+
+
+def test_the_first_replay_check_tolerates_bf16_noise_but_not_a_wrong_graph():
+    from trainer.train.graphs import grad_mismatch, mismatch
+
+    g = [torch.randn(64, 8), torch.randn(8)]
+    assert mismatch(torch.tensor(0.5), torch.tensor(0.5 * (1 + 1e-3))) is None
+    assert "loss" in mismatch(torch.tensor(0.5), torch.tensor(0.0))
+    assert grad_mismatch(g, [x * (1 + 1e-3) for x in g]) is None
+    assert "gradients differ" in grad_mismatch(g, [x * 0.5 for x in g])
+    overflow = [torch.full((64, 8), float("inf")), torch.zeros(8)]
+    assert grad_mismatch(overflow, g) is None, "an fp16 overflow step is skipped by the scaler, not a mismatch"
