@@ -166,3 +166,21 @@ def test_a_run_with_cache_text_encoder_outputs_on_tiny_sdxl_finishes_and_samples
     assert sample["prompt"] == "toy, red circle"
     assert len(list((tmp_path / "out" / "sample").glob("toy_e000001_00_*.png"))) == 1
     assert [e["kind"] for e in events if e["type"] == "saved"] == ["final"]
+
+
+def test_the_preflight_reports_a_subset_whose_captions_change_before_any_model_loads(tmp_path):
+    """The studio's check before Start finds what the run would fail on, with the field to fix."""
+    from trainer.data.preflight import preflight
+
+    data = make_dataset(tmp_path / "data", images=2)
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{data / "1_toy"}"\n'
+                    'shuffle_caption = true\n', encoding="utf-8")
+    config = lora_config("unused-model", data, tmp_path / "out", epoch=1, network_train_unet_only=True,
+                         cache_text_encoder_outputs=True, dataset_config=str(toml))
+    report = preflight(config)
+    assert not report.ok
+    [error] = report.errors
+    assert "1_toy" in error["message"] and "shuffle_caption" in error["message"]
+    assert error["field"] == "cache_text_encoder_outputs" and "untick" in error["hint"]
+    assert preflight(config.model_copy(update={"cache_text_encoder_outputs": False})).ok

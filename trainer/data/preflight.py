@@ -10,7 +10,7 @@ from .buckets import bucket_key
 from .epochs import EpochPlan
 from .errors import DatasetError, Problem
 from .options import cfg_get, steps_for
-from .scan import ScanResult, cache_problems, scan_dataset
+from .scan import ScanResult, cache_problems, scan_dataset, text_cache_problems
 
 IMBALANCE_RATIO = 5  # a concept with 5x the samples of another dominates what the model learns
 MAX_LISTED = 50  # per kind of warning about single files; the rest is counted
@@ -96,6 +96,8 @@ def preflight(cfg, scan: ScanResult | None = None) -> PreflightReport:
     problems = list(scan.problems)
     if cfg_get(cfg, "cache_latents", False) or cfg_get(cfg, "cache_latents_to_disk", False):
         problems += cache_problems(scan)
+    if cfg_get(cfg, "cache_text_encoder_outputs", False):
+        problems += text_cache_problems(scan)
     report = PreflightReport(ok=False)
     report.batch_size = max(ds.spec.batch_size for ds in scan.datasets) if scan.datasets else 1
     report.gradient_accumulation_steps = max(1, int(cfg_get(cfg, "gradient_accumulation_steps", 1)))

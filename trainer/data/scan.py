@@ -273,3 +273,12 @@ def cache_problems(scan: ScanResult) -> list[Problem]:
                                             f"turn off {name} or turn off cache_latents", str(subset.spec.image_dir),
                                             name))
     return problems
+
+
+def text_cache_problems(scan: ScanResult) -> list[Problem]:
+    """Cached text-encoder outputs need captions that never change (no shuffle, no caption dropout)."""
+    return [Problem("error", f"captions change between steps in {subset.spec.label!r} (shuffle_caption or caption "
+                    "dropout), so text-encoder outputs cannot be cached",
+                    "turn those options off for it or untick cache_text_encoder_outputs", str(subset.spec.image_dir),
+                    "cache_text_encoder_outputs")
+            for ds in scan.datasets for subset in ds.subsets if not subset.spec.caption.is_fixed]

@@ -15,6 +15,7 @@ import torch
 from .captions import process_caption
 from .dataset import TrainDataset
 from .errors import DatasetError
+from .scan import text_cache_problems
 
 Encode = Callable[[list[str]], dict[str, torch.Tensor]]
 
@@ -22,12 +23,9 @@ Encode = Callable[[list[str]], dict[str, torch.Tensor]]
 def fixed_captions(dataset: TrainDataset) -> list[str]:
     """Every caption the dataset can yield (class/regularisation images' too), or DatasetError naming
     what makes captions change."""
-    changing = sorted({s.spec.label for ds in dataset.scan.datasets for s in ds.subsets
-                       if not s.spec.caption.is_fixed})
-    if changing:
-        raise DatasetError(f"captions change between steps in {', '.join(changing)} (shuffle_caption or caption "
-                           "dropout), so text-encoder outputs cannot be cached",
-                           "turn those options off or untick cache_text_encoder_outputs")
+    problems = text_cache_problems(dataset.scan)
+    if problems:
+        raise DatasetError(problems)
     out = set()
     for item in dataset.scan.items:
         spec = dataset.scan.datasets[item.dataset].subsets[item.subset].spec
