@@ -155,12 +155,17 @@ def _conv_forward(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x.to(dtype), widen(layer.weight, _scale(layer), dtype), _cast(layer.bias, dtype), *geometry)
 
 
+def _remember(ctx, x, stored, scale, bias, dtype) -> None:
+    """What backward needs: the 8-bit weight itself (no new memory) and the dtypes to return."""
+    ctx.save_for_backward(stored, scale)
+    ctx.dtype, ctx.x_dtype = dtype, x.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
 class _Fp8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stored, scale, bias, dtype):
-        ctx.save_for_backward(stored, scale)  # the 8-bit weight itself: no new memory
-        ctx.dtype, ctx.x_dtype = dtype, x.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        _remember(ctx, x, stored, scale, bias, dtype)
         with _no_autocast(x.device.type):
             return F.linear(x.to(dtype), widen(stored, scale, dtype), _cast(bias, dtype))
 
@@ -179,9 +184,8 @@ class _Fp8Linear(torch.autograd.Function):
 class _Fp8Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stored, scale, bias, dtype, geometry):
-        ctx.save_for_backward(stored, scale)
-        ctx.dtype, ctx.x_dtype, ctx.x_shape, ctx.geometry = dtype, x.dtype, x.shape, geometry
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        _remember(ctx, x, stored, scale, bias, dtype)
+        ctx.x_shape, ctx.geometry = x.shape, geometry
         with _no_autocast(x.device.type):
             return F.conv2d(x.to(dtype), widen(stored, scale, dtype), _cast(bias, dtype), *geometry)
 
