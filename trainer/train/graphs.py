@@ -234,8 +234,7 @@ class CapturedSteps:
             self.seen[key] += 1
             if self.seen[key] > self.warmup and len(self.graphs) < self.max_graphs:
                 return self.capture_and_check(key, x, n, te_grad)
-            with self.backend.eager():
-                return self.forward_backward(x, n, te_grad)
+            return self.eager_micro(x, n, te_grad)
         graph, static = entry
         return self.replay(graph, static, x)
 
@@ -260,6 +259,7 @@ class CapturedSteps:
         return self.check_first_replay(graph, static, x, n, te_grad)
 
     def eager_micro(self, x: dict, n: int, te_grad: bool) -> torch.Tensor:
+        """A warm-up (or uncaptured) micro-batch, on the side stream CUDA capture requires."""
         with self.backend.eager():
             return self.forward_backward(x, n, te_grad)
 

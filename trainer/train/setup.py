@@ -185,7 +185,7 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
         captions = fixed_captions(dataset)
     except DatasetError as exc:
         if wanted:
-            raise TrainingFault(exc.problems[0].message, exc.hint) from exc
+            raise TrainingFault("; ".join(p.message for p in exc.problems), exc.hint) from exc
         return text  # captions change per step: the lazy memo, encoders stay on the device
     progress = None if events is None else (
         lambda done, total: events.emit("cache", what="text", done=done, total=total))
