@@ -29,6 +29,14 @@ for part in $parts; do
   eager)    # the trainer without capture: what the graphs add
     timeout 60 python3 bench/train_bench.py --cuda-graphs off --compile off --rounds 1 --steps 20 \
       --only sd15-lora-b1,sd15-lora-b8 2>&1 | tee "$OUT/bench_eager.log" ;;
+  graphs-only) # the trainer side alone (the reference's figures from an earlier call of the same session)
+    timeout 150 python3 bench/train_bench.py --cuda-graphs on --compile off --rounds 1 --steps 20 --no-ref 2>&1 | tee "$OUT/bench_graphs_only.log" ;;
+  nhwc)     # captured + channels-last U-Net + cudnn.benchmark
+    timeout 90 python3 bench/train_bench.py --cuda-graphs on --compile off --rounds 1 --steps 20 --no-ref \
+      --channels-last --cudnn-benchmark --only sd15-lora-b1,sd15-lora-b8,sdxl-lora-b1,sd15-full-b4-adamw8 2>&1 | tee "$OUT/bench_nhwc.log" ;;
+  compiled-only)
+    timeout 200 python3 bench/train_bench.py --cuda-graphs on --compile on --rounds 1 --steps 20 --no-ref \
+      --only sd15-lora-b1,sd15-lora-b8,sdxl-lora-b1 2>&1 | tee "$OUT/bench_compiled_only.log" ;;
   compiled) # captured + compiled
     timeout 240 python3 bench/train_bench.py --cuda-graphs on --compile on --rounds 1 --steps 20 \
       --only sd15-lora-b1,sd15-lora-b8,sdxl-lora-b1 2>&1 | tee "$OUT/bench_compiled.log" ;;

@@ -112,11 +112,15 @@ def build_trainer_step(ref, cfg, tiny: bool, device, opts):
     if gckpt:
         enable_gradient_checkpointing(unet, [te], False, mode=opts.gc_mode)
     set_attention(unet, "sdpa", print)
+    if getattr(opts, "channels_last", False):  # NHWC convolutions (tensor-core friendly in bf16)
+        unet.to(memory_format=torch.channels_last)
     if compile_enabled(opts.compile, device):  # the trainer's `compile` option, same code path
         compile_unet(unet, print)
     g = torch.Generator(device=device).manual_seed(1)
     lat_hw = res // 8
     latents = torch.randn(batch, 4, lat_hw, lat_hw, generator=g, device=device) / 0.18215
+    if getattr(opts, "channels_last", False):
+        latents = latents.contiguous(memory_format=torch.channels_last)
     captions = [f"caption {i}" for i in range(batch)]
     if xl:
         text = FixedText(torch.randn(batch, 77, 2048, device=device, dtype=dtype),
@@ -177,11 +181,12 @@ def bench_config(ref, cfg, args, device) -> dict:
     ref_ms, ours_ms, ref_peak, ours_peak, ref_res, ours_res = [], [], [], [], [], []
     trainable_ref = trainable_ours = None
     for _ in range(args.rounds):
-        ms, peak, reserved, trainable_ref = run_reference(ref, cfg, args, device)
-        ref_ms.append(ms)
-        ref_peak.append(peak)
-        ref_res.append(reserved)
-        _cleanup(device)
+        if not args.no_ref:
+            ms, peak, reserved, trainable_ref = run_reference(ref, cfg, args, device)
+            ref_ms.append(ms)
+            ref_peak.append(peak)
+            ref_res.append(reserved)
+            _cleanup(device)
         step, trainable_ours, _ = build_trainer_step(ref, cfg, args.tiny, device, ours_options(cfg, args))
         ms, peak, reserved = time_steps(step, args.steps, args.warmup, device)
         ours_ms.append(ms)
@@ -189,14 +194,16 @@ def bench_config(ref, cfg, args, device) -> dict:
         ours_res.append(reserved)
         del step
         _cleanup(device)
-    r, o = statistics.median(ref_ms), statistics.median(ours_ms)
+    r = statistics.median(ref_ms) if ref_ms else None
+    o = statistics.median(ours_ms)
     opts = ours_options(cfg, args)
     ours_peak_gib = _round(max(ours_peak) if ours_peak[0] is not None else None)
-    return dict(name=name, batch=batch, ours=describe(opts), target=target_verdict(name, batch, o, ours_peak_gib), ref_ms=round(r, 2), ours_ms=round(o, 2), ratio=round(o / r, 3),
-                ref_samples_s=round(batch * 1000 / r, 2), ours_samples_s=round(batch * 1000 / o, 2),
-                ref_peak_gib=_round(max(ref_peak) if ref_peak[0] is not None else None),
+    return dict(name=name, batch=batch, ours=describe(opts), target=target_verdict(name, batch, o, ours_peak_gib),
+                ref_ms=_round(r), ours_ms=round(o, 2), ratio=r and round(o / r, 3),
+                ref_samples_s=r and round(batch * 1000 / r, 2), ours_samples_s=round(batch * 1000 / o, 2),
+                ref_peak_gib=_round(max(ref_peak) if ref_peak and ref_peak[0] is not None else None),
                 ours_peak_gib=ours_peak_gib,
-                ref_reserved_gib=_round(max(ref_res) if ref_res[0] is not None else None),
+                ref_reserved_gib=_round(max(ref_res) if ref_res and ref_res[0] is not None else None),
                 ours_reserved_gib=_round(max(ours_res) if ours_res[0] is not None else None),
                 ref_trainable_m=trainable_ref, ours_trainable_m=round(trainable_ours / 1e6, 2),
                 ref_ms_rounds=[round(x, 2) for x in ref_ms], ours_ms_rounds=[round(x, 2) for x in ours_ms])
@@ -213,12 +220,15 @@ def ours_options(cfg, args) -> types.SimpleNamespace:
     gckpt, mode = cfg[6], cfg[2]
     fp8 = args.fp8 == "on" or (args.fp8 == "auto" and gckpt and mode == "lora")
     return types.SimpleNamespace(compile=args.compile, cuda_graphs=args.cuda_graphs, gc_mode=args.gc_mode,
-                                 fp8=fp8)
+                                 fp8=fp8, channels_last=args.channels_last)
 
 
 def describe(opts) -> str:
     parts = [f"graphs {opts.cuda_graphs}", f"compile {opts.compile}"]
-    return ", ".join(parts + (["fp8_base"] if opts.fp8 else []) + [f"gc {opts.gc_mode}"])
+    extra = (["fp8_base"] if opts.fp8 else []) + (["channels_last"] if opts.channels_last else [])
+    if torch.backends.cudnn.benchmark:
+        extra.append("cudnn.benchmark")
+    return ", ".join(parts + extra + [f"gc {opts.gc_mode}"])
 
 
 def target_verdict(name: str, batch: int, ms: float, peak: float | None) -> str | None:
@@ -256,7 +266,11 @@ def main(argv=None) -> int:
                     help="gradient_checkpointing_mode for the configs that checkpoint")
     ap.add_argument("--fp8", choices=("auto", "on", "off"), default="auto",
                     help="fp8_base for LoRA configs (auto = with the checkpointing configs only)")
+    ap.add_argument("--channels-last", action="store_true", help="U-Net weights and latents in NHWC")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    ap.add_argument("--no-ref", action="store_true", help="skip the reference (a variant of an earlier run)")
     args = ap.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
     ref = load_reference()
@@ -285,7 +299,7 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{r['name']:20} error: {r['error']}")
             continue
-        print(f"{r['name']:20} {r['ref_ms']:8} {r['ours_ms']:8} {r['ratio']:6} {r['ref_samples_s']:9} "
+        print(f"{r['name']:20} {str(r['ref_ms']):>8} {r['ours_ms']:8} {str(r['ratio']):>6} {str(r['ref_samples_s']):>9} "
               f"{r['ours_samples_s']:9} {str(r['ref_peak_gib']):>7} {str(r['ours_peak_gib']):>7} "
               f"{str(r['ref_reserved_gib']):>7} {str(r['ours_reserved_gib']):>7}  {r['target'] or ''}")
     return 0

@@ -47,7 +47,9 @@ def write_config(config, path: Path) -> Path:
 
 
 def env() -> dict:
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    # keep any PYTHONPATH already set (e.g. packages installed beside the interpreter's own)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, TOKENIZERS_PARALLELISM="false")
     e.pop("RANK", None)
     return e
 

@@ -125,6 +125,11 @@ class CudaGraphs:
         self.pool = None
         torch.cuda.empty_cache()
 
+    def settle(self) -> None:
+        """After a capture and its check: give back the blocks the eager runs cached. The graphs keep
+        their own pool, so without this the card holds a step's activations twice."""
+        torch.cuda.empty_cache()
+
 
 class Rerun:
     """Stand-in for CUDA graphs where there is no GPU (tests): 'replaying' calls the captured function
@@ -143,6 +148,9 @@ class Rerun:
         torch.set_rng_state(state)
 
     def release(self) -> None:
+        pass
+
+    def settle(self) -> None:
         pass
 
 
@@ -256,7 +264,9 @@ class CapturedSteps:
         self.graphs[key] = (graph, static)
         self.captures += 1
         logger.info("captured a CUDA graph for micro-batch shape %s", tuple(x["latents"].shape))
-        return self.check_first_replay(graph, static, x, n, te_grad)
+        loss = self.check_first_replay(graph, static, x, n, te_grad)
+        self.backend.settle()
+        return loss
 
     def eager_micro(self, x: dict, n: int, te_grad: bool) -> torch.Tensor:
         """A warm-up (or uncaptured) micro-batch, on the side stream CUDA capture requires."""
@@ -329,6 +339,7 @@ class CapturedSteps:
         self.update_graph = (key, graph)
         self.refresh_lr()
         graph.run()
+        self.backend.settle()
         return True
 
     def capture_update(self) -> Captured:
