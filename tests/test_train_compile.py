@@ -1,4 +1,4 @@
-"""The compile option: on by default only with CUDA, and a compile failure never ends a run."""
+"""The compile option: on by default only with CUDA and uncaptured steps, and a compile failure never ends a run."""
 import pytest
 import torch
 
@@ -6,8 +6,9 @@ from trainer.models.tiny import build_tiny_components
 from trainer.train import compile as tc
 
 
-def test_auto_compiles_on_cuda_only():
-    assert tc.compile_enabled("auto", torch.device("cuda"))
+def test_auto_compiles_on_cuda_only_when_steps_are_not_captured():
+    assert tc.compile_enabled("auto", torch.device("cuda"), cuda_graphs="off")
+    assert not tc.compile_enabled("auto", torch.device("cuda"), cuda_graphs="auto")
     assert not tc.compile_enabled("auto", torch.device("cpu"))
     assert tc.compile_enabled("on", torch.device("cpu"))
     assert not tc.compile_enabled("off", torch.device("cuda"))

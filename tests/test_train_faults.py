@@ -51,6 +51,30 @@ def test_a_nan_loss_stops_the_run_with_likely_causes_and_keeps_the_last_good_fil
     assert all(torch.isfinite(t).all() for t in lora_tensors(out / "toy-000001.safetensors").values())
 
 
+def test_a_sample_image_that_runs_out_of_gpu_memory_is_skipped_and_the_run_finishes(
+        tmp_path, tiny_model_dir, monkeypatch, fresh_accelerator_state):
+    """Samples are a preview: an out-of-memory while making them costs the preview, never the run."""
+    from trainer.events import EventWriter
+    from trainer.train import run as run_module
+    from trainer.train.stop import StopSignal
+
+    def no_room(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+
+    monkeypatch.setattr(run_module, "generate_samples", no_room)
+    out = tmp_path / "out"
+    config = lora_config(tiny_model_dir("sd1"), make_dataset(tmp_path / "data"), out, epoch=2,
+                         sample_every_n_epochs=1, sample_prompts="toy, red circle --w 64 --h 64 --s 2")
+    stream = io.StringIO()
+    code = run_module.run_training(config, EventWriter(stream=stream), StopSignal())
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert code == 0 and events[-1]["type"] == "done"
+    skipped = [e for e in events if e["type"] == "warning" and "Sample images" in e["message"]]
+    assert len(skipped) == 2 and "ran out of memory" in skipped[0]["message"]
+    assert "cuda_graphs off" in skipped[0]["message"]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["toy-000001.safetensors", "toy.safetensors"]
+
+
 def test_checkpoint_names_and_cadence_follow_kohya(tmp_path):
     from trainer.train.saving import SavePolicy
 

@@ -8,6 +8,7 @@ update through tensors, the first-replay check, falling back — runs exactly as
 from __future__ import annotations
 
 import types
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -186,3 +187,47 @@ def test_the_first_replay_check_tolerates_bf16_noise_but_not_a_wrong_graph():
     assert "gradients differ" in grad_mismatch(g, [x * 0.5 for x in g])
     overflow = [torch.full((64, 8), float("inf")), torch.zeros(8)]
     assert grad_mismatch(overflow, g) is None, "an fp16 overflow step is skipped by the scaler, not a mismatch"
+
+
+class CheckFlag(Rerun):
+    """Knows when the normal run that checks a freshly captured graph is under way (the check takes
+    the RNG state just before it)."""
+
+    def __init__(self):
+        self.armed = self.checking = False
+
+    def rng_state(self):
+        self.armed = True
+        return super().rng_state()
+
+    @contextmanager
+    def eager(self):
+        self.checking, self.armed = self.armed, False
+        try:
+            yield
+        finally:
+            self.checking = False
+
+
+def test_a_card_too_small_for_captured_steps_trains_on_normally_with_the_same_result():
+    """The check's normal step runs out of memory after its backward added gradients: those are taken
+    back, the graphs are freed, and the micro-batch is redone normally."""
+    schedule = bucket_schedule()[:7]
+    ctx_eager, net_eager = build(optimizer="AdamW", lr=1e-2)
+    eager_losses = train(lambda m, s: train_step(ctx_eager, m, s), schedule)
+    ctx, net = build(optimizer="AdamW", lr=1e-2)
+    start = weights(net)
+    backend, real_backward = CheckFlag(), ctx.accelerator.backward
+
+    def backward(loss):
+        real_backward(loss)
+        if backend.checking:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    ctx.accelerator.backward = backward
+    warnings = []
+    steps = CapturedSteps(ctx, warnings.append, backend)
+    losses = train(steps, schedule)
+    assert len(warnings) == 1 and "not enough memory for captured steps" in warnings[0]
+    assert steps.off_reason and not steps.graphs and steps.captures == 1
+    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert_same_training(net_eager, net, start)

@@ -43,9 +43,10 @@ class TrainingOptions(Options):
         "sdpa", "Attention kernel. sdpa is PyTorch's built-in memory-efficient attention (Kohya defaults to "
         "xformers, which fails when it is not installed).", section="training", label="CrossAttention")
     compile: Literal["auto", "on", "off"] = opt(
-        "auto", "torch.compile the U-Net: fused kernels, much less per-step overhead. auto = on with a CUDA GPU, "
-        "off on CPU (compiling takes minutes there). The first step of each bucket shape is slow while it "
-        "compiles; if compiling fails the run continues uncompiled with a warning.", section="training")
+        "auto", "torch.compile the U-Net: fused kernels, less per-step overhead. auto = on with a CUDA GPU only "
+        "when cuda_graphs is off (captured steps already remove the overhead, and compiling an SD1.5 training "
+        "step takes minutes per bucket shape). If compiling fails the run continues uncompiled with a warning.",
+        section="training")
     cuda_graphs: Literal["auto", "on", "off"] = opt(
         "auto", "Replay each training step as a captured CUDA graph (one per bucket shape), so the GPU runs the "
         "whole step without waiting for Python to launch thousands of small kernels. auto = on with one CUDA "

@@ -8,7 +8,8 @@ EXIT_ABORTED = 130
 
 MEMORY_HINT = ("Lower the memory use: a smaller train_batch_size, a lower resolution, gradient_checkpointing on, "
                "cache_latents on, an 8-bit optimizer (AdamW8bit), mixed_precision bf16/fp16, a smaller network_dim, "
-               "or train the U-Net only (network_train_unet_only). Close other programs using the GPU.")
+               "or train the U-Net only (network_train_unet_only). cuda_graphs off saves the memory captured steps keep "
+               "reserved. Close other programs using the GPU.")
 NAN_HINT = ("Likely causes: fp16 overflow (use mixed_precision bf16, or keep fp16 and turn off full_fp16; the SDXL "
             "VAE needs no_half_vae), a learning rate that is too high (try 1e-4 or lower, or a warm-up), or "
             "max_grad_norm 0 (turn clipping back on).")

@@ -32,6 +32,7 @@ import torch
 
 from trainer.models.text import encode_prompt
 
+from .faults import is_out_of_memory
 from .loop import (StepContext, add_noise, batch_latents, clip_gradients, latent_shape, micro_loss, sdxl_time_ids,
                    step_noise, train_step)
 
@@ -125,11 +126,6 @@ class CudaGraphs:
         self.pool = None
         torch.cuda.empty_cache()
 
-    def settle(self) -> None:
-        """After a capture and its check: give back the blocks the eager runs cached. The graphs keep
-        their own pool, so without this the card holds a step's activations twice."""
-        torch.cuda.empty_cache()
-
 
 class Rerun:
     """Stand-in for CUDA graphs where there is no GPU (tests): 'replaying' calls the captured function
@@ -148,9 +144,6 @@ class Rerun:
         torch.set_rng_state(state)
 
     def release(self) -> None:
-        pass
-
-    def settle(self) -> None:
         pass
 
 
@@ -264,9 +257,7 @@ class CapturedSteps:
         self.graphs[key] = (graph, static)
         self.captures += 1
         logger.info("captured a CUDA graph for micro-batch shape %s", tuple(x["latents"].shape))
-        loss = self.check_first_replay(graph, static, x, n, te_grad)
-        self.backend.settle()
-        return loss
+        return self.check_first_replay(graph, static, x, n, te_grad)
 
     def eager_micro(self, x: dict, n: int, te_grad: bool) -> torch.Tensor:
         """A warm-up (or uncaptured) micro-batch, on the side stream CUDA capture requires."""
@@ -278,16 +269,30 @@ class CapturedSteps:
         params = [p for p in self.ctx.params if p.grad is not None]
         copy_grads = sum(p.grad.numel() * p.grad.element_size() for p in params) <= CHECK_GRAD_BYTES
         rng = self.backend.rng_state()
-        before = [p.grad.clone() for p in params] if copy_grads else None
-        with self.backend.eager():
-            if copy_grads:
-                eager_loss = self.forward_backward(x, n, te_grad)
-                eager_grads = [p.grad - b for p, b in zip(params, before)]
+        before = None
+        try:
+            before = [p.grad.clone() for p in params] if copy_grads else None
+            with self.backend.eager():
+                if copy_grads:
+                    eager_loss = self.forward_backward(x, n, te_grad)
+                    eager_grads = [p.grad - b for p, b in zip(params, before)]
+                    for p, b in zip(params, before):
+                        p.grad.copy_(b)
+                else:  # too large to copy: compare the loss of a forward only
+                    with torch.no_grad():
+                        eager_loss = self.forward_backward(x, n, te_grad, backward=False)
+        except Exception as exc:  # noqa: BLE001
+            if not is_out_of_memory(exc):
+                raise
+            # the graph's pool and a normal step do not fit together on this card: free the graphs
+            # and redo this micro-batch normally (its gradients as they were, its random numbers too)
+            if before is not None:
                 for p, b in zip(params, before):
                     p.grad.copy_(b)
-            else:  # too large to copy: compare the loss of a forward only
-                with torch.no_grad():
-                    eager_loss = self.forward_backward(x, n, te_grad, backward=False)
+            self.turn_off("the GPU has not enough memory for captured steps (they keep a step's memory "
+                          "reserved)")
+            self.backend.set_rng_state(rng)
+            return self.eager_micro(x, n, te_grad)
         self.backend.set_rng_state(rng)
         loss = self.replay(graph, static, x).clone()
         problem = mismatch(eager_loss, loss)
@@ -339,7 +344,6 @@ class CapturedSteps:
         self.update_graph = (key, graph)
         self.refresh_lr()
         graph.run()
-        self.backend.settle()
         return True
 
     def capture_update(self) -> Captured:

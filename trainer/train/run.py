@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import set_seed
 
 from . import setup as S
-from .faults import EXIT_ABORTED, TrainingFault, describe
+from .faults import EXIT_ABORTED, TrainingFault, describe, is_out_of_memory
 from .lora import create_training_kind
 from .graphs import make_step_fn
 from .metadata import at_save, training_metadata
@@ -210,13 +210,23 @@ class TrainingRun:
 
             prompts = [replace(p, prompt=self.kind.expand_prompt(p.prompt)) for p in self.prompts]
             # the VAE and cached text encoders may wait off the GPU; each goes back where it was
-            with modules_on(self.acc.device, self.base.vae, *self.base.text_encoders):
-                generate_samples(self.base, self.kind.trained_modules(), prompts,
-                                 sampler_name=self.config.sample_sampler, out_dir=self.policy.output_dir / "sample",
-                                 output_name=self.policy.output_name, step=step, epoch=epoch,
-                                 default_size=parse_resolution(self.config.resolution), seed=self.seed,
-                                 clip_skip=int(getattr(self.config, "clip_skip", 1) or 1),
-                                 autocast_dtype=S.weight_dtype(self.mp), device=self.acc.device, on_image=on_image)
+            try:
+                with modules_on(self.acc.device, self.base.vae, *self.base.text_encoders):
+                    generate_samples(self.base, self.kind.trained_modules(), prompts,
+                                     sampler_name=self.config.sample_sampler, out_dir=self.policy.output_dir / "sample",
+                                     output_name=self.policy.output_name, step=step, epoch=epoch,
+                                     default_size=parse_resolution(self.config.resolution), seed=self.seed,
+                                     clip_skip=int(getattr(self.config, "clip_skip", 1) or 1),
+                                     autocast_dtype=S.weight_dtype(self.mp), device=self.acc.device,
+                                     on_image=on_image)
+            except Exception as exc:  # noqa: BLE001 — samples are a preview: never lose the run over one
+                if not is_out_of_memory(exc):
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.warn(f"Sample images at step {step} were skipped: the GPU ran out of memory while making them "
+                          f"(training continues). Smaller sample sizes (--w/--h in the prompts) or cuda_graphs off "
+                          f"(captured steps keep a step's memory reserved) leave room for them.")
         self.acc.wait_for_everyone()
 
     def finish_done(self) -> None:

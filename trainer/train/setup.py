@@ -138,7 +138,7 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
                                       mode=getattr(config, "gradient_checkpointing_mode", "full"), random_inside=dropout)
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
-    if compile_enabled(getattr(config, "compile", "off"), accelerator.device):
+    if compile_enabled(getattr(config, "compile", "off"), accelerator.device, getattr(config, "cuda_graphs", "off")):
         compile_unet(base.unet, warn)
     text = build_text(config, base, kind, accelerator, dataset, events)
     model = Denoiser(base.unet, text, getattr(kind, "network", None))
