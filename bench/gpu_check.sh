@@ -8,7 +8,7 @@
 #     importlib_metadata typing_extensions==4.16.0     (the device image has torch, transformers, peft…)
 #   cp ../shared/bench/ref_train_bench.py bench/_ref/      (bench/_ref is git-ignored; carry it)
 # then run `bash bench/gpu_check.sh [part…]` with carry [".whl", "bench/_ref"] and a timeout that leaves
-# room for a rerun. Parts, in priority order (default: graphs check run eager): each writes its log to $OUT.
+# room for a rerun. Parts, in the order given (default: run graphs check nhwc): each writes its log to $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -16,7 +16,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; git rev-parse HEAD 2>/dev/null; date -u;
   python3 -c "import torch, diffusers, transformers, bitsandbytes, peft; print(torch.__version__, diffusers.__version__, transformers.__version__, bitsandbytes.__version__, peft.__version__)"; } 2>&1 | tee "$OUT/gpu.txt"
-parts=${*:-graphs check run eager}
+parts=${*:-run graphs check nhwc}
 for part in $parts; do
   case $part in
   graphs)   # every issue-9 config, reference vs the trainer with captured steps (no compile wait)
@@ -32,7 +32,7 @@ for part in $parts; do
   graphs-only) # the trainer side alone (the reference's figures from an earlier call of the same session)
     timeout 150 python3 bench/train_bench.py --cuda-graphs on --compile off --rounds 1 --steps 20 --no-ref 2>&1 | tee "$OUT/bench_graphs_only.log" ;;
   nhwc)     # captured + channels-last U-Net + cudnn.benchmark
-    timeout 90 python3 bench/train_bench.py --cuda-graphs on --compile off --rounds 1 --steps 20 --no-ref \
+    timeout 180 python3 bench/train_bench.py --cuda-graphs on --compile off --rounds 1 --steps 20 --no-ref \
       --channels-last --cudnn-benchmark --only sd15-lora-b1,sd15-lora-b8,sdxl-lora-b1,sd15-full-b4-adamw8 2>&1 | tee "$OUT/bench_nhwc.log" ;;
   compiled-only)
     timeout 200 python3 bench/train_bench.py --cuda-graphs on --compile on --rounds 1 --steps 20 --no-ref \

@@ -209,25 +209,67 @@ class CheckFlag(Rerun):
             self.checking = False
 
 
-def test_a_card_too_small_for_captured_steps_trains_on_normally_with_the_same_result():
-    """The check's normal step runs out of memory after its backward added gradients: those are taken
-    back, the graphs are freed, and the micro-batch is redone normally."""
-    schedule = bucket_schedule()[:7]
+def run_short_of_memory(break_step) -> tuple[list, list, CapturedSteps, dict, object]:
+    """Captured training where `break_step(steps, backend)` patches in an out-of-memory."""
+    schedule = bucket_schedule()[:9]
     ctx_eager, net_eager = build(optimizer="AdamW", lr=1e-2)
     eager_losses = train(lambda m, s: train_step(ctx_eager, m, s), schedule)
     ctx, net = build(optimizer="AdamW", lr=1e-2)
     start = weights(net)
-    backend, real_backward = CheckFlag(), ctx.accelerator.backward
-
-    def backward(loss):
-        real_backward(loss)
-        if backend.checking:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    ctx.accelerator.backward = backward
-    warnings = []
+    warnings, backend = [], CheckFlag()
     steps = CapturedSteps(ctx, warnings.append, backend)
+    break_step(steps, backend)
     losses = train(steps, schedule)
-    assert len(warnings) == 1 and "not enough memory for captured steps" in warnings[0]
-    assert steps.off_reason and not steps.graphs and steps.captures == 1
     assert losses == pytest.approx(eager_losses, rel=1e-5)
     assert_same_training(net_eager, net, start)
+    return warnings, steps
+
+
+def out_of_memory():
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_card_too_small_to_check_a_graph_beside_a_normal_step_trains_on_normally():
+    """The check's normal step runs out of memory after its backward added gradients: the step is
+    redone normally from zeroed gradients, the graphs are freed, training goes on with the same result."""
+    def break_step(steps, backend):
+        real_backward = steps.ctx.accelerator.backward
+
+        def backward(loss):
+            real_backward(loss)
+            if backend.checking:
+                raise out_of_memory()
+        steps.ctx.accelerator.backward = backward
+
+    warnings, steps = run_short_of_memory(break_step)
+    assert len(warnings) == 1 and "not enough memory for captured steps" in warnings[0]
+    assert steps.off_reason and not steps.graphs and steps.captures == 1
+
+
+def test_a_new_bucket_that_does_not_fit_beside_the_captured_graphs_trains_on_normally():
+    """A later bucket shape's warm-up runs out of memory (the graphs hold theirs) after adding its
+    gradients: the same recovery, not a crashed run."""
+    def break_step(steps, backend):
+        real_micro = steps.eager_micro
+
+        def eager_micro(x, n, te_grad):
+            loss = real_micro(x, n, te_grad)
+            if steps.graphs and not steps.off_reason:
+                raise out_of_memory()
+            return loss
+        steps.eager_micro = eager_micro
+
+    warnings, steps = run_short_of_memory(break_step)
+    assert len(warnings) == 1 and "not enough memory for captured steps" in warnings[0]
+    assert steps.off_reason and steps.captures >= 1
+
+
+def test_an_out_of_memory_before_any_graph_exists_is_a_normal_out_of_memory():
+    ctx, _ = build(optimizer="AdamW", lr=1e-2)
+    steps = CapturedSteps(ctx, print, Rerun())
+
+    def eager_micro(x, n, te_grad):
+        raise out_of_memory()
+    steps.eager_micro = eager_micro
+    with pytest.raises(torch.OutOfMemoryError):
+        steps(bucket_schedule()[0], 0)

@@ -17,7 +17,9 @@ numbers do not depend on this option).
 Each key runs eagerly `warmup` times (on a side stream, as CUDA capture requires) before it is
 captured; its first replay is checked against an eager run of the same micro-batch from the same RNG
 state (loss, and gradients when they are small enough to copy). A capture error or a mismatch turns
-graphs off for the rest of the run, with the reason in the log; training continues eagerly.
+graphs off for the rest of the run, with the reason in the log; training continues eagerly. So does
+running out of memory beside the graphs (their pool keeps a step's memory reserved): the graphs are
+freed and the step is redone normally.
 """
 from __future__ import annotations
 
@@ -178,10 +180,21 @@ class CapturedSteps:
         timesteps, noises = step_noise(ctx, shapes, step)
         te_grad = self.text_grad()
         total = torch.zeros((), device=ctx.device)
-        for batch, noise, t in zip(micro_batches, noises, timesteps):
-            x = self.inputs(batch, noise, t)
-            key = (tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(x.items())), n, te_grad)
-            total += self.micro_step(key, x, n, te_grad)
+        try:
+            for batch, noise, t in zip(micro_batches, noises, timesteps):
+                x = self.inputs(batch, noise, t)
+                key = (tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(x.items())), n, te_grad)
+                total += self.micro_step(key, x, n, te_grad)
+        except Exception as exc:  # noqa: BLE001
+            if not (is_out_of_memory(exc) and (self.graphs or self.update_graph)):
+                raise
+            # the graphs' pool leaves no room for a normal micro-batch (a new bucket's warm-up, a
+            # graph's check): free the graphs and redo the whole step normally. Its gradients start
+            # from zero again and train_step reseeds, so the step is the one eager training takes.
+            ctx.optimizer.zero_grad(set_to_none=False)
+            self.turn_off("the GPU has not enough memory for captured steps beside normal ones (the graphs "
+                          "keep a step's memory reserved)")
+            return train_step(ctx, micro_batches, step)
         self.update()
         return total
 
@@ -269,30 +282,16 @@ class CapturedSteps:
         params = [p for p in self.ctx.params if p.grad is not None]
         copy_grads = sum(p.grad.numel() * p.grad.element_size() for p in params) <= CHECK_GRAD_BYTES
         rng = self.backend.rng_state()
-        before = None
-        try:
-            before = [p.grad.clone() for p in params] if copy_grads else None
-            with self.backend.eager():
-                if copy_grads:
-                    eager_loss = self.forward_backward(x, n, te_grad)
-                    eager_grads = [p.grad - b for p, b in zip(params, before)]
-                    for p, b in zip(params, before):
-                        p.grad.copy_(b)
-                else:  # too large to copy: compare the loss of a forward only
-                    with torch.no_grad():
-                        eager_loss = self.forward_backward(x, n, te_grad, backward=False)
-        except Exception as exc:  # noqa: BLE001
-            if not is_out_of_memory(exc):
-                raise
-            # the graph's pool and a normal step do not fit together on this card: free the graphs
-            # and redo this micro-batch normally (its gradients as they were, its random numbers too)
-            if before is not None:
+        before = [p.grad.clone() for p in params] if copy_grads else None
+        with self.backend.eager():
+            if copy_grads:
+                eager_loss = self.forward_backward(x, n, te_grad)
+                eager_grads = [p.grad - b for p, b in zip(params, before)]
                 for p, b in zip(params, before):
                     p.grad.copy_(b)
-            self.turn_off("the GPU has not enough memory for captured steps (they keep a step's memory "
-                          "reserved)")
-            self.backend.set_rng_state(rng)
-            return self.eager_micro(x, n, te_grad)
+            else:  # too large to copy: compare the loss of a forward only
+                with torch.no_grad():
+                    eager_loss = self.forward_backward(x, n, te_grad, backward=False)
         self.backend.set_rng_state(rng)
         loss = self.replay(graph, static, x).clone()
         problem = mismatch(eager_loss, loss)
