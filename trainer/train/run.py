@@ -225,8 +225,8 @@ class TrainingRun:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self.warn(f"Sample images at step {step} were skipped: the GPU ran out of memory while making them "
-                          f"(training continues). Smaller sample sizes (--w/--h in the prompts) or cuda_graphs off "
-                          f"(captured steps keep a step's memory reserved) leave room for them.")
+                          "(training continues). Smaller sample sizes (--w/--h in the prompts) or cuda_graphs off "
+                          "(captured steps keep a step's memory reserved) leave room for them.")
         self.acc.wait_for_everyone()
 
     def finish_done(self) -> None:
