@@ -273,3 +273,41 @@ def test_an_out_of_memory_before_any_graph_exists_is_a_normal_out_of_memory():
     steps.eager_micro = eager_micro
     with pytest.raises(torch.OutOfMemoryError):
         steps(bucket_schedule()[0], 0)
+
+
+def test_a_whole_run_with_captured_steps_saves_the_lora_a_normal_run_saves(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """The run loop around the step (saving, the scheduler, sample-free epochs, progress) with captured
+    steps: the same LoRA file as a normal run of the same config, within float rounding."""
+    import io
+
+    from test_train_support import lora_config, lora_tensors, make_dataset
+    from trainer.events import EventWriter
+    from trainer.train import run as run_module
+    from trainer.train.stop import StopSignal
+
+    data = make_dataset(tmp_path / "data")
+
+    def train_run(out, backend=None):
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
+        made = []
+        if backend is not None:
+            def captured(ctx, config, warn, backend_=None):
+                made.append(CapturedSteps(ctx, warn, backend))
+                return made[-1]
+            monkeypatch.setattr(run_module, "make_step_fn", captured)
+        config = lora_config(tiny_model_dir("sd1"), data, out, epoch=2, learning_rate=1e-2)
+        code = run_module.run_training(config, EventWriter(stream=io.StringIO()), StopSignal())
+        assert code == 0
+        return lora_tensors(out / "toy.safetensors"), made
+
+    normal, _ = train_run(tmp_path / "normal")
+    captured, made = train_run(tmp_path / "captured", Rerun())
+    assert made and made[0].captures >= 1 and made[0].off_reason is None
+    assert normal.keys() == captured.keys()
+    ups = [k for k in normal if "lora_up" in k]
+    update = torch.cat([normal[k].float().flatten() for k in ups]).norm()
+    difference = torch.cat([(normal[k].float() - captured[k].float()).flatten() for k in ups]).norm()
+    assert update > 0 and difference <= 2e-2 * update, (float(difference), float(update))
