@@ -197,14 +197,14 @@ def bench_config(ref, cfg, args, device) -> dict:
     r = statistics.median(ref_ms) if ref_ms else None
     o = statistics.median(ours_ms)
     opts = ours_options(cfg, args)
-    ours_peak_gib = _round(max(ours_peak) if ours_peak[0] is not None else None)
+    ours_peak_gib = _max_gib(ours_peak)
     return dict(name=name, batch=batch, ours=describe(opts), target=target_verdict(name, batch, o, ours_peak_gib),
                 ref_ms=_round(r), ours_ms=round(o, 2), ratio=r and round(o / r, 3),
                 ref_samples_s=r and round(batch * 1000 / r, 2), ours_samples_s=round(batch * 1000 / o, 2),
-                ref_peak_gib=_round(max(ref_peak) if ref_peak and ref_peak[0] is not None else None),
+                ref_peak_gib=_max_gib(ref_peak),
                 ours_peak_gib=ours_peak_gib,
-                ref_reserved_gib=_round(max(ref_res) if ref_res and ref_res[0] is not None else None),
-                ours_reserved_gib=_round(max(ours_res) if ours_res[0] is not None else None),
+                ref_reserved_gib=_max_gib(ref_res),
+                ours_reserved_gib=_max_gib(ours_res),
                 ref_trainable_m=trainable_ref, ours_trainable_m=round(trainable_ours / 1e6, 2),
                 ref_ms_rounds=[round(x, 2) for x in ref_ms], ours_ms_rounds=[round(x, 2) for x in ours_ms])
 
@@ -242,6 +242,11 @@ def target_verdict(name: str, batch: int, ms: float, peak: float | None) -> str 
 
 def _round(x):
     return None if x is None else round(x, 2)
+
+
+def _max_gib(rounds: list) -> float | None:
+    """The largest of the rounds' peaks (None off CUDA, or when that side did not run)."""
+    return _round(max(rounds)) if rounds and rounds[0] is not None else None
 
 
 def _cleanup(device):
