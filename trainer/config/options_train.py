@@ -6,10 +6,18 @@ from typing import Literal
 from .options_data import Options
 from .spec import opt
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW8bit", "Lion", "Lion8bit", "SGD", "SGDNesterov",
-              "Adafactor", "Prodigy")
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-SAMPLERS = ("euler_a", "euler", "ddim", "dpmsolver++")
+# kohya_ss's dropdowns (trainer/train/optimizers.py, schedulers.py and samples.py build each one from its
+# library; tests check the lists agree). Kept here as plain names: the config never imports torch.
+OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Lion", "Lion8bit",
+              "PagedLion8bit", "SGD", "SGDNesterov", "SGDNesterov8bit", "Adafactor", "Prodigy", "DAdaptation",
+              "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP", "DAdaptLion",
+              "DAdaptSGD", "AdamWScheduleFree", "RAdamScheduleFree", "SGDScheduleFree",
+              "bitsandbytes.optim.AdEMAMix8bit", "bitsandbytes.optim.PagedAdEMAMix8bit",
+              "prodigyplus.ProdigyPlusScheduleFree", "pytorch_optimizer.CAME", "CAME")
+SCHEDULERS = ("adafactor", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+              "polynomial", "piecewise_constant", "cosine_with_min_lr", "inverse_sqrt", "warmup_stable_decay")
+SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
+            "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a", "dpm++_2m")
 
 
 class TrainingOptions(Options):
@@ -56,6 +64,10 @@ class TrainingOptions(Options):
                                ge=0, le=20)
     noise_offset: float = opt(0.0, "Noise offset (0.05–0.1 helps very dark/bright images; 0 = off).",
                               section="training", ge=0, le=1)
+    noise_offset_type: Literal["Original", "Multires"] = opt(
+        "Original", "Which extra noise applies, as in Kohya_ss: Original = noise_offset, Multires = "
+        "multi-resolution noise (multires_noise_iterations/discount); the other one's values are not used.",
+        section="training")
     multires_noise_iterations: int = opt(0, "Multi-resolution (pyramid) noise iterations (6–10; 0 = off).",
                                          section="training", ge=0, le=64)
     multires_noise_discount: float = opt(0.3, "Multi-resolution noise discount per level.", section="training",
@@ -81,14 +93,19 @@ class FrozenBaseOptions(Options):
 
 class OptimizerOptions(Options):
     optimizer: Literal[OPTIMIZERS] = opt(
-        "AdamW8bit", "Optimizer. AdamW8bit (bitsandbytes) halves optimizer memory; Prodigy needs "
-        "`pip install prodigyopt` and learning_rate 1.0.", section="optimizer", level="basic")
+        "AdamW8bit", "Optimizer, by Kohya's names. AdamW8bit (bitsandbytes) halves optimizer memory. Prodigy, "
+        "DAdapt* and the ScheduleFree ones come from optional packages (pip install 'kohya-studio[prodigy]', "
+        "[dadaptation], [schedulefree], [prodigyplus], [came]); Prodigy/DAdapt want learning_rate 1.0.",
+        section="optimizer", level="basic")
     optimizer_args: str = opt("", 'Extra optimizer arguments as space-separated key=value, e.g. '
                               '"weight_decay=0.01 betas=0.9,0.999".', section="optimizer")
     learning_rate: float = opt(1e-4, "Base learning rate (used where unet_lr/text_encoder_lr are empty).",
                                section="optimizer", level="basic", ge=0, le=10)
     lr_scheduler: Literal[SCHEDULERS] = opt("cosine", "How the learning rate changes over the run.",
                                             section="optimizer", level="basic", label="LR scheduler")
+    lr_scheduler_args: str = opt("", 'Extra arguments of the schedule as key=value, e.g. "min_lr_rate=0.1" '
+                                 '(cosine_with_min_lr), "num_decay_steps=200" (warmup_stable_decay), '
+                                 '"step_rules=\'1:100,0.5\'" (piecewise_constant).', section="optimizer")
     lr_warmup: float = opt(10.0, "Warm-up as a percentage of total steps (ignored by 'constant').",
                            section="optimizer", level="basic", ge=0, le=100, label="LR warmup (% of steps)")
     lr_warmup_steps: int = opt(0, "Warm-up in steps; when > 0 it replaces the percentage.", section="optimizer",
@@ -129,8 +146,12 @@ class SamplingOptions(Options):
 
 
 class LoggingOptions(Options):
-    log_with: Literal["", "tensorboard"] = opt("tensorboard", "Where scalars go when logging_dir is set.",
-                                               section="logging")
+    log_with: Literal["", "tensorboard", "wandb", "all"] = opt(
+        "tensorboard", "Where loss, learning rates and samples go: tensorboard (under logging_dir), wandb "
+        "(pip install 'kohya-studio[wandb]'; the API key comes from WANDB_API_KEY or `wandb login`, never "
+        "from the config), all = both.", section="logging")
+    log_tracker_name: str = opt("", "W&B project name (empty = kohya-studio).", section="logging")
+    wandb_run_name: str = opt("", "W&B run name (empty = output name and time).", section="logging")
     log_prefix: str = opt("", "Prefix of the TensorBoard run name.", section="logging")
     metadata_title: str = opt("", "Title stored in the model metadata.", section="logging")
     metadata_author: str = opt("", "Author stored in the model metadata.", section="logging")

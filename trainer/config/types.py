@@ -65,6 +65,9 @@ class DreamboothConfig(BaseConfig, RegularizationOptions):
     learning_rate_te: float = opt(1e-5, "Text-encoder learning rate (0 = keep the text encoder frozen).",
                                   section="optimizer", level="basic", ge=0, le=10,
                                   label="Text encoder learning rate")
+    learning_rate_te2: Optional[float] = opt(None, "SDXL only: learning rate of the second text encoder "
+                                             "(OpenCLIP bigG); empty = learning_rate_te, 0 = keep it frozen.",
+                                             section="optimizer", ge=0, le=10, label="Text encoder 2 learning rate")
     stop_text_encoder_training: int = opt(0, "Stop training the text encoder after this many steps "
                                           "(0 = train it the whole run).", section="training", ge=0)
     save_model_as: Literal["safetensors", "ckpt", "diffusers", "diffusers_safetensors"] = opt(
@@ -89,6 +92,9 @@ class FinetuneConfig(BaseConfig):
     learning_rate_te: float = opt(0.0, "Text-encoder learning rate when train_text_encoder is on (0 = the "
                                   "UNet's learning rate, as in sd-scripts).",
                                   section="optimizer", ge=0, le=10)
+    learning_rate_te2: Optional[float] = opt(None, "SDXL only: learning rate of the second text encoder "
+                                             "(OpenCLIP bigG); empty = learning_rate_te, 0 = keep it frozen.",
+                                             section="optimizer", ge=0, le=10, label="Text encoder 2 learning rate")
 
 
 class TextualInversionConfig(BaseConfig, RegularizationOptions, FrozenBaseOptions):

@@ -44,8 +44,13 @@ class DreamboothKind(TrainingKind):
 
     _te_switch = "learning_rate_te to 0"
 
+    def text_encoder_lr(self, index: int) -> float:
+        """SDXL's second encoder may have its own rate (learning_rate_te2; empty = learning_rate_te)."""
+        te2 = getattr(self.config, "learning_rate_te2", None)
+        return float(te2) if index == 1 and te2 is not None else self.learning_rate_te
+
     def _wants_text_encoder(self) -> bool:
-        return self.learning_rate_te > 0
+        return self.learning_rate_te > 0 or (getattr(self.config, "learning_rate_te2", None) or 0) > 0
 
     # ---- set-up ---------------------------------------------------------------------------------
     def prepare(self, base, train_dtype: torch.dtype = torch.float32) -> list[dict]:
@@ -56,10 +61,11 @@ class DreamboothKind(TrainingKind):
                               "name": "unet"}]
         for index, encoder in enumerate(base.text_encoders):
             encoder.requires_grad_(False)
-            if self.train_te:
+            lr = self.text_encoder_lr(index)
+            if self.train_te and lr > 0:
                 cast_module(encoder, train_dtype).requires_grad_(True)
                 self.param_groups.append({"params": [p for p in encoder.parameters()],
-                                          "lr": self.learning_rate_te, "name": f"text_encoder{index + 1}"})
+                                          "lr": lr, "name": f"text_encoder{index + 1}"})
         self.te_training = self.train_te
         if base.family == "sdxl" and self.train_te:
             self._warn("training both SDXL text encoders: sd-scripts recommends keeping them frozen "

@@ -20,13 +20,15 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 
 def sample_noise(shape: tuple, device, cfg) -> torch.Tensor:
-    """Gaussian noise for one sample [C, H, W], with noise_offset / multi-resolution noise."""
+    """Gaussian noise for one sample [C, H, W], plus the extra noise `noise_offset_type` names:
+    Original = noise_offset, Multires = multi-resolution noise (Kohya_ss passes only that one's values)."""
     noise = torch.randn(shape, device=device)
+    kind = getattr(cfg, "noise_offset_type", "Original") or "Original"
     offset = float(getattr(cfg, "noise_offset", 0) or 0)
-    if offset:
+    if kind == "Original" and offset:
         noise = noise + offset * torch.randn((shape[0], 1, 1), device=device)
     iterations = int(getattr(cfg, "multires_noise_iterations", 0) or 0)
-    if iterations:
+    if kind == "Multires" and iterations:
         noise = pyramid_noise(noise, iterations, float(getattr(cfg, "multires_noise_discount", 0.3)))
     return noise
 

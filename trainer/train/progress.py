@@ -118,13 +118,8 @@ class Progress:
 
 
 def open_tracker(config, enabled: bool):
-    """TensorBoard writer under logging_dir/<log_prefix><output_name>_<timestamp> (None when off)."""
-    logging_dir = getattr(config, "logging_dir", "") or ""
-    if not (enabled and logging_dir and getattr(config, "log_with", "tensorboard") == "tensorboard"):
-        return None
-    from pathlib import Path
+    """The tracker `log_with` names (TensorBoard under logging_dir/<log_prefix><output_name>_<timestamp>,
+    W&B, or both); None when off."""
+    from .trackers import open_trackers
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    name = f"{getattr(config, 'log_prefix', '') or ''}{config.output_name or 'last'}_{time.strftime('%Y%m%d-%H%M%S')}"
-    return SummaryWriter(log_dir=str(Path(logging_dir).expanduser() / name))
+    return open_trackers(config, enabled)

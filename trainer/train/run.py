@@ -22,6 +22,7 @@ from .lora import create_training_kind
 from .graphs import make_step_fn
 from .metadata import at_save, training_metadata
 from .progress import Progress, open_tracker
+from .optimizers import evaluation_weights
 from .samples import generate_samples, load_prompts
 from .saving import Retention, SavePolicy, check_no_collisions, check_writable, write_settings_json
 from .state import TrainState, check_resume_settings, load_state, read_train_state, save_state
@@ -169,7 +170,8 @@ class TrainingRun:
         if with_state is None:
             with_state = self.policy.save_state
         if self.main:
-            self.write_model(path, kind, epoch, step)
+            with evaluation_weights(self.ctx.optimizer):
+                self.write_model(path, kind, epoch, step)
             if with_state:
                 self.retention.record(self.policy.state_dir(path))  # before writing: the state lists itself
                 folder = save_state(self.policy.state_dir(path), self.kind, self.ctx.optimizer,
@@ -211,7 +213,8 @@ class TrainingRun:
             prompts = [replace(p, prompt=self.kind.expand_prompt(p.prompt)) for p in self.prompts]
             # the VAE and cached text encoders may wait off the GPU; each goes back where it was
             try:
-                with modules_on(self.acc.device, self.base.vae, *self.base.text_encoders):
+                with modules_on(self.acc.device, self.base.vae, *self.base.text_encoders), \
+                        evaluation_weights(self.ctx.optimizer):
                     generate_samples(self.base, self.kind.trained_modules(), prompts,
                                      sampler_name=self.config.sample_sampler, out_dir=self.policy.output_dir / "sample",
                                      output_name=self.policy.output_name, step=step, epoch=epoch,

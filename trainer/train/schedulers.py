@@ -1,15 +1,20 @@
-"""Learning-rate schedules from diffusers (and transformers' AdafactorSchedule), stepped once per
-optimizer step over exactly the run's planned steps."""
+"""Learning-rate schedules from diffusers, transformers (cosine_with_min_lr, inverse_sqrt,
+warmup_stable_decay) and transformers' AdafactorSchedule, stepped once per optimizer step over exactly
+the run's planned steps. `lr_scheduler_args` ("key=value ...") reaches the schedule function."""
 from __future__ import annotations
 
 import logging
 
 from .faults import TrainingFault
-from .optimizers import uses_relative_step
+from .optimizers import is_schedule_free, parse_optimizer_args, uses_relative_step
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+DIFFUSERS_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                        "polynomial", "piecewise_constant")
+TRANSFORMERS_SCHEDULERS = ("cosine_with_min_lr", "inverse_sqrt", "warmup_stable_decay")
+# kohya_ss's dropdown: the two libraries' schedules and Adafactor's own
+SCHEDULERS = ("adafactor", *DIFFUSERS_SCHEDULERS, *TRANSFORMERS_SCHEDULERS)
 
 
 def warmup_steps(config, total_steps: int) -> int:
@@ -23,6 +28,13 @@ def warmup_steps(config, total_steps: int) -> int:
     return int(round(total_steps * percent / 100.0))
 
 
+def _extra_args(config) -> dict:
+    try:
+        return parse_optimizer_args(getattr(config, "lr_scheduler_args", "") or "")
+    except TrainingFault as exc:
+        raise TrainingFault(exc.message.replace("optimizer_args", "lr_scheduler_args"), exc.hint) from None
+
+
 def build_scheduler(config, optimizer, total_steps: int, warn=logger.warning):
     name = getattr(config, "lr_scheduler", "constant") or "constant"
     if uses_relative_step(optimizer):
@@ -32,16 +44,44 @@ def build_scheduler(config, optimizer, total_steps: int, warn=logger.warning):
             warn(f"Adafactor with relative_step computes its own learning rate; lr_scheduler {name!r} is not used. "
                  "Pass optimizer_args relative_step=False scale_parameter=False to use it.")
         return AdafactorSchedule(optimizer, initial_lr=float(config.learning_rate))
+    if name == "adafactor":
+        raise TrainingFault("lr_scheduler 'adafactor' only works with the Adafactor optimizer and relative_step",
+                            "Choose the Adafactor optimizer, or another lr_scheduler such as cosine.")
     if name not in SCHEDULERS:
         raise TrainingFault(f"Unknown lr_scheduler {name!r}", f"Choose one of {', '.join(SCHEDULERS)}.")
-    from diffusers.optimization import get_scheduler
-
+    if is_schedule_free(optimizer) and name != "constant":
+        warn(f"schedule-free optimizers replace the learning-rate schedule; lr_scheduler {name!r} is used as "
+             "given, which sd-scripts advises against — choose constant")
     warmup = min(warmup_steps(config, total_steps), total_steps)
     if warmup and name == "constant":
         warn(f"lr_scheduler 'constant' ignores the {warmup} warm-up steps; choose constant_with_warmup to use them.")
-    kwargs = {}
+    kwargs = _extra_args(config)
+    steps = max(total_steps, 1)
+    if name in TRANSFORMERS_SCHEDULERS:
+        return _transformers_schedule(name, optimizer, warmup, steps, kwargs)
+    from diffusers.optimization import get_scheduler
+
     if name == "cosine_with_restarts":
-        kwargs["num_cycles"] = int(getattr(config, "lr_scheduler_num_cycles", 1) or 1)
+        kwargs.setdefault("num_cycles", int(getattr(config, "lr_scheduler_num_cycles", 1) or 1))
     if name == "polynomial":
-        kwargs["power"] = float(getattr(config, "lr_scheduler_power", 1.0) or 1.0)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(total_steps, 1), **kwargs)
+        kwargs.setdefault("power", float(getattr(config, "lr_scheduler_power", 1.0) or 1.0))
+    try:
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise TrainingFault(f"lr_scheduler_args do not fit {name}: {exc}",
+                            "Check the keys in lr_scheduler_args (e.g. step_rules for piecewise_constant).") from exc
+
+
+def _transformers_schedule(name, optimizer, warmup: int, steps: int, kwargs: dict):
+    from transformers.optimization import get_scheduler
+
+    if name == "cosine_with_min_lr" and "min_lr" not in kwargs:
+        kwargs.setdefault("min_lr_rate", 0.0)  # sd-scripts' lr_scheduler_min_lr_ratio default
+    if name == "warmup_stable_decay":
+        kwargs.setdefault("num_decay_steps", 0)  # sd-scripts' lr_decay_steps default: no decay phase
+    try:
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps,
+                             scheduler_specific_kwargs=kwargs)
+    except (TypeError, ValueError) as exc:
+        raise TrainingFault(f"lr_scheduler_args do not fit {name}: {exc}",
+                            "Check the keys in lr_scheduler_args (min_lr_rate, timescale, num_decay_steps…).") from exc
