@@ -16,11 +16,23 @@ def test_a_kohya_lora_json_imports_with_ignored_keys_reported():
     assert c.clip_skip == 2 and c.keep_tokens == 1  # "1" string coerced as Kohya does
     assert c.unet_lr == 1e-4 and c.text_encoder_lr == 5e-5 and c.min_snr_gamma == 5
     assert c.xformers == "xformers" and c.seed == 1234 and c.output_name == "mychar"
-    ignored = " ".join(loaded.ignored_keys)
-    for key in ("LyCORIS_preset", "model_list", "flux1_checkbox", "t5xxl_lr", "noise_offset_type"):
-        assert key in ignored
-    assert "metadata_author" not in ignored  # it has a counterpart
+    # GUI-only keys (model_list), neutral values (LyCORIS_preset full) and other families' settings
+    # (t5xxl_lr, flux1_checkbox false) stay quiet; noise_offset_type has a counterpart now
+    assert loaded.ignored_keys == []
+    assert c.noise_offset_type == "Original"
     assert any("max_train_steps=1600" in n and "epochs govern" in n for n in loaded.notes)
+
+
+def test_only_keys_that_would_change_training_are_reported_as_ignored(tmp_path):
+    data = json.load(open(KOHYA_JSON))
+    data.update({"ip_noise_gamma": 0.1, "adaptive_noise_scale": 0, "model_list": "custom", "mem_eff_attn": True,
+                 "huber_schedule": "snr", "loss_type": "l2", "wandb_api_key": "secret-123"})
+    path = tmp_path / "kohya.json"
+    path.write_text(json.dumps(data))
+    loaded = tc.load_config_file(path)
+    assert loaded.ignored_keys == ["ip_noise_gamma (value 0.1 is not used)"]
+    text = " ".join(loaded.notes + loaded.ignored_keys)
+    assert "wandb_api_key" in text and "secret-123" not in text  # the key is named, never shown
 
 
 def test_kohya_quirks_are_translated(tmp_path):
@@ -32,16 +44,18 @@ def test_kohya_quirks_are_translated(tmp_path):
     path.write_text(json.dumps(data))
     loaded = tc.load_config_file(path)
     c = loaded.config
-    assert c.xformers == "xformers" and c.LoRA_type == "Kohya LoCon" and c.unet_lr is None
+    assert c.xformers == "xformers" and c.LoRA_type in ("Kohya LoCon", "LyCORIS/LoCon")
+    # unet_lr 0 with a text-encoder rate: kohya_ss trains the text encoder only
+    assert c.unet_lr is None and c.network_train_text_encoder_only and c.text_encoder_lr == 5e-5
     assert c.epoch == 4 and c.lr_warmup == pytest.approx(5.0) and c.optimizer == "AdamW8bit"
 
 
-def test_an_unsupported_kohya_choice_is_an_error_on_its_field(tmp_path):
+def test_an_unknown_optimizer_is_an_error_on_its_field(tmp_path):
     data = json.load(open(KOHYA_JSON))
-    data["optimizer"] = "DAdaptAdam"
+    data["optimizer"] = "NoSuchOptimizer"
     path = tmp_path / "kohya.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(tc.ConfigError, match="optimizer: 'DAdaptAdam' is not a valid choice"):
+    with pytest.raises(tc.ConfigError, match="optimizer: 'NoSuchOptimizer' is not a valid choice"):
         tc.load_config_file(path)
 
 
@@ -59,3 +73,100 @@ def test_a_project_file_opened_as_another_type_is_refused(tmp_path):
     path = tc.save_config_json(tc.LoraConfig(), tmp_path / "lora.json")
     with pytest.raises(tc.ConfigError, match="is a lora config but dreambooth"):
         tc.load_config_file(path, "dreambooth")
+
+
+def _kohya(tmp_path, **changes):
+    data = json.load(open(KOHYA_JSON))
+    data.update(changes)
+    path = tmp_path / "kohya.json"
+    path.write_text(json.dumps(data))
+    return tc.load_config_file(path)
+
+
+def test_kohya_unset_values_mean_sd_scripts_defaults(tmp_path):
+    """kohya_ss leaves "", None and 0 out of the sd-scripts command: the defaults apply."""
+    c = _kohya(tmp_path, vae_batch_size=0, max_train_steps="", seed="", lr_scheduler_num_cycles="",
+               lr_scheduler_power="", clip_skip=0, max_train_epochs="", epoch="3").config
+    assert c.vae_batch_size == 1 and c.max_train_steps == 0 and c.seed == 0 and c.clip_skip == 1
+    assert c.lr_scheduler_num_cycles == 1 and c.lr_scheduler_power == 1.0 and c.epoch == 3
+
+
+def test_numbers_written_as_strings_and_quoted_optimizer_args(tmp_path):
+    loaded = _kohya(tmp_path, learning_rate="0.0001", gradient_accumulation_steps=2.0, max_token_length="150",
+                    optimizer="AdamW", optimizer_args='"weight_decay=0.01" "betas=0.9,0.99"',
+                    bucket_reso_steps=64.0, shuffle_caption="True")
+    c = loaded.config
+    assert c.learning_rate == 1e-4 and c.gradient_accumulation_steps == 2 and c.max_token_length == 150
+    assert c.optimizer_args == "weight_decay=0.01 betas=0.9,0.99" and c.bucket_reso_steps == 64
+    assert c.shuffle_caption is True
+
+
+def test_cross_field_rules_see_parsed_numbers_not_strings():
+    """A failing field must not make the rules compare "0.0001" with 0 (it used to be a TypeError)."""
+    _, problems = tc.validate_values("lora", {"LoRA_type": "Standard", "learning_rate": "0.0001",
+                                              "vae_batch_size": 0})
+    assert [p.field for p in problems] == ["vae_batch_size"]
+    with pytest.raises(tc.ConfigError) as err:
+        tc.config_from_dict({"LoRA_type": "Standard", "learning_rate": "0.0001", "network_dim": "many"})
+    assert [p.field for p in err.value.problems] == ["network_dim"]
+    assert str(err.value).count("\n") == 1  # one line per problem
+
+
+@pytest.mark.parametrize("unet, te, expect", [
+    (0, 0, (None, None, False, False)),            # both 0: both train at learning_rate
+    (1e-4, 0, (1e-4, None, True, False)),         # text encoder 0: UNet only
+    (0, 5e-5, (None, 5e-5, False, True)),         # UNet 0: text encoder only
+    ("", "", (None, None, False, False)),
+])
+def test_the_lora_learning_rate_rules_of_kohya_ss(tmp_path, unet, te, expect):
+    c = _kohya(tmp_path, unet_lr=unet, text_encoder_lr=te).config
+    assert (c.unet_lr, c.text_encoder_lr, c.network_train_unet_only, c.network_train_text_encoder_only) == expect
+
+
+def test_max_train_epochs_overrides_max_train_steps(tmp_path):
+    loaded = _kohya(tmp_path, max_train_epochs=8, max_train_steps=1600, epoch=1)
+    assert loaded.config.epoch == 8 and loaded.config.max_train_steps == 0
+    assert any("overrides max_train_steps" in n for n in loaded.notes)
+
+
+def test_sdxl_dreambooth_reads_learning_rate_te1_and_te2(tmp_path):
+    path = tmp_path / "db.json"
+    path.write_text(json.dumps({"sdxl": True, "learning_rate": 1e-5, "learning_rate_te": 0,
+                                "learning_rate_te1": 2e-6, "learning_rate_te2": 0.0, "no_token_padding": False}))
+    c = tc.load_config_file(path).config
+    assert c.training_type == "dreambooth" and c.learning_rate_te == 2e-6 and c.learning_rate_te2 == 0.0
+    path.write_text(json.dumps({"sdxl": False, "learning_rate": 1e-5, "learning_rate_te": 3e-6,
+                                "learning_rate_te1": 9e-6, "no_token_padding": False}))
+    c = tc.load_config_file(path).config
+    assert c.learning_rate_te == 3e-6 and c.learning_rate_te2 is None  # SD1: te1/te2 do not apply
+
+
+def test_old_key_names_are_migrated_as_kohya_ss_does(tmp_path):
+    path = tmp_path / "v21.json"
+    path.write_text(json.dumps({"LoRA_type": "LoCon", "use_8bit_adam": True, "lora_network_weights": "",
+                                "caption_extention": ".txt", "use_wandb": "True", "xformers": True,
+                                "stop_text_encoder_training_pct": 0}))
+    c = tc.load_config_file(path).config
+    assert c.optimizer == "AdamW8bit" and c.log_with == "wandb" and c.xformers == "xformers"
+    assert c.caption_extension == ".txt" and c.LoRA_type in ("Kohya LoCon", "LyCORIS/LoCon")
+
+
+def test_additional_parameters_reach_their_options(tmp_path):
+    loaded = _kohya(tmp_path, additional_parameters=' --network_train_unet_only --optimizer_args "weight_decay=0.01" '
+                    '"d_coef=1" --no_such_flag 3')
+    c = loaded.config
+    assert c.network_train_unet_only and c.optimizer_args == "weight_decay=0.01 d_coef=1"
+    assert loaded.ignored_keys == ["additional_parameters --no_such_flag"]
+
+
+@pytest.mark.parametrize("data", [[], None, 3])
+def test_a_json_that_is_not_an_object_is_refused(data):
+    with pytest.raises(tc.ConfigError, match="not a config object"):
+        tc.import_kohya_json(data, "lora")
+
+
+def test_a_model_family_this_build_does_not_train_is_one_clear_refusal(tmp_path):
+    with pytest.raises(tc.ConfigError) as err:
+        _kohya(tmp_path, flux1_checkbox=True, LoRA_type="Flux1")
+    assert [p.field for p in err.value.problems] == ["flux1_checkbox"]
+    assert "FLUX.1 family not supported yet" in str(err.value)

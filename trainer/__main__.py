@@ -93,17 +93,20 @@ def _scan(config):
 
 
 def cmd_plan(args) -> int:
+    from trainer.data.preflight import exact_plan
     from trainer.plan import compute_plan
 
     config = _load(args.config, args.type).config
     scan = _scan(config)
-    concepts, regs = [], []
-    for ds in scan.datasets:
-        for sub in ds.subsets:
-            (regs if sub.spec.is_reg else concepts).append((len(sub.items), sub.spec.num_repeats))
-    plan = compute_plan(concepts, regs, epochs=config.epoch, batch_size=config.train_batch_size,
-                        gradient_accumulation_steps=config.gradient_accumulation_steps,
-                        max_train_steps=config.max_train_steps, num_processes=config.num_processes)
+    plan = exact_plan(scan, config)  # the count preflight and the trainer use
+    if plan is None:
+        concepts, regs = [], []
+        for ds in scan.datasets:
+            for sub in ds.subsets:
+                (regs if sub.spec.is_reg else concepts).append((len(sub.items), sub.spec.num_repeats))
+        plan = compute_plan(concepts, regs, epochs=config.epoch, batch_size=config.train_batch_size,
+                            gradient_accumulation_steps=config.gradient_accumulation_steps,
+                            max_train_steps=config.max_train_steps, num_processes=config.num_processes)
     if args.json:
         print(json.dumps({**plan.to_dict(), "problems": [p.to_dict() for p in scan.problems]}, indent=2))
     else:

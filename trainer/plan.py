@@ -66,7 +66,8 @@ def compute_plan(concept_image_counts: list[tuple[int, int]], reg_image_counts: 
         batches = sum(math.ceil(n / batch_size) for n in bucket_sizes if n)
     else:
         batches = math.ceil(samples / batch_size)
-    steps_per_epoch = math.ceil(batches / num_processes / gradient_accumulation_steps) if batches else 0
+    # as the trainer deals batches: each process takes its share (rounded up), then accumulates
+    steps_per_epoch = math.ceil(math.ceil(batches / num_processes) / gradient_accumulation_steps) if batches else 0
     epochs, total = run_length(steps_per_epoch, epochs, max_train_steps)
     return Plan(samples, train, reg, batches, steps_per_epoch, epochs, total, batch_size,
                 gradient_accumulation_steps)

@@ -1,33 +1,28 @@
-"""Import of Kohya_ss GUI JSON configs (flat keys, v21–v26 naming) into this project's options."""
+"""Import of Kohya_ss GUI JSON configs (flat keys, v21–v26 naming) into this project's options.
+
+It reads a file the way kohya_ss does (its loader's migrations, numbers stored as strings, "" and 0
+meaning "not given") and turns it into the run kohya_ss would have launched with sd-scripts. What
+cannot be imported is one Problem per field; keys with no counterpart here are listed only when
+their value would change the training (kohya_keys.py says which keys are GUI-only).
+"""
 from __future__ import annotations
 
-from typing import Any
+import math
+import shlex
+from typing import Any, Literal, get_args, get_origin
 
+from . import kohya_keys as K
+from .rules import ConfigError, Problem, validate_values
+from .spec import _unwrap_optional
 from .types import CONFIG_TYPES
 
-# Kohya_ss GUI key → our option, where the names differ.
-RENAMED = {
-    "max_resolution": "resolution",
-    "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs",
-    "sdxl_no_half_vae": "no_half_vae",
-    "lora_network_weights": "network_weights",
-    "image_folder": "train_data_dir",
-    "learning_rate_te1": "learning_rate_te",
-    "caption_extention": "caption_extension",
-}
-LOCON_TYPES = {"Kohya LoCon", "LoCon", "LyCORIS/LoCon"}
-INT_KEYS = {"clip_skip", "epoch", "gradient_accumulation_steps", "keep_tokens", "max_data_loader_n_workers",
-            "save_every_n_epochs", "seed", "lr_scheduler_num_cycles", "max_train_steps", "max_token_length",
-            "caption_dropout_every_n_epochs", "network_dim", "conv_dim", "train_batch_size", "num_processes",
-            "lr_warmup_steps", "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps", "vae_batch_size",
-            "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "sample_every_n_epochs",
-            "sample_every_n_steps", "min_timestep", "max_timestep", "multires_noise_iterations",
-            "num_vectors_per_token", "dataset_repeats", "stop_text_encoder_training", "main_process_port",
-            "num_cpu_threads_per_process"}
+UNSET = object()  # kohya's "not given": our default (= sd-scripts' default) applies
 
 
 def detect_training_type(data: dict[str, Any]) -> str | None:
     """Which tab a Kohya_ss JSON came from, when its keys tell."""
+    if not isinstance(data, dict):
+        return None
     if "LoRA_type" in data or "network_dim" in data:
         return "lora"
     if "token_string" in data or "init_word" in data:
@@ -40,60 +35,281 @@ def detect_training_type(data: dict[str, Any]) -> str | None:
 
 
 def _has_value(v: Any) -> bool:
-    return v not in (None, "", False, 0, 0.0, [], {})
+    return v not in (None, "", False, 0, 0.0, [], {}, "0")
 
 
-def _coerce(key: str, value: Any) -> Any:
-    if isinstance(value, str) and key in INT_KEYS:
-        try:
-            return int(float(value))
-        except ValueError:
-            return value  # validation will name it
+# ---- values -------------------------------------------------------------------------------------
+
+def _number(value: Any) -> float | None:
+    """kohya's float(x) with its fallbacks: "" / None / junk → None."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return _number(value[0]) if value else None
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _coerce(field, value: Any) -> Any:
+    """Kohya's value in the type of our field; unparseable values are returned as they are (validation
+    then names the field)."""
+    annotation, _ = _unwrap_optional(field.annotation)
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        if all(isinstance(c, int) for c in choices) and _number(value) is not None:
+            return int(_number(value))
+        return value if isinstance(value, str) else str(value)
+    if annotation is bool:
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        return value
+    if annotation in (int, float):
+        number = _number(value)
+        if number is None:
+            return value
+        if annotation is int:
+            return int(number) if number.is_integer() else value
+        return number
+    if annotation is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else str(value)
     return value
 
 
-def import_kohya_json(data: dict[str, Any], training_type: str) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Map a Kohya_ss GUI JSON. Returns (values for our schema, ignored keys, notes for the user)."""
-    fields = CONFIG_TYPES[training_type].model_fields
-    values: dict[str, Any] = {}
-    ignored: list[str] = []
-    notes: list[str] = []
-    for key, value in data.items():
-        if value is None:
-            continue
-        target = RENAMED.get(key, key)
-        if key == "use_8bit_adam":
-            if value and "optimizer" not in data:
-                values["optimizer"] = "AdamW8bit"
-            continue
-        if key == "stop_text_encoder_training" and _has_value(value):
-            notes.append(f"stop_text_encoder_training was {value} % of the steps in Kohya_ss; here it is a step "
-                         "count, so it was left at 0 — set it from the plan")
-            continue
-        if key == "use_wandb":
-            ignored.append(key)
-            continue
-        if target not in fields or target in ("config_version", "training_type"):
-            ignored.append(key + (" (has a value that will not be used)" if _has_value(value) else ""))
-            continue
-        values[target] = _coerce(target, value)
+def _is_unset(name: str, value: Any) -> bool:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return name not in K.EMPTY_KEPT
+    return False
 
-    if "max_train_epochs" in data and _has_value(data["max_train_epochs"]):
-        values["epoch"] = _coerce("epoch", data["max_train_epochs"])
-        notes.append(f"max_train_epochs={data['max_train_epochs']} became epoch (Kohya lets it override steps)")
-    if isinstance(values.get("xformers"), bool):
-        values["xformers"] = "xformers" if values["xformers"] else "none"
-    if values.get("LoRA_type") in LOCON_TYPES:
-        if values["LoRA_type"] != "Kohya LoCon":
-            notes.append(f"LoRA_type {values['LoRA_type']!r} is trained as 'Kohya LoCon' (same file keys)")
-        values["LoRA_type"] = "Kohya LoCon"
-    if values.get("unet_lr") in (0, 0.0, "") and training_type == "lora":
-        values["unet_lr"] = None  # Kohya_ss: an empty/0 UNet LR falls back to learning_rate
-    if values.get("text_encoder_lr") == "":
-        values["text_encoder_lr"] = None
-    if isinstance(values.get("text_encoder_lr"), list):
-        values["text_encoder_lr"] = values["text_encoder_lr"][0] if values["text_encoder_lr"] else None
-    if values.get("caption_extension") == "":
+
+# ---- the file's own conventions, before mapping ---------------------------------------------------
+
+def _upgrade(data: dict, notes: list[str]) -> dict:
+    """kohya_ss's `update_my_data` migrations of older files, and the one-off spellings."""
+    data = dict(data)
+    if "use_8bit_adam" in data:
+        flag = data.pop("use_8bit_adam")
+        if not data.get("optimizer"):
+            data["optimizer"] = "AdamW8bit" if str(flag).lower() == "true" else "AdamW"
+    if data.get("LoRA_type") == "LoCon":
+        data["LoRA_type"] = "LyCORIS/LoCon"
+    if "use_wandb" in data:
+        if str(data.pop("use_wandb")).lower() == "true" and not data.get("log_with"):
+            data["log_with"] = "wandb"
+    if isinstance(data.get("xformers"), bool) or data.get("xformers") in ("True", "False"):
+        data["xformers"] = "xformers" if str(data["xformers"]) == "True" else "none"
+    if "stop_text_encoder_training_pct" in data:
+        data.setdefault("stop_text_encoder_training", data.pop("stop_text_encoder_training_pct"))
+    if data.get("wandb_api_key"):
+        notes.append("wandb_api_key is in the file but is not copied (a secret stays out of configs and logs); "
+                     "set WANDB_API_KEY in the environment or run `wandb login`")
+    return data
+
+
+def _additional_parameters(text: str, fields, values: dict, ignored: list[str]) -> None:
+    """The free-text "Additional parameters" kohya_ss appends to the sd-scripts command."""
+    try:
+        tokens = shlex.split(text.replace("\\", "/"))
+    except ValueError:
+        tokens = text.split()
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("--"):
+            continue
+        key = token[2:].replace("-", "_")
+        args = []
+        while i < len(tokens) and not tokens[i].startswith("--"):
+            args.append(tokens[i])
+            i += 1
+        target = K.SD_SCRIPTS_RENAMED.get(key, key)
+        if target not in fields:
+            ignored.append(f"additional_parameters {token}")
+            continue
+        annotation, _ = _unwrap_optional(fields[target].annotation)
+        if not args:
+            values[target] = "sdpa" if key == "sdpa" else True
+        elif target in ("optimizer_args", "lr_scheduler_args"):
+            values[target] = " ".join(args)
+        else:
+            values[target] = _coerce(fields[target], " ".join(args))
+
+
+def unsupported_family(data: dict) -> Problem | None:
+    """The refusal for a model family this build does not train (one place, easy to lift)."""
+    for key, family in K.UNSUPPORTED_FAMILIES.items():
+        if str(data.get(key, "")).lower() == "true":
+            return _family_problem(key, family)
+    family = K.FAMILY_LORA_TYPES.get(data.get("LoRA_type", ""))
+    return _family_problem("LoRA_type", family) if family else None
+
+
+def _family_problem(field: str, family: str) -> Problem:
+    return Problem(field, f"{family} family not supported yet: kohya-studio trains SD1.x, SD2.x and SDXL "
+                   f"(kohya_ss runs this config with sd-scripts' {K.SD_SCRIPTS_OF_FAMILY[family]})")
+
+
+def _unused(key: str, value: Any, data: dict) -> str | None:
+    """A report line for a key with no counterpart, or None when it would not change the training."""
+    if key in K.GUI_ONLY or key.startswith(K.FAMILY_KEY_PREFIXES) or key in K.FAMILY_KEYS:
+        return None
+    if key in K.RELEVANT_IF:
+        other, wanted = K.RELEVANT_IF[key]
+        if data.get(other) not in wanted:
+            return None
+    if not _has_value(value) or value in K.NEUTRAL.get(key, ()):
+        return None
+    return f"{key} (value {value!r} is not used)" if isinstance(value, (int, float, bool)) else \
+        f"{key} (has a value that is not used)"
+
+
+# ---- the mapping --------------------------------------------------------------------------------
+
+def import_kohya_json(data: dict[str, Any], training_type: str) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Map a Kohya_ss GUI JSON. Returns (values for our schema, ignored keys, notes for the user);
+    raises ConfigError (every problem, one line each) when kohya_ss's run cannot be reproduced."""
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("config", f"the file holds a {type(data).__name__}, not a config object "
+                                   "({...} with option names)")])
+    fields = CONFIG_TYPES[training_type].model_fields
+    notes: list[str] = []
+    ignored: list[str] = []
+    problems: list[Problem] = []
+    data = _upgrade(data, notes)
+    family = unsupported_family(data)
+    if family:
+        problems.append(family)
+    values: dict[str, Any] = {}
+    special = {"additional_parameters", "max_train_epochs", "text_encoder_lr", "unet_lr", "learning_rate_te",
+               "learning_rate_te1", "learning_rate_te2", "stop_text_encoder_training"}
+    for key, raw in data.items():
+        if key in special:
+            continue
+        target = K.RENAMED.get(key, key)
+        if target not in fields or target in ("config_version", "training_type"):
+            line = _unused(key, raw, data)
+            if line:
+                ignored.append(line)
+            continue
+        if _is_unset(target, raw):
+            continue
+        value = _coerce(fields[target], raw)
+        if target in K.ZERO_MEANS and isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            value = K.ZERO_MEANS[target]
+            if value is None:
+                continue
+            if target == "max_grad_norm":
+                notes.append("max_grad_norm 0: kohya_ss leaves zeros out of the command, so sd-scripts clipped "
+                             "at its default 1.0; 1.0 is used — set 0 here to turn clipping off")
+        values[target] = value
+    if data.get("additional_parameters"):
+        _additional_parameters(str(data["additional_parameters"]), fields, values, ignored)
+    _run_length(data, values, notes)
+    _learning_rates(data, values, training_type, notes)
+    problems += _choices(values, fields, notes)
+    _finish(data, values, training_type, notes)
+    if problems:
+        _, rest = validate_values(training_type, values)
+        named = {p.field for p in problems}
+        raise ConfigError(problems + [p for p in rest if p.level == "error" and p.field not in named])
+    return values, ignored, notes
+
+
+def _run_length(data: dict, values: dict, notes: list[str]) -> None:
+    """sd-scripts: max_train_epochs, when given, overrides max_train_steps."""
+    epochs = _number(data.get("max_train_epochs"))
+    if epochs and epochs > 0:
+        values["epoch"] = int(epochs)
+        if values.pop("max_train_steps", 0):
+            notes.append(f"max_train_epochs={int(epochs)} overrides max_train_steps={data.get('max_train_steps')}, "
+                         "as in sd-scripts: the run lasts that many epochs")
+        return
+    steps = values.get("max_train_steps", 0)
+    if steps:
+        notes.append(f"max_train_steps={steps} is kept, so the run stops at {steps} steps whatever epoch "
+                     f"({values.get('epoch', 1)}) says, as in Kohya_ss; set it to 0 to let epochs govern")
+
+
+def _learning_rates(data: dict, values: dict, training_type: str, notes: list[str]) -> None:
+    if training_type == "lora":
+        te, unet = _number(data.get("text_encoder_lr")) or 0.0, _number(data.get("unet_lr")) or 0.0
+        # kohya_ss: both 0 → both at learning_rate; one 0 → only the other part trains
+        values["unet_lr"] = unet or None
+        values["text_encoder_lr"] = te or None
+        if te == 0 and unet > 0 and not values.get("network_train_text_encoder_only"):
+            values["network_train_unet_only"] = True
+        elif unet == 0 and te > 0 and not values.get("network_train_unet_only"):
+            values["network_train_text_encoder_only"] = True
+        if data.get("stop_text_encoder_training") not in (None, "", 0, "0"):
+            notes.append("stop_text_encoder_training is not supported for LoRA by kohya_ss either; it was ignored")
+        return
+    if training_type not in ("dreambooth", "finetune"):
+        return
+    sdxl = bool(values.get("sdxl"))
+    if sdxl:  # sd-scripts' SDXL trainers: learning_rate_te1/te2, None = learning_rate, 0 = frozen
+        for key, target in (("learning_rate_te1", "learning_rate_te"), ("learning_rate_te2", "learning_rate_te2")):
+            rate = _number(data.get(key))
+            if rate is not None:
+                values[target] = rate
+            elif key in data and training_type == "dreambooth":
+                values[target] = values.get("learning_rate", CONFIG_TYPES[training_type]().learning_rate)
+        return
+    rate = _number(data.get("learning_rate_te"))
+    if training_type == "dreambooth" and "learning_rate_te" in data and not rate:
+        # kohya_ss leaves 0 out; train_db.py then trains the text encoder at learning_rate
+        values["learning_rate_te"] = values.get("learning_rate", CONFIG_TYPES[training_type]().learning_rate)
+        notes.append("learning_rate_te 0: kohya_ss leaves it out, so sd-scripts trained the text encoder at "
+                     f"learning_rate ({values['learning_rate_te']}); set learning_rate_te 0 here to keep it frozen")
+    elif rate is not None:
+        values["learning_rate_te"] = rate
+    pct = _number(data.get("stop_text_encoder_training"))
+    if training_type == "dreambooth" and pct:
+        notes.append(f"stop_text_encoder_training was {pct:g} % of the steps in Kohya_ss; here it is a step "
+                     "count, so it was left at 0 — set it from the plan")
+
+
+def _choices(values: dict, fields, notes: list[str]) -> list[Problem]:
+    """Values outside our choices that kohya_ss offers: the nearest equivalent, or a clear refusal."""
+    problems = []
+    lora_type = values.get("LoRA_type")
+    if lora_type is not None and "LoRA_type" in fields:
+        allowed = get_args(_unwrap_optional(fields["LoRA_type"].annotation)[0])
+        if lora_type not in allowed and lora_type in K.LOCON_TYPES and "Kohya LoCon" in allowed:
+            notes.append(f"LoRA_type {lora_type!r} is trained as 'Kohya LoCon' (same file keys)")
+            values["LoRA_type"] = "Kohya LoCon"
+        elif lora_type not in allowed and lora_type not in K.FAMILY_LORA_TYPES:
+            problems.append(Problem("LoRA_type", f"{lora_type!r} is not available in this build; choose one of "
+                                    f"{', '.join(map(repr, allowed))}"))
+            values.pop("LoRA_type")
+        elif lora_type in K.FAMILY_LORA_TYPES:
+            values.pop("LoRA_type")
+    if values.get("mixed_precision") == "fp8":
+        problems.append(Problem("mixed_precision", "fp8 (accelerate's FP8 compute via Transformer Engine) is not "
+                                "supported; use bf16 and tick fp8_base to keep the base model in 8 bits"))
+        values.pop("mixed_precision")
+    if values.get("sdxl") and values.get("v2"):
+        problems.append(Problem("sdxl", "sdxl and v2 are both ticked; sd-scripts' SDXL trainers refuse v2 too; "
+                                "untick v2 (and v_parameterization) for an SDXL checkpoint"))
+    steps = values.get("bucket_reso_steps")
+    if isinstance(steps, int) and steps % 8:
+        if values.get("enable_bucket", True):
+            problems.append(Problem("bucket_reso_steps", f"{steps} is not a multiple of 8, so buckets would not "
+                                    "fit the VAE's 8-pixel grid; sd-scripts refuses it too (kohya_ss's own test "
+                                    "config carries it); use 64, or 32 for SDXL"))
+        values.pop("bucket_reso_steps")
+    return problems
+
+
+def _finish(data: dict, values: dict, training_type: str, notes: list[str]) -> None:
+    if "optimizer_args" in values:  # kohya writes '"weight_decay=0.01" "betas=0.9,0.99"': shell quoting
+        try:
+            values["optimizer_args"] = " ".join(shlex.split(str(values["optimizer_args"])))
+        except ValueError:
+            pass
+    if data.get("caption_extension") == "" or data.get("caption_extention") == "":
         values["caption_extension"] = ".caption"
         notes.append("caption_extension was empty; sd-scripts then reads .caption files, so .caption is used")
     if training_type in ("lora", "textual_inversion") and values.get("save_model_as") not in (
@@ -101,14 +317,7 @@ def import_kohya_json(data: dict[str, Any], training_type: str) -> tuple[dict[st
         notes.append(f"save_model_as {values['save_model_as']!r} is not a LoRA/embedding format; safetensors "
                      "is used")
         values["save_model_as"] = "safetensors"
-    if values.get("save_precision") == "float":
-        pass
-    warmup = data.get("lr_warmup_steps")
-    if isinstance(warmup, float) and 0 < warmup < 1:
+    warmup = _number(data.get("lr_warmup_steps"))
+    if warmup is not None and 0 < warmup < 1:  # a ratio of the run, as sd-scripts reads it
         values["lr_warmup"] = warmup * 100
         values["lr_warmup_steps"] = 0
-    steps, epochs = values.get("max_train_steps", 0), values.get("epoch", 1)
-    if steps:
-        notes.append(f"max_train_steps={steps} is kept, so the run stops at {steps} steps whatever epoch "
-                     f"({epochs}) says, as in Kohya_ss; set it to 0 to let epochs govern")
-    return values, ignored, notes

@@ -34,8 +34,10 @@ def _writable_dir_problem(field: str, value: str) -> Problem | None:
                    "can write to")
 
 
-def check_paths(c) -> list[Problem]:
-    """Problems with the files and folders a config names (nothing is created or changed)."""
+def model_and_output_problems(c) -> list[Problem]:
+    """The base model (and VAE) must exist or be a hub id, and the output folder must be chosen and
+    writable: what `preflight` adds to the dataset checks (the CLI would otherwise train into the
+    current folder)."""
     problems: list[Problem | None] = [
         _model_problem("pretrained_model_name_or_path", c.pretrained_model_name_or_path),
         _model_problem("vae", c.vae),
@@ -43,6 +45,17 @@ def check_paths(c) -> list[Problem]:
     if not c.pretrained_model_name_or_path:
         problems.append(Problem("pretrained_model_name_or_path", "no base model chosen; pick a checkpoint "
                                 "file, a diffusers folder or a hub id"))
+    if not c.output_dir:
+        problems.append(Problem("output_dir", "no output folder chosen; pick where the trained files go, "
+                                "e.g. outputs/mychar"))
+    else:
+        problems.append(_writable_dir_problem("output_dir", c.output_dir))
+    return [p for p in problems if p is not None]
+
+
+def check_paths(c) -> list[Problem]:
+    """Problems with the files and folders a config names (nothing is created or changed)."""
+    problems: list[Problem | None] = list(model_and_output_problems(c))
     if c.dataset_config:
         if not Path(c.dataset_config).is_file():
             problems.append(Problem("dataset_config", f"{c.dataset_config!r} does not exist; choose the dataset "
@@ -55,11 +68,6 @@ def check_paths(c) -> list[Problem]:
                                 "your <repeats>_<name> folders, e.g. dataset/images"))
     if getattr(c, "reg_data_dir", "") and not Path(c.reg_data_dir).is_dir():
         problems.append(Problem("reg_data_dir", f"{c.reg_data_dir!r} is not a folder; fix it or clear the field"))
-    if not c.output_dir:
-        problems.append(Problem("output_dir", "no output folder chosen; pick where the trained files go, "
-                                "e.g. outputs/mychar"))
-    else:
-        problems.append(_writable_dir_problem("output_dir", c.output_dir))
     if c.logging_dir:
         problems.append(_writable_dir_problem("logging_dir", c.logging_dir))
     for field in ("network_weights", "weights", "in_json"):

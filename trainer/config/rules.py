@@ -88,8 +88,7 @@ def validate_values(training_type: str, values: dict[str, Any]) -> tuple[BaseCon
             name = str(err["loc"][0]) if err["loc"] else "config"
             bad.add(name)
             problems.append(Problem(name, _field_error_message(err, cls)))
-        good = {k: v for k, v in good.items() if k not in bad}
-        partial = cls.model_construct(**{**cls().model_dump(), **good})
+        partial = _parsed_part(cls, {k: v for k, v in good.items() if k not in bad})
         # a rule about a field whose value was rejected would judge the default, not the user's value
         problems += [p for p in cross_field_problems(partial) if p.field not in bad]
         return None, problems
@@ -97,6 +96,18 @@ def validate_values(training_type: str, values: dict[str, Any]) -> tuple[BaseCon
     if any(p.level == "error" for p in problems):
         return None, problems
     return config, problems
+
+
+def _parsed_part(cls: type[BaseConfig], good: dict[str, Any]) -> BaseConfig:
+    """The defaults with every value that parses on its own, parsed (never a raw string such as
+    "0.0001"), so the cross-field rules compare numbers with numbers."""
+    partial = cls()
+    for name, value in good.items():
+        try:
+            setattr(partial, name, value)  # validate_assignment parses it as the field's type
+        except (ValidationError, ValueError, TypeError):
+            pass
+    return partial
 
 
 def parse_config(training_type: str, values: dict[str, Any], source: str = "") -> BaseConfig:

@@ -137,9 +137,11 @@ def make_dataset_spec(layers: list[dict], cfg) -> DatasetSpec:
 
 
 def steps_for(batches_per_epoch: int, cfg) -> tuple[int, int, int]:
-    """(steps_per_epoch, epochs, total_steps) the way Kohya counts them; max_train_steps > 0 wins."""
+    """(steps_per_epoch, epochs, total_steps) the way the trainer counts them (each of num_processes
+    takes its share of the batches); max_train_steps > 0 wins."""
     accum = max(1, int(cfg_get(cfg, "gradient_accumulation_steps", 1)))
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    processes = max(1, int(cfg_get(cfg, "num_processes", 1) or 1))
+    steps_per_epoch = math.ceil(math.ceil(batches_per_epoch / processes) / accum)
     epochs, total = run_length(steps_per_epoch, int(cfg_get(cfg, "epoch", 1) or 1),
                                int(cfg_get(cfg, "max_train_steps", 0) or 0))
     return steps_per_epoch, epochs, total

@@ -93,7 +93,7 @@ def preflight(cfg, scan: ScanResult | None = None) -> PreflightReport:
         scan = scan if scan is not None else scan_dataset(cfg, strict=False)
     except DatasetError as exc:  # the dataset config itself could not be read
         return PreflightReport(ok=False, errors=[p.to_dict() for p in exc.problems])
-    problems = list(scan.problems)
+    problems = list(scan.problems) + _model_and_output(cfg)
     if cfg_get(cfg, "cache_latents", False) or cfg_get(cfg, "cache_latents_to_disk", False):
         problems += cache_problems(scan)
     if cfg_get(cfg, "cache_text_encoder_outputs", False):
@@ -109,6 +109,16 @@ def preflight(cfg, scan: ScanResult | None = None) -> PreflightReport:
     report.warnings = [p.to_dict() for p in problems if p.severity == "warning"]
     report.ok = not report.errors
     return report
+
+
+def _model_and_output(cfg) -> list[Problem]:
+    """A base model path that does not exist and a missing output folder stop a run as surely as a
+    missing image folder does."""
+    if not hasattr(cfg, "pretrained_model_name_or_path"):
+        return []  # a bare dataset dict (tests of the scanner) has neither
+    from trainer.config.paths import model_and_output_problems
+
+    return [Problem("error", p.message, field=p.field) for p in model_and_output_problems(cfg)]
 
 
 def _fill_counts(report: PreflightReport, scan: ScanResult, dataset: EpochPlan, cfg,
@@ -153,20 +163,28 @@ def _fill_counts(report: PreflightReport, scan: ScanResult, dataset: EpochPlan, 
 def _steps(scan: ScanResult, dataset: EpochPlan, report: PreflightReport, cfg) -> tuple[int, int, int]:
     """The project's planner (trainer.plan) with exact per-bucket batch counts; a dataset TOML with
     several [[datasets]] of different batch sizes is counted here directly."""
-    try:
-        from trainer.plan import compute_plan
-    except ImportError:  # pragma: no cover - the planner ships with the trainer
-        compute_plan = None
-    if compute_plan is None or len(scan.datasets) != 1:
+    plan = exact_plan(scan, cfg, dataset)
+    if plan is None:
         return steps_for(report.batches_per_epoch, cfg)
+    return plan.steps_per_epoch, plan.epochs, plan.total_steps
+
+
+def exact_plan(scan: ScanResult, cfg, dataset: EpochPlan | None = None):
+    """The Plan of one [[datasets]] counted per bucket, as the trainer batches it (None when the
+    dataset has several [[datasets]] or no training image). `plan` and `preflight` both print it."""
+    if len(scan.datasets) != 1 or not any(not it.is_reg for it in scan.items):
+        return None
+    from trainer.plan import compute_plan
+
+    dataset = dataset or EpochPlan(scan, int(cfg_get(cfg, "seed", 0) or 0))
     subsets = scan.datasets[0].subsets
-    plan = compute_plan([(len(s.items), s.spec.num_repeats) for s in subsets if not s.spec.is_reg],
+    return compute_plan([(len(s.items), s.spec.num_repeats) for s in subsets if not s.spec.is_reg],
                         [(len(s.items), s.spec.num_repeats) for s in subsets if s.spec.is_reg],
                         epochs=int(cfg_get(cfg, "epoch", 1) or 1), batch_size=scan.datasets[0].spec.batch_size,
-                        gradient_accumulation_steps=report.gradient_accumulation_steps,
+                        gradient_accumulation_steps=max(1, int(cfg_get(cfg, "gradient_accumulation_steps", 1))),
                         max_train_steps=int(cfg_get(cfg, "max_train_steps", 0) or 0),
+                        num_processes=max(1, int(cfg_get(cfg, "num_processes", 1) or 1)),
                         bucket_sizes=list(dataset.bucket_counts().values()))
-    return plan.steps_per_epoch, plan.epochs, plan.total_steps
 
 
 def _file_warnings(scan: ScanResult) -> list[Problem]:

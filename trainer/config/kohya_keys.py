@@ -1,0 +1,86 @@
+"""What each key of a Kohya_ss GUI JSON (v21 … v26) means here: the tables kohya_import reads.
+
+kohya_ss builds the sd-scripts command from its form and leaves out every value that is "", False,
+None or 0 (its `value not in ["", False, None]` filter, where 0 == False). So in its files 0 and ""
+usually mean "not given": sd-scripts then uses its own default. `ZERO_MEANS` lists the options where
+that default is not what 0 means here, with the value the run really got.
+"""
+from __future__ import annotations
+
+# Kohya_ss GUI key (any version) → our option, where the names differ.
+RENAMED = {
+    "max_resolution": "resolution",
+    "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs",
+    "sdxl_no_half_vae": "no_half_vae",
+    "lora_network_weights": "network_weights",
+    "image_folder": "train_data_dir",
+    "caption_extention": "caption_extension",  # v21's spelling
+    "sdxl_checkbox": "sdxl",  # v21–v22 fine-tune tab
+}
+
+# sd-scripts argument → our option, for `additional_parameters` ("--optimizer_type Lion" …).
+SD_SCRIPTS_RENAMED = {"optimizer_type": "optimizer", "sdpa": "xformers", "no_half_vae": "no_half_vae",
+                      "max_train_epochs": "epoch"}
+
+# kohya's 0 / "" (not passed) → what sd-scripts then used, where that is not our 0 or our default.
+ZERO_MEANS = {
+    "vae_batch_size": 1, "clip_skip": 1, "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0,
+    "max_grad_norm": 1.0, "network_alpha": 1.0, "network_dim": 4, "gradient_accumulation_steps": 1,
+    "train_batch_size": 1, "num_processes": 1, "num_cpu_threads_per_process": 2, "min_bucket_reso": 256,
+    "max_bucket_reso": 1024, "bucket_reso_steps": 64, "max_timestep": 1000, "huber_c": 0.1,
+    "multires_noise_discount": 0.3, "max_token_length": 75, "prior_loss_weight": 1.0, "epoch": 1,
+    "dataset_repeats": 1, "num_vectors_per_token": 1, "conv_dim": None, "conv_alpha": None,
+}
+# "" for these is kept (an empty model path must be reported, not replaced by our default model)
+EMPTY_KEPT = {"pretrained_model_name_or_path"}
+
+# Keys that only steer the GUI, uploads or the launcher: never reported as "ignored".
+GUI_ONLY = {
+    "model_list", "save_as_bool", "use_latent_files", "create_caption", "create_buckets", "full_path",
+    "caption_metadata_filename", "latent_metadata_filename", "train_dir", "batch_size", "generate_caption_database",
+    "generate_image_buckets", "wandb_api_key", "huggingface_token", "huggingface_repo_id", "huggingface_repo_type",
+    "huggingface_repo_visibility", "huggingface_path_in_repo", "async_upload", "resume_from_huggingface",
+    "save_state_to_huggingface", "log_config", "log_tracker_config", "dynamo_backend", "dynamo_mode",
+    "dynamo_use_fullgraph", "dynamo_use_dynamic", "extra_accelerate_launch_args", "num_machines", "multi_gpu",
+    "mem_eff_attn", "lowvram", "highvram", "skip_cache_check", "show_timesteps", "show_timesteps_resolution",
+    "disable_mmap_load_safetensors", "sample_prompts_file", "config_file", "training_type", "config_version",
+    "LyCORIS_preset_custom", "save_clip", "save_t5xxl", "t5xxl_device", "t5xxl_dtype", "use_shell",
+}
+
+# Values that are the neutral setting of a key we have no counterpart for (not worth a report).
+NEUTRAL = {
+    "LyCORIS_preset": {"full"}, "factor": {-1}, "unit": {1}, "train_on_input": {True, False},
+    "lr_scheduler_type": {""}, "ggpo_sigma": {0.03}, "ggpo_beta": {0.01},
+}
+# Keys that only matter when another key has one of some values (else they are quiet).
+RELEVANT_IF = {
+    "huber_schedule": ("loss_type", {"huber", "smooth_l1"}),
+    "train_on_input": ("LoRA_type", {"LyCORIS/iA3"}),
+    "factor": ("LoRA_type", {"LyCORIS/LoKr", "Kohya LoKr"}),
+    "unit": ("LoRA_type", {"LyCORIS/DyLoRA", "Kohya DyLoRA"}),
+    "constrain": ("LoRA_type", {"LyCORIS/BOFT", "LyCORIS/Diag-OFT", "Flux1 OFT"}),
+    "rescaled": ("LoRA_type", {"LyCORIS/BOFT", "LyCORIS/Diag-OFT", "Flux1 OFT"}),
+}
+# Settings of the model families below (FLUX.1, SD3 …): quiet, the family itself is what is refused.
+FAMILY_KEY_PREFIXES = ("flux1_", "sd3_", "t5xxl", "clip_g", "clip_l", "hunyuan", "anima", "lumina")
+FAMILY_KEYS = {"ae", "guidance_scale", "discrete_flow_shift", "timestep_sampling", "model_prediction_type",
+               "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "split_mode", "train_blocks",
+               "apply_t5_attn_mask", "cpu_offload_checkpointing", "enable_all_linear", "split_qkv", "model_type",
+               "mem_eff_save", "train_lora_ggpo", "blocks_to_swap", "single_blocks_to_swap", "double_blocks_to_swap",
+               "img_attn_dim", "img_mlp_dim", "img_mod_dim", "single_dim", "txt_attn_dim", "txt_mlp_dim",
+               "txt_mod_dim", "single_mod_dim", "in_dims", "train_double_block_indices",
+               "train_single_block_indices", "fused_backward_pass", "fused_optimizer_groups"}
+
+# Model families kohya_ss trains that this build does not (yet). The one place to lift a refusal:
+# a family module registering itself removes its entry here.
+UNSUPPORTED_FAMILIES = {
+    "flux1_checkbox": "FLUX.1", "sd3_checkbox": "SD3", "hunyuan_image_checkbox": "HunyuanImage-2.1",
+    "anima_checkbox": "Anima", "lumina_checkbox": "Lumina",
+}
+FAMILY_LORA_TYPES = {"Flux1": "FLUX.1", "Flux1 OFT": "FLUX.1", "HunyuanImage-2.1": "HunyuanImage-2.1",
+                     "Anima": "Anima", "Lumina": "Lumina"}
+SD_SCRIPTS_OF_FAMILY = {"FLUX.1": "flux_train_network.py / flux_train.py", "SD3": "sd3_train_network.py / sd3_train.py",
+                        "HunyuanImage-2.1": "hunyuan_image_train_network.py", "Anima": "anima_train_network.py",
+                        "Lumina": "lumina_train_network.py"}
+
+LOCON_TYPES = {"Kohya LoCon", "LoCon", "LyCORIS/LoCon"}
