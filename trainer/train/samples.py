@@ -29,7 +29,8 @@ SAMPLERS = {
     "heun": ("HeunDiscreteScheduler", {}),
     "dpm_2": ("KDPM2DiscreteScheduler", {}), "k_dpm_2": ("KDPM2DiscreteScheduler", {}),
     "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}), "k_dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    # first-order dpmsolver cannot end on sigma 0 in diffusers; it stops at the last trained sigma
+    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "dpm++_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
@@ -107,7 +108,13 @@ def build_sampler(name: str, noise_scheduler):
     cls_name, extra = SAMPLERS.get(name or "euler_a", SAMPLERS["euler_a"])
     cfg = {k: v for k, v in noise_scheduler.config.items() if k != "_use_default_values"}
     cfg.update(steps_offset=1, **extra)  # Kohya's sampling schedulers use steps_offset 1
-    return getattr(diffusers, cls_name).from_config(cfg)
+    try:
+        return getattr(diffusers, cls_name).from_config(cfg)
+    except ImportError as exc:  # lms/k_lms integrate with scipy
+        from .faults import TrainingFault
+
+        raise TrainingFault(f"sample_sampler {name!r} needs a package that is not installed: {exc}",
+                            "pip install scipy, or choose another sample_sampler such as euler_a.") from exc
 
 
 def build_pipeline(base, text_encoders, sampler):

@@ -1,0 +1,138 @@
+"""A Kohya_ss user picks any optimizer, scheduler or sample sampler of kohya_ss's dropdowns: each is
+built by its own library and works; one whose library is missing names the extra to install."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from trainer.config.options_train import OPTIMIZERS as SCHEMA_OPTIMIZERS
+from trainer.config.options_train import SAMPLERS as SCHEMA_SAMPLERS
+from trainer.config.options_train import SCHEDULERS as SCHEMA_SCHEDULERS
+from trainer.train.faults import TrainingFault
+from trainer.train.optimizers import (KOHYA_OPTIMIZERS, build_optimizer, evaluation_weights, find_spec,
+                                      is_schedule_free, parse_optimizer_args)
+from trainer.train.samples import SAMPLERS, build_sampler
+from trainer.train.schedulers import SCHEDULERS, build_scheduler
+
+# kohya_ss v26's optimizer dropdown, as its GUI lists it
+KOHYA_SS_LIST = ("AdamW", "AdamWScheduleFree", "AdamW8bit", "Adafactor", "bitsandbytes.optim.AdEMAMix8bit",
+                 "bitsandbytes.optim.PagedAdEMAMix8bit", "DAdaptation", "DAdaptAdaGrad", "DAdaptAdam",
+                 "DAdaptAdan", "DAdaptAdanIP", "DAdaptAdamPreprint", "DAdaptLion", "DAdaptSGD", "Lion", "Lion8bit",
+                 "PagedAdamW8bit", "PagedAdamW32bit", "PagedLion8bit", "Prodigy",
+                 "prodigyplus.ProdigyPlusScheduleFree", "pytorch_optimizer.CAME", "RAdamScheduleFree",
+                 "SGDNesterov", "SGDNesterov8bit", "SGDScheduleFree")
+# lr each family is meant to run at (Prodigy/DAdapt estimate the step size from 1.0)
+LR = {"Prodigy": 1.0, "DAdapt": 1.0, "prodigyplus": 1.0, "SGD": 0.05, "Adafactor": 1e-2}
+
+
+def _lr(name: str) -> float:
+    return next((lr for prefix, lr in LR.items() if name.startswith(prefix)), 1e-2)
+
+
+def test_the_schema_offers_exactly_what_the_trainer_builds():
+    assert set(KOHYA_SS_LIST) <= set(SCHEMA_OPTIMIZERS)
+    assert tuple(SCHEMA_OPTIMIZERS) == KOHYA_OPTIMIZERS
+    assert tuple(SCHEMA_SCHEDULERS) == SCHEDULERS
+    assert set(SCHEMA_SAMPLERS) == set(SAMPLERS)
+
+
+@pytest.mark.parametrize("name", SCHEMA_OPTIMIZERS)
+def test_each_optimizer_trains_a_tiny_model_on_cpu(name):
+    """A small regression problem: 100 steps through the named library lower the loss (D-Adaptation's
+    step-size search overshoots in its first few dozen steps, then converges)."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = x @ torch.randn(8, 1)
+    model = torch.nn.Linear(8, 1)
+    optimizer = build_optimizer(name, [{"params": list(model.parameters()), "lr": _lr(name)}], _lr(name))
+    assert type(optimizer).__module__.split(".")[0] == find_spec(name).module.split(".")[0]
+    start = torch.nn.functional.mse_loss(model(x), y).item()
+    for _ in range(100):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    with evaluation_weights(optimizer):  # schedule-free: the averaged weights are the result
+        end = torch.nn.functional.mse_loss(model(x), y).item()
+    assert end < start, f"{name}: loss {start:.4f} → {end:.4f}"
+
+
+def test_schedule_free_optimizers_switch_to_their_averaged_weights_for_saving():
+    model = torch.nn.Linear(4, 1)
+    optimizer = build_optimizer("AdamWScheduleFree", [{"params": list(model.parameters()), "lr": 0.1}], 0.1)
+    assert is_schedule_free(optimizer)
+    for _ in range(3):
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    training = model.weight.detach().clone()
+    with evaluation_weights(optimizer):
+        assert not torch.equal(model.weight, training)  # eval mode holds the average
+    assert torch.equal(model.weight, training)  # and training resumes where it was
+
+
+def test_a_missing_library_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import prodigyopt → ImportError
+    with pytest.raises(TrainingFault) as err:
+        build_optimizer("Prodigy", [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}], 1.0)
+    assert "prodigyopt" in err.value.message and "kohya-studio[prodigy]" in err.value.hint
+    monkeypatch.setitem(sys.modules, "dadaptation", None)
+    with pytest.raises(TrainingFault, match="dadaptation") as err:
+        build_optimizer("DAdaptAdam", [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 1.0}], 1.0)
+    assert "kohya-studio[dadaptation]" in err.value.hint
+
+
+def test_kohya_quoted_optimizer_args_are_shell_quoting():
+    assert parse_optimizer_args('"decouple=True" "weight_decay=0.01" "betas=0.9,0.99"') == {
+        "decouple": True, "weight_decay": 0.01, "betas": (0.9, 0.99)}
+    assert parse_optimizer_args("d_coef=1.0 safeguard_warmup=False") == {"d_coef": 1.0, "safeguard_warmup": False}
+
+
+def _cfg(name, **extra):
+    return types.SimpleNamespace(**{"lr_scheduler": name, "learning_rate": 1e-2, "lr_warmup": 10,
+                                    "lr_warmup_steps": 0, "lr_scheduler_num_cycles": 2, "lr_scheduler_power": 2.0,
+                                    "lr_scheduler_args": "", **extra})
+
+
+@pytest.mark.parametrize("name", [s for s in SCHEDULERS if s != "adafactor"])
+def test_each_scheduler_shapes_the_learning_rate(name):
+    model = torch.nn.Linear(2, 1)
+    optimizer = build_optimizer("AdamW", [{"params": list(model.parameters()), "lr": 1e-2}], 1e-2)
+    args = {"piecewise_constant": "step_rules='1:10,0.1'", "warmup_stable_decay": "num_decay_steps=10",
+            "cosine_with_min_lr": "min_lr_rate=0.1"}.get(name, "")
+    scheduler = build_scheduler(_cfg(name, lr_scheduler_args=args), optimizer, 40)
+    lrs = []
+    for _ in range(40):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    assert all(lr >= 0 for lr in lrs)
+    if name not in ("constant", "constant_with_warmup"):
+        assert len(set(round(lr, 8) for lr in lrs)) > 1, f"{name} never changed the learning rate"
+    if name == "cosine_with_min_lr":
+        assert min(lrs) == pytest.approx(1e-3, rel=1e-3)  # min_lr_rate 0.1 of 1e-2
+
+
+def test_the_adafactor_scheduler_needs_the_adafactor_optimizer():
+    model = torch.nn.Linear(2, 1)
+    adafactor = build_optimizer("Adafactor", [{"params": list(model.parameters()), "lr": 1e-3}], 1e-3)
+    assert type(build_scheduler(_cfg("adafactor"), adafactor, 10)).__name__ == "AdafactorSchedule"
+    adamw = build_optimizer("AdamW", [{"params": list(model.parameters()), "lr": 1e-3}], 1e-3)
+    with pytest.raises(TrainingFault, match="only works with the Adafactor optimizer"):
+        build_scheduler(_cfg("adafactor"), adamw, 10)
+
+
+@pytest.mark.parametrize("name", SCHEMA_SAMPLERS)
+def test_each_sample_sampler_is_a_diffusers_scheduler_that_steps(name):
+    from diffusers import DDPMScheduler
+
+    sampler = build_sampler(name, DDPMScheduler(num_train_timesteps=1000))
+    sampler.set_timesteps(6)
+    latents = torch.randn(1, 4, 8, 8) * sampler.init_noise_sigma
+    for t in sampler.timesteps:
+        model_input = sampler.scale_model_input(latents, t)
+        latents = sampler.step(torch.zeros_like(model_input), t, latents).prev_sample
+    assert torch.isfinite(latents).all()
