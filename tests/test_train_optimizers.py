@@ -136,3 +136,72 @@ def test_each_sample_sampler_is_a_diffusers_scheduler_that_steps(name):
         model_input = sampler.scale_model_input(latents, t)
         latents = sampler.step(torch.zeros_like(model_input), t, latents).prev_sample
     assert torch.isfinite(latents).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer, lr, scheduler", [("AdamWScheduleFree", 1e-3, "constant"),
+                                                     ("DAdaptAdam", 1.0, "cosine_with_min_lr"),
+                                                     ("PagedLion8bit", 1e-4, "warmup_stable_decay")])
+def test_a_whole_lora_run_with_a_kohya_optimizer_and_scheduler(tmp_path, tiny_model_dir, optimizer, lr, scheduler):
+    from tests.test_train_support import lora_config, lora_tensors, make_dataset, run_trainer, write_config
+
+    config = lora_config(tiny_model_dir("sd1"), make_dataset(tmp_path / "data", images=2), tmp_path / "out",
+                         epoch=1, optimizer=optimizer, learning_rate=lr, lr_scheduler=scheduler)
+    rc, events, err = run_trainer(write_config(config, tmp_path / "c.json"))
+    assert rc == 0, err[-3000:]
+    assert [e["type"] for e in events].count("step") == 2 and events[-1]["type"] == "done"
+    tensors = lora_tensors(tmp_path / "out" / "toy.safetensors")
+    assert any(k.endswith("lora_up.weight") and v.abs().sum() > 0 for k, v in tensors.items())
+
+
+def test_noise_offset_type_applies_only_the_noise_it_names():
+    from trainer.train.diffusion import sample_noise
+
+    def noise(kind):
+        torch.manual_seed(3)
+        cfg = types.SimpleNamespace(noise_offset_type=kind, noise_offset=0.5, multires_noise_iterations=4,
+                                    multires_noise_discount=0.3)
+        return sample_noise((4, 16, 16), "cpu", cfg)
+
+    torch.manual_seed(3)
+    plain = torch.randn(4, 16, 16)
+    torch.manual_seed(3)
+    offset = plain + 0.5 * (torch.randn(4, 16, 16), torch.randn(4, 1, 1))[1]
+    assert torch.allclose(noise("Original"), offset)  # the offset, and no pyramid
+    multires = noise("Multires")
+    assert not torch.allclose(multires, plain) and multires.std().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_log_with_wandb_without_the_package_names_the_extra(monkeypatch):
+    from trainer.train.trackers import open_trackers
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    cfg = types.SimpleNamespace(log_with="wandb", logging_dir="", output_name="toy", log_prefix="")
+    with pytest.raises(TrainingFault) as err:
+        open_trackers(cfg, enabled=True)
+    assert "kohya-studio[wandb]" in err.value.hint and "WANDB_API_KEY" in err.value.hint
+    assert open_trackers(types.SimpleNamespace(log_with="tensorboard", logging_dir="", output_name="t",
+                                               log_prefix=""), enabled=True) is None
+
+
+def test_log_with_all_writes_tensorboard_and_wandb(tmp_path, monkeypatch):
+    from trainer.train import trackers
+
+    logged = []
+
+    class FakeRun:  # stands in for wandb's run object: the fan-out is what is under test
+        def log(self, data, step):
+            logged.append((data, step))
+
+        def finish(self):
+            logged.append("finished")
+
+    fake = types.SimpleNamespace(init=lambda **kw: FakeRun(), Image=lambda a: ("image", a.shape))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = types.SimpleNamespace(log_with="all", logging_dir=str(tmp_path / "logs"), output_name="toy", log_prefix="")
+    tracker = trackers.open_trackers(cfg, enabled=True)
+    tracker.add_scalar("loss/current", 0.5, 1)
+    tracker.flush()
+    tracker.close()
+    assert logged[0] == ({"loss/current": 0.5}, 1) and logged[-1] == "finished"
+    assert list((tmp_path / "logs").rglob("events.out.tfevents*"))
