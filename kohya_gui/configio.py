@@ -48,7 +48,11 @@ def read_values(path: str | Path, training_type: str) -> tuple[dict, list[str]]:
         values = {k: v for k, v in data.items() if k in fields and k not in ("config_version", "training_type")}
         notes.insert(0, f"Loaded `{path.name}`.")
     else:
-        values, ignored, import_notes = import_kohya_json(data, training_type)
+        try:
+            values, ignored, import_notes = import_kohya_json(data, training_type)
+        except ConfigError as exc:  # what kohya_ss's own run would refuse too (a model family, a bad value)
+            raise LoadError(f"`{path.name}` cannot be trained here: "
+                            + "; ".join(f"{p.field}: {p.message}" for p in exc.problems)) from exc
         notes.append(f"Imported the Kohya_ss config `{path.name}` ({len(values)} options).")
         notes += import_notes
         if ignored:

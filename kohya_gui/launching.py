@@ -39,6 +39,20 @@ def preview(config, python: str = sys.executable) -> tuple[str, str]:
     return command_text(trainer_argv(config, placeholder, python)), to_trainer_toml(config)
 
 
+def runnable_commands(config, python: str = sys.executable) -> tuple[str, str]:
+    """'Print training command': this trainer's command and kohya's sd-scripts one, each reading a
+    config file written (time-stamped, never over an earlier one) into the output folder.
+    Returns (both commands, the sd-scripts TOML)."""
+    from trainer.config import save_trainer_toml, write_sd_scripts_files
+
+    toml_path, sd_command = write_sd_scripts_files(config, config.output_dir)
+    ours = toml_path.with_name(toml_path.name.replace("config_", "kohya-studio_", 1))
+    save_trainer_toml(config, ours)
+    text = (f"# kohya-studio\n{command_text(trainer_argv(config, ours, python))}\n\n"
+            f"# kohya's sd-scripts (run from the kohya_ss folder, where sd-scripts/ is)\n{sd_command}")
+    return text, toml_path.read_text(encoding="utf-8")
+
+
 def model_extension(config) -> str:
     fmt = getattr(config, "save_model_as", "safetensors")
     return {"ckpt": ".ckpt", "pt": ".pt", "safetensors": ".safetensors"}.get(fmt, "")

@@ -40,12 +40,16 @@ def _split(tab, out):
     return dict(zip(tab.form.names, out[:n])), *out[n:]
 
 
-def test_loading_a_kohya_ss_json_fills_the_form_and_lists_ignored_keys(tab):
-    fields, summary, plan, confirm, _, message = _split(tab, tab.load(str(KOHYA_JSON), *_raw(tab)))
+def test_loading_a_kohya_ss_json_fills_the_form_and_lists_ignored_keys(tab, tmp_path):
     data = json.loads(KOHYA_JSON.read_text())
+    data["ip_noise_gamma"] = 0.1  # changes training, has no counterpart here
+    path = tmp_path / "kohya.json"
+    path.write_text(json.dumps(data))
+    fields, summary, plan, confirm, _, message = _split(tab, tab.load(str(path), *_raw(tab)))
     assert fields["network_dim"]["value"] == data["network_dim"]
     assert "Imported the Kohya_ss config" in message and "Ignored" in message
-    assert "LyCORIS_preset" in message, "keys with no counterpart are named"
+    assert "ip_noise_gamma" in message, "keys that would change training are named"
+    assert "model_list" not in message, "GUI-only keys stay quiet"
 
 
 def test_loading_a_file_with_bad_values_shows_them_next_to_the_fields(tab, tmp_path):
@@ -105,8 +109,13 @@ def test_print_training_command_shows_command_and_toml(tab, tmp_path):
     out = tab.print_command(*raw)
     group, command, toml_text = out[-3:]
     assert group["visible"] is True
-    assert "trainer" in command and "config.toml" in command
-    assert "network_dim = 12" in toml_text
+    # both commands read files that exist: this trainer's TOML and the sd-scripts --config_file TOML
+    assert "-m trainer run" in command and "sd-scripts/train_network.py --config_file" in command
+    assert "network_dim = 12" in toml_text and 'network_module = "networks.lora"' in toml_text
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert any(n.startswith("config_lora-") for n in written) and any(n.startswith("kohya-studio_") for n in written)
+    for path in (tmp_path / "out").iterdir():
+        assert str(path) in command
 
 
 def test_overwrite_guard_lists_existing_files(tmp_path):

@@ -108,3 +108,30 @@ def test_the_shipped_dataset_toml_with_per_subset_settings_plans_like_the_traine
         main(["preflight", str(config_path), "--json"])
     report = json.loads(out.getvalue())
     assert report["steps_per_epoch"] == plan["steps_per_epoch"] and report["total_steps"] == plan["total_steps"]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_each_shipped_config_loads_into_the_page_or_says_why(path, tmp_path):
+    """The page's Load: the form is filled (problems shown on their fields), or one status line says
+    why the file cannot be trained here — never a traceback."""
+    import gradio as gr
+
+    from kohya_gui.context import AppContext
+    from kohya_gui.forms import to_widget
+    from kohya_gui.jobqueue import JobQueue
+    from kohya_gui.settings import make_settings
+    from kohya_gui.tabs.training import TrainingTab
+
+    ttype = tc.detect_training_type(json.loads(path.read_text())) or "lora"
+    settings = make_settings(workspace=str(tmp_path / "ws"), data_roots=[str(tmp_path)])
+    queue = JobQueue(settings.workspace, cwd=settings.project_root)
+    queue.pause()
+    tab = TrainingTab(AppContext(settings, queue), ttype, ttype)
+    with gr.Blocks():
+        tab.render()
+    initial = tab.form.initial_values()
+    out = tab.load(str(path), *[to_widget(s, initial[s.name]) for s in tab.form.specs])
+    status = out[-1]
+    assert status.startswith(("Imported the Kohya_ss config", "⛔")), status
+    if status.startswith("⛔"):
+        assert "cannot be trained here" in status

@@ -1,4 +1,4 @@
-"""python -m trainer plan|preflight|run CONFIG, demo DIR, verify LORA --base MODEL, options --type T.
+"""python -m trainer plan|preflight|run|export-sd-scripts CONFIG, demo DIR, verify LORA --base MODEL, options --type T.
 
 CONFIG is the project's JSON/TOML or a Kohya_ss GUI JSON (`--type` says which training type when the
 file does not). `run` writes the event stream (docs/events.md) on stdout and logs on stderr.
@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--events", help="also append the event lines to this file")
         else:
             c.add_argument("--json", action="store_true", help="print JSON instead of text")
+    e = sub.add_parser("export-sd-scripts", help="write the sd-scripts --config_file TOML and print the "
+                       "accelerate command that trains the same run with kohya's own scripts")
+    e.add_argument("config", help="project JSON/TOML or Kohya_ss GUI JSON")
+    e.add_argument("--type", choices=TYPES, help="training type when the file does not say")
+    e.add_argument("--out", help="folder for the TOML and the prompts file (default: the config's folder)")
+    e.add_argument("--sd-scripts", default="sd-scripts", dest="sd_scripts",
+                   help="path of the sd-scripts checkout (default: sd-scripts, as inside kohya_ss)")
     d = sub.add_parser("demo", help="write a tiny model, a toy dataset and a ready LoRA config")
     d.add_argument("folder")
     v = sub.add_parser("verify", help="check a LoRA file against a base model's modules (key map, shapes)",
@@ -125,6 +132,20 @@ def cmd_preflight(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from trainer.config.sd_scripts_export import sd_scripts_export, write_sd_scripts_files
+
+    loaded = _load(args.config, args.type)
+    folder = Path(args.out) if args.out else Path(args.config).resolve().parent
+    toml_path, command = write_sd_scripts_files(loaded.config, folder, args.sd_scripts)
+    for note in sd_scripts_export(loaded.config).notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"# wrote {toml_path}\n{command}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from trainer.train.demo import write_demo
 
@@ -150,7 +171,7 @@ def main(argv=None) -> int:
     _setup_logging()
     if args.command == "run":
         return cmd_run(args)
-    commands = {"plan": cmd_plan, "preflight": cmd_preflight, "demo": cmd_demo,
+    commands = {"plan": cmd_plan, "preflight": cmd_preflight, "demo": cmd_demo, "export-sd-scripts": cmd_export,
                 "options": cmd_options}
     try:
         return commands[args.command](args)

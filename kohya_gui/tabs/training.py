@@ -180,8 +180,12 @@ class TrainingTab:
         if result.config is None:
             return [*self._result(values, result, status="Fix the problems first; the command needs valid "
                                                           "settings."), gr.update(visible=False), "", ""]
-        command, toml_text = launching.preview(result.config, self.ctx.python)
-        return [*self._result(values, result), gr.update(visible=True), command, toml_text]
+        if not result.config.output_dir:
+            return [*self._result(values, result, status="Choose an output folder: the command's config files "
+                                  "are written there."), gr.update(visible=False), "", ""]
+        command, toml_text = launching.runnable_commands(result.config, self.ctx.python)
+        return [*self._result(values, result, status=f"Wrote the config files to `{result.config.output_dir}`."),
+                gr.update(visible=True), command, toml_text]
 
     def start(self, confirmed: bool, *raw):
         values = self.form.collect(raw)

@@ -8,6 +8,7 @@ from .files import (LoadedConfig, atomic_write_text, config_from_dict, config_to
 from .kohya_import import detect_training_type, import_kohya_json
 from .paths import check_paths, looks_like_hub_id
 from .rules import ConfigError, Problem, config_class, parse_config, trains_text_encoder, validate_values
+from .sd_scripts_export import sd_scripts_export, write_sd_scripts_files
 from .spec import SECTIONS, FieldSpec, field_specs, parse_resolution
 from .types import (CONFIG_TYPES, CONFIG_VERSION, BaseConfig, DreamboothConfig, FinetuneConfig, LoraConfig,
                     TextualInversionConfig)
@@ -18,5 +19,6 @@ __all__ = [
     "atomic_write_text", "check_paths", "config_class", "config_from_dict", "config_to_dict",
     "detect_training_type", "field_specs", "import_kohya_json", "load_config_file", "looks_like_hub_id",
     "migrate", "parse_config", "parse_resolution", "read_config_dict", "save_config_json",
-    "save_trainer_toml", "to_trainer_toml", "trains_text_encoder", "validate_values",
+    "save_trainer_toml", "sd_scripts_export", "to_trainer_toml", "trains_text_encoder", "validate_values",
+    "write_sd_scripts_files",
 ]

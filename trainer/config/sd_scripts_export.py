@@ -1,0 +1,234 @@
+"""The way back to kohya's own scripts: a config as the sd-scripts `--config_file` TOML and the
+`accelerate launch` command that runs it (what kohya_ss's "Print training command" shows).
+
+Every key written is an sd-scripts argument name (optimizer_type, max_train_epochs, network_module,
+list-valued optimizer_args, a prompts file …). Like kohya_ss, empty and off values are left out so
+sd-scripts' own defaults apply; values whose zero means something else here are written explicitly.
+Pure Python (no torch), so the GUI can call it.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import toml
+
+from trainer.atomic import atomic_write_text
+
+from .spec import parse_resolution
+
+# (training type, SDXL?) → the sd-scripts script
+SCRIPTS = {
+    ("lora", False): "train_network.py", ("lora", True): "sdxl_train_network.py",
+    ("dreambooth", False): "train_db.py", ("dreambooth", True): "sdxl_train.py",
+    ("finetune", False): "fine_tune.py", ("finetune", True): "sdxl_train.py",
+    ("textual_inversion", False): "train_textual_inversion.py",
+    ("textual_inversion", True): "sdxl_train_textual_inversion.py",
+}
+# LoRA_type → (network_module, LyCORIS algo or None), as kohya_ss launches them
+NETWORKS = {
+    "Standard": ("networks.lora", None), "Kohya LoCon": ("networks.lora", None),
+    "Kohya DyLoRA": ("networks.dylora", None),
+    "LyCORIS/LoCon": ("lycoris.kohya", "locon"), "LyCORIS/LoHa": ("lycoris.kohya", "loha"),
+    "LyCORIS/LoKr": ("lycoris.kohya", "lokr"), "LyCORIS/iA3": ("lycoris.kohya", "ia3"),
+    "LyCORIS/DyLoRA": ("lycoris.kohya", "dylora"), "LyCORIS/GLoRA": ("lycoris.kohya", "glora"),
+    "LyCORIS/BOFT": ("lycoris.kohya", "boft"), "LyCORIS/Diag-OFT": ("lycoris.kohya", "diag-oft"),
+    "LyCORIS/Native Fine-Tuning": ("lycoris.kohya", "full"),
+}
+# our option → its sd-scripts name, copied when it has a value
+SAME_NAME = (
+    "pretrained_model_name_or_path", "v2", "v_parameterization", "vae", "no_half_vae", "save_precision",
+    "train_data_dir", "output_dir", "output_name", "logging_dir", "dataset_config", "caption_extension",
+    "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale",
+    "shuffle_caption", "keep_tokens", "keep_tokens_separator", "secondary_separator", "caption_prefix",
+    "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+    "flip_aug", "color_aug", "random_crop", "cache_latents", "cache_latents_to_disk", "vae_batch_size",
+    "persistent_data_loader_workers", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
+    "full_fp16", "full_bf16", "gradient_checkpointing", "min_snr_gamma", "min_timestep", "loss_type",
+    "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "fp8_base", "learning_rate",
+    "lr_scheduler", "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_n_epochs",
+    "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps", "save_state", "save_state_on_train_end",
+    "resume", "training_comment", "sample_every_n_epochs", "sample_every_n_steps", "log_prefix",
+    "log_tracker_name", "wandb_run_name", "metadata_title", "metadata_author", "metadata_description",
+    "metadata_license", "metadata_tags", "reg_data_dir", "prior_loss_weight", "in_json", "dataset_repeats",
+    "train_text_encoder", "network_weights", "dim_from_weights", "network_dropout", "network_train_unet_only",
+    "network_train_text_encoder_only", "network_alpha", "network_dim", "token_string", "init_word",
+    "num_vectors_per_token", "weights", "stop_text_encoder_training", "scale_weight_norms",
+)
+# written even when 0 / False: sd-scripts' default is not what 0 means here
+ALWAYS = {"max_grad_norm", "max_data_loader_n_workers", "caption_extension"}
+
+
+@dataclass
+class Export:
+    toml_data: dict[str, Any]
+    script: str
+    launch_args: list[str]  # accelerate launch flags
+    prompts: str = ""  # sample prompts, one per line (written to a file the TOML names)
+    notes: list[str] = field(default_factory=list)
+
+    def command(self, toml_path: str | Path, sd_scripts: str = "sd-scripts") -> str:
+        argv = ["accelerate", "launch", *self.launch_args, str(Path(sd_scripts) / self.script),
+                "--config_file", str(toml_path)]
+        return " ".join(shlex.quote(a) for a in argv)
+
+    def toml_text(self) -> str:
+        return toml.dumps(dict(sorted(self.toml_data.items())))
+
+
+def _has(value: Any) -> bool:
+    return value not in (None, "", False) and not (isinstance(value, (int, float)) and value == 0)
+
+
+def _split(text: str) -> list[str]:
+    try:
+        return shlex.split(text or "")
+    except ValueError:
+        return (text or "").split()
+
+
+def sd_scripts_export(config) -> Export:
+    """The sd-scripts TOML (argument names as keys) and accelerate flags for `config`."""
+    c = config
+    kind = c.training_type
+    sdxl = bool(getattr(c, "sdxl", False))
+    notes: list[str] = []
+    data: dict[str, Any] = {}
+    for name in SAME_NAME:
+        if hasattr(c, name) and (_has(getattr(c, name)) or name in ALWAYS):
+            data[name] = getattr(c, name)
+    for name in ALWAYS:
+        if hasattr(c, name):
+            data[name] = getattr(c, name)
+    data["resolution"] = ",".join(str(v) for v in parse_resolution(c.resolution))
+    data["save_model_as"] = c.save_model_as
+    if c.clip_skip > 1 and not sdxl:
+        data["clip_skip"] = c.clip_skip
+    if c.max_token_length != 75:
+        data["max_token_length"] = c.max_token_length
+    if c.max_timestep != 1000:
+        data["max_timestep"] = c.max_timestep
+    if c.seed:
+        data["seed"] = c.seed
+    if c.xformers in ("xformers", "sdpa"):
+        data[c.xformers] = True
+    if c.cache_text_encoder_outputs and sdxl:
+        data["cache_text_encoder_outputs"] = True
+    # sd-scripts: max_train_epochs overrides max_train_steps (whose default is 1600)
+    if c.max_train_steps:
+        data["max_train_steps"] = c.max_train_steps
+    else:
+        data["max_train_epochs"] = c.epoch
+    _noise(c, data)
+    _optimizer(c, data)
+    if c.log_with:
+        data["log_with"] = c.log_with
+    data["sample_sampler"] = c.sample_sampler
+    if kind == "lora":
+        _network(c, data, notes)
+    elif kind in ("dreambooth", "finetune"):
+        _full_model_rates(c, data, sdxl)
+    elif kind == "textual_inversion":
+        if c.template != "caption":
+            data["use_object_template" if c.template == "object template" else "use_style_template"] = True
+    return Export(data, SCRIPTS[(kind, sdxl)], _launch_args(c), prompts=c.sample_prompts or "", notes=notes)
+
+
+def _noise(c, data: dict) -> None:
+    data.pop("multires_noise_discount", None)
+    if c.noise_offset_type == "Original" and c.noise_offset:
+        data["noise_offset"] = c.noise_offset
+    if c.noise_offset_type == "Multires" and c.multires_noise_iterations:
+        data["multires_noise_iterations"] = c.multires_noise_iterations
+        data["multires_noise_discount"] = c.multires_noise_discount
+    if c.loss_type in ("huber", "smooth_l1"):
+        data["huber_c"] = c.huber_c
+        data["huber_schedule"] = "constant"  # this trainer's c does not vary with the timestep
+
+
+def _optimizer(c, data: dict) -> None:
+    data["optimizer_type"] = c.optimizer
+    if c.optimizer_args:
+        data["optimizer_args"] = _split(c.optimizer_args)
+    if getattr(c, "lr_scheduler_args", ""):
+        data["lr_scheduler_args"] = _split(c.lr_scheduler_args)
+    if c.lr_warmup_steps:
+        data["lr_warmup_steps"] = c.lr_warmup_steps
+    elif c.lr_warmup and c.lr_scheduler != "constant":
+        data["lr_warmup_steps"] = round(c.lr_warmup / 100.0, 6)  # a ratio of the run, as kohya_ss writes it
+
+
+def _network(c, data: dict, notes: list[str]) -> None:
+    module, algo = NETWORKS.get(c.LoRA_type, ("networks.lora", None))
+    data["network_module"] = module
+    args = []
+    if algo:
+        args.append(f"algo={algo}")
+        preset = getattr(c, "LyCORIS_preset", "")
+        if preset:
+            args.append(f"preset={preset}")
+    if c.LoRA_type != "Standard" and getattr(c, "conv_dim", 0):
+        args += [f"conv_dim={c.conv_dim}", f"conv_alpha={c.conv_alpha}"]
+    for name in ("rank_dropout", "module_dropout"):
+        if getattr(c, name, 0):
+            args.append(f"{name}={getattr(c, name)}")
+    for name in ("factor", "unit", "dora_wd", "use_tucker", "use_scalar", "rank_dropout_scale", "constrain",
+                 "rescaled", "train_norm", "bypass_mode", "decompose_both", "train_on_input"):
+        value = getattr(c, name, None)
+        if value not in (None, False, "", -1, 0):
+            args.append(f"{name}={value}")
+    if args:
+        data["network_args"] = args
+    for name in ("unet_lr", "text_encoder_lr"):
+        if getattr(c, name) is not None:
+            data[name] = getattr(c, name)
+
+
+def _full_model_rates(c, data: dict, sdxl: bool) -> None:
+    te = getattr(c, "learning_rate_te", 0.0)
+    if sdxl:
+        te2 = getattr(c, "learning_rate_te2", None)
+        rates = {"learning_rate_te1": te, "learning_rate_te2": te if te2 is None else te2}
+        if any(rates.values()):
+            data["train_text_encoder"] = True
+            data.update(rates)
+    elif c.training_type == "dreambooth":
+        if te > 0:
+            data["learning_rate_te"] = te
+        else:
+            data["stop_text_encoder_training"] = -1  # train_db.py: a negative step count freezes it
+    elif te > 0:
+        data["learning_rate_te"] = te
+
+
+def _launch_args(c) -> list[str]:
+    args = ["--num_cpu_threads_per_process", str(c.num_cpu_threads_per_process)]
+    if c.num_processes > 1:
+        args += ["--multi_gpu", "--num_processes", str(c.num_processes), "--num_machines", "1"]
+    if c.gpu_ids:
+        args += ["--gpu_ids", c.gpu_ids]
+    if c.main_process_port:
+        args += ["--main_process_port", str(c.main_process_port)]
+    return args + ["--mixed_precision", c.mixed_precision]
+
+
+def write_sd_scripts_files(config, folder: str | Path, sd_scripts: str = "sd-scripts") -> tuple[Path, str]:
+    """Write config_<type>-<time>.toml (and its prompt file) into `folder`; return (TOML path, command).
+    A new time-stamped name each call, so nothing earlier is overwritten."""
+    export = sd_scripts_export(config)
+    folder = Path(folder).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    toml_path = folder / f"config_{config.training_type}-{stamp}.toml"
+    n = 1
+    while toml_path.exists():
+        toml_path = folder / f"config_{config.training_type}-{stamp}-{n}.toml"
+        n += 1
+    if export.prompts.strip():
+        prompts_path = toml_path.with_name(toml_path.stem + "_prompts.txt")
+        atomic_write_text(prompts_path, export.prompts.strip() + "\n")
+        export.toml_data["sample_prompts"] = str(prompts_path)
+    atomic_write_text(toml_path, export.toml_text())
+    return toml_path, export.command(toml_path, sd_scripts)
