@@ -170,3 +170,8 @@ def test_a_model_family_this_build_does_not_train_is_one_clear_refusal(tmp_path)
         _kohya(tmp_path, flux1_checkbox=True, LoRA_type="Flux1")
     assert [p.field for p in err.value.problems] == ["flux1_checkbox"]
     assert "FLUX.1 family not supported yet" in str(err.value)
+
+
+def test_the_unused_noise_of_noise_offset_type_is_a_warning():
+    _, problems = tc.validate_values("lora", {"noise_offset_type": "Original", "multires_noise_iterations": 6})
+    assert [(p.field, p.level) for p in problems] == [("multires_noise_iterations", "warning")]

@@ -37,7 +37,29 @@ def options_markdown() -> str:
             help_text = spec.help.replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{spec.name}` | {default} | {_range(spec)} | {spec.level} | {where} | {help_text} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _kohya_markdown())
+
+
+def _kohya_markdown() -> list[str]:
+    """What each key of a Kohya_ss GUI JSON does here (the tables kohya_import reads)."""
+    from . import kohya_keys as K
+
+    lines = ["## Kohya_ss GUI keys", "",
+             "A Kohya_ss JSON (v21 … v26) is read as kohya_ss reads it (docs/kohya_import.md). A key named like "
+             "an option above is that option; numbers written as strings are parsed; \"\" and None mean "
+             "\"not given\" (the default applies).", "",
+             "| Kohya_ss key | here |", "|---|---|"]
+    lines += [f"| `{k}` | `{v}` |" for k, v in K.RENAMED.items()]
+    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in K.SPECIAL.items()]
+    lines += [f"| `{k}` 0 | {'not used' if v is None else v} (kohya_ss leaves 0 out; sd-scripts' default applies) |"
+              for k, v in K.ZERO_MEANS.items()]
+    families = ", ".join(f"`{k}`" for k in K.UNSUPPORTED_FAMILIES)
+    lines += [f"| {families}, LoRA_type {', '.join(K.FAMILY_LORA_TYPES)} | refused: model family not supported "
+              "yet (their own settings stay quiet) |",
+              "| " + ", ".join(f"`{k}`" for k in sorted(K.GUI_ONLY)) + " | GUI, upload or launcher only: read "
+              "quietly |",
+              "| any other key | listed as ignored when its value would change the training |", ""]
+    return lines
 
 
 def cli_help(training_type: str) -> str:

@@ -84,3 +84,33 @@ SD_SCRIPTS_OF_FAMILY = {"FLUX.1": "flux_train_network.py / flux_train.py", "SD3"
                         "Lumina": "lumina_train_network.py"}
 
 LOCON_TYPES = {"Kohya LoCon", "LoCon", "LyCORIS/LoCon"}
+
+# What the importer does with the keys it treats specially (docs/options.md prints this table).
+SPECIAL = {
+    "text_encoder_lr / unet_lr": "kohya_ss's rule: both 0 (or empty) → both parts train at learning_rate; "
+                                 "text_encoder_lr 0 → network_train_unet_only; unet_lr 0 → "
+                                 "network_train_text_encoder_only; a list keeps its first value",
+    "max_train_epochs": "when above 0 it becomes `epoch` and drops max_train_steps (sd-scripts: epochs override "
+                        "steps)",
+    "max_train_steps": "kept when above 0 (the run stops there); empty or 0 = epochs govern",
+    "learning_rate_te / learning_rate_te1 / learning_rate_te2": "SD1/SD2: learning_rate_te (0 = kohya_ss leaves "
+        "it out, so train_db.py trains the text encoder at learning_rate); SDXL: te1 → learning_rate_te, "
+        "te2 → learning_rate_te2 (0 = frozen, empty = learning_rate)",
+    "stop_text_encoder_training(_pct)": "a percentage in kohya_ss, a step count here: left at 0 with a note",
+    "optimizer_args": "kohya's quoted form '\"weight_decay=0.01\" \"betas=0.9,0.99\"' is shell quoting; it "
+                      "becomes weight_decay=0.01 betas=0.9,0.99",
+    "additional_parameters": "its --flags are read: sd-scripts names that are options here are applied "
+                             "(--network_train_unet_only, --optimizer_args …); the others are listed as ignored",
+    "use_8bit_adam (v21)": "optimizer AdamW8bit / AdamW when the file has no optimizer",
+    "use_wandb (v21)": "log_with wandb when true",
+    "xformers true/false (v21–v22)": "xformers / none",
+    "LoRA_type LoCon (v21)": "LyCORIS/LoCon (kohya_ss's migration); trained as Kohya LoCon when LyCORIS "
+                             "types are not available",
+    "caption_extension \"\"": "sd-scripts then reads .caption files, so .caption",
+    "lr_warmup_steps below 1": "a ratio of the run → lr_warmup percent",
+    "wandb_api_key": "never copied (a secret): set WANDB_API_KEY or run `wandb login`",
+    "noise_offset_type": "Original → noise_offset applies; Multires → multires noise applies (only the one named)",
+    "bucket_reso_steps not a multiple of 8": "refused with enable_bucket, as sd-scripts' buckets would not fit "
+                                             "the VAE grid",
+    "mixed_precision fp8": "refused: use bf16 and fp8_base",
+}

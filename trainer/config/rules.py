@@ -264,3 +264,14 @@ def _misc(c):
                           "choose embedding_format kohya")
         if not c.init_word.strip():
             yield Problem("init_word", "init_word is empty; use a word close to the concept, e.g. woman or *")
+
+
+@rule
+def _noise_type(c):
+    """Kohya_ss applies only the extra noise noise_offset_type names; the other one's value is unused."""
+    if c.noise_offset_type == "Original" and c.multires_noise_iterations:
+        yield Problem("multires_noise_iterations", "multires noise is not used with noise_offset_type Original; "
+                      "choose Multires or set it to 0", level="warning")
+    if c.noise_offset_type == "Multires" and c.noise_offset:
+        yield Problem("noise_offset", "noise_offset is not used with noise_offset_type Multires; choose Original "
+                      "or set it to 0", level="warning")
