@@ -168,3 +168,14 @@ def test_prior_preservation_weights_class_images_with_prior_loss_weight(tmp_path
         seen_reg += int(reg.sum())
         seen_instance += int((~reg).sum())
     assert seen_instance == 15 and seen_reg == 15  # reg balanced to the instance samples
+
+
+def test_sdxl_text_encoders_get_learning_rate_te_and_te2_as_sd_scripts_does(tiny_model_dir):
+    """sdxl_train.py: learning_rate_te1 / learning_rate_te2, and 0 keeps that encoder frozen."""
+    base = load_base_model(tiny_model_dir("sdxl"))
+    groups = create_kind(db_config(learning_rate_te=2e-6, learning_rate_te2=0.0)).prepare(base)
+    assert [(g["name"], g["lr"]) for g in groups] == [("unet", 1e-3), ("text_encoder1", 2e-6)]
+    assert not any(p.requires_grad for p in base.text_encoders[1].parameters())
+    base = load_base_model(tiny_model_dir("sdxl"))
+    groups = create_kind(db_config(learning_rate_te=2e-6, learning_rate_te2=3e-6)).prepare(base)
+    assert [(g["name"], g["lr"]) for g in groups][1:] == [("text_encoder1", 2e-6), ("text_encoder2", 3e-6)]
