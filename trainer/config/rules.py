@@ -249,6 +249,9 @@ def _misc(c):
     if c.optimizer_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.optimizer_args):
         yield Problem("optimizer_args", f"{c.optimizer_args!r} is not a list of key=value pairs separated by "
                       'spaces, e.g. "weight_decay=0.01 betas=0.9,0.999"')
+    if c.lr_scheduler_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.lr_scheduler_args):
+        yield Problem("lr_scheduler_args", f"{c.lr_scheduler_args!r} is not a list of key=value pairs separated "
+                      'by spaces, e.g. "min_lr_rate=0.1"')
     if c.sdxl and c.v2:
         yield Problem("sdxl", "sdxl and v2 exclude each other; tick the one that matches the checkpoint")
     if getattr(c, "dim_from_weights", False) and not c.network_weights:

@@ -60,6 +60,9 @@ class TrainingRun:
         self.policy.ext = self.kind.output_ext  # a kind may change it in prepare(); read again there
         if self.main:
             check_writable(self.policy.output_dir)
+            if not getattr(cfg, "output_dir", ""):
+                self.warn(f"output_dir is empty, so the trained files go to the current folder "
+                          f"({self.policy.output_dir.resolve()}); set output_dir to choose where")
         self.base = S.load_base(cfg, self.acc, self.mp)
         scan, latents, self.dataset, self.steps, need_flip = S.build_data(cfg, self.base, self.acc, self.events,
                                                                           self.kind.scan_dataset(cfg))
