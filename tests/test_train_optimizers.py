@@ -53,7 +53,12 @@ def test_each_optimizer_trains_a_tiny_model_on_cpu(name):
     for _ in range(100):
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
-        optimizer.step()
+        try:
+            optimizer.step()
+        except (RuntimeError, NotImplementedError) as exc:  # bitsandbytes builds before 0.45: CUDA kernels only
+            if find_spec(name).module.startswith("bitsandbytes") and not torch.cuda.is_available():
+                pytest.skip(f"{name}: this bitsandbytes build steps only on a CUDA GPU ({exc})")
+            raise
         optimizer.zero_grad(set_to_none=True)
     with evaluation_weights(optimizer):  # schedule-free: the averaged weights are the result
         end = torch.nn.functional.mse_loss(model(x), y).item()
