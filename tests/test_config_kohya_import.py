@@ -175,3 +175,9 @@ def test_a_model_family_this_build_does_not_train_is_one_clear_refusal(tmp_path)
 def test_the_unused_noise_of_noise_offset_type_is_a_warning():
     _, problems = tc.validate_values("lora", {"noise_offset_type": "Original", "multires_noise_iterations": 6})
     assert [(p.field, p.level) for p in problems] == [("multires_noise_iterations", "warning")]
+
+
+def test_key_equals_value_parameters_and_a_side_off_the_8_pixel_grid(tmp_path):
+    loaded = _kohya(tmp_path, additional_parameters="--log_prefix=xl-loha", max_resolution="512,650")
+    assert loaded.config.log_prefix == "xl-loha"
+    assert loaded.config.resolution == "512,648" and any("650" in n for n in loaded.notes)

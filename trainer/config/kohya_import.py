@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from . import kohya_keys as K
 from .rules import ConfigError, Problem, validate_values
-from .spec import _unwrap_optional
+from .spec import _unwrap_optional, parse_resolution
 from .types import CONFIG_TYPES
 
 UNSET = object()  # kohya's "not given": our default (= sd-scripts' default) applies
@@ -120,8 +120,9 @@ def _additional_parameters(text: str, fields, values: dict, ignored: list[str]) 
         i += 1
         if not token.startswith("--"):
             continue
-        key = token[2:].replace("-", "_")
-        args = []
+        key, eq, inline = token[2:].partition("=")  # --key=value or --key value …
+        key = key.replace("-", "_")
+        args = [inline] if eq else []
         while i < len(tokens) and not tokens[i].startswith("--"):
             args.append(tokens[i])
             i += 1
@@ -303,6 +304,20 @@ def _choices(values: dict, fields, notes: list[str]) -> list[Problem]:
     return problems
 
 
+def _resolution(values: dict, notes: list[str]) -> None:
+    """A side that is not a multiple of 8 (kohya_ss's "512,650" preset): the VAE makes 8-pixel latent
+    cells, so 650 px give the 81 latent rows of 648 px; the side is rounded down to that."""
+    try:
+        w, h = parse_resolution(values.get("resolution", "512,512"))
+    except ValueError:
+        return  # validation names the field
+    if (w % 8 or h % 8) and min(w, h) >= 64:
+        rounded = f"{w // 8 * 8},{h // 8 * 8}"
+        notes.append(f"resolution {values['resolution']} becomes {rounded}: the VAE turns 8 pixels into one latent "
+                     "cell, so sd-scripts trained on the same latent size")
+        values["resolution"] = rounded
+
+
 def _finish(data: dict, values: dict, training_type: str, notes: list[str]) -> None:
     if "optimizer_args" in values:  # kohya writes '"weight_decay=0.01" "betas=0.9,0.99"': shell quoting
         try:
@@ -317,6 +332,7 @@ def _finish(data: dict, values: dict, training_type: str, notes: list[str]) -> N
         notes.append(f"save_model_as {values['save_model_as']!r} is not a LoRA/embedding format; safetensors "
                      "is used")
         values["save_model_as"] = "safetensors"
+    _resolution(values, notes)
     warmup = _number(data.get("lr_warmup_steps"))
     if warmup is not None and 0 < warmup < 1:  # a ratio of the run, as sd-scripts reads it
         values["lr_warmup"] = warmup * 100
