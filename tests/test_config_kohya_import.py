@@ -181,3 +181,16 @@ def test_key_equals_value_parameters_and_a_side_off_the_8_pixel_grid(tmp_path):
     loaded = _kohya(tmp_path, additional_parameters="--log_prefix=xl-loha", max_resolution="512,650")
     assert loaded.config.log_prefix == "xl-loha"
     assert loaded.config.resolution == "512,648" and any("650" in n for n in loaded.notes)
+
+
+@pytest.mark.parametrize("source", [KOHYA_JSON, "tests/data/kohya_presets/test_dreambooth_prodigy_sdxl.json",
+                                    "tests/data/kohya_presets/finetune_lion.json"])
+@pytest.mark.parametrize("junk", [[1], {"a": 1}, "x", -1, 1e30, True])
+def test_any_value_of_any_key_is_a_clear_problem_never_a_traceback(junk, source):
+    data = json.load(open(source))
+    for key in list(data):
+        changed = {**data, key: junk}
+        try:
+            tc.config_from_dict(changed)
+        except tc.ConfigError as exc:
+            assert exc.problems and all(p.field and "\n" not in p.message for p in exc.problems)

@@ -144,7 +144,8 @@ def unsupported_family(data: dict) -> Problem | None:
     for key, family in K.UNSUPPORTED_FAMILIES.items():
         if str(data.get(key, "")).lower() == "true":
             return _family_problem(key, family)
-    family = K.FAMILY_LORA_TYPES.get(data.get("LoRA_type", ""))
+    lora_type = data.get("LoRA_type")
+    family = K.FAMILY_LORA_TYPES.get(lora_type) if isinstance(lora_type, str) else None
     return _family_problem("LoRA_type", family) if family else None
 
 
@@ -153,15 +154,19 @@ def _family_problem(field: str, family: str) -> Problem:
                    f"(kohya_ss runs this config with sd-scripts' {K.SD_SCRIPTS_OF_FAMILY[family]})")
 
 
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
 def _unused(key: str, value: Any, data: dict) -> str | None:
     """A report line for a key with no counterpart, or None when it would not change the training."""
     if key in K.GUI_ONLY or key.startswith(K.FAMILY_KEY_PREFIXES) or key in K.FAMILY_KEYS:
         return None
     if key in K.RELEVANT_IF:
         other, wanted = K.RELEVANT_IF[key]
-        if data.get(other) not in wanted:
+        if not _hashable(data.get(other)) or data.get(other) not in wanted:
             return None
-    if not _has_value(value) or value in K.NEUTRAL.get(key, ()):
+    if not _has_value(value) or (_hashable(value) and value in K.NEUTRAL.get(key, ())):
         return None
     return f"{key} (value {value!r} is not used)" if isinstance(value, (int, float, bool)) else \
         f"{key} (has a value that is not used)"
@@ -276,7 +281,7 @@ def _choices(values: dict, fields, notes: list[str]) -> list[Problem]:
     """Values outside our choices that kohya_ss offers: the nearest equivalent, or a clear refusal."""
     problems = []
     lora_type = values.get("LoRA_type")
-    if lora_type is not None and "LoRA_type" in fields:
+    if isinstance(lora_type, str) and "LoRA_type" in fields:
         allowed = get_args(_unwrap_optional(fields["LoRA_type"].annotation)[0])
         if lora_type not in allowed and lora_type in K.LOCON_TYPES and "Kohya LoCon" in allowed:
             notes.append(f"LoRA_type {lora_type!r} is trained as 'Kohya LoCon' (same file keys)")
