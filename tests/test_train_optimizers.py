@@ -210,3 +210,25 @@ def test_log_with_all_writes_tensorboard_and_wandb(tmp_path, monkeypatch):
     tracker.close()
     assert logged[0] == ({"loss/current": 0.5}, 1) and logged[-1] == "finished"
     assert list((tmp_path / "logs").rglob("events.out.tfevents*"))
+
+
+def test_the_optional_optimizer_table_of_the_schema_matches_the_trainer():
+    from trainer.config.options_train import OPTIONAL_OPTIMIZERS
+
+    for name, (module, extra) in OPTIONAL_OPTIMIZERS.items():
+        spec = find_spec(name)
+        assert (spec.module.split(".")[0], spec.extra) == (module, extra)
+    assert {s.name for s in map(find_spec, SCHEMA_OPTIMIZERS) if s.extra} == set(OPTIONAL_OPTIMIZERS)
+
+
+def test_preflight_names_the_extra_of_a_missing_optimizer_library(monkeypatch):
+    import importlib.util
+
+    from trainer.data.preflight import _optimizer_library
+
+    cfg = types.SimpleNamespace(optimizer="DAdaptAdam")
+    assert _optimizer_library(cfg) == []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "dadaptation" else real(m, *a))
+    [problem] = _optimizer_library(cfg)
+    assert problem.field == "optimizer" and "kohya-studio[dadaptation]" in problem.hint

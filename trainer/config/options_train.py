@@ -14,6 +14,15 @@ OPTIMIZERS = ("AdamW", "AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW3
               "DAdaptSGD", "AdamWScheduleFree", "RAdamScheduleFree", "SGDScheduleFree",
               "bitsandbytes.optim.AdEMAMix8bit", "bitsandbytes.optim.PagedAdEMAMix8bit",
               "prodigyplus.ProdigyPlusScheduleFree", "pytorch_optimizer.CAME", "CAME")
+# optimizers from optional packages: name → (module it imports, kohya-studio extra that installs it)
+OPTIONAL_OPTIMIZERS = {
+    "Prodigy": ("prodigyopt", "prodigy"), **{n: ("dadaptation", "dadaptation") for n in (
+        "DAdaptation", "DAdaptAdamPreprint", "DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptAdanIP",
+        "DAdaptLion", "DAdaptSGD")},
+    **{n: ("schedulefree", "schedulefree") for n in ("AdamWScheduleFree", "RAdamScheduleFree", "SGDScheduleFree")},
+    "prodigyplus.ProdigyPlusScheduleFree": ("prodigyplus", "prodigyplus"),
+    "pytorch_optimizer.CAME": ("pytorch_optimizer", "came"), "CAME": ("came_pytorch", "came"),
+}
 SCHEDULERS = ("adafactor", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
               "polynomial", "piecewise_constant", "cosine_with_min_lr", "inverse_sqrt", "warmup_stable_decay")
 SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",

@@ -118,7 +118,24 @@ def _model_and_output(cfg) -> list[Problem]:
         return []  # a bare dataset dict (tests of the scanner) has neither
     from trainer.config.paths import model_and_output_problems
 
-    return [Problem("error", p.message, field=p.field) for p in model_and_output_problems(cfg)]
+    return [Problem("error", p.message, field=p.field) for p in model_and_output_problems(cfg)] + \
+        _optimizer_library(cfg)
+
+
+def _optimizer_library(cfg) -> list[Problem]:
+    """An optimizer from an optional package that is not installed: say which extra installs it."""
+    import importlib.util
+
+    from trainer.config.options_train import OPTIONAL_OPTIMIZERS
+
+    name = getattr(cfg, "optimizer", "")
+    if name not in OPTIONAL_OPTIMIZERS:
+        return []
+    module, extra = OPTIONAL_OPTIMIZERS[name]
+    if importlib.util.find_spec(module) is not None:
+        return []
+    return [Problem("error", f"the optimizer {name} needs the package {module}, which is not installed",
+                    f"pip install 'kohya-studio[{extra}]', or choose AdamW", field="optimizer")]
 
 
 def _fill_counts(report: PreflightReport, scan: ScanResult, dataset: EpochPlan, cfg,
