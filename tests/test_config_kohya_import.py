@@ -194,3 +194,11 @@ def test_any_value_of_any_key_is_a_clear_problem_never_a_traceback(junk, source)
             tc.config_from_dict(changed)
         except tc.ConfigError as exc:
             assert exc.problems and all(p.field and "\n" not in p.message for p in exc.problems)
+
+
+def test_sd1_dreambooth_learning_rate_te_0_trains_the_text_encoder_as_train_db_does(tmp_path):
+    path = tmp_path / "db.json"
+    path.write_text(json.dumps({"learning_rate": "2e-6", "learning_rate_te": 0, "no_token_padding": False}))
+    loaded = tc.load_config_file(path)
+    assert loaded.config.learning_rate_te == 2e-6
+    assert any("learning_rate_te 0" in n for n in loaded.notes)
