@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from trainer.config import save_config_json, save_trainer_toml, to_trainer_toml
+from trainer.config import save_config_json, save_trainer_toml
 
 from .jobqueue import JobQueue, Job
 
@@ -31,12 +31,6 @@ def trainer_argv(config, config_path: Path, python: str = sys.executable) -> lis
 
 def command_text(argv: list[str]) -> str:
     return shlex.join(argv)
-
-
-def preview(config, python: str = sys.executable) -> tuple[str, str]:
-    """(command line, TOML) as 'Print training command' shows them, without writing anything."""
-    placeholder = Path("<run folder>") / "config.toml"
-    return command_text(trainer_argv(config, placeholder, python)), to_trainer_toml(config)
 
 
 def runnable_commands(config, python: str = sys.executable) -> tuple[str, str]:
