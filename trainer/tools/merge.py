@@ -17,7 +17,7 @@ from .lora_io import kept_metadata, network_fields, rank_summary
 from .lora_math import ModuleWeights
 from .output import Report, ToolError, check_output, progress, save_checked_lora
 from .resize import _lora_output, _verify
-from .svd_merge import read_many
+from .svd_merge import merged_from, read_many
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
 
@@ -46,6 +46,7 @@ def merge_loras(models, save_to, ratios=None, save_precision: str = "fp16", over
     sources = ", ".join(f"{p.name}×{r:g}" for p, r, _, _ in loaded)
     meta["ss_training_comment"] = f"merge (concatenated ranks) of {sources}"
     meta["modelspec.title"] = meta["ss_output_name"] = save_to.stem
+    meta["modelspec.merged_from"] = merged_from(loaded)
     meta["modelspec.date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     save_checked_lora(save_to, out, meta, save_precision, overwrite)
     warnings = _verify(save_to, base)

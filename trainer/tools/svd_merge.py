@@ -38,6 +38,11 @@ def read_many(models, ratios) -> list[tuple[Path, float, dict[str, ModuleWeights
     return loaded
 
 
+def merged_from(loaded) -> str:
+    """SAI model spec 1.0.1 `modelspec.merged_from`: the inputs' titles (file names when untitled)."""
+    return ", ".join(meta.get("modelspec.title") or p.stem for p, _, _, meta in loaded)
+
+
 def summed_deltas(loaded, device="cpu", show_progress=True) -> dict[str, torch.Tensor]:
     """{module: Σ ratio · ΔW} over all files (a module missing from a file adds nothing)."""
     names = sorted({n for _, _, modules, _ in loaded for n in modules})
@@ -80,6 +85,7 @@ def svd_merge_loras(models, save_to, ratios=None, new_rank: int = 4, new_conv_ra
     sources = ", ".join(f"{p.name}×{r:g}" for p, r, _, _ in loaded)
     meta["ss_training_comment"] = f"SVD merge of {sources} at {rank_summary(out)}"
     meta["modelspec.title"] = save_to.stem
+    meta["modelspec.merged_from"] = merged_from(loaded)
     meta["ss_output_name"] = save_to.stem
     meta["modelspec.date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     save_checked_lora(save_to, out, meta, save_precision, overwrite)
