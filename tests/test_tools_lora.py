@@ -254,3 +254,48 @@ def test_show_describes_a_file_and_flags_a_stale_hash(loras, tmp_path):
     report = show_lora(stale)
     assert report.details["hashes"]["sshs_model_hash_matches"] is False and "stale" in report.text
     assert report.details["dtypes"] == {"float16": len(read_modules(stale)[0])}
+
+
+def test_convert_a_single_file_to_diffusers_and_back_at_a_chosen_precision(tiny_model_dir, tmp_path):
+    from trainer.tools.convert import convert_model
+
+    src = tiny_model_dir("sd2")  # v-prediction: the folder must keep it
+    folder = tmp_path / "tiny-sd2-diffusers"
+    report = convert_model(src, folder, "fp16")
+    assert (folder / "model_index.json").is_file() and "diffusers folder" in report.text
+    back = convert_model(folder, tmp_path / "again.safetensors", "float").output
+    a, b = load_base_model(src), load_base_model(back)
+    assert b.family == "sd2" and b.v_prediction
+    for k, v in a.unet.state_dict().items():
+        assert torch.equal(v.half().float(), b.unet.state_dict()[k]), k  # fp16 once, exactly
+    with pytest.raises(ToolError, match="already exists"):
+        convert_model(src, folder, "fp16")
+
+
+def test_the_cli_takes_kohyas_argument_names():
+    from trainer.tools.options import TOOLS, build_parser
+
+    names = {t: {a.dest for a in build_parser(TOOLS[t], "x")._actions} for t in TOOLS}
+    assert {"model", "save_to", "new_rank", "new_conv_rank", "dynamic_method", "dynamic_param",
+            "save_precision"} <= names["resize"]
+    assert {"sd_model", "models", "ratios", "save_to", "concat"} <= names["merge"]
+    assert {"models", "ratios", "new_rank", "new_conv_rank", "save_to"} <= names["svd-merge"]
+    assert {"model_org", "model_tuned", "save_to", "dim", "conv_dim", "clamp_quantile", "sdxl", "v2"} <= names["extract"]
+    args = build_parser(TOOLS["merge"], "x").parse_args(
+        ["--models", "a.safetensors", "b.safetensors", "--ratios", "0.7", "0.5", "--save_to", "m.safetensors"])
+    assert args.models == ["a.safetensors", "b.safetensors"] and args.ratios == [0.7, 0.5]
+
+
+def test_the_cli_refuses_to_replace_a_file_and_says_how(loras, tmp_path):
+    import subprocess
+    import sys
+
+    from test_train_support import ROOT, env
+
+    out = tmp_path / "exists.safetensors"
+    out.write_bytes(b"keep me")
+    proc = subprocess.run([sys.executable, "-m", "trainer", "lora", "resize", "--model", str(loras["a"]),
+                           "--save_to", str(out), "--new_rank", "2"], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "already exists" in proc.stderr and "--overwrite" in proc.stderr
+    assert out.read_bytes() == b"keep me"
