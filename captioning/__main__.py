@@ -1,4 +1,4 @@
-"""python -m captioning wd14|blip|prepare|balance ... (option names as in kohya's scripts)."""
+"""python -m captioning wd14|blip|git|prepare|balance|group ... (option names as in kohya's scripts)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg_repeats", type=int, default=1)
     p.add_argument("--json", action="store_true")
 
+    g = sub.add_parser("group", help="copy images grouped by aspect ratio, cropped/padded per group")
+    g.add_argument("input_folder")
+    g.add_argument("output_folder")
+    g.add_argument("group_size", type=int, help="images per group (e.g. the batch size)")
+    g.add_argument("--include_subfolders", action="store_true")
+    g.add_argument("--do_not_copy_other_files", "--no_copy", action="store_true",
+                   help="do not copy the captions and other same-named files")
+    g.add_argument("--pad", action="store_true", help="pad with black instead of cropping")
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--quiet", action="store_true")
     bal = sub.add_parser("balance", help="propose (and with --yes apply) N_ repeat prefixes per concept")
     bal.add_argument("dataset_dir")
     bal.add_argument("--steps_per_concept", type=int, default=1000)
@@ -190,9 +200,25 @@ def cmd_balance(a) -> int:
     return 0
 
 
+def cmd_group(a) -> int:
+    from .aspect_groups import group_images
+
+    r = group_images(a.input_folder, a.output_folder, a.group_size, a.include_subfolders,
+                     a.do_not_copy_other_files, a.pad, progress=_progress(a.quiet or a.json))
+    if a.json:
+        print(json.dumps(r.to_dict(), ensure_ascii=False, indent=1))
+        return 0
+    print(f"{len(r.groups)} group(s): wrote {r.written} image(s), copied {r.copied} other file(s) into "
+          f"{r.output_folder}")
+    for c in r.conflicts:
+        print(f"left untouched (the name is taken): {c}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "prepare": cmd_prepare, "balance": cmd_balance}
+    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "prepare": cmd_prepare, "balance": cmd_balance,
+               "group": cmd_group}
     try:
         return handler[a.command](a)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
