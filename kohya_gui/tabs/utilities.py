@@ -10,6 +10,7 @@ import subprocess
 import gradio as gr
 
 from ..context import AppContext
+from .dataset_helpers import render_dataset_helpers
 from .picker_panel import PickerPanel
 from .verify import render_verify
 
@@ -170,6 +171,7 @@ def render_utilities(ctx: AppContext) -> None:
                 with gr.Row():
                     d_preview = gr.Button("Preview")
                     d_apply = gr.Button("Rename as previewed", variant="stop")
+            render_dataset_helpers(ctx, lambda label, name: _folder(label, picker, name), stream_command)
         with gr.Tab("Verify LoRA"):
             render_verify(ctx, picker)
         output = gr.Textbox(label="Tool output", lines=14, max_lines=30, autoscroll=True, interactive=False,
