@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
 
+    gi = sub.add_parser("git", help="caption images with GIT (transformers), kohya's make_captions_by_git")
+    _common(gi, ".caption", 1)
+    gi.add_argument("--model_id", default="microsoft/git-large-textcaps", help="hub id or local folder")
+    gi.add_argument("--max_length", type=int, default=50)
+    gi.add_argument("--remove_words", action=B, default=True,
+                    help="drop phrases quoting text read off the image (\"with the words ...\")")
+    gi.add_argument("--prefix", default="")
+    gi.add_argument("--postfix", default="")
+    gi.add_argument("--device", default="auto")
+    gi.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+
     p = sub.add_parser("prepare", help="copy images into a Kohya img/reg/log/model layout")
     p.add_argument("destination_dir")
     p.add_argument("--instance_prompt", required=True)
@@ -165,6 +176,19 @@ def cmd_blip(a) -> int:
     return 0
 
 
+def cmd_git(a) -> int:
+    from .git import caption_images
+
+    run = caption_images(
+        a.train_data_dir, model_id=a.model_id, max_length=a.max_length, remove_words_=a.remove_words,
+        prefix=a.prefix, postfix=a.postfix, caption_extension=a.caption_extension, existing=_existing(a),
+        recursive=a.recursive, batch_size=a.batch_size, max_data_loader_n_workers=a.max_data_loader_n_workers,
+        device=a.device, dtype=a.dtype, progress=_progress(a.quiet or a.json),
+    )  # fmt: skip
+    _print_run(run, a)
+    return 0
+
+
 def cmd_prepare(a) -> int:
     from .dataset_tools import prepare_training_folders
 
@@ -217,7 +241,7 @@ def cmd_group(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "prepare": cmd_prepare, "balance": cmd_balance,
+    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "git": cmd_git, "prepare": cmd_prepare, "balance": cmd_balance,
                "group": cmd_group}
     try:
         return handler[a.command](a)
