@@ -56,3 +56,16 @@ def test_group_images_runs_from_the_page(tmp_path):
     lines = list(stream_command(group_argv(sys.executable, d, out, 2, False, False, True), str(ROOT)))
     assert "✅ finished" in lines[-1] and "wrote 3 image(s)" in lines[-1]
     assert sorted(p.name for p in out.iterdir())[:2] == ["group-1-image-1.png", "group-1-image-1.txt"]
+
+
+def test_git_captioning_runs_from_the_page(tmp_path):
+    from captioning.tiny import make_tiny_git
+    from kohya_gui.tabs.dataset_helpers import git_argv
+
+    d = folder(tmp_path)
+    model = make_tiny_git(tmp_path / "git")
+    argv = git_argv(sys.executable, d, model, 6, True, "sks", "", ".caption", False, 2)
+    lines = list(stream_command(argv, str(ROOT)))
+    assert "✅ finished" in lines[-1], lines[-1]
+    assert sorted(p.name for p in d.glob("*.caption")) == ["a0.caption", "a1.caption", "a2.caption"]
+    assert (d / "a1.caption").read_text(encoding="utf-8").startswith("sks ")

@@ -1,4 +1,4 @@
-"""Utilities: captioning (WD14, BLIP/BLIP-2), dataset tools (folder preparation, balancing), Verify LoRA.
+"""Utilities: captioning (WD14, BLIP/BLIP-2, GIT), dataset tools (folder preparation, balancing), Verify LoRA.
 
 Each tool builds a `python -m captioning …` command and streams its output into the page, so the
 models load in a child process (never in the GUI) and nothing is reported only on the console.
@@ -10,7 +10,7 @@ import subprocess
 import gradio as gr
 
 from ..context import AppContext
-from .dataset_helpers import render_dataset_helpers
+from .dataset_helpers import render_dataset_helpers, render_git_captioning
 from .picker_panel import PickerPanel
 from .verify import render_verify
 
@@ -152,6 +152,7 @@ def render_utilities(ctx: AppContext) -> None:
                                              label="Existing captions")
                     b_batch = gr.Number(label="Batch size", value=1, precision=0, minimum=1)
                 b_btn = gr.Button("Caption images", variant="primary")
+            render_git_captioning(ctx, lambda label, name: _folder(label, picker, name), stream_command)
         with gr.Tab("Dataset tools"):
             with gr.Accordion("Folder preparation (copies only, never deletes)", open=True):
                 with gr.Row():
