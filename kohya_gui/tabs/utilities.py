@@ -1,4 +1,5 @@
-"""Utilities: captioning (WD14, BLIP/BLIP-2, GIT), dataset tools (folder preparation, balancing), Verify LoRA.
+"""Utilities: captioning (WD14, BLIP/BLIP-2, GIT), dataset tools (folder preparation, balancing, grouping,
+manual captioning), Verify LoRA, TensorBoard.
 
 Each tool builds a `python -m captioning …` command and streams its output into the page, so the
 models load in a child process (never in the GUI) and nothing is reported only on the console.
@@ -12,6 +13,7 @@ import gradio as gr
 from ..context import AppContext
 from .dataset_helpers import render_dataset_helpers, render_git_captioning
 from .picker_panel import PickerPanel
+from .tensorboard_panel import render_tensorboard
 from .verify import render_verify
 
 EXISTING = {"keep existing captions": [], "overwrite existing captions": ["--overwrite"],
@@ -175,6 +177,8 @@ def render_utilities(ctx: AppContext) -> None:
             render_dataset_helpers(ctx, lambda label, name: _folder(label, picker, name), stream_command)
         with gr.Tab("Verify LoRA"):
             render_verify(ctx, picker)
+        with gr.Tab("TensorBoard"):
+            render_tensorboard(ctx, lambda label, name: _folder(label, picker, name))
         output = gr.Textbox(label="Tool output", lines=14, max_lines=30, autoscroll=True, interactive=False,
                             elem_id="util-output")
         picker.wire()
