@@ -201,13 +201,47 @@ def test_extract_at_full_rank_reproduces_the_weight_difference(tuned_model, tmp_
     assert verify_lora_file(out, org).ok
 
 
-def test_extract_at_low_rank_reports_what_it_keeps(tuned_model, tmp_path):
+def test_extract_at_low_rank_reports_what_it_keeps_and_clients_load_it(tuned_model, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
     base_path, tuned_path = tuned_model
-    report = extract_lora(base_path, tuned_path, tmp_path / "r2.safetensors", dim=2, show_progress=False)
+    out = tmp_path / "r2.safetensors"
+    report = extract_lora(base_path, tuned_path, out, dim=2, conv_dim=2, show_progress=False)
     assert 0 < report.details["fro_kept"] < 0.9
     assert "of the weight difference" in report.text
-    meta = read_modules(tmp_path / "r2.safetensors")[1]
+    modules, meta = read_modules(out)
     assert meta["ss_network_dim"] == "2" and meta["ss_sd_model_name"] == base_path.name
+    assert '"conv_dim": "2"' in meta["ss_network_args"]
+    c = base()
+    layers = original_unet_layers(c["unet"])
+    for name in modules:
+        if name.startswith("lora_unet_"):
+            assert a1111_compvis_name(name)[len("diffusion_model_"):] in layers, name
+        else:
+            assert re.fullmatch(r"lora_te_" + _TE_MODULE, name), name
+    pipe = StableDiffusionPipeline(**build_tiny_components("sd1", seed=0), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    assert load_in_diffusers(pipe, out) == []
+
+
+def test_merge_into_an_sdxl_checkpoint_written_as_a_diffusers_folder(tiny_model_dir, tmp_path):
+    c = base("sdxl")
+    net = create_network(c, network_dim=2, network_alpha=1, conv_dim=2)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in net.loras:
+            m.lora_up.weight.copy_(torch.randn(m.lora_up.weight.shape, generator=g) * 0.05)
+    lora = tmp_path / "xl.safetensors"
+    net.save_weights(lora, "float")
+    out = tmp_path / "xl-merged"
+    report = merge_into_model(tiny_model_dir("sdxl"), [lora], out, [0.5], save_precision="float",
+                              show_progress=False)
+    assert (out / "model_index.json").is_file() and report.details["family"] == "sdxl"
+    merged = load_base_model(out)
+    net.merge_to(0.5)  # our own in-memory merge of the same LoRA into the same weights
+    want = dict(c["unet"].named_parameters())
+    for name, p in merged.unet.named_parameters():
+        torch.testing.assert_close(p, want[name], atol=1e-6, rtol=1e-5)
 
 
 def test_merge_into_a_checkpoint_equals_diffusers_fuse_lora(tiny_model_dir, loras, tmp_path):
