@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .lora_io import kept_metadata, network_fields, rank_summary
+from .lora_io import kept_metadata, network_fields, rank_summary, state_dict
 from .lora_math import ModuleWeights
 from .output import Report, ToolError, check_output, progress, save_checked_lora
 from .resize import _lora_output, _verify
@@ -61,9 +61,8 @@ def merge_into_model(sd_model, models, save_to, ratios=None, save_precision: str
     """LoRAs into a base checkpoint; the output is a single file or a diffusers folder."""
     from trainer.models import load_base_model
     from trainer.models.saving import save_diffusers, save_single_file
-    from trainer.networks.naming import all_targets
-    from trainer.networks.network import canonical_state_dict
     from trainer.networks.checks import build_name_map
+    from trainer.networks.network import canonical_state_dict
 
     if save_precision not in SAVE_DTYPES:
         raise ToolError(f"--save_precision must be one of {', '.join(SAVE_DTYPES)}, got {save_precision!r}")
@@ -71,12 +70,10 @@ def merge_into_model(sd_model, models, save_to, ratios=None, save_precision: str
     folder = out_path.suffix == ""
     loaded = read_many(models, ratios)
     base = load_base_model(sd_model, family=family)
-    catalog = all_targets(base.unet, base.text_encoders, base.family, include_conv_blocks=True)
+    catalog = all_targets_of(base)
     name_map = build_name_map(catalog, base.family)
     changed = 0
     for path, ratio, modules, meta in loaded:
-        from .lora_io import state_dict
-
         canonical_state_dict(state_dict(modules), meta, catalog, base.family, str(path))  # raises if it does not fit
         for name, m in progress(sorted(modules.items()), f"merge {path.name}", enabled=show_progress):
             w = name_map[name].module.weight

@@ -115,13 +115,5 @@ def self_check(path: Path, intended: Mapping[str, torch.Tensor], dtype: torch.dt
     return problems
 
 
-def verify_against_base(path: Path, base) -> list[str]:
-    """The full "Verify LoRA" check against a loaded base model; returns its problems."""
-    from trainer.networks.checks import verify_lora_file
-
-    report = verify_lora_file(path, base)
-    return report.problems
-
-
 def percent(x: float) -> str:
     return f"{100 * x:.2f}%" if x < 0.9999 else f"{100 * x:.4f}%"

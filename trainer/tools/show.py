@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
-
 from trainer.models.hashing import addnet_hash_safetensors, file_sha256, legacy_file_hash
 from trainer.networks.naming import names_by_part
 
@@ -73,6 +71,3 @@ def metadata_text(details: dict) -> str:
             lines.append(f"{k}: {v}")
     return "\n".join(lines)
 
-
-def is_lora(path: Path) -> bool:
-    return path.suffix.lower() in (".safetensors", ".pt", ".ckpt")
