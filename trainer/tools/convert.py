@@ -2,7 +2,6 @@
 and a diffusers folder, at a chosen precision (sd-scripts' convert_diffusers20_original_sd.py)."""
 from __future__ import annotations
 
-
 import torch
 
 from .output import Report, ToolError, check_inputs, check_output
