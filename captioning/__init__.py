@@ -1,5 +1,5 @@
-"""Captioning and dataset tools: WD14 tagger (onnxruntime), BLIP/BLIP-2 (transformers), caption files,
-Kohya folder preparation, repeat balancing and the step/epoch calculator.
+"""Captioning and dataset tools: WD14 tagger (onnxruntime), BLIP/BLIP-2 and GIT (transformers), caption files,
+Kohya folder preparation, repeat balancing, aspect-ratio grouping and the step/epoch calculator.
 
 Plain functions for the GUI and `python -m captioning ...`; each returns a structured result.
 Heavy libraries (onnxruntime, torch, transformers) load only when a model is actually needed.
@@ -10,7 +10,7 @@ from importlib import import_module
 _EXPORTS = {
     "tag_images": "wd14", "load_tagger": "wd14", "resolve_tagger": "wd14", "KNOWN_TAGGERS": "wd14",
     "TaggerNotFoundError": "wd14", "TagOptions": "tags", "select_tags": "tags",
-    "caption_images": "blip", "load_captioner": "blip",
+    "caption_images": "blip", "load_captioner": "blip", "load_git": "git", "group_images": "aspect_groups",
     "write_caption": "writer", "CaptionRun": "results",
     "prepare_training_folders": "dataset_tools", "plan_balance": "dataset_tools", "apply_balance": "dataset_tools",
     "scan_concepts": "steps", "steps_from_epochs": "steps", "epochs_from_steps": "steps",

@@ -1,4 +1,4 @@
-"""python -m captioning wd14|blip|prepare|balance ... (option names as in kohya's scripts)."""
+"""python -m captioning wd14|blip|git|prepare|balance|group ... (option names as in kohya's scripts)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
 
+    gi = sub.add_parser("git", help="caption images with GIT (transformers), kohya's make_captions_by_git")
+    _common(gi, ".caption", 1)
+    gi.add_argument("--model_id", default="microsoft/git-large-textcaps", help="hub id or local folder")
+    gi.add_argument("--max_length", type=int, default=50)
+    gi.add_argument("--remove_words", action=B, default=True,
+                    help="drop phrases quoting text read off the image (\"with the words ...\")")
+    gi.add_argument("--prefix", default="")
+    gi.add_argument("--postfix", default="")
+    gi.add_argument("--device", default="auto")
+    gi.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+
     p = sub.add_parser("prepare", help="copy images into a Kohya img/reg/log/model layout")
     p.add_argument("destination_dir")
     p.add_argument("--instance_prompt", required=True)
@@ -96,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg_repeats", type=int, default=1)
     p.add_argument("--json", action="store_true")
 
+    g = sub.add_parser("group", help="copy images grouped by aspect ratio, cropped/padded per group")
+    g.add_argument("input_folder")
+    g.add_argument("output_folder")
+    g.add_argument("group_size", type=int, help="images per group (e.g. the batch size)")
+    g.add_argument("--include_subfolders", action="store_true")
+    g.add_argument("--do_not_copy_other_files", "--no_copy", action="store_true",
+                   help="do not copy the captions and other same-named files")
+    g.add_argument("--pad", action="store_true", help="pad with black instead of cropping")
+    g.add_argument("--json", action="store_true")
+    g.add_argument("--quiet", action="store_true")
     bal = sub.add_parser("balance", help="propose (and with --yes apply) N_ repeat prefixes per concept")
     bal.add_argument("dataset_dir")
     bal.add_argument("--steps_per_concept", type=int, default=1000)
@@ -155,6 +176,19 @@ def cmd_blip(a) -> int:
     return 0
 
 
+def cmd_git(a) -> int:
+    from .git import caption_images
+
+    run = caption_images(
+        a.train_data_dir, model_id=a.model_id, max_length=a.max_length, remove_words_=a.remove_words,
+        prefix=a.prefix, postfix=a.postfix, caption_extension=a.caption_extension, existing=_existing(a),
+        recursive=a.recursive, batch_size=a.batch_size, max_data_loader_n_workers=a.max_data_loader_n_workers,
+        device=a.device, dtype=a.dtype, progress=_progress(a.quiet or a.json),
+    )  # fmt: skip
+    _print_run(run, a)
+    return 0
+
+
 def cmd_prepare(a) -> int:
     from .dataset_tools import prepare_training_folders
 
@@ -190,9 +224,25 @@ def cmd_balance(a) -> int:
     return 0
 
 
+def cmd_group(a) -> int:
+    from .aspect_groups import group_images
+
+    r = group_images(a.input_folder, a.output_folder, a.group_size, a.include_subfolders,
+                     a.do_not_copy_other_files, a.pad, progress=_progress(a.quiet or a.json))
+    if a.json:
+        print(json.dumps(r.to_dict(), ensure_ascii=False, indent=1))
+        return 0
+    print(f"{len(r.groups)} group(s): wrote {r.written} image(s), copied {r.copied} other file(s) into "
+          f"{r.output_folder}")
+    for c in r.conflicts:
+        print(f"left untouched (the name is taken): {c}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "prepare": cmd_prepare, "balance": cmd_balance}
+    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "git": cmd_git, "prepare": cmd_prepare, "balance": cmd_balance,
+               "group": cmd_group}
     try:
         return handler[a.command](a)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:

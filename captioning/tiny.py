@@ -218,3 +218,29 @@ def make_tiny_blip2(folder: str | os.PathLike, image_size: int = 32, seed: int =
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def make_tiny_git(folder: str | os.PathLike, image_size: int = 32, seed: int = 0) -> Path:
+    """A randomly initialised GitForCausalLM + GitProcessor (CLIP image processor, BERT tokenizer)."""
+    import torch
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    folder = Path(folder)
+    tok = _bert_tokenizer()
+    ids = tok.convert_tokens_to_ids
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=image_size, patch_size=16)
+    config = GitConfig(vision_config=vision, vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                       num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128,
+                       bos_token_id=ids("[CLS]"), eos_token_id=ids("[SEP]"), pad_token_id=ids("[PAD]"))
+    torch.manual_seed(seed)
+    model = GitForCausalLM(config).eval()
+    with torch.no_grad():  # as for BLIP-2: let words, not special tokens, win greedy decoding
+        head = model.get_output_embeddings().weight
+        for t in ("[PAD]", "[UNK]", "[CLS]", "[MASK]", "[DEC]"):
+            head[ids(t)] = 0
+    size = {"shortest_edge": image_size}
+    processor = GitProcessor(image_processor=CLIPImageProcessor(size=size, crop_size=image_size), tokenizer=tok)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -1,4 +1,5 @@
-"""python -m trainer plan|preflight|run|export-sd-scripts CONFIG, demo DIR, verify LORA --base MODEL, options --type T.
+"""python -m trainer plan|preflight|run|export-sd-scripts CONFIG, demo DIR, verify LORA --base MODEL, options --type T,
+lora merge|svd-merge|resize|extract|show|convert … (the LoRA tools, docs/lora_tools.md).
 
 CONFIG is the project's JSON/TOML or a Kohya_ss GUI JSON (`--type` says which training type when the
 file does not). `run` writes the event stream (docs/events.md) on stdout and logs on stderr.
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check a LoRA file against a base model's modules (key map, shapes)",
                        add_help=False)
     v.add_argument("rest", nargs=argparse.REMAINDER)
+    t = sub.add_parser("lora", help="LoRA tools: merge, svd-merge, resize, extract, show, convert", add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER)
     o = sub.add_parser("options", help="list every option of a training type with its default and help")
     o.add_argument("--type", choices=TYPES, default="lora")
     return p
@@ -167,6 +170,10 @@ def main(argv=None) -> int:
         from trainer.networks.verify import main as verify_main
 
         return verify_main(argv[1:])
+    if argv[:1] == ["lora"]:  # the LoRA tools parse their own (kohya-named) arguments
+        from trainer.tools.cli import main as tools_main
+
+        return tools_main(argv[1:])
     args = _parser().parse_args(argv)
     _setup_logging()
     if args.command == "run":

@@ -8,6 +8,7 @@ from .. import checks, configio, demo, launching, presets
 from ..context import AppContext
 from ..forms import TrainingForm
 from .calculator import StepCalculator
+from .lora_tools import render_lora_tools
 from .picker_panel import PickerPanel
 
 DEMO_LABEL = "🧪 Demo: tiny model + synthetic dataset (CPU, under a minute)"
@@ -70,6 +71,9 @@ class TrainingTab:
                                                 elem_id=f"{p}-command")
                     self.toml_code = gr.Code(label="Trainer config (TOML)", language=None, interactive=False,
                                              elem_id=f"{p}-toml")
+            if self.type == "lora":  # kohya_ss's LoRA ▸ Tools
+                with gr.Tab("LoRA tools", elem_id="lora-tools"):
+                    render_lora_tools(self.ctx)
         self._wire()
 
     # ---- helpers -----------------------------------------------------------------------------------

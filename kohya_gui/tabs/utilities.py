@@ -1,4 +1,5 @@
-"""Utilities: captioning (WD14, BLIP/BLIP-2), dataset tools (folder preparation, balancing), Verify LoRA.
+"""Utilities: captioning (WD14, BLIP/BLIP-2, GIT), dataset tools (folder preparation, balancing, grouping,
+manual captioning), Verify LoRA, TensorBoard.
 
 Each tool builds a `python -m captioning …` command and streams its output into the page, so the
 models load in a child process (never in the GUI) and nothing is reported only on the console.
@@ -10,7 +11,9 @@ import subprocess
 import gradio as gr
 
 from ..context import AppContext
+from .dataset_helpers import render_dataset_helpers, render_git_captioning
 from .picker_panel import PickerPanel
+from .tensorboard_panel import render_tensorboard
 from .verify import render_verify
 
 EXISTING = {"keep existing captions": [], "overwrite existing captions": ["--overwrite"],
@@ -151,6 +154,7 @@ def render_utilities(ctx: AppContext) -> None:
                                              label="Existing captions")
                     b_batch = gr.Number(label="Batch size", value=1, precision=0, minimum=1)
                 b_btn = gr.Button("Caption images", variant="primary")
+            render_git_captioning(ctx, lambda label, name: _folder(label, picker, name), stream_command)
         with gr.Tab("Dataset tools"):
             with gr.Accordion("Folder preparation (copies only, never deletes)", open=True):
                 with gr.Row():
@@ -170,8 +174,11 @@ def render_utilities(ctx: AppContext) -> None:
                 with gr.Row():
                     d_preview = gr.Button("Preview")
                     d_apply = gr.Button("Rename as previewed", variant="stop")
+            render_dataset_helpers(ctx, lambda label, name: _folder(label, picker, name), stream_command)
         with gr.Tab("Verify LoRA"):
             render_verify(ctx, picker)
+        with gr.Tab("TensorBoard"):
+            render_tensorboard(ctx, lambda label, name: _folder(label, picker, name))
         output = gr.Textbox(label="Tool output", lines=14, max_lines=30, autoscroll=True, interactive=False,
                             elem_id="util-output")
         picker.wire()

@@ -1,5 +1,7 @@
 """The `ss_*` training metadata written into every saved LoRA (sd-scripts §4.4), so A1111/ComfyUI
-extensions show how a file was trained."""
+extensions show how a file was trained. Same keys and value formats as sd-scripts' train_network.py
+(the list is kept in tests/data/sd_scripts_metadata_keys.txt): every value is Python's str() of the
+setting — None → "None", tuples "(512, 512)" — and the structured ones are JSON."""
 from __future__ import annotations
 
 import json
@@ -7,18 +9,26 @@ import time
 import uuid
 from pathlib import Path
 
+from trainer.config.spec import parse_resolution
+
+# what the studio records in ss_sd_scripts_commit_hash (sd-scripts puts its git revision there)
+STUDIO_REVISION = "kohya-studio"
+
 
 def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: str, started_at: float,
-                      mixed_precision: str, dataset_dirs: dict, tag_frequency: dict) -> dict[str, str]:
+                      mixed_precision: str, dataset_dirs: dict, tag_frequency: dict,
+                      reg_dataset_dirs: dict | None = None, bucket_info: dict | None = None) -> dict[str, str]:
     c = config
+    width, height = parse_resolution(getattr(c, "resolution", "512,512") or "512,512")
     meta = {
         "ss_session_id": str(uuid.uuid4().int % 2**31),
-        "ss_training_started_at": str(int(started_at)),
+        "ss_training_started_at": str(started_at),
         "ss_output_name": c.output_name or "last",
         "ss_learning_rate": c.learning_rate,
         "ss_unet_lr": getattr(c, "unet_lr", None),
         "ss_text_encoder_lr": getattr(c, "text_encoder_lr", None),
         "ss_num_train_images": plan["repeats_total"],
+        "ss_num_validation_images": 0,
         "ss_num_reg_images": plan["reg_images"],
         "ss_num_batches_per_epoch": plan["batches_per_epoch"],
         "ss_num_epochs": plan["epochs"],
@@ -26,46 +36,67 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_batch_size_per_device": c.train_batch_size,
         "ss_total_batch_size": c.train_batch_size * c.gradient_accumulation_steps * plan.get("num_processes", 1),
         "ss_gradient_accumulation_steps": c.gradient_accumulation_steps,
-        "ss_gradient_checkpointing": c.gradient_checkpointing,
+        "ss_gradient_checkpointing": bool(c.gradient_checkpointing),
         "ss_mixed_precision": mixed_precision,
-        "ss_full_fp16": getattr(c, "full_fp16", False),
+        "ss_full_fp16": bool(getattr(c, "full_fp16", False)),
+        "ss_fp8_base": bool(getattr(c, "fp8_base", False)),
+        "ss_fp8_base_unet": bool(getattr(c, "fp8_base_unet", False)),
+        "ss_lowram": bool(getattr(c, "lowram", False)),
         "ss_lr_scheduler": c.lr_scheduler,
         "ss_lr_warmup_steps": plan.get("warmup_steps", 0),
         "ss_optimizer": optimizer_desc,
         "ss_max_grad_norm": c.max_grad_norm,
         "ss_seed": seed,
-        "ss_clip_skip": getattr(c, "clip_skip", 1),
-        "ss_max_token_length": getattr(c, "max_token_length", 75),
-        "ss_noise_offset": getattr(c, "noise_offset", 0),
-        "ss_multires_noise_iterations": getattr(c, "multires_noise_iterations", 0),
+        "ss_clip_skip": getattr(c, "clip_skip", None),
+        "ss_max_token_length": getattr(c, "max_token_length", None),
+        "ss_noise_offset": getattr(c, "noise_offset", None),
+        "ss_noise_offset_random_strength": bool(getattr(c, "noise_offset_random_strength", False)),
+        "ss_adaptive_noise_scale": getattr(c, "adaptive_noise_scale", None),
+        "ss_multires_noise_iterations": getattr(c, "multires_noise_iterations", None),
         "ss_multires_noise_discount": getattr(c, "multires_noise_discount", 0.3),
-        "ss_min_snr_gamma": getattr(c, "min_snr_gamma", 0),
-        "ss_debiased_estimation": getattr(c, "debiased_estimation_loss", False),
+        "ss_ip_noise_gamma": getattr(c, "ip_noise_gamma", None),
+        "ss_ip_noise_gamma_random_strength": bool(getattr(c, "ip_noise_gamma_random_strength", False)),
+        "ss_zero_terminal_snr": bool(getattr(c, "zero_terminal_snr", False)),
+        "ss_min_snr_gamma": getattr(c, "min_snr_gamma", None),
+        "ss_scale_weight_norms": getattr(c, "scale_weight_norms", None),
+        "ss_debiased_estimation": bool(getattr(c, "debiased_estimation_loss", False)),
         "ss_loss_type": getattr(c, "loss_type", "l2"),
+        "ss_huber_schedule": getattr(c, "huber_schedule", "snr"),
+        "ss_huber_scale": getattr(c, "huber_scale", 1.0),
+        "ss_huber_c": getattr(c, "huber_c", 0.1),
         "ss_prior_loss_weight": getattr(c, "prior_loss_weight", 1.0),
-        "ss_resolution": f"({getattr(c, 'resolution', '')})",
-        "ss_cache_latents": getattr(c, "cache_latents", False),
-        "ss_enable_bucket": getattr(c, "enable_bucket", False),
+        "ss_face_crop_aug_range": getattr(c, "face_crop_aug_range", None),
+        "ss_validation_seed": getattr(c, "validation_seed", None),
+        "ss_validation_split": getattr(c, "validation_split", 0.0),
+        "ss_max_validation_steps": getattr(c, "max_validation_steps", None),
+        "ss_validate_every_n_epochs": getattr(c, "validate_every_n_epochs", None),
+        "ss_validate_every_n_steps": getattr(c, "validate_every_n_steps", None),
+        "ss_resize_interpolation": getattr(c, "resize_interpolation", None),
+        "ss_resolution": (width, height),
+        "ss_cache_latents": bool(getattr(c, "cache_latents", False)),
+        "ss_enable_bucket": bool(getattr(c, "enable_bucket", False)),
         "ss_min_bucket_reso": getattr(c, "min_bucket_reso", None),
         "ss_max_bucket_reso": getattr(c, "max_bucket_reso", None),
-        "ss_bucket_no_upscale": getattr(c, "bucket_no_upscale", False),
-        "ss_flip_aug": getattr(c, "flip_aug", False),
-        "ss_color_aug": getattr(c, "color_aug", False),
-        "ss_random_crop": getattr(c, "random_crop", False),
-        "ss_shuffle_caption": getattr(c, "shuffle_caption", False),
+        "ss_bucket_no_upscale": bool(getattr(c, "bucket_no_upscale", False)),
+        "ss_flip_aug": bool(getattr(c, "flip_aug", False)),
+        "ss_color_aug": bool(getattr(c, "color_aug", False)),
+        "ss_random_crop": bool(getattr(c, "random_crop", False)),
+        "ss_shuffle_caption": bool(getattr(c, "shuffle_caption", False)),
         "ss_keep_tokens": getattr(c, "keep_tokens", 0),
         "ss_caption_dropout_rate": getattr(c, "caption_dropout_rate", 0),
         "ss_caption_dropout_every_n_epochs": getattr(c, "caption_dropout_every_n_epochs", 0),
         "ss_caption_tag_dropout_rate": getattr(c, "caption_tag_dropout_rate", 0),
-        "ss_sd_model_name": Path(str(c.pretrained_model_name_or_path)).name,
         "ss_v2": base.family == "sd2",
         "ss_base_model_version": getattr(base, "base_model_version", base.family),
-        "ss_vae_name": Path(c.vae).name if getattr(c, "vae", "") else "",
         "ss_dataset_dirs": json.dumps(dataset_dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dataset_dirs or {}),
         "ss_tag_frequency": json.dumps(tag_frequency),
-        "ss_bucket_info": json.dumps({"buckets": plan["buckets"]}),
-        "ss_training_comment": getattr(c, "training_comment", "") or "",
+        "ss_bucket_info": json.dumps(bucket_info if bucket_info is not None else bucket_info_from_plan(plan)),
+        "ss_training_comment": getattr(c, "training_comment", None) or None,
+        "ss_sd_scripts_commit_hash": STUDIO_REVISION,
+        "modelspec.resolution": f"{width}x{height}",
     }
+    meta.update(model_names_and_hashes(c.pretrained_model_name_or_path, getattr(c, "vae", "") or ""))
     for key in ("title", "author", "description", "license", "tags"):
         value = getattr(c, f"metadata_{key}", "")
         if value:
@@ -73,14 +104,49 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
     return {k: _text(v) for k, v in meta.items()}
 
 
+def bucket_info(counts: dict[tuple[int, int], int], ar_errors: list[float]) -> dict:
+    """sd-scripts' `ss_bucket_info`: {"buckets": {"0": {"resolution": [w, h], "count": n}, ...},
+    "mean_img_ar_error": mean |aspect-ratio error| of the images} (A1111's LoRA card reads it)."""
+    buckets = {str(i): {"resolution": [int(w), int(h)], "count": int(n)}
+               for i, ((w, h), n) in enumerate(sorted(counts.items()))}
+    mean = sum(abs(e) for e in ar_errors) / len(ar_errors) if ar_errors else 0.0
+    return {"buckets": buckets, "mean_img_ar_error": mean}
+
+
+def bucket_info_from_plan(plan: dict) -> dict:
+    """The same structure from the plan's {"WxH": count} (when the dataset is not at hand)."""
+    counts = {tuple(int(x) for x in k.split("x")): n for k, n in (plan.get("buckets") or {}).items()}
+    return bucket_info(counts, [])
+
+
+def model_names_and_hashes(model: str, vae: str = "") -> dict[str, str]:
+    """ss_sd_model_name (+ ss_sd_model_hash / ss_new_sd_model_hash for a local file), same for the VAE,
+    as sd-scripts: the old A1111 8-hex hash and the full sha256 (read once, at the start)."""
+    from trainer.models.hashing import file_sha256, legacy_file_hash
+
+    out = {}
+    for prefix, value in (("sd_model", model), ("vae", vae)):
+        if not value:
+            continue
+        path = Path(str(value))
+        if path.is_file():
+            out[f"ss_{prefix}_hash"] = legacy_file_hash(path)
+            out[f"ss_new_{prefix}_hash"] = file_sha256(path)
+        out[f"ss_{prefix}_name"] = path.name if path.exists() else str(value)
+    return out
+
+
+def optimizer_description(optimizer_class: type, args: dict) -> str:
+    """sd-scripts' ss_optimizer: `module.Class`, with `(k=v,k=v)` when optimizer args were given."""
+    name = f"{optimizer_class.__module__}.{optimizer_class.__name__}"
+    return name + (f"({','.join(f'{k}={v}' for k, v in args.items())})" if args else "")
+
+
 def at_save(meta: dict, epoch: int, step: int) -> dict[str, str]:
     return {**meta, "ss_epoch": str(epoch), "ss_steps": str(step),
-            "ss_training_finished_at": str(int(time.time()))}
+            "ss_training_finished_at": str(time.time())}
 
 
 def _text(value) -> str:
-    if value is None:
-        return "None"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value)) if abs(value) >= 1 else str(value)
+    """str() as sd-scripts writes it (None → "None", True → "True", (512, 512) → "(512, 512)")."""
     return str(value)

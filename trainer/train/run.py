@@ -20,7 +20,7 @@ from . import setup as S
 from .faults import EXIT_ABORTED, TrainingFault, describe, is_out_of_memory
 from .lora import create_training_kind
 from .graphs import make_step_fn
-from .metadata import at_save, training_metadata
+from .metadata import at_save, bucket_info, training_metadata
 from .progress import Progress, open_tracker
 from .optimizers import evaluation_weights
 from .samples import generate_samples, load_prompts
@@ -102,7 +102,8 @@ class TrainingRun:
         self.meta = training_metadata(
             cfg, base=self.base, plan=self.plan, seed=self.seed, started_at=self.started, mixed_precision=self.mp,
             optimizer_desc=S.describe_optimizer(self.ctx.optimizer, cfg), dataset_dirs=dataset_dirs(scan),
-            tag_frequency=tag_frequency(scan))
+            tag_frequency=tag_frequency(scan), reg_dataset_dirs=dataset_dirs(scan, reg=True),
+            bucket_info=bucket_info(self.dataset.bucket_counts(), [it.placement.ar_error for it in scan.items]))
 
     def resume_settings(self) -> dict:
         c = self.config
@@ -257,10 +258,13 @@ def every(config, option: str, n: int) -> bool:
     return k > 0 and n % k == 0
 
 
-def dataset_dirs(scan) -> dict:
+def dataset_dirs(scan, reg: bool = False) -> dict:
+    """{folder: {"n_repeats", "img_count"}} of the training (or, with `reg`, regularization) subsets."""
     out = {}
     for ds in scan.datasets:
         for sub in ds.subsets:
+            if bool(sub.spec.is_reg) != reg:
+                continue
             out[sub.spec.label or sub.spec.image_dir.name] = {"n_repeats": sub.spec.num_repeats,
                                                               "img_count": len(sub.items)}
     return out

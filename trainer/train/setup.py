@@ -198,10 +198,11 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
 
 
 def describe_optimizer(optimizer, config) -> str:
+    from .metadata import optimizer_description
+    from .optimizers import parse_optimizer_args
+
     inner = getattr(optimizer, "optimizer", optimizer)
-    cls = type(inner)
-    args = getattr(config, "optimizer_args", "") or ""
-    return f"{cls.__module__}.{cls.__name__}({args})"
+    return optimizer_description(type(inner), parse_optimizer_args(getattr(config, "optimizer_args", "") or ""))
 
 
 def warmup_for_plan(config, total: int) -> int:

@@ -1,0 +1,108 @@
+"""Extract a LoRA / LoCon from a fine-tuned model and its base (sd-scripts'
+extract_lora_from_models.py arguments).
+
+For every layer kohya's LoRA can wrap, ΔW = W_tuned − W_org is cut to `dim` (`conv_dim` for
+3×3 convs, which are only extracted with conv_dim > 0 — a LoCon) by SVD; alpha = rank. A text
+encoder whose largest change is below `min_diff` is treated as unchanged and left out, as kohya
+does (a fine-tune usually leaves it alone). At full rank with clamp_quantile 1 the LoRA is the
+difference itself, to fp32 precision.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from trainer.networks.files import modelspec_metadata, network_metadata
+
+from .lora_math import ModuleWeights, factorize, svd
+from .lora_io import rank_summary
+from .output import Report, ToolError, check_inputs, percent, progress, save_checked_lora
+from .resize import _lora_output
+
+
+def _load(path, family):
+    from trainer.models import load_base_model
+
+    return load_base_model(path, family=family)
+
+
+def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | None = None,
+                 clamp_quantile: float = 0.99, min_diff: float = 0.01, sdxl: bool = False, v2: bool = False,
+                 save_precision: str = "fp16", device: str = "cpu", overwrite: bool = False,
+                 show_progress: bool = True) -> Report:
+    from trainer.networks.checks import verify_lora_file
+    from trainer.networks.naming import all_targets
+
+    save_to = _lora_output(save_to, overwrite)
+    org_path, tuned_path = check_inputs([model_org, model_tuned], "--model_org/--model_tuned")
+    if dim < 1:
+        raise ToolError(f"--dim must be ≥ 1, got {dim}")
+    if not 0 < clamp_quantile <= 1:
+        raise ToolError(f"--clamp_quantile must be in (0, 1], got {clamp_quantile}")
+    family = "sdxl" if sdxl else ("sd2" if v2 else None)
+    org, tuned = _load(org_path, family), _load(tuned_path, family)
+    if org.family != tuned.family:
+        raise ToolError(f"--model_org is {org.family} but --model_tuned is {tuned.family}; extract needs a "
+                        "fine-tune and the model it was tuned from")
+    targets_o = all_targets(org.unet, org.text_encoders, org.family, include_conv_blocks=bool(conv_dim))
+    targets_t = {t.lora_name: t for t in all_targets(tuned.unet, tuned.text_encoders, tuned.family, bool(conv_dim))}
+    pairs = []
+    for t in targets_o:
+        if t.is_conv_block and t.is_conv3x3 and not conv_dim:
+            continue
+        other = targets_t.get(t.lora_name)
+        if other is None or other.module.weight.shape != t.module.weight.shape:
+            raise ToolError(f"layer {t.path} differs in shape between the two models; --model_tuned must be a "
+                            "fine-tune of --model_org")
+        pairs.append((t, other))
+
+    # text encoders that did not change are left out (kohya's min_diff)
+    max_diff: dict[str, float] = {}
+    for t, other in pairs:
+        d = float((other.module.weight.float() - t.module.weight.float()).abs().max())
+        max_diff[t.part] = max(max_diff.get(t.part, 0.0), d)
+    skipped = sorted(p for p, d in max_diff.items() if p != "unet" and d < min_diff)
+
+    out, diff_sq, kept_sq, unchanged = {}, 0.0, 0.0, 0
+    for t, other in progress(pairs, "extract", enabled=show_progress):
+        if t.part in skipped:
+            continue
+        delta = other.module.weight.to(device, torch.float32) - t.module.weight.to(device, torch.float32)
+        if not bool(delta.abs().max() > 0):
+            unchanged += 1
+            continue
+        rank = conv_dim if t.is_conv3x3 else dim
+        decomposed = svd(delta)
+        f = factorize(delta, rank, clamp_quantile=clamp_quantile, decomposed=decomposed)
+        out[t.lora_name] = ModuleWeights(f.module.down.cpu(), f.module.up.cpu(), f.module.alpha)
+        s = decomposed[1]
+        diff_sq += float(s.pow(2).sum())
+        kept_sq += float(s[:f.rank].pow(2).sum())
+    if not out:
+        raise ToolError(f"{tuned_path.name} and {org_path.name} have the same weights in every LoRA-targetable "
+                        "layer: there is nothing to extract")
+    meta = network_metadata(org.family, dim, dim, conv_dim or 0, conv_dim or 0, v_prediction=org.v_prediction)
+    meta.update(modelspec_metadata(org.family, save_to.stem, _RESOLUTION[org.family], org.v_prediction))
+    meta["ss_sd_model_name"] = org_path.name
+    meta["ss_output_name"] = save_to.stem
+    meta["ss_training_comment"] = (f"extracted from {tuned_path.name} minus {org_path.name}, dim {dim}, "
+                                   f"conv_dim {conv_dim or 0}, clamp_quantile {clamp_quantile}")
+    meta["modelspec.date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    save_checked_lora(save_to, out, meta, save_precision, overwrite)
+    report = verify_lora_file(save_to, org)
+    if not report.ok:
+        raise ToolError(f"{save_to} was written but does not fit {org_path.name}:\n  " + "\n  ".join(report.problems))
+    kept = math.sqrt(kept_sq / diff_sq) if diff_sq else 1.0
+    left_out = f" Left out the unchanged {', '.join(skipped)} (largest change < min_diff {min_diff})." if skipped else ""
+    text = (f"Extracted {save_to} ({rank_summary(out)}, alpha = rank, {save_precision}) from {tuned_path.name} "
+            f"minus {org_path.name} ({org.family}). It keeps {percent(kept)} of the weight difference's "
+            f"Frobenius norm over the {len(out)} extracted layers.{left_out}"
+            + (f" {unchanged} layers did not change and have no module." if unchanged else "")
+            + " The file passed its self-check and fits the base model.")
+    return Report("extract", str(save_to), text, {"fro_kept": kept, "modules": len(out), "skipped": skipped},
+                  list(report.warnings))
+
+
+_RESOLUTION = {"sd1": "512x512", "sd2": "768x768", "sdxl": "1024x1024"}
