@@ -253,3 +253,13 @@ def _misc(c):
                           "choose embedding_format kohya")
         if not c.init_word.strip():
             yield Problem("init_word", "init_word is empty; use a word close to the concept, e.g. woman or *")
+
+
+@rule
+def _network_options(c):
+    """Block-wise strings and type-specific limits of the network options (trainer.networks.options)."""
+    if c.training_type == "lora":
+        from trainer.networks.options import network_option_problems
+
+        for field, message in network_option_problems(c):
+            yield Problem(field, message)
