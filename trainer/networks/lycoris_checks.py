@@ -41,6 +41,30 @@ def is_plain_lora(suffixes: set[str]) -> bool:
     return suffixes <= {"lora_down.weight", "lora_up.weight", "alpha"}
 
 
+def make_ia3(name: str, module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]):
+    """LyCORIS' IA3Module from a file's tensors. lycoris-lora 4.1.3's own `make_module_from_state_dict` for
+    iA3 takes one tensor while `extract_state_dict` hands it two (weight, on_input), so
+    `create_lycoris_from_weights` raises TypeError on every iA3 file; this is what it means to do."""
+    from lycoris.modules.ia3 import IA3Module
+
+    on_input = bool(int(tensors["on_input"])) if "on_input" in tensors else False
+    rebuilt = IA3Module(name, module, 1, train_on_input=on_input)
+    rebuilt.weight.data.copy_(tensors["weight"].reshape(rebuilt.weight.shape))
+    return rebuilt
+
+
+def _with_weight(module: torch.nn.Module) -> torch.nn.Module:
+    """LyCORIS' full (Native Fine-Tuning) module takes the layer's weight away while it trains; the check
+    then needs a stand-in layer of the same shape (no values are read from it)."""
+    if getattr(module, "weight", None) is not None:
+        return module
+    if isinstance(module, torch.nn.Conv2d):
+        return torch.nn.utils.skip_init(torch.nn.Conv2d, module.in_channels, module.out_channels,
+                                        module.kernel_size, module.stride, module.padding, module.dilation,
+                                        module.groups)
+    return torch.nn.utils.skip_init(torch.nn.Linear, module.in_features, module.out_features)
+
+
 def lycoris_module_problem(name: str, tensors: Mapping[str, torch.Tensor], module: torch.nn.Module) -> str | None:
     """None when LyCORIS' loader rebuilds this module on `module` with a ΔW of the layer's shape."""
     from lycoris.modules import get_module, make_module
@@ -50,20 +74,21 @@ def lycoris_module_problem(name: str, tensors: Mapping[str, torch.Tensor], modul
     if adapter is None:
         return (f"{name}: tensors {', '.join(sorted(tensors))} make no adapter A1111/ComfyUI know "
                 "(LoRA, LoHa, LoKr, iA3, GLoRA, OFT, full)")
-    state = {f"{name}.{k}": v.float() for k, v in tensors.items()}
+    module = _with_weight(module)
+    state = {f"{name}.{k}": (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     kind, params = get_module(state, name)
     if kind is None:
         return f"{name}: LyCORIS does not recognise the {adapter} tensors {', '.join(sorted(tensors))}"
     try:
         with torch.no_grad():
-            rebuilt = make_module(kind, params, name, module)
+            rebuilt = make_ia3(name, module, tensors) if adapter == "iA3" else make_module(kind, params, name, module)
             if rebuilt is None:
                 return f"{name}: LyCORIS cannot rebuild this {adapter} module"
             delta = rebuilt.get_diff_weight(1.0)
             delta = delta[0] if isinstance(delta, tuple) else delta
     except Exception as e:  # LyCORIS raises size errors of several kinds for a tensor that does not fit
         return f"{name}: the {adapter} tensors do not fit the base layer ({type(e).__name__}: {str(e)[:160]})"
-    if delta.numel() != module.weight.numel():
+    if tuple(delta.shape) != tuple(module.weight.shape) and delta.numel() != module.weight.numel():
         return (f"{name}: the {adapter} update has {delta.numel()} values, the base layer weight "
                 f"{tuple(module.weight.shape)} has {module.weight.numel()}")
     if "dora_scale" in tensors:

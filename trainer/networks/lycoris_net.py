@@ -141,6 +141,33 @@ class LycorisNetwork(nn.Module):
         return scaled, (sum(norms) / len(norms) if norms else 0.0), max(norms, default=0.0)
 
     # --- files ----------------------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        """The file's tensors (LyCORIS' own per-module layout), with 1×1-conv `lora_up` kept 4-D: LyCORIS'
+        DyLoRA writes it 2-D, which A1111 cannot put on a convolution."""
+        sd = super().state_dict(*args, **kwargs)
+        for m in self.loras:
+            key = f"{m.lora_name}.lora_up.weight"
+            if key in sd and sd[key].dim() == 2 and isinstance(m.org_module[0], nn.Conv2d):
+                sd[key] = sd[key][:, :, None, None]
+        return sd
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer as trained (for save_state / resume): LyCORIS' file layout folds
+        some of them together and cannot be loaded back into every module type."""
+        state = {f"p.{k}": v for k, v in self.named_parameters()}
+        state.update({f"b.{k}": v for k, v in self.named_buffers()})
+        return state
+
+    @torch.no_grad()
+    def load_training_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        own = self.training_state()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise LoRAFileError(f"the saved state does not fit this network ({len(missing)} tensors missing, "
+                                f"e.g. {missing[0][2:]}); resume with the LoRA_type and ranks it was saved with")
+        for k, v in own.items():
+            v.copy_(state[k])
+
     def default_metadata(self, title: str = "") -> dict[str, str]:
         s = self.settings
         meta = network_metadata(self.family, s.get("network_dim"), s.get("network_alpha"), 0, 0, s.get("dropout"),

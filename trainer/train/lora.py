@@ -104,10 +104,15 @@ class LoraKind(TrainingKind):
         return path
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        if hasattr(self.network, "training_state"):  # LyCORIS: the file layout does not load back everywhere
+            return self.network.training_state()
         return self.network.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.network.load_state_dict(state, strict=True)
+        if hasattr(self.network, "load_training_state"):
+            self.network.load_training_state(state)
+        else:
+            self.network.load_state_dict(state, strict=True)
 
 
 def _with(config, **changes):
