@@ -45,7 +45,7 @@ def test_loading_a_kohya_ss_json_fills_the_form_and_lists_ignored_keys(tab):
     data = json.loads(KOHYA_JSON.read_text())
     assert fields["network_dim"]["value"] == data["network_dim"]
     assert "Imported the Kohya_ss config" in message and "Ignored" in message
-    assert "LyCORIS_preset" in message, "keys with no counterpart are named"
+    assert "t5xxl_lr" in message, "keys with no counterpart are named"
 
 
 def test_loading_a_file_with_bad_values_shows_them_next_to_the_fields(tab, tmp_path):
