@@ -211,3 +211,18 @@ def test_lycoris_network_resumes_from_its_training_state():
     second.load_state_dict(state)
     for k, v in second.state_dict().items():
         torch.testing.assert_close(v, state[k])
+
+
+@pytest.mark.parametrize("lora_type", ["Kohya DyLoRA", "LyCORIS/LoCon", "LyCORIS/DyLoRA"])
+def test_plain_lora_layout_types_load_in_diffusers_with_every_key(lora_type, tmp_path):
+    """Their files hold only lora_down/lora_up/alpha, so diffusers (the strictest client) takes every key."""
+    from test_networks_clients import load_in_diffusers, peft_layers, pipeline
+
+    base, _ = tiny_base()
+    network = build_network(base, config(LoRA_type=lora_type, conv_dim=4, conv_alpha=1, unit=2))
+    train_steps(base, network)
+    path = tmp_path / "net.safetensors"
+    network.save_weights(path, "float")
+    pipe = pipeline("sd1")
+    assert load_in_diffusers(pipe, path) == []
+    assert len(peft_layers(pipe.unet)) == len(network.unet_loras)
