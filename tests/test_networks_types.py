@@ -89,6 +89,18 @@ def test_kohya_lora_types_map_to_the_studios_types_and_back():
         assert lora_type_for(t.network_module, args) == t.lora_type
 
 
+def test_a_config_gives_the_sd_scripts_network_module_and_args_that_train_the_same():
+    from trainer.networks.options import sd_scripts_network
+
+    module, args = sd_scripts_network(config(LoRA_type="LyCORIS/LoKr", factor=8, dora_wd=True, conv_dim=2))
+    assert module == "lycoris.kohya"
+    assert {"preset=full", "algo=lokr", "conv_dim=2", "dora_wd=True", "wd_on_output=True", "factor=8"} <= set(args)
+    assert lora_type_for(module, args) == "LyCORIS/LoKr"
+    module, args = sd_scripts_network(config(LoRA_type="Kohya LoCon", conv_dim=4, down_lr_weight="sine"))
+    assert (module, args) == ("networks.lora", ["conv_dim=4", "conv_alpha=1.0", "down_lr_weight=sine"])
+    assert sd_scripts_network(config(LoRA_type="Kohya DyLoRA", unit=2)) == ("networks.dylora", ["unit=2"])
+
+
 def test_kohya_dylora_trains_unit_ranks_per_step_and_saves_a_plain_lora(monkeypatch):
     """sd-scripts networks.dylora: a random multiple of `unit` picks the ranks that learn this step; the
     other ranks get no gradient at all, and the branch is scaled by alpha/dim·√(dim/(b+unit))."""
@@ -174,7 +186,7 @@ def test_lora_training_kind_reaches_loraplus_and_scale_weight_norms():
             m.lora_up.weight.normal_(0, 1)
     kind.after_optimizer_step(1)
     assert kind.max_norm_stats["keys_scaled"] == len(kind.network.loras)
-    assert max(float(m.delta_weight(1.0).norm()) for m in kind.network.loras) <= 0.01 * 1.001
+    assert max(float(m.delta_weight(1.0).detach().norm()) for m in kind.network.loras) <= 0.01 * 1.001
     assert kind.network_metadata() == {"ss_loraplus_lr_ratio": "8.0", "ss_scale_weight_norms": "0.01"}
 
 

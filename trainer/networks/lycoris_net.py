@@ -22,6 +22,7 @@ from torch import nn
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
 from .naming import Target, all_targets, split_key
 from .network import canonical_state_dict, config_dropouts, resolve_base
+from .options import lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
 from .params import network_param_groups
 
 logger = logging.getLogger(__name__)
@@ -203,41 +204,6 @@ class LycorisNetwork(nn.Module):
             logger.warning("%s: %d tensors of this network are not in the file and keep their initial values",
                            source, len(missing))
         return missing
-
-
-def module_kwargs(config, algo: str) -> dict[str, Any]:
-    """LyCORIS module arguments from the studio's options (kohya_ss GUI / network_args names)."""
-    get = lambda k, d=None: getattr(config, k, d)  # noqa: E731
-    kw = dict(use_tucker=bool(get("use_tucker", False)), use_scalar=bool(get("use_scalar", False)),
-              rank_dropout_scale=bool(get("rank_dropout_scale", False)))
-    if algo in ("locon", "loha", "lokr"):
-        kw.update(weight_decompose=bool(get("dora_wd", False)), wd_on_out=bool(get("wd_on_output", True)),
-                  bypass_mode=bool(get("bypass_mode", False)) or None)
-    if algo == "lokr":
-        kw.update(factor=int(get("factor", -1) or -1), decompose_both=bool(get("decompose_both", False)))
-    if algo == "dylora":
-        kw.update(block_size=int(get("unit", 1) or 1))
-    if algo in ("diag-oft", "boft"):
-        kw.update(constraint=float(get("constrain", 0) or 0), rescaled=bool(get("rescaled", False)))
-    if algo == "ia3":
-        kw.update(train_on_input=bool(get("train_on_input", False)))
-    return kw
-
-
-def network_args(config, kind, kwargs) -> dict[str, str]:
-    """`ss_network_args` as sd-scripts writes them for lycoris.kohya (the strings kohya_ss passed)."""
-    args = {"preset": getattr(config, "LyCORIS_preset", "full") or "full", "algo": kind.algo}
-    if kind.uses_conv_dim:
-        args.update(conv_dim=str(config.conv_dim), conv_alpha=str(config.conv_alpha))
-    for key in ("rank_dropout", "module_dropout"):
-        if getattr(config, key, 0):
-            args[key] = str(getattr(config, key))
-    names = {"weight_decompose": "dora_wd", "wd_on_out": "wd_on_output", "block_size": "block_size",
-             "constraint": "constraint"}
-    for key, value in kwargs.items():
-        if value not in (None, False, 0, -1, 0.0) or key == "factor":
-            args[names.get(key, key)] = str(value)
-    return args
 
 
 def create_lycoris_network(base, algo: str, *, network_dim: int = 4, network_alpha: float = 1.0,

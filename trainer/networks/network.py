@@ -395,8 +395,7 @@ def _meta_args(text: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-BLOCK_OPTIONS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
-                 "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+from .options import BLOCK_OPTIONS  # noqa: E402  (torch-free list shared with the sd-scripts export)
 
 
 def config_dropouts(config) -> dict:
