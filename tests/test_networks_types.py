@@ -113,7 +113,7 @@ def test_kohya_dylora_trains_unit_ranks_per_step_and_saves_a_plain_lora(monkeypa
             p.fill_(0.1)
     m.apply_to()
     m.train()
-    monkeypatch.setattr("trainer.networks.dylora.random.randint", lambda a, b: 3)  # b = 3 - 3 % 2 = 2
+    monkeypatch.setattr("trainer.networks.dylora.torch.randint", lambda *a: torch.tensor([3]))  # b = 3 - 3 % 2
     x = torch.randn(3, 16)
     out = layer(x)
     out.sum().backward()

@@ -11,7 +11,6 @@ Semantics of sd-scripts' DyLoRAModule, written here for this project's modules:
 from __future__ import annotations
 
 import math
-import random
 
 import torch
 from torch import nn
@@ -84,7 +83,8 @@ class DyLoRAModule(LoRAModule):
             return out
         scale = self.scale
         if self.training:
-            b = random.randint(0, self.lora_dim - 1)
+            # torch's CPU generator, not Python's: gradient checkpointing replays it in the recompute
+            b = int(torch.randint(0, self.lora_dim, (1,)).item())
             b -= b % self.unit
             for i, (pa, pb) in enumerate(zip(self.lora_A, self.lora_B)):
                 train = b <= i < b + self.unit
