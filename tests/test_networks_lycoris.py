@@ -77,9 +77,9 @@ def client_delta(t: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tens
     elif "lokr_w1" in t or "lokr_w1_a" in t:
         w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
         w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
-        rank = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else None
-        if len(shape) == 4 and w2.dim() == 2:
-            w2 = w2.reshape(w2.shape[0], -1, *shape[2:]) if w2.numel() != w2.shape[0] * w2.shape[1] else w2[:, :, None, None]
+        # alpha/rank only when a factor is decomposed (A1111/ComfyUI), else scale 1
+        rank = next((t[k].shape[0] for k in ("lokr_w1_b", "lokr_w2_b") if k in t), None)
+        # ComfyUI: a 4-D w2 gets a 4-D w1; a 2-D product is reshaped to the layer afterwards
         delta = torch.kron(w1 if w2.dim() == 2 else w1[:, :, None, None], w2)
     elif "weight" in t and "on_input" in t:  # iA3 scales the layer's outputs (or inputs)
         scale = t["weight"].reshape(-1)

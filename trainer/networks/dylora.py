@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .lora_module import LoRAModule
-from .network import LoRANetwork, build_lora_like
+from .kohya_lora import build_lora_like
+from .network import LoRANetwork
 
 
 class _Stacked:

@@ -21,7 +21,8 @@ from torch import nn
 
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
 from .naming import Target, all_targets, split_key
-from .network import canonical_state_dict, config_dropouts, resolve_base
+from .kohya_lora import config_dropouts
+from .network import canonical_state_dict, resolve_base
 from .options import lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
 from .params import network_param_groups
 

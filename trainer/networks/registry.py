@@ -3,7 +3,7 @@
 This module imports no torch so the config schema and the GUI can read the names; the builders are
 imported only when a network is built. One entry per type, one builder module per family of types:
 
-* ``lora``    → trainer.networks.network  (sd-scripts networks.lora: Standard, Kohya LoCon)
+* ``lora``    → trainer.networks.kohya_lora (sd-scripts networks.lora: Standard, Kohya LoCon)
 * ``dylora``  → trainer.networks.dylora   (sd-scripts networks.dylora: Kohya DyLoRA)
 * ``lycoris`` → trainer.networks.lycoris_net (the `lycoris-lora` package, lycoris.kohya: every LyCORIS/ type)
 """
@@ -61,7 +61,7 @@ LYCORIS_PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-transforme
 
 # kohya_ss GUI names that older versions wrote and that mean one of the types above
 _LEGACY_NAMES = {"LoCon": "LyCORIS/LoCon", "LyCORIS/Full": "LyCORIS/Native Fine-Tuning"}
-_BUILDERS = {"lora": "trainer.networks.network", "dylora": "trainer.networks.dylora",
+_BUILDERS = {"lora": "trainer.networks.kohya_lora", "dylora": "trainer.networks.dylora",
              "lycoris": "trainer.networks.lycoris_net"}
 
 
