@@ -238,3 +238,22 @@ def test_plain_lora_layout_types_load_in_diffusers_with_every_key(lora_type, tmp
     pipe = pipeline("sd1")
     assert load_in_diffusers(pipe, path) == []
     assert len(peft_layers(pipe.unet)) == len(network.unet_loras)
+
+
+def test_sdxl_lycoris_files_use_kohyas_sgm_names_that_the_clients_map(tmp_path):
+    """sd-scripts names SDXL U-Net modules after the original (SGM) layers; ComfyUI's key map has
+    lora_unet_<ldm path> for every layer and A1111 falls back from lora_unet to diffusion_model."""
+    from test_networks_clients import original_unet_layers
+
+    base, _ = tiny_base("sdxl")
+    network = build_network(base, config(LoRA_type="LyCORIS/LoKr", conv_dim=2, dora_wd=True))
+    with torch.no_grad():  # as if trained
+        for p in network.parameters():
+            p.add_(0.01)
+    path = tmp_path / "sdxl-dokr.safetensors"
+    network.save_weights(path)
+    assert verify_lora_file(path, base).ok
+    layers = original_unet_layers(base.unet)
+    unet_names = [n for n in network.parts if n.startswith("lora_unet_")]
+    assert unet_names and all(n[len("lora_unet_"):] in layers for n in unet_names)
+    assert {n.split("_")[1] for n in network.parts} == {"te1", "te2", "unet"}
