@@ -151,6 +151,7 @@ def test_block_dims_and_block_lr_weights_follow_sd_scripts():
     assert groups["unet block 12"] == pytest.approx(2e-3) and groups["unet block 4"] == pytest.approx(1e-3)
     assert groups["textencoder"] == 1e-4
 
+    assert config(mid_lr_weight=2).mid_lr_weight == "2"  # a number from an sd-scripts TOML reads as text
     with pytest.raises(ConfigError, match="block_dims"):
         config(block_dims="1,2,3")
     with pytest.raises(ConfigError, match="down_lr_weight"):

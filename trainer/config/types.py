@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
 from .options_train import (AccelerateOptions, FrozenBaseOptions, LoggingOptions, OptimizerOptions,
@@ -96,6 +96,13 @@ class NetworkOptions(Options):
                             section="network", visible_if={"LoRA_type": KOHYA_LORA})
     block_lr_zero_threshold: str = opt("", "Blocks whose lr multiplier is at or below this are not trained "
                                        "(and not saved).", section="network", visible_if={"LoRA_type": KOHYA_LORA})
+
+    @field_validator("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
+                     "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", mode="before")
+    @classmethod
+    def _number_as_text(cls, value):
+        """kohya_ss writes these as text, sd-scripts TOMLs may hold a number (mid_lr_weight = 2)."""
+        return format(value, "g") if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     unet_lr: Optional[float] = opt(None, "Learning rate of the UNet LoRA; empty = learning_rate, 0 = do not "
                                    "train the UNet.", section="network", level="basic", ge=0, le=10,
                                    label="UNet learning rate")
