@@ -20,6 +20,7 @@ def test_a_kohya_lora_json_imports_with_ignored_keys_reported():
     # (t5xxl_lr, flux1_checkbox false) stay quiet; noise_offset_type has a counterpart now
     assert loaded.ignored_keys == []
     assert c.noise_offset_type == "Original"
+    assert c.LyCORIS_preset == "full"  # a network option now (LyCORIS types)
     assert any("max_train_steps=1600" in n and "epochs govern" in n for n in loaded.notes)
 
 

@@ -95,6 +95,9 @@ def _upgrade(data: dict, notes: list[str]) -> dict:
             data["optimizer"] = "AdamW8bit" if str(flag).lower() == "true" else "AdamW"
     if data.get("LoRA_type") == "LoCon":
         data["LoRA_type"] = "LyCORIS/LoCon"
+    # kohya_ss's LoKr panel writes its Tucker switch as use_cp (LyCORIS's old name for use_tucker).
+    if "LoKr" in str(data.get("LoRA_type", "")) and str(data.pop("use_cp", "")).lower() == "true":
+        data["use_tucker"] = True
     if "use_wandb" in data:
         if str(data.pop("use_wandb")).lower() == "true" and not data.get("log_with"):
             data["log_with"] = "wandb"

@@ -278,3 +278,13 @@ def _noise_type(c):
     if c.noise_offset_type == "Multires" and c.noise_offset:
         yield Problem("noise_offset", "noise_offset is not used with noise_offset_type Multires; choose Original "
                       "or set it to 0", level="warning")
+
+
+@rule
+def _network_options(c):
+    """Block-wise strings and type-specific limits of the network options (trainer.networks.options)."""
+    if c.training_type == "lora":
+        from trainer.networks.options import network_option_problems
+
+        for field, message in network_option_problems(c):
+            yield Problem(field, message)

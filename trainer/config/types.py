@@ -3,20 +3,29 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
 from .options_train import (AccelerateOptions, FrozenBaseOptions, LoggingOptions, OptimizerOptions,
                             SamplingOptions, SavingOptions, TrainingOptions)
 from .spec import opt
+from trainer.networks.registry import LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
 
 CONFIG_VERSION = 1
-LOCON = ["Kohya LoCon"]
+# which LoRA_type values use which options (the registry in trainer.networks names every type)
+LOCON = [t for t, k in NETWORK_TYPES.items() if k.uses_conv_dim]
+LYCORIS = [t for t, k in NETWORK_TYPES.items() if k.builder == "lycoris"]
+TUCKER = ["LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr", "LyCORIS/DyLoRA", "LyCORIS/GLoRA"]
+DORA = ["LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr"]
+OFT = ["LyCORIS/BOFT", "LyCORIS/Diag-OFT"]
+KOHYA_LORA = ["Standard", "Kohya LoCon"]
 
 
 class NetworkOptions(Options):
-    LoRA_type: Literal["Standard", "Kohya LoCon"] = opt(
-        "Standard", "Standard LoRA (attention and MLP layers) or LoCon (also the 3×3 convolutions).",
+    LoRA_type: Literal[LORA_TYPES] = opt(
+        "Standard", "Network type, kohya_ss's list: Standard (attention/MLP layers), Kohya LoCon (+3×3 "
+        "convolutions), Kohya DyLoRA, and the LyCORIS types (LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, "
+        "Diag-OFT, Native Fine-Tuning). See docs/networks.md for what each is and which programs load it.",
         section="network", level="basic", label="LoRA type")
     network_dim: int = opt(8, "LoRA rank: capacity and file size (8–32 for a character).", section="network",
                            level="basic", ge=1, le=512, label="Network rank (dimension)")
@@ -27,6 +36,73 @@ class NetworkOptions(Options):
                         le=512, visible_if={"LoRA_type": LOCON}, label="Convolution rank")
     conv_alpha: float = opt(1.0, "Alpha of the convolution LoRA (LoCon).", section="network", level="basic",
                             ge=1e-5, le=1024, visible_if={"LoRA_type": LOCON})
+    LyCORIS_preset: Literal[LYCORIS_PRESETS] = opt(
+        "full", "Which layers a LyCORIS type trains: full (attention, MLP, ResNet blocks), full-lin (no 3×3 "
+        "convolutions), attn-mlp, attn-only, unet-transformer-only, unet-convblock-only.", section="network",
+        visible_if={"LoRA_type": LYCORIS}, label="LyCORIS preset")
+    use_tucker: bool = opt(False, "Tucker decomposition of the 3×3 convolutions (LoCon lora_mid, LoHa hada_t*, "
+                           "LoKr lokr_t2): smaller files for the same conv rank.", section="network",
+                           visible_if={"LoRA_type": TUCKER})
+    use_scalar: bool = opt(False, "Train an extra scalar per module (LyCORIS use_scalar); starts the branch "
+                           "at zero without zeroing a factor.", section="network", visible_if={"LoRA_type": TUCKER})
+    rank_dropout_scale: bool = opt(False, "Rescale the kept ranks under rank_dropout (LyCORIS).",
+                                   section="network", visible_if={"LoRA_type": LYCORIS})
+    dora_wd: bool = opt(False, "DoRA: weight decomposition, trains each layer's direction and magnitude "
+                        "separately (dora_scale key; A1111, ComfyUI and LyCORIS load it, diffusers drops it).",
+                        section="network", visible_if={"LoRA_type": DORA}, label="DoRA (weight decomposition)")
+    wd_on_output: bool = opt(True, "DoRA magnitude per output channel (LyCORIS ≥ 3.2 and ComfyUI read it). Off = "
+                             "per input channel, the layout AUTOMATIC1111 reads (LyCORIS' loader then cannot).",
+                             section="network", visible_if={"LoRA_type": DORA})
+    bypass_mode: bool = opt(False, "Compute the LyCORIS branch beside the layer instead of rebuilding its weight "
+                            "each step (needed for quantized base weights; same file).", section="network",
+                            visible_if={"LoRA_type": DORA})
+    factor: int = opt(-1, "LoKr: size of the small Kronecker factor (-1 = as balanced as the layer allows).",
+                      section="network", ge=-1, le=1024, visible_if={"LoRA_type": ["LyCORIS/LoKr"]})
+    decompose_both: bool = opt(False, "LoKr: also split the first factor into two low-rank matrices.",
+                               section="network", visible_if={"LoRA_type": ["LyCORIS/LoKr"]})
+    train_on_input: bool = opt(False, "iA3: scale the layers' inputs instead of their outputs.", section="network",
+                               visible_if={"LoRA_type": ["LyCORIS/iA3"]})
+    unit: int = opt(1, "DyLoRA: ranks trained together per step (network_dim must be a multiple).",
+                    section="network", ge=1, le=512, visible_if={"LoRA_type": ["Kohya DyLoRA", "LyCORIS/DyLoRA"]})
+    constrain: float = opt(0.0, "OFT: limit on how far the rotation may move (0 = none).", section="network",
+                           ge=0, visible_if={"LoRA_type": OFT})
+    rescaled: bool = opt(False, "OFT: also learn a per-channel rescale.", section="network",
+                         visible_if={"LoRA_type": OFT})
+    loraplus_lr_ratio: float = opt(0.0, "LoRA+: the up matrices (lora_up) learn this many times faster (16 is "
+                                   "the paper's value; 0 = off).", section="network", ge=0, le=1000,
+                                   label="LoRA+ LR ratio")
+    loraplus_unet_lr_ratio: float = opt(0.0, "LoRA+ ratio for the U-Net only (0 = loraplus_lr_ratio).",
+                                        section="network", ge=0, le=1000, label="LoRA+ U-Net LR ratio")
+    loraplus_text_encoder_lr_ratio: float = opt(0.0, "LoRA+ ratio for the text encoder only (0 = "
+                                                "loraplus_lr_ratio).", section="network", ge=0, le=1000,
+                                                label="LoRA+ text encoder LR ratio")
+    scale_weight_norms: float = opt(0.0, "Max-norm regularisation: after each step shrink modules whose ΔW norm "
+                                    "exceeds this (1 is typical; 0 = off).", section="network", ge=0)
+    block_dims: str = opt("", "Rank per U-Net block, 25 comma-separated values for SD1/SD2 (IN00-11, MID, "
+                          "OUT00-11), 23 for SDXL; 0 leaves a block out. Empty = network_dim everywhere.",
+                          section="network", visible_if={"LoRA_type": KOHYA_LORA})
+    block_alphas: str = opt("", "Alpha per U-Net block (as block_dims); empty = network_alpha.", section="network",
+                            visible_if={"LoRA_type": KOHYA_LORA})
+    conv_block_dims: str = opt("", "Rank of the 3×3 convolutions per block (as block_dims).", section="network",
+                               visible_if={"LoRA_type": KOHYA_LORA})
+    conv_block_alphas: str = opt("", "Alpha of the 3×3 convolutions per block.", section="network",
+                                 visible_if={"LoRA_type": KOHYA_LORA})
+    down_lr_weight: str = opt("", "Learning-rate multiplier per down (IN) block: 12 values (SDXL 9) or sine, "
+                              "cosine, linear, reverse_linear, zeros (+offset, e.g. cosine+.25).",
+                              section="network", visible_if={"LoRA_type": KOHYA_LORA})
+    mid_lr_weight: str = opt("", "Learning-rate multiplier of the middle block(s).", section="network",
+                             visible_if={"LoRA_type": KOHYA_LORA})
+    up_lr_weight: str = opt("", "Learning-rate multiplier per up (OUT) block, as down_lr_weight.",
+                            section="network", visible_if={"LoRA_type": KOHYA_LORA})
+    block_lr_zero_threshold: str = opt("", "Blocks whose lr multiplier is at or below this are not trained "
+                                       "(and not saved).", section="network", visible_if={"LoRA_type": KOHYA_LORA})
+
+    @field_validator("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
+                     "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", mode="before")
+    @classmethod
+    def _number_as_text(cls, value):
+        """kohya_ss writes these as text, sd-scripts TOMLs may hold a number (mid_lr_weight = 2)."""
+        return format(value, "g") if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     unet_lr: Optional[float] = opt(None, "Learning rate of the UNet LoRA; empty = learning_rate, 0 = do not "
                                    "train the UNet.", section="network", level="basic", ge=0, le=10,
                                    label="UNet learning rate")

@@ -1,12 +1,28 @@
-"""LoRA / LoCon networks in kohya's format: modules, key names, save/load/merge, metadata, self-check."""
+"""Networks in kohya's file format: LoRA / LoCon / DyLoRA modules and the LyCORIS types, key names,
+save/load/merge, metadata, self-check. `registry` says which LoRA_type builds which network.
 
-from .files import LoRAFileError, network_metadata, read_lora_file, save_lora_file
-from .lora_module import LoRAModule
-from .network import LoadResult, LoRANetwork, create_network, create_network_from_weights, resolve_base
-from .checks import VerifyReport, verify_lora_file
+Names are imported lazily so that `trainer.networks.registry` (read by the config schema and the GUI)
+does not pull in torch.
+"""
+from importlib import import_module
 
-__all__ = [
-    "LoRAFileError", "LoRAModule", "LoRANetwork", "LoadResult", "VerifyReport", "create_network",
-    "create_network_from_weights", "network_metadata", "read_lora_file", "resolve_base",
-    "save_lora_file", "verify_lora_file",
-]
+_EXPORTS = {
+    "LoRAFileError": "files", "network_metadata": "files", "read_lora_file": "files", "save_lora_file": "files",
+    "LoRAModule": "lora_module",
+    "LoadResult": "network", "LoRANetwork": "network", "create_network": "network",
+    "create_network_from_weights": "network", "resolve_base": "network",
+    "VerifyReport": "checks", "verify_lora_file": "checks",
+    "LycorisNetwork": "lycoris_net", "create_lycoris_network": "lycoris_net",
+    "DyLoRAModule": "dylora",
+    "build_network": "registry", "NETWORK_TYPES": "registry", "LORA_TYPES": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trainer.networks' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -3,7 +3,9 @@
 Checks what makes A1111 / ComfyUI skip keys ("lora key not loaded") or diffusers refuse a file:
 every key is `<module>.lora_down.weight|lora_up.weight|alpha`, every module name maps to a
 module of the base model under the kohya naming for its family, shapes fit that module, each
-module has all three tensors, values are finite, and the file is for this family.
+module has all three tensors, values are finite, and the file is for this family. LyCORIS modules
+(LoHa, LoKr, iA3, DoRA, ...) must form an adapter the clients know and rebuild through LyCORIS'
+loader on their layer (lycoris_checks.py).
 
 CLI: python -m trainer.networks.verify LORA --base MODEL [--family sd1|sd2|sdxl] (see verify.py)
 """
@@ -19,11 +21,13 @@ from torch import nn
 from trainer.models.hashing import addnet_hash_safetensors
 
 from .files import read_lora_file
+from .lycoris_checks import ADAPTERS, adapter_of, is_plain_lora, lycoris_module_problem
 from .naming import (
     Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, names_by_part, split_key,
 )
 
 _SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
+ALL_ADAPTER_TENSORS = frozenset().union(*(req | opt for req, opt in ADAPTERS.values()))
 _MAX_LISTED = 20
 
 
@@ -36,6 +40,7 @@ class VerifyReport:
     modules_by_part: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    adapters: dict[str, int] = field(default_factory=dict)  # modules per adapter type (LoRA, LoHa, LoKr, ...)
 
     @property
     def ok(self) -> bool:
@@ -48,7 +53,9 @@ class VerifyReport:
 
     def to_text(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.modules_by_part.items()))
-        head = f"{'OK' if self.ok else 'PROBLEMS'}: {self.path} — {self.modules} modules ({parts}) for {self.family}"
+        kinds = "" if set(self.adapters) <= {"LoRA"} else " " + "/".join(sorted(self.adapters))
+        head = (f"{'OK' if self.ok else 'PROBLEMS'}: {self.path} — {self.modules}{kinds} modules ({parts}) "
+                f"for {self.family}")
         lines = [head]
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -127,9 +134,9 @@ def check_state_dict(
     warnings: list[str] = []
     for key, value in state_dict.items():
         name, suffix = split_key(key)
-        if suffix not in _SUFFIXES:
-            problems.append(f"stray key {key!r}: not .lora_down.weight/.lora_up.weight/.alpha "
-                            "(diffusers refuses such files; A1111/ComfyUI skip the key)")
+        if suffix not in _SUFFIXES and suffix not in ALL_ADAPTER_TENSORS:
+            problems.append(f"stray key {key!r}: not .lora_down.weight/.lora_up.weight/.alpha nor a LyCORIS "
+                            "tensor (diffusers refuses such files; A1111/ComfyUI skip the key)")
             continue
         modules.setdefault(name, {})[suffix] = value
 
@@ -159,6 +166,11 @@ def check_state_dict(
     seen_targets: dict[int, str] = {}
     untrained: list[str] = []
     for name, tensors in modules.items():
+        adapter = adapter_of(set(tensors)) or "LoRA"
+        report.adapters[adapter] = report.adapters.get(adapter, 0) + 1
+        if not is_plain_lora(set(tensors)):
+            problems += _lycoris_problems(name, tensors, name_map.get(name), seen_targets)
+            continue
         missing = [s for s in ("lora_down.weight", "lora_up.weight") if s not in tensors]
         if missing:
             problems.append(f"{name}: missing {', '.join(missing)}")
@@ -191,6 +203,24 @@ def check_state_dict(
     report.problems = problems
     report.warnings = warnings
     return report
+
+
+def _lycoris_problems(name, tensors, target, seen_targets) -> list[str]:
+    problems = []
+    for suffix, v in tensors.items():
+        if suffix == "on_input":
+            continue  # iA3's flag is an integer tensor
+        if not v.is_floating_point():
+            problems.append(f"{name}.{suffix}: dtype {v.dtype} is not floating point")
+        elif not bool(torch.isfinite(v).all()):
+            problems.append(f"{name}.{suffix}: contains NaN/inf values (training diverged or fp16 overflow)")
+    if target is None or problems:
+        return problems
+    if id(target.module) in seen_targets:
+        problems.append(f"{name}: targets the same layer as {seen_targets[id(target.module)]}")
+    seen_targets[id(target.module)] = name
+    problem = lycoris_module_problem(name, tensors, target.module)
+    return problems + ([problem] if problem else [])
 
 
 def verify_lora_file(path, unet_or_base, text_encoders=None, family: str | None = None) -> VerifyReport:

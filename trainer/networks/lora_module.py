@@ -144,6 +144,12 @@ class LoRAModule(nn.Module):
         return delta * (m * self.scale)
 
     @torch.no_grad()
+    def scale_weights_(self, factor: float) -> None:
+        """Multiply both halves by `factor` (ΔW by factor², for scale_weight_norms)."""
+        self.lora_up.weight.mul_(factor)
+        self.lora_down.weight.mul_(factor)
+
+    @torch.no_grad()
     def merge_to(self, multiplier: float | None = None) -> None:
         if self.merged_multiplier is not None:
             raise RuntimeError(f"{self.lora_name} is already merged; unmerge first")

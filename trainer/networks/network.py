@@ -27,7 +27,9 @@ from torch import nn
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
 from .lora_module import LoRAModule
 from .naming import Target, all_targets, check_family, split_key
+from .blocks import block_dims_alphas, block_index, block_lr_weights
 from .checks import build_name_map, check_state_dict
+from .params import network_param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -122,42 +124,17 @@ class LoRANetwork(nn.Module):
 
     # --- optimisation ---------------------------------------------------------------------
 
-    def prepare_optimizer_params(self, text_encoder_lr, unet_lr, default_lr, loraplus_lr_ratio: float | None = None):
-        """Parameter groups: text encoder(s) and U-Net at their own learning rates.
-
-        `None` falls back to `default_lr`; a group whose rate is 0 is left out and its modules
-        frozen (sd-scripts skips it the same way). `text_encoder_lr` may be a list, one per text
-        encoder (SDXL). With `loraplus_lr_ratio` the lora_up weights get lr × ratio (LoRA+).
-        """
-        parts = sorted({p for p in self.parts.values() if p != "unet"})
-        if isinstance(text_encoder_lr, (list, tuple)):
-            te_lrs = {p: (text_encoder_lr[min(i, len(text_encoder_lr) - 1)] if text_encoder_lr else None)
-                      for i, p in enumerate(parts)}
-            groups_spec = [(f"textencoder{i + 1}" if len(parts) > 1 else "textencoder", [p], te_lrs[p])
-                           for i, p in enumerate(parts)]
-        else:
-            groups_spec = [("textencoder", parts, text_encoder_lr)] if parts else []
-        groups_spec.append(("unet", ["unet"], unet_lr))
-
-        groups = []
-        for name, group_parts, lr in groups_spec:
-            lr = default_lr if lr is None else lr
-            loras = [m for m in self.loras if self.parts[m.lora_name] in group_parts]
-            if not loras:
-                continue
-            frozen = not lr  # 0 or None: not trained
-            for m in loras:
-                m.requires_grad_(not frozen)
-            if frozen:
-                logger.info("LoRA %s modules frozen (learning rate %s)", name, lr)
-                continue
-            if loraplus_lr_ratio:
-                groups.append({"name": name, "lr": lr, "params": [m.lora_down.weight for m in loras]})
-                groups.append({"name": f"{name} plus", "lr": lr * loraplus_lr_ratio,
-                               "params": [m.lora_up.weight for m in loras]})
-            else:
-                groups.append({"name": name, "lr": lr, "params": [p for m in loras for p in m.parameters()]})
-        return groups
+    def prepare_optimizer_params(self, text_encoder_lr, unet_lr, default_lr, loraplus_lr_ratio: float | None = None,
+                                 loraplus_unet_lr_ratio: float | None = None,
+                                 loraplus_text_encoder_lr_ratio: float | None = None):
+        """Parameter groups: text encoder(s) and U-Net at their own rates, LoRA+ and block-wise rates
+        as sd-scripts makes them (see params.py)."""
+        block_lr = self.settings.get("block_lr_weights")
+        return network_param_groups(
+            self.loras, self.parts, text_encoder_lr, unet_lr, default_lr, loraplus_lr_ratio=loraplus_lr_ratio,
+            loraplus_unet_lr_ratio=loraplus_unet_lr_ratio,
+            loraplus_text_encoder_lr_ratio=loraplus_text_encoder_lr_ratio,
+            block_of=lambda name: block_index(name, self.family), block_lr=block_lr)
 
     @torch.no_grad()
     def apply_max_norm_regularization(self, max_norm_value: float):
@@ -169,8 +146,7 @@ class LoRANetwork(nn.Module):
             ratio = min(1.0, max_norm_value / max(float(norm), 1e-12))
             if ratio < 1.0:
                 scaled += 1
-                lora.lora_up.weight.mul_(ratio ** 0.5)
-                lora.lora_down.weight.mul_(ratio ** 0.5)
+                lora.scale_weights_(ratio ** 0.5)
             norms.append(float(norm) * ratio)
         return scaled, (sum(norms) / len(norms) if norms else 0.0), max(norms, default=0.0)
 
@@ -181,8 +157,9 @@ class LoRANetwork(nn.Module):
         meta = network_metadata(
             self.family, s.get("network_dim"), s.get("network_alpha"), s.get("conv_dim") or 0,
             s.get("conv_alpha") or 0, s.get("dropout"), s.get("rank_dropout"), s.get("module_dropout"),
-            bool(s.get("v_prediction")),
+            bool(s.get("v_prediction")), extra_args=s.get("extra_args"),
         )
+        meta["ss_network_module"] = s.get("network_module", "networks.lora")
         meta.update(modelspec_metadata(self.family, title, v_prediction=bool(s.get("v_prediction"))))
         return meta
 
@@ -207,6 +184,7 @@ class LoRANetwork(nn.Module):
             state, meta = read_lora_file(path_or_state)
             source = str(path_or_state)
         state = canonical_state_dict(state, meta, self.catalog, self.family, source)
+        require_plain_lora(state, source)
 
         own = {m.lora_name: m for m in self.loras}
         result = LoadResult(metadata=meta)
@@ -240,6 +218,22 @@ class LoRANetwork(nn.Module):
             logger.warning("%s: %d network modules have no weights in the file and keep their initial values",
                            source, len(result.missing))
         return result
+
+
+def require_plain_lora(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """A LyCORIS file (LoHa, LoKr, DoRA, ...) cannot continue a plain LoRA: say which type it is."""
+    from .lycoris_checks import adapter_of, is_plain_lora
+
+    by_module: dict[str, set] = {}
+    for key in state:
+        name, suffix = split_key(key)
+        by_module.setdefault(name, set()).add(suffix)
+    other = next((s for s in by_module.values() if not is_plain_lora(s)), None)
+    if other is not None:
+        kind = adapter_of(other) or "LyCORIS"
+        extra = " with DoRA (dora_wd)" if "dora_scale" in other else ""
+        raise LoRAFileError(f"{source} is a {kind}{extra} file, not a plain LoRA: pick the LoRA_type it was "
+                            "trained with (LyCORIS/...) to continue from it")
 
 
 def canonical_state_dict(state, metadata, catalog, family, source) -> dict[str, torch.Tensor]:
@@ -278,6 +272,11 @@ def create_network(
     module_dims: Mapping[str, int] | None = None,
     module_alphas: Mapping[str, float] | None = None,
     v_prediction: bool | None = None,
+    blocks: Mapping[str, Any] | None = None,
+    module_class: type = LoRAModule,
+    module_kwargs: Mapping[str, Any] | None = None,
+    network_module: str = "networks.lora",
+    extra_args: Mapping[str, Any] | None = None,
 ) -> LoRANetwork:
     """Build (not yet apply) kohya's LoRA network on a base model.
 
@@ -285,6 +284,10 @@ def create_network(
     itself with `text_encoders` and `family`. `conv_dim` > 0 adds LoCon on ResNet and
     down/upsampler blocks; `conv_alpha` defaults to 1 then, as in sd-scripts.
     `module_dims`/`module_alphas` (kohya names) give per-module ranks instead (dim_from_weights).
+    `blocks`: the kohya block-wise strings (`block_dims`, `block_alphas`, `conv_block_dims`,
+    `conv_block_alphas`, `down_lr_weight`, `mid_lr_weight`, `up_lr_weight`, `block_lr_zero_threshold`);
+    modules of blocks whose lr weight is 0 are left out, as sd-scripts does.
+    `module_class`/`module_kwargs`/`network_module`: another module with LoRA's keys (Kohya DyLoRA).
     """
     unet, tes, fam = resolve_base(unet_or_base, text_encoders, family)
     if v_prediction is None:
@@ -296,9 +299,27 @@ def create_network(
     if conv_dim and conv_alpha is None:
         conv_alpha = 1.0
     catalog = all_targets(unet, tes, fam, include_conv_blocks=True)
+    b = dict(blocks or {})
+    bd, ba, cbd, cba = block_dims_alphas(fam, b.get("block_dims", ""), b.get("block_alphas", ""),
+                                         b.get("conv_block_dims", ""), b.get("conv_block_alphas", ""),
+                                         network_alpha if network_alpha is not None else 1.0, conv_alpha)
+    block_lr = block_lr_weights(fam, b.get("down_lr_weight", ""), b.get("mid_lr_weight", ""),
+                                b.get("up_lr_weight", ""), b.get("block_lr_zero_threshold", ""))
+
+    def block_rank(t):
+        """(dim, alpha) of a U-Net module under block_dims / block lr weights; dim 0 = leave it out."""
+        idx = block_index(t.lora_name, fam)
+        if block_lr is not None and 0 <= idx < len(block_lr) and block_lr[idx] == 0:
+            return 0, None
+        if bd is None:
+            return (conv_dim, conv_alpha) if t.is_conv3x3 else (network_dim, network_alpha)
+        if t.is_conv3x3:
+            return (cbd[idx], cba[idx]) if cbd is not None else (0, None)
+        return bd[idx], ba[idx]
 
     loras, parts = [], {}
-    common = dict(multiplier=multiplier, dropout=dropout, rank_dropout=rank_dropout, module_dropout=module_dropout)
+    common = dict(multiplier=multiplier, dropout=dropout, rank_dropout=rank_dropout, module_dropout=module_dropout,
+                  **dict(module_kwargs or {}))
     for t in catalog:
         if module_dims is not None:
             if t.lora_name not in module_dims:
@@ -308,10 +329,15 @@ def create_network(
         else:
             if (t.part == "unet" and not train_unet) or (t.part != "unet" and not train_text_encoder):
                 continue
-            if t.is_conv_block and not conv_dim:
-                continue  # sd-scripts only targets ResNet/sampler blocks with conv_dim
-            dim, alpha = (conv_dim, conv_alpha) if t.is_conv3x3 else (network_dim, network_alpha)
-        loras.append(LoRAModule(t.lora_name, t.module, dim, alpha, **common))
+            if t.is_conv_block and not (conv_dim if bd is None else cbd is not None):
+                continue  # sd-scripts only targets ResNet/sampler blocks with conv_dim (conv_block_dims)
+            if t.part == "unet":
+                dim, alpha = block_rank(t)
+            else:
+                dim, alpha = network_dim, network_alpha
+            if not dim:
+                continue
+        loras.append(module_class(t.lora_name, t.module, dim, alpha, **common))
         parts[t.lora_name] = t.part
     if not loras:
         raise ValueError("the LoRA network has no modules: enable the U-Net and/or the text encoder")
@@ -319,7 +345,8 @@ def create_network(
     logger.info("LoRA network for %s: %s", fam, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     settings = dict(network_dim=network_dim, network_alpha=network_alpha, conv_dim=conv_dim, conv_alpha=conv_alpha,
                     dropout=dropout, rank_dropout=rank_dropout, module_dropout=module_dropout,
-                    multiplier=multiplier, v_prediction=v_prediction)
+                    multiplier=multiplier, v_prediction=v_prediction, block_lr_weights=block_lr,
+                    network_module=network_module, extra_args=dict(extra_args or {}))
     return LoRANetwork(fam, catalog, loras, parts, settings)
 
 
@@ -331,6 +358,7 @@ def create_network_from_weights(path, unet_or_base, text_encoders=None, family: 
     state, meta = read_lora_file(path)
     catalog = all_targets(unet, tes, fam, include_conv_blocks=True)
     state = canonical_state_dict(state, meta, catalog, fam, str(path))
+    require_plain_lora(state, str(path))
     dims, alphas = {}, {}
     for key, value in state.items():
         name, suffix = split_key(key)
@@ -365,3 +393,4 @@ def _meta_args(text: str | None) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+

@@ -57,6 +57,11 @@ def capture_blocker(ctx: StepContext, config) -> str | None:
         return "several training processes (gradients are all-reduced between them outside any graph)"
     if getattr(config, "module_dropout", 0):
         return "module_dropout picks the skipped modules on the CPU at every step"
+    if getattr(config, "training_type", "") == "lora":
+        from trainer.networks.registry import network_type
+
+        if network_type(getattr(config, "LoRA_type", "Standard")).random_ranks:
+            return f"{config.LoRA_type} picks the trained ranks on the CPU at every step"
     return None
 
 

@@ -26,40 +26,47 @@ class LoraKind(TrainingKind):
 
     # ---- set-up ---------------------------------------------------------------------------------
     def prepare(self, base, train_dtype: torch.dtype = torch.float32) -> list[dict]:
-        from trainer.networks import create_network, create_network_from_weights
+        from trainer.networks.registry import build_network
 
         cfg, self.base = self.config, base
-        unet_only = bool(getattr(cfg, "network_train_unet_only", False))
-        te_only = bool(getattr(cfg, "network_train_text_encoder_only", False))
-        if base.family == "sdxl" and getattr(cfg, "cache_text_encoder_outputs", False) and not unet_only:
+        if base.family == "sdxl" and getattr(cfg, "cache_text_encoder_outputs", False) and \
+                not getattr(cfg, "network_train_unet_only", False):
             self.warnings.append("cache_text_encoder_outputs needs U-Net-only training; the text-encoder LoRA "
                                  "is not trained.")
-            unet_only = True
-        locon = getattr(cfg, "LoRA_type", "Standard") == "Kohya LoCon"
-        dropouts = dict(dropout=getattr(cfg, "network_dropout", 0) or None,
-                        rank_dropout=getattr(cfg, "rank_dropout", 0) or None,
-                        module_dropout=getattr(cfg, "module_dropout", 0) or None)
-        weights = getattr(cfg, "network_weights", "") or ""
-        if weights and getattr(cfg, "dim_from_weights", False):
-            network = create_network_from_weights(weights, base, **dropouts)
-        else:
-            network = create_network(base, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha,
-                                     conv_dim=cfg.conv_dim if locon else 0,
-                                     conv_alpha=cfg.conv_alpha if locon else None,
-                                     train_unet=not te_only, train_text_encoder=not unet_only, **dropouts)
-            if weights:
-                result = network.load_weights(weights)
-                logger.info("continuing from %s: %d modules loaded", weights, len(result.loaded))
+            cfg = _with(cfg, network_train_unet_only=True)
+        try:
+            network = build_network(base, cfg)  # the LoRA_type's builder (trainer/networks/registry.py)
+        except ValueError as e:
+            raise TrainingFault(str(e), "Change the network options named in the message.") from e
         network.apply_to()
         device = next(base.unet.parameters()).device
         network.to(device, dtype=train_dtype)
         self.network = network
+        ratios = {k: (getattr(cfg, k, 0) or None) for k in
+                  ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")}
         self.param_groups = network.prepare_optimizer_params(getattr(cfg, "text_encoder_lr", None),
-                                                             getattr(cfg, "unet_lr", None), cfg.learning_rate)
+                                                             getattr(cfg, "unet_lr", None), cfg.learning_rate,
+                                                             **ratios)
         if not self.param_groups:
             raise TrainingFault("Every learning rate is 0, so nothing would be trained.",
                                 "Set learning_rate (or unet_lr / text_encoder_lr) above 0.")
         return self.param_groups
+
+    def after_optimizer_step(self, global_step: int) -> None:
+        """`scale_weight_norms`: sd-scripts' max-norm regularisation after every optimizer step."""
+        limit = float(getattr(self.config, "scale_weight_norms", 0) or 0)
+        if limit > 0:
+            scaled, mean, largest = self.network.apply_max_norm_regularization(limit)
+            self.max_norm_stats = {"keys_scaled": scaled, "average_key_norm": mean, "max_key_norm": largest}
+
+    def network_metadata(self) -> dict[str, str]:
+        """The `ss_*` keys sd-scripts adds for LoRA+ and max-norm (only when set)."""
+        c, meta = self.config, {}
+        for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
+                    "scale_weight_norms"):
+            if getattr(c, key, 0):
+                meta[f"ss_{key}"] = str(getattr(c, key))
+        return meta
 
     def trained_modules(self) -> list[torch.nn.Module]:
         return [self.network]
@@ -84,7 +91,7 @@ class LoraKind(TrainingKind):
         path = Path(path)
         dtype = getattr(self.config, "save_precision", None) or None
         if path.suffix == ".safetensors":
-            self.network.save_weights(path, dtype, metadata or {})
+            self.network.save_weights(path, dtype, {**self.network_metadata(), **(metadata or {})})
             report = verify_lora_file(path, self.base)
             self.last_verified = report.ok
             if not report.ok:
@@ -97,10 +104,20 @@ class LoraKind(TrainingKind):
         return path
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        if hasattr(self.network, "training_state"):  # LyCORIS: the file layout does not load back everywhere
+            return self.network.training_state()
         return self.network.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.network.load_state_dict(state, strict=True)
+        if hasattr(self.network, "load_training_state"):
+            self.network.load_training_state(state)
+        else:
+            self.network.load_state_dict(state, strict=True)
+
+
+def _with(config, **changes):
+    """A copy of the config with some values changed (the user's config object stays as it was)."""
+    return config.model_copy(update=changes) if hasattr(config, "model_copy") else config
 
 
 def create_training_kind(config):

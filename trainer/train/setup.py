@@ -135,6 +135,10 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
     train_te = bool(kind.text_encoder_trains)
     if getattr(config, "gradient_checkpointing", False):
         dropout = any(getattr(config, k, 0) for k in ("network_dropout", "rank_dropout", "module_dropout"))
+        if getattr(config, "training_type", "") == "lora":  # DyLoRA draws its ranks inside the forward too
+            from trainer.networks.registry import network_type
+
+            dropout = dropout or network_type(getattr(config, "LoRA_type", "Standard")).random_ranks
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
                                       mode=getattr(config, "gradient_checkpointing_mode", "full"), random_inside=dropout)
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)

@@ -1,0 +1,90 @@
+"""Checks of the network options that need more than one field (run with the config rules; no torch)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .blocks import check_block_options
+from .registry import network_type
+
+BLOCK_OPTIONS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
+                 "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+
+
+def network_option_problems(c) -> list[tuple[str, str]]:
+    kind = network_type(c.LoRA_type)
+    problems = check_block_options(c) if kind.builder == "lora" else []
+    if kind.builder != "lora":
+        set_blocks = [k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+                                  "down_lr_weight", "mid_lr_weight", "up_lr_weight") if str(getattr(c, k, "") or "")]
+        if set_blocks:
+            problems.append((set_blocks[0], f"{set_blocks[0]} is an option of sd-scripts' networks.lora (Standard, "
+                             f"Kohya LoCon); {c.LoRA_type} does not use it: clear it or pick one of those types"))
+    if kind.lora_type in ("Kohya DyLoRA", "LyCORIS/DyLoRA") and c.network_dim % max(c.unit, 1):
+        problems.append(("unit", f"network_dim {c.network_dim} must be a multiple of unit {c.unit}"))
+    if kind.lora_type == "Kohya DyLoRA":
+        if c.conv_dim > 1 and c.conv_dim != c.network_dim:
+            problems.append(("conv_dim", f"Kohya DyLoRA trains convolutions at network_dim: set conv_dim to "
+                             f"{c.network_dim}, or to 1 to leave them out"))
+        dropouts = [k for k in ("network_dropout", "rank_dropout", "module_dropout") if getattr(c, k, 0)]
+        if dropouts:
+            problems.append((dropouts[0], "Kohya DyLoRA has no dropout (sd-scripts ignores it); set it to 0"))
+    return problems
+
+
+def lycoris_module_kwargs(config, algo: str) -> dict[str, Any]:
+    """LyCORIS module arguments from the studio's options (kohya_ss GUI / network_args names)."""
+    get = lambda k, d=None: getattr(config, k, d)  # noqa: E731
+    kw = dict(use_tucker=bool(get("use_tucker", False)), use_scalar=bool(get("use_scalar", False)),
+              rank_dropout_scale=bool(get("rank_dropout_scale", False)))
+    if algo in ("locon", "loha", "lokr"):
+        kw.update(weight_decompose=bool(get("dora_wd", False)), wd_on_out=bool(get("wd_on_output", True)),
+                  bypass_mode=bool(get("bypass_mode", False)) or None)
+    if algo == "lokr":
+        kw.update(factor=int(get("factor", -1) or -1), decompose_both=bool(get("decompose_both", False)))
+    if algo == "dylora":
+        kw.update(block_size=int(get("unit", 1) or 1))
+    if algo in ("diag-oft", "boft"):
+        kw.update(constraint=float(get("constrain", 0) or 0), rescaled=bool(get("rescaled", False)))
+    if algo == "ia3":
+        kw.update(train_on_input=bool(get("train_on_input", False)))
+    return kw
+
+
+def lycoris_network_args(config, kind, kwargs) -> dict[str, str]:
+    """`ss_network_args` as sd-scripts writes them for lycoris.kohya (the strings kohya_ss passed)."""
+    args = {"preset": getattr(config, "LyCORIS_preset", "full") or "full", "algo": kind.algo}
+    if kind.uses_conv_dim:
+        args.update(conv_dim=str(config.conv_dim), conv_alpha=str(config.conv_alpha))
+    for key in ("rank_dropout", "module_dropout"):
+        if getattr(config, key, 0):
+            args[key] = str(getattr(config, key))
+    names = {"weight_decompose": "dora_wd", "wd_on_out": "wd_on_output", "block_size": "block_size",
+             "constraint": "constraint"}
+    for key, value in kwargs.items():
+        if key == "wd_on_out" and not kwargs.get("weight_decompose"):
+            continue  # only means something with DoRA
+        if value not in (None, False, 0, -1, 0.0) or key == "factor":
+            args[names.get(key, key)] = str(value)
+    return args
+
+
+def sd_scripts_network(config) -> tuple[str, list[str]]:
+    """(--network_module, --network_args list) that make sd-scripts train what this config trains, e.g.
+    ("lycoris.kohya", ["preset=full", "algo=loha", "conv_dim=4", ...]); also what ss_network_args records."""
+    kind = network_type(getattr(config, "LoRA_type", "Standard"))
+    args: dict[str, Any] = {}
+    if kind.builder == "lycoris":
+        args = lycoris_network_args(config, kind, lycoris_module_kwargs(config, kind.algo))
+    else:
+        conv = getattr(config, "conv_dim", 0)
+        if kind.lora_type == "Kohya LoCon" or (kind.builder == "dylora" and conv > 1):
+            args.update(conv_dim=str(conv), conv_alpha=str(getattr(config, "conv_alpha", 1)))
+        if kind.builder == "dylora":
+            args["unit"] = str(getattr(config, "unit", 1))
+        else:
+            args.update({k: str(getattr(config, k)).strip() for k in BLOCK_OPTIONS
+                         if str(getattr(config, k, "") or "").strip()})
+            for key in ("rank_dropout", "module_dropout"):
+                if getattr(config, key, 0):
+                    args[key] = str(getattr(config, key))
+    return kind.network_module, [f"{k}={v}" for k, v in args.items()]
