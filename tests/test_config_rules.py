@@ -16,7 +16,9 @@ def problems_for(values, ttype="lora"):
 
 
 CASES = [
-    ({"network_dim": 0}, "network_dim", "between 1 and 512"),
+    ({"network_dim": 0}, "network_dim", "between 1 and 100000"),
+    # kohya_ss's iA3/LoKr presets carry dims like 1024 or 100000; a plain LoRA that wide is refused
+    ({"network_dim": 4096}, "network_dim", "wider than any SD1/SD2/SDXL layer"),
     ({"optimizer": "Adam"}, "optimizer", "AdamW8bit"),
     ({"mixed_precision": "fp8"}, "mixed_precision", "not a valid choice"),
     ({"full_fp16": True, "full_bf16": True, "mixed_precision": "fp16"}, "full_bf16", "cannot both"),

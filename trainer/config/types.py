@@ -28,7 +28,7 @@ class NetworkOptions(Options):
         "Diag-OFT, Native Fine-Tuning). See docs/networks.md for what each is and which programs load it.",
         section="network", level="basic", label="LoRA type")
     network_dim: int = opt(8, "LoRA rank: capacity and file size (8–32 for a character).", section="network",
-                           level="basic", ge=1, le=512, label="Network rank (dimension)")
+                           level="basic", ge=1, le=100000, label="Network rank (dimension)")
     network_alpha: float = opt(1.0, "Scale = alpha / rank; alpha 1 with rank 8 trains gently (raise the "
                                "learning rate) — alpha = rank gives scale 1.", section="network", level="basic",
                                ge=1e-5, le=1024)

@@ -19,6 +19,11 @@ def network_option_problems(c) -> list[tuple[str, str]]:
         if set_blocks:
             problems.append((set_blocks[0], f"{set_blocks[0]} is an option of sd-scripts' networks.lora (Standard, "
                              f"Kohya LoCon); {c.LoRA_type} does not use it: clear it or pick one of those types"))
+    # kohya_ss's slider goes to 100000 because LoKr reads a huge dim as "full matrix" and iA3/full ignore it;
+    # for the low-rank types a rank past the widest layer only grows the file.
+    if kind.algo not in ("lokr", "ia3", "full") and c.network_dim > 1024:
+        problems.append(("network_dim", f"{c.network_dim} is above 1024, wider than any SD1/SD2/SDXL layer, for "
+                         f"{c.LoRA_type}; use 4–128 (only LoKr reads a huge dim, as full matrix)"))
     if kind.lora_type in ("Kohya DyLoRA", "LyCORIS/DyLoRA") and c.network_dim % max(c.unit, 1):
         problems.append(("unit", f"network_dim {c.network_dim} must be a multiple of unit {c.unit}"))
     if kind.lora_type == "Kohya DyLoRA":
