@@ -6,11 +6,17 @@ A state folder (NAME-000004-state/) holds
     optimizer.pt          optimizer state dict (moments, step counts)
     scheduler.pt          learning-rate scheduler state dict
     scaler.pt             fp16 loss-scaler state (only with fp16)
-    train_state.json      epoch, step within the epoch, global step, seed, files this run wrote
+    train_state.json      epoch, step within the epoch, global step, seed, files this run wrote,
+                          the session id (ss_session_id) and the model file saved with this state
 
 Random numbers need no saving: every step reseeds from (seed, rank, step) and the data order is a
 function of (seed, epoch), so restoring the counters restores the randomness. The folder is written
 under a temporary name and renamed, so a crash never leaves a half state.
+
+Order of a save (trainer/train/run.py): the state folder first (it lists the model file that follows),
+then the model file. A kill between the two leaves a state whose model file is missing: the resume writes
+it from the state's weights. A kill before the state is renamed leaves the previous state, which does
+not know the new step; no model file of that step exists yet.
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ class TrainState:
     total_steps: int = 0
     written: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # what must match on resume (network shape, batch, ...)
+    session_id: str = ""        # ss_session_id of the run (kept across resumes): whose files are whose
+    saved_with: dict = field(default_factory=dict)  # the model file written right after: path, kind, epoch, step
     format: int = FORMAT
 
 
