@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import toml
-
+from trainer import tomlio
 from trainer.atomic import atomic_write_text
 
 from .kohya_import import detect_training_type, import_kohya_json
@@ -53,8 +52,8 @@ def read_config_dict(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError([Problem("config", f"{str(path)!r} does not exist; check the path")]) from None
     try:
-        return toml.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, toml.TomlDecodeError) as exc:
+        return tomlio.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomlio.TOMLDecodeError) as exc:
         raise ConfigError([Problem("config", f"{path.name} is not valid {path.suffix[1:].upper()}: {exc}")],
                           str(path)) from None
 
@@ -99,8 +98,9 @@ def save_config_json(config: BaseConfig, path: str | Path) -> Path:
 
 
 def to_trainer_toml(config: BaseConfig) -> str:
-    """The TOML the trainer subprocess reads (same keys as the JSON; None values are left out)."""
-    return toml.dumps({k: v for k, v in config_to_dict(config).items() if v is not None})
+    """The TOML the trainer subprocess reads (same keys as the JSON; None values are left out), written
+    by a spec-compliant writer so every string reads back exactly."""
+    return tomlio.dumps(config_to_dict(config))
 
 
 def save_trainer_toml(config: BaseConfig, path: str | Path) -> Path:
