@@ -8,7 +8,7 @@ import trainer.config as tc
 
 HOSTILE = [
     r"C:\Users\me\lora",
-    r"C:\Users\me\lora\x64",             # the old writer wrote `\x6`; the reader then refused the file
+    r"C:\Users\me\lora\x64",             # the old writer left `\x` unescaped, an invalid escape: the trainer refused the file
     '"""',                               # became an empty string
     "'''", 'a "quoted" \\" word',
     "tab\there, bell\a, nul\x00, esc\x1b, del\x7f, cr\rlf\n",   # control characters were changed

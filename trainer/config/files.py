@@ -27,7 +27,10 @@ MIGRATIONS: dict[int, Callable[[dict], dict]] = {0: _v0_to_v1}
 
 def migrate(data: dict, source: str = "") -> dict:
     version = data.get("config_version", 0)
-    if not isinstance(version, int) or version > CONFIG_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ConfigError([Problem("config_version", f"{version!r} is not a config version (a whole number from 0 "
+                                   f"to {CONFIG_VERSION}); remove the key or set it to {CONFIG_VERSION}")], source)
+    if version > CONFIG_VERSION:
         raise ConfigError([Problem("config_version", f"version {version!r} is newer than this program "
                                    f"understands ({CONFIG_VERSION}); update kohya-studio")], source)
     while version < CONFIG_VERSION:
@@ -51,11 +54,25 @@ def read_config_dict(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("config", f"{str(path)!r} does not exist; check the path")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem("config", f"{path.name} cannot be read: {exc}")], str(path)) from None
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        return tomlio.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        data = tomlio.loads(text) if kind == "TOML" else json.loads(text)
     except (json.JSONDecodeError, tomlio.TOMLDecodeError) as exc:
-        raise ConfigError([Problem("config", f"{path.name} is not valid {path.suffix[1:].upper()}: {exc}")],
-                          str(path)) from None
+        raise ConfigError([Problem("config", f"{path.name} is not valid {kind}: {exc}")], str(path)) from None
+    except RecursionError:
+        raise ConfigError([Problem("config", f"{path.name} is nested too deeply to be a config; a config is one "
+                                   "table of settings")], str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("config", f"{path.name} holds {_what(data)} at the top; a config is one "
+                                   f"{'table' if kind == 'TOML' else 'object {…}'} of settings")], str(path))
+    return data
+
+
+def _what(value) -> str:
+    return {type(None): "null", list: "a list", str: "a string", bool: "true/false"}.get(
+        type(value), f"a {type(value).__name__}")
 
 
 def config_from_dict(data: dict[str, Any], training_type: str | None = None, source: str = "") -> LoadedConfig:
