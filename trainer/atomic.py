@@ -47,8 +47,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         crash_point(f"before-replace:{path.name}")
         os.replace(tmp, path)
         crash_point(f"after-replace:{path.name}")
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not exc.filename:  # a write() error names no file: name the target
+            exc.filename = str(path)
         raise
 
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from trainer.atomic import atomic_folder
 
-from .faults import TrainingFault
+from .faults import TrainingFault, disk_full, is_write_failure
 
 FORMAT = 1
 
@@ -50,14 +50,19 @@ class TrainState:
 
 def save_state(folder: Path, trained, optimizer, lr_scheduler, scaler, state: TrainState) -> Path:
     folder = Path(folder)  # replaced only when this run wrote it (checked by the caller)
-    with atomic_folder(folder) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()},
-                  str(tmp / "network.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "train_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+    try:
+        with atomic_folder(folder) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()},
+                      str(tmp / "network.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            if scaler is not None:
+                torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            (tmp / "train_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 — only write failures are turned into a fault; the rest re-raised
+        if is_write_failure(exc):  # the temp folder is gone again; the previous state is intact
+            raise disk_full(folder, f"the training state {folder}") from exc
+        raise
     return folder
 
 
