@@ -55,6 +55,14 @@ def assert_same_training(net_a, net_b, start):
     assert difference <= 2e-2 * update, (float(difference), float(update))
 
 
+def assert_same_losses(losses, eager_losses):
+    """The first step runs on identical weights: the same loss up to float noise. Later losses follow the
+    weights, which drift by float rounding (see assert_same_training): measured up to 7e-4 relative on
+    torch 2.14 (4e-6 on 2.13). A lost micro-batch or a stale learning rate moves them by > 1e-2."""
+    assert losses[0] == pytest.approx(eager_losses[0], rel=1e-5)
+    assert losses == pytest.approx(eager_losses, rel=2e-3)
+
+
 def train(step_fn, schedule):
     return [float(step_fn(micro, i)) for i, micro in enumerate(schedule)]
 
@@ -75,7 +83,7 @@ def test_captured_steps_give_the_losses_and_weights_of_normal_steps():
     assert warnings == [] and steps.off_reason is None
     assert steps.captures == 4, "one graph per key: square and wide alone, and each inside a 3-sample step"
     assert steps.update_graph is not None, "the fused AdamW update is captured once its state exists"
-    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert_same_losses(losses, eager_losses)
     assert_same_training(net_eager, net, start)
     unet_lora = [p for name, p in net.named_parameters() if name.startswith("lora_unet")]
     assert unet_lora and all(p.grad is not None and not p.grad.any() for p in unet_lora), \
@@ -148,7 +156,7 @@ def test_a_step_that_cannot_be_captured_runs_normally_and_the_log_says_why(backe
     losses = train(steps, schedule)
     assert len(warnings) == 1 and reason in warnings[0] and "continues normally" in warnings[0]
     assert steps.off_reason and not steps.graphs
-    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert_same_losses(losses, eager_losses)
     assert_same_training(net_eager, net, start)
 
 
@@ -220,7 +228,7 @@ def run_short_of_memory(break_step) -> tuple[list, list, CapturedSteps, dict, ob
     steps = CapturedSteps(ctx, warnings.append, backend)
     break_step(steps, backend)
     losses = train(steps, schedule)
-    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert_same_losses(losses, eager_losses)
     assert_same_training(net_eager, net, start)
     return warnings, steps
 
