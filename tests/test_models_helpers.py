@@ -5,7 +5,7 @@ Two models "are the same" when their weights are bit-identical (`assert_same_wei
 loader or a saver must guarantee. Their outputs are then compared with `assert_outputs_match`, not
 torch.equal: the same weights in another tensor (another allocation, alignment, an mmapped file) can
 send the CPU kernels down another vectorized path, and from torch 2.14 on the last bits differ
-(seen: 1e-6 on outputs of magnitude 1). The same module run twice on the same input stays exact."""
+(seen: up to 4e-5 on outputs of magnitude 1). The same module run twice on the same input stays exact."""
 
 from __future__ import annotations
 
@@ -51,11 +51,12 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def assert_outputs_match(got: torch.Tensor, expected: torch.Tensor) -> None:
-    """Float32 outputs of the same weights in different tensors: within 1e-5 of the output's scale
-    (observed differences are ~1e-6; a wrong key or a transposed weight changes outputs by > 1e-2)."""
+    """Float32 outputs of the same weights in different tensors: within 1e-3 of the output's scale
+    (measured on torch 2.14: up to 4.4e-5 for the SD2 U-Net, ~1e-6 elsewhere; exact on 2.13). The weights
+    are checked bit-exactly beside this; a wrong key or a transposed weight moves outputs by > 1e-2."""
     assert got.shape == expected.shape
     scale = expected.abs().max().item() or 1.0
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5 * scale), (got - expected).abs().max().item()
+    assert torch.allclose(got, expected, rtol=0, atol=1e-3 * scale), (got - expected).abs().max().item()
 
 
 def assert_same_model(base, comps):

@@ -193,12 +193,19 @@ def _learning_rates(c):
         yield Problem("learning_rate", "learning_rate must be above 0 (e.g. 1e-5 for a full fine-tune)")
 
 
+MAX_RESOLUTION_SIDE = 8192  # = max_bucket_reso's limit; an 8192² image is 1024² latents, beyond any GPU's memory
+
+
 @rule
 def _resolution_and_buckets(c):
     try:
         w, h = parse_resolution(c.resolution)
     except ValueError as exc:
         yield Problem("resolution", str(exc))
+        return
+    if max(w, h) > MAX_RESOLUTION_SIDE:
+        yield Problem("resolution", f"{c.resolution!r}: a side of at most {MAX_RESOLUTION_SIDE} (the largest "
+                      "bucket side); SDXL trains at 1024, SD1.x at 512")
         return
     if w % 8 or h % 8 or w < 64 or h < 64:
         yield Problem("resolution", f"{c.resolution!r}: each side must be a multiple of 8 and at least 64, e.g. "
