@@ -48,3 +48,30 @@ def test_twenty_thousand_unknown_keys_are_counted_not_listed_one_by_one():
     lines = str(info.value).splitlines()
     # each listed key is compared with every option name (difflib): 20,000 of them took 15-40 s
     assert len(lines) == 22 and "19980 more unknown options" in lines[-1]
+
+
+@pytest.mark.parametrize("values,field,limit", [
+    ({"max_train_steps": 10**15}, "max_train_steps", "10000000"),   # passed, then MemoryError after 6.9 GB
+    ({"resolution": "100000"}, "resolution", "8192"),              # passed, then "files changed after ..."
+    ({"resolution": "100000", "enable_bucket": False}, "resolution", "8192"),
+])
+def test_values_beyond_what_can_run_are_refused_naming_the_limit(values, field, limit):
+    with pytest.raises(tc.ConfigError) as info:
+        tc.parse_config("lora", values)
+    problem = next(p for p in info.value.problems if p.field == field)
+    assert limit in problem.message
+
+
+def test_a_run_longer_than_any_can_finish_stops_before_training_naming_the_limit():
+    """400,000 steps an epoch (folder 100000_name) × 10,000 epochs: each option is in range, the product is not."""
+    from types import SimpleNamespace
+
+    from trainer.train.faults import TrainingFault
+    from trainer.train.setup import plan_event
+
+    config = tc.LoraConfig(epoch=10000)
+    dataset = SimpleNamespace(samples_per_epoch=lambda: (400_000, 0))
+    steps = SimpleNamespace(steps_per_epoch=lambda: 400_000)
+    with pytest.raises(TrainingFault) as info:
+        plan_event(config, dataset, steps, None, None)
+    assert "4,000,000,000 steps" in info.value.message and "10,000,000" in info.value.message

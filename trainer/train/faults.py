@@ -19,11 +19,12 @@ DISK_HINT = ("Free disk space or choose another output_dir; the files saved befo
 class TrainingFault(Exception):
     """A failure with a message and a hint the user can act on."""
 
-    def __init__(self, message: str, hint: str = "", exit_code: int = EXIT_FAILED):
+    def __init__(self, message: str, hint: str = "", exit_code: int = EXIT_FAILED, unexpected: bool = False):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.exit_code = exit_code
+        self.unexpected = unexpected  # a bug, not a user's problem: its traceback goes to the log
 
 
 class NonFiniteLoss(TrainingFault):
@@ -98,4 +99,5 @@ def describe(exc: BaseException) -> TrainingFault:
     if isinstance(exc, FileNotFoundError):
         return TrainingFault(f"File not found: {exc.filename or exc}", "Check the path in the settings.")
     return TrainingFault(f"Unexpected error: {type(exc).__name__}: {exc}",
-                         "The full traceback is in the log (stderr). Please report it with the run's settings JSON.")
+                         "The full traceback is in the log (stderr). Please report it with the run's settings JSON.",
+                         unexpected=True)

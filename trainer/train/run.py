@@ -323,7 +323,7 @@ def run_training(config, events, stop: StopSignal | None = None) -> int:
                               EXIT_ABORTED)
     except BaseException as exc:  # noqa: BLE001 — every failure must end in a `failed` event
         fault = describe(exc)
-        if not isinstance(exc, TrainingFault):
+        if fault.unexpected:  # an expected error (a corrupt model file, a full disk) is its one line below
             logger.error("training failed:\n%s", traceback.format_exc())
         if isinstance(exc, KeyboardInterrupt):
             fault.exit_code = EXIT_ABORTED
