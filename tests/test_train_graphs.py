@@ -46,13 +46,14 @@ def bucket_schedule():
 def assert_same_training(net_a, net_b, start):
     """The weights agree to within float rounding. The captured update reads an fp32 learning-rate
     tensor where the normal one reads a Python float; on this tiny, hard-trained model that last-bit
-    difference grows to ~0.5 % of the update in 12 steps (an eager run given fp32-rounded rates drifts
-    by exactly the same amount). A stale rate or a lost micro-batch changes the update by tens of %."""
+    difference grows with every step: to 0.5 % of the update in 12 steps on torch 2.13, 2.6 % on 2.14
+    (an eager run given fp32-rounded rates drifts by the same amount). A stale rate (the decaying
+    schedule baked in) or a lost micro-batch changes the update by tens of %, so 10 % still tells them apart."""
     a, b = weights(net_a), weights(net_b)
     update = torch.cat([(a[k] - start[k]).flatten() for k in a]).norm()
     difference = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
     assert update > 0, "the run must train"
-    assert difference <= 2e-2 * update, (float(difference), float(update))
+    assert difference <= 0.1 * update, (float(difference), float(update))
 
 
 def assert_same_losses(losses, eager_losses):
@@ -318,4 +319,5 @@ def test_a_whole_run_with_captured_steps_saves_the_lora_a_normal_run_saves(
     ups = [k for k in normal if "lora_up" in k]
     update = torch.cat([normal[k].float().flatten() for k in ups]).norm()
     difference = torch.cat([(normal[k].float() - captured[k].float()).flatten() for k in ups]).norm()
-    assert update > 0 and difference <= 2e-2 * update, (float(difference), float(update))
+    # the same float drift as assert_same_training, over a whole run: 6.1 % of the update on torch 2.14
+    assert update > 0 and difference <= 0.1 * update, (float(difference), float(update))
