@@ -55,18 +55,31 @@ def ensure_installed(extras: str) -> None:
     stamp_file.write_text(wanted)
 
 
+def run(cmd: list[str]) -> int:
+    """Run cmd in place of this process where the OS allows (POSIX exec): a SIGTERM from docker stop or
+    systemd then reaches the studio itself, which stops its running job gracefully; a launcher waiting
+    in between would die and leave the studio to be killed."""
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(cmd[0], cmd)
+    return subprocess.call(cmd, cwd=ROOT)
+
+
 def main(argv: list[str]) -> int:
     testing = bool(argv) and argv[0] == "--test"
     if not in_virtualenv():
         if not venv_python().exists():
             print(f"[launch] creating a virtual environment in {VENV}", flush=True)
             venv.create(VENV, with_pip=True)
-        return subprocess.call([str(venv_python()), str(Path(__file__).resolve()), *argv], cwd=ROOT)
+        os.chdir(ROOT)
+        return run([str(venv_python()), str(Path(__file__).resolve()), *argv])
     ensure_installed("test" if testing else "")
     if testing:
-        return subprocess.call([sys.executable, "-m", "pytest", *argv[1:]], cwd=ROOT)
+        os.chdir(ROOT)
+        return run([sys.executable, "-m", "pytest", *argv[1:]])
     os.chdir(ROOT)
-    return subprocess.call([sys.executable, "-m", "kohya_gui", *argv], cwd=ROOT)
+    return run([sys.executable, "-m", "kohya_gui", *argv])
 
 
 if __name__ == "__main__":

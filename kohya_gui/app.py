@@ -13,7 +13,10 @@ from . import __version__
 from .cli import access_problems, build_parser
 from .context import AppContext
 from .jobqueue import JobQueue
+from .lock import WorkspaceBusy, WorkspaceLock
+from .login import RateLimitedLogin
 from .settings import SettingsError, make_settings
+from .signals import stop_jobs_on_signals
 from .style import CSS
 from .tabs.about import render_about
 from .tabs.monitor_panel import MonitorPanel
@@ -51,11 +54,18 @@ def main(argv: list[str] | None = None, args=None) -> int:
         return 2
     for text in warnings:
         print(text, file=sys.stderr, flush=True)
+    try:  # before the queue is read: a second studio must not touch queue.json
+        lock = WorkspaceLock(settings.workspace).acquire(f"http://{args.listen}:{args.server_port}")
+    except WorkspaceBusy as exc:
+        print(f"[kohya_gui] {exc}", file=sys.stderr)
+        return 2
+    atexit.register(lock.release)
     queue = JobQueue(settings.workspace, cwd=settings.project_root)
     atexit.register(queue.shutdown)
+    stop_jobs_on_signals(queue)
     ctx = AppContext(settings, queue)
     app = build_app(ctx)
-    auth = (args.username, args.password) if args.username else None
+    auth = RateLimitedLogin(args.username, args.password) if args.username else None
     print(f"[kohya_gui] workspace: {settings.workspace}; browsable folders: "
           + ", ".join(str(r) for r in settings.allowed_roots), flush=True)
     app.queue(default_concurrency_limit=4)

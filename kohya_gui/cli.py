@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+from pathlib import Path
+
+USERNAME_ENV, PASSWORD_ENV = "KOHYA_STUDIO_USERNAME", "KOHYA_STUDIO_PASSWORD"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="no local browser/desktop assumed (never opens a window; pickers are in-page anyway)")
     ap.add_argument("--inbrowser", action="store_true", help="open the page in the default browser")
     ap.add_argument("--username", default="", help="login name (with --password)")
-    ap.add_argument("--password", default="", help="login password (with --username)")
+    ap.add_argument("--password", default="", help="login password (with --username); shows in `ps` — prefer "
+                    f"--password_file or the {PASSWORD_ENV} environment variable")
+    ap.add_argument("--password_file", default=None, help="read the login password from the first line of a file")
     ap.add_argument("--root_path", default=None, help="URL prefix when served behind a reverse proxy")
     ap.add_argument("--config", default=None, help="GUI defaults file (TOML; see docs/gui.md)")
     ap.add_argument("--data_root", action="append", default=[],
@@ -38,8 +44,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def resolve_credentials(args, environ=os.environ) -> str | None:
+    """Fill args.username/password from --password_file or the environment (flags win); a refusal or None."""
+    args.username = args.username or environ.get(USERNAME_ENV, "")
+    if getattr(args, "password_file", None):
+        try:
+            lines = Path(args.password_file).expanduser().read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"--password_file {args.password_file} cannot be read: {exc}"
+        if not lines or not lines[0].strip():
+            return f"--password_file {args.password_file} is empty; put the password on its first line."
+        args.password = lines[0].strip()
+    args.password = args.password or environ.get(PASSWORD_ENV, "")
+    return None
+
+
 def access_problems(args) -> tuple[list[str], str | None]:
     """(warnings to print, a refusal or None) for the network exposure the flags ask for."""
+    refusal = resolve_credentials(args)
+    if refusal:
+        return [], refusal
     if bool(args.username) != bool(args.password):
         return [], "Give both --username and --password (or neither)."
     has_auth = bool(args.username and args.password)

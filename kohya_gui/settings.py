@@ -19,7 +19,7 @@ from pathlib import Path
 try:                       # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - 3.10
-    import toml as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib  # type: ignore[no-redef]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TRAINING_TYPES = ("dreambooth", "lora", "textual_inversion", "finetune")

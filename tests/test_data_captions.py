@@ -100,3 +100,24 @@ def test_non_utf8_captions_are_read_with_a_fallback_and_a_warning(tmp_path):
     japanese.write_bytes("1girl, 猫耳, 少女, 笑顔".encode("shift_jis"))
     text, warning = read_caption(japanese)
     assert text == "1girl, 猫耳, 少女, 笑顔" and "Shift-JIS" in warning
+
+
+def test_a_utf16_caption_without_a_bom_is_decoded_and_the_user_told(tmp_path):
+    from trainer.data.captions import read_caption
+
+    for codec in ("utf-16-le", "utf-16-be"):
+        path = tmp_path / f"{codec}.txt"
+        path.write_bytes("a photo of sks dog, 日本".encode(codec))  # Windows "Unicode" without its BOM
+        text, warning = read_caption(path)
+        assert text == "a photo of sks dog, 日本" and "\x00" not in text
+        assert "UTF-16" in warning and "UTF-8" in warning
+
+
+def test_a_huge_caption_is_cut_once_with_a_warning_naming_the_limit(tmp_path):
+    from trainer.data.captions import MAX_CAPTION_CHARS, read_caption
+
+    path = tmp_path / "long.txt"
+    path.write_text("tag, " * 2_000_000, encoding="utf-8")  # 10 MB: was tokenized again at every step
+    text, warning = read_caption(path)
+    assert len(text) <= MAX_CAPTION_CHARS and text.startswith("tag, tag")
+    assert f"{MAX_CAPTION_CHARS}" in warning and "max_token_length" in warning

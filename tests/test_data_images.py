@@ -51,11 +51,13 @@ def test_animated_image_is_listed_and_skipped(tmp_path):
     assert "animated" in skipped(cfg)[str(bad)]
 
 
-def test_wrongly_suffixed_image_is_listed_with_the_name_it_should_have(tmp_path):
-    cfg, bad = dataset_with(tmp_path, "photo.png", lambda p: make_image(p, fmt="JPEG"))
+@pytest.mark.parametrize("name,fmt,right", [("photo.png", "JPEG", "photo.jpg"), ("photo.jpg", "PNG", "photo.png")])
+def test_a_wrongly_suffixed_image_trains_by_its_content_with_the_name_it_should_have(tmp_path, name, fmt, right):
+    cfg, bad = dataset_with(tmp_path, name, lambda p: make_image(p, fmt=fmt))
     result = scan_dataset(cfg)
-    problem = next(p for p in result.of("skipped") if p.path == str(bad))
-    assert "JPEG data but is named .png" in problem.message and "photo.jpg" in problem.hint
+    assert str(bad) in [str(item.path) for item in result.items]  # decoded by content: not skipped
+    problem = next(p for p in result.of("warning") if p.path == str(bad))
+    assert f"{fmt} data but is named {bad.suffix}" in problem.message and right in problem.hint
 
 
 def test_only_bad_images_stops_before_training_with_a_clear_error(tmp_path):
@@ -101,3 +103,14 @@ def test_cmyk_16bit_and_greyscale_images_become_rgb(tmp_path):
     deep = load_rgb(tmp_path / "deep.png")
     assert deep.mode == "RGB" and deep.getpixel((0, 0)) == (255, 255, 255)
     assert load_rgb(tmp_path / "grey.png").getpixel((0, 0)) == (100, 100, 100)
+
+
+@pytest.mark.parametrize("name,make,why", [
+    ("anim.gif", lambda p: Image.new("RGB", (32, 32)).save(p, format="GIF"), ".gif images are not trained on"),
+    ("gone.png", lambda p: p.symlink_to(p.parent / "nowhere.png"), "symbolic link to a file that does not exist"),
+    ("folder.png", lambda p: p.mkdir(), "a folder named like an image"),
+])
+def test_files_that_look_like_images_but_are_not_read_are_named(tmp_path, name, make, why):
+    """They used to be dropped in silence: preflight now says which file is left out and why."""
+    cfg, ignored = dataset_with(tmp_path, name, make)
+    assert why in skipped(cfg)[str(ignored)]

@@ -19,7 +19,7 @@ def messy_dataset(tmp_path):
     (img / "cut.png").write_bytes((img / "cut.png").read_bytes()[:200])
     frames = [Image.new("RGB", (16, 16), c) for c in ("red", "blue")]
     frames[0].save(img / "anim.webp", save_all=True, append_images=frames[1:])
-    make_image(img / "jpeg.png", (64, 64), fmt="JPEG")
+    (img / "folder.png").mkdir()  # named like an image: said, not dropped in silence
     make_image(img / "small.png", (16, 16), seed=77)
     make_concept(tmp_path / "reg", "1_dog", 3, size=(64, 64), seed0=60)
     return make_cfg(train_data_dir=str(tmp_path / "img"), reg_data_dir=str(tmp_path / "reg"), resolution="64",
@@ -29,10 +29,10 @@ def messy_dataset(tmp_path):
 def test_preflight_lists_each_bad_file_with_its_reason(tmp_path):
     report = preflight(messy_dataset(tmp_path))
     reasons = {p["path"].rsplit("/", 1)[-1]: p["message"] for p in report.bad_files}
-    assert set(reasons) == {"empty.png", "text.jpg", "cut.png", "anim.webp", "jpeg.png"}
+    assert set(reasons) == {"empty.png", "text.jpg", "cut.png", "anim.webp", "folder.png"}
     assert "0 bytes" in reasons["empty.png"] and "not an image" in reasons["text.jpg"]
     assert "truncated" in reasons["cut.png"] and "animated" in reasons["anim.webp"]
-    assert "JPEG data" in reasons["jpeg.png"]
+    assert "folder named like an image" in reasons["folder.png"]
     assert all(p["hint"] for p in report.bad_files), "every skipped file says how to fix it"
     assert report.ok, "bad files are skipped, they do not stop training"
 

@@ -8,6 +8,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from test_kinds_helpers import one_thread, train_steps, unet_probe  # noqa: F401  (one_thread: autouse fixture)
+from test_models_helpers import assert_outputs_match, assert_same_weights
 from trainer.config import DreamboothConfig, FinetuneConfig
 from trainer.kinds import DreamboothKind, FinetuneKind, KindError, create_kind
 from trainer.models import load_base_model
@@ -38,15 +39,18 @@ def test_a_short_run_changes_the_unet_and_the_single_file_loads_in_our_loader_an
     assert out == tmp_path / "mydog.safetensors"
     again = load_base_model(out)
     assert again.family == family
-    assert torch.equal(unet_probe(again.unet), trained)
+    assert_same_weights(again.unet, base.unet)  # the saved file holds exactly the trained weights
+    assert_outputs_match(unet_probe(again.unet), trained)
 
     config = str(tiny_config_dir(family))  # the shipped config folder: no network
     unet = UNet2DConditionModel.from_single_file(str(out), config=config, subfolder="unet", local_files_only=True)
-    assert torch.equal(unet_probe(unet), trained)
+    assert_same_weights(unet, base.unet)
+    assert_outputs_match(unet_probe(unet), trained)
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None}
     pipe = cls.from_single_file(str(out), config=config, local_files_only=True, **extra)
-    assert torch.equal(unet_probe(pipe.unet), trained)
+    assert_same_weights(pipe.unet, base.unet)
+    assert_outputs_match(unet_probe(pipe.unet), trained)
     with safe_open(out, "pt") as fh:
         assert fh.metadata()["ss_training_type"] == "dreambooth" and fh.metadata()["ss_steps"] == "2"
 
@@ -72,7 +76,9 @@ def test_ckpt_and_diffusers_folder_outputs(tmp_path, tiny_model_dir):
     expected = unet_probe(base.unet)
     assert kind.output_ext == "ckpt"
     ckpt = kind.save(tmp_path / "model-000001.ckpt")
-    assert torch.equal(unet_probe(load_base_model(ckpt).unet), expected)
+    again = load_base_model(ckpt).unet
+    assert_same_weights(again, base.unet)
+    assert_outputs_match(unet_probe(again), expected)
 
     folder_kind = create_kind(db_config(save_model_as="diffusers_safetensors"))
     folder_kind.prepare(base)
@@ -80,7 +86,8 @@ def test_ckpt_and_diffusers_folder_outputs(tmp_path, tiny_model_dir):
     folder = folder_kind.save(tmp_path / "model-000002.diffusers_safetensors")
     assert folder == tmp_path / "model-000002" and (folder / "model_index.json").is_file()
     pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
-    assert torch.equal(unet_probe(pipe.unet), expected)
+    assert_same_weights(pipe.unet, base.unet)
+    assert_outputs_match(unet_probe(pipe.unet), expected)
     assert pipe.scheduler.config.prediction_type == "v_prediction"  # the SD2 v-model stays a v-model
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.models import encode_prompt, load_base_model, tokenize_prompt
-from test_models_helpers import assert_same_model, te_out, unet_out, vae_out
+from test_models_helpers import assert_outputs_match, assert_same_model, assert_same_weights, te_out, unet_out, vae_out
 from trainer.models.tiny import build_tiny_components
 
 FAMILIES = ["sd1", "sd2", "sdxl"]
@@ -35,7 +35,9 @@ def test_diffusers_folder_loads_as_the_generated_model(family, tiny_model_dir):
 def test_ckpt_single_file_loads_like_safetensors(tiny_model_dir):
     base = load_base_model(tiny_model_dir("sd1", suffix=".ckpt"))
     assert base.family == "sd1"
-    assert torch.equal(unet_out(base.unet), unet_out(build_tiny_components("sd1")["unet"]))
+    unet = build_tiny_components("sd1")["unet"]
+    assert_same_weights(base.unet, unet)
+    assert_outputs_match(unet_out(base.unet), unet_out(unet))
 
 
 def test_different_seeds_give_different_models():
@@ -67,10 +69,13 @@ def test_vae_override_from_single_file_and_folder(tmp_path, tiny_model_dir):
     ldm = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(other.state_dict(), other.config).items()}
     vae_file = write_checkpoint(ldm, tmp_path / "my-vae.safetensors")
     base = load_base_model(tiny_model_dir("sd1"), vae=vae_file)
-    assert torch.equal(vae_out(base.vae), vae_out(other)) and "my-vae" in base.source
+    assert_same_weights(base.vae, other)
+    assert_outputs_match(vae_out(base.vae), vae_out(other))
+    assert "my-vae" in base.source
     other.save_pretrained(tmp_path / "vae-folder")
     base = load_base_model(tiny_model_dir("sd1"), vae=tmp_path / "vae-folder")
-    assert torch.equal(vae_out(base.vae), vae_out(other))
+    assert_same_weights(base.vae, other)
+    assert_outputs_match(vae_out(base.vae), vae_out(other))
 
 
 def test_sd1_clip_skip_uses_the_penultimate_layer_with_final_norm(tiny_model_dir):
@@ -125,4 +130,6 @@ def test_old_sd1_files_without_text_model_infix_load(tmp_path, tiny_model_dir):
     base = load_base_model(tmp_path / "old-sd1.safetensors")
     comps = build_tiny_components("sd1")
     assert base.family == "sd1"
-    assert torch.equal(te_out(base.text_encoders[0], base.tokenizers[0]), te_out(comps["text_encoder"], comps["tokenizer"]))
+    assert_same_weights(base.text_encoders[0], comps["text_encoder"])
+    assert_outputs_match(te_out(base.text_encoders[0], base.tokenizers[0]),
+                         te_out(comps["text_encoder"], comps["tokenizer"]))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from test_models_helpers import unet_out, vae_out
+from test_models_helpers import assert_outputs_match, assert_same_weights, unet_out, vae_out
 from trainer.models import load_base_model, save_diffusers, save_single_file
 from trainer.models.tiny import tiny_config_dir
 
@@ -28,19 +28,24 @@ def test_saved_single_file_loads_back_in_our_loader_and_in_diffusers(family, tmp
 
     again = load_base_model(out)
     assert (again.family, again.v_prediction) == (family, family == "sd2")
-    assert torch.equal(unet_out(again.unet), expected)
-    assert torch.equal(vae_out(again.vae), vae_out(base.vae))
+    assert_same_weights(again.unet, base.unet)
+    assert_same_weights(again.vae, base.vae)
+    assert_outputs_match(unet_out(again.unet), expected)
+    assert_outputs_match(vae_out(again.vae), vae_out(base.vae))
 
     config = str(tiny_config_dir(family))
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None}
     pipe = cls.from_single_file(str(out), config=config, local_files_only=True, **extra)
-    assert torch.equal(unet_out(pipe.unet), expected)
+    assert_same_weights(pipe.unet, base.unet)
+    assert_outputs_match(unet_out(pipe.unet), expected)
     ids = base.tokenizers[0](["a photo"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert_same_weights(pipe.text_encoder, base.text_encoders[0])
     with torch.no_grad():
-        assert torch.equal(pipe.text_encoder(ids).last_hidden_state, base.text_encoders[0](ids).last_hidden_state)
+        assert_outputs_match(pipe.text_encoder(ids).last_hidden_state, base.text_encoders[0](ids).last_hidden_state)
         if family == "sdxl":
-            assert torch.equal(pipe.text_encoder_2(ids).text_embeds, base.text_encoders[1](ids).text_embeds)
+            assert_same_weights(pipe.text_encoder_2, base.text_encoders[1])
+            assert_outputs_match(pipe.text_encoder_2(ids).text_embeds, base.text_encoders[1](ids).text_embeds)
 
 
 def test_single_file_uses_original_key_layout_and_records_the_architecture(tmp_path, tiny_model_dir):

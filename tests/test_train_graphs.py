@@ -46,13 +46,22 @@ def bucket_schedule():
 def assert_same_training(net_a, net_b, start):
     """The weights agree to within float rounding. The captured update reads an fp32 learning-rate
     tensor where the normal one reads a Python float; on this tiny, hard-trained model that last-bit
-    difference grows to ~0.5 % of the update in 12 steps (an eager run given fp32-rounded rates drifts
-    by exactly the same amount). A stale rate or a lost micro-batch changes the update by tens of %."""
+    difference grows with every step: to 0.5 % of the update in 12 steps on torch 2.13, 2.6 % on 2.14
+    (an eager run given fp32-rounded rates drifts by the same amount). A stale rate (the decaying
+    schedule baked in) or a lost micro-batch changes the update by tens of %, so 10 % still tells them apart."""
     a, b = weights(net_a), weights(net_b)
     update = torch.cat([(a[k] - start[k]).flatten() for k in a]).norm()
     difference = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
     assert update > 0, "the run must train"
-    assert difference <= 2e-2 * update, (float(difference), float(update))
+    assert difference <= 0.1 * update, (float(difference), float(update))
+
+
+def assert_same_losses(losses, eager_losses):
+    """The first step runs on identical weights: the same loss up to float noise. Later losses follow the
+    weights, which drift by float rounding (see assert_same_training): measured up to 7e-4 relative on
+    torch 2.14 (4e-6 on 2.13). A lost micro-batch or a stale learning rate moves them by > 1e-2."""
+    assert losses[0] == pytest.approx(eager_losses[0], rel=1e-5)
+    assert losses == pytest.approx(eager_losses, rel=2e-3)
 
 
 def train(step_fn, schedule):
@@ -75,7 +84,7 @@ def test_captured_steps_give_the_losses_and_weights_of_normal_steps():
     assert warnings == [] and steps.off_reason is None
     assert steps.captures == 4, "one graph per key: square and wide alone, and each inside a 3-sample step"
     assert steps.update_graph is not None, "the fused AdamW update is captured once its state exists"
-    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert_same_losses(losses, eager_losses)
     assert_same_training(net_eager, net, start)
     unet_lora = [p for name, p in net.named_parameters() if name.startswith("lora_unet")]
     assert unet_lora and all(p.grad is not None and not p.grad.any() for p in unet_lora), \
@@ -148,7 +157,7 @@ def test_a_step_that_cannot_be_captured_runs_normally_and_the_log_says_why(backe
     losses = train(steps, schedule)
     assert len(warnings) == 1 and reason in warnings[0] and "continues normally" in warnings[0]
     assert steps.off_reason and not steps.graphs
-    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert_same_losses(losses, eager_losses)
     assert_same_training(net_eager, net, start)
 
 
@@ -220,7 +229,7 @@ def run_short_of_memory(break_step) -> tuple[list, list, CapturedSteps, dict, ob
     steps = CapturedSteps(ctx, warnings.append, backend)
     break_step(steps, backend)
     losses = train(steps, schedule)
-    assert losses == pytest.approx(eager_losses, rel=1e-5)
+    assert_same_losses(losses, eager_losses)
     assert_same_training(net_eager, net, start)
     return warnings, steps
 
@@ -310,4 +319,5 @@ def test_a_whole_run_with_captured_steps_saves_the_lora_a_normal_run_saves(
     ups = [k for k in normal if "lora_up" in k]
     update = torch.cat([normal[k].float().flatten() for k in ups]).norm()
     difference = torch.cat([(normal[k].float() - captured[k].float()).flatten() for k in ups]).norm()
-    assert update > 0 and difference <= 2e-2 * update, (float(difference), float(update))
+    # the same float drift as assert_same_training, over a whole run: 6.1 % of the update on torch 2.14
+    assert update > 0 and difference <= 0.1 * update, (float(difference), float(update))

@@ -57,6 +57,7 @@ def test_a_disk_that_fills_up_mid_run_fails_cleanly_and_keeps_earlier_checkpoint
     assert rc == 1
     assert [e["type"] for e in events][-2:] == ["error", "failed"]
     assert "disk is full" in events[-1]["message"] and "intact" in events[-1]["hint"]
+    assert str(out / "toy.safetensors") in events[-1]["message"] and "free on that disk" in events[-1]["message"]
     assert "Traceback" not in "".join(str(e) for e in events)
     assert first["path"] == str(out / "toy-000001.safetensors")
     assert lora_tensors(out / "toy-000001.safetensors")
@@ -88,3 +89,19 @@ def test_two_gloo_processes_end_with_identical_weights_and_one_writer(tmp_path, 
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".json") == ["toy-000001.safetensors",
                                                                            "toy.safetensors"]
     assert len(list(out.glob("toy_*.json"))) == 1
+
+
+def test_a_disk_that_fills_up_while_saving_the_state_names_the_folder_and_the_free_space(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    config = lora_config(tiny_model_dir("sd1"), make_dataset(tmp_path / "data", images=4, repeats=10), out,
+                         save_state=True, epoch=3)
+    live = LiveRun.trainer(write_config(config, tmp_path / "c.json"))
+    live.wait_for(lambda e: e["type"] == "saved" and e["kind"] == "epoch")
+    resource.prlimit(live.proc.pid, resource.RLIMIT_FSIZE, (4096, 4096))  # the next state's optimizer.pt fails
+    rc, events, err = live.finish()
+    assert rc == 1
+    message = events[-1]["message"]  # torch.save's own error was "unexpected pos …": an "Unexpected error"
+    assert "disk is full" in message and "toy-000002-state" in message and "free on that disk" in message
+    assert "intact" in events[-1]["hint"] and "Traceback" not in "".join(str(e) for e in events)
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".json") == ["toy-000001-state",
+                                                                           "toy-000001.safetensors"]

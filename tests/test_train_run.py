@@ -98,3 +98,13 @@ def test_plan_and_preflight_commands_read_the_same_config(tmp_path, tiny_model_d
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["total_steps"] == 3 * 5 * 4
+
+
+def test_an_expected_error_is_one_line_without_a_traceback(tmp_path):
+    """A corrupt model file is the user's problem, well described: no traceback on the terminal or the page."""
+    model = tmp_path / "broken.safetensors"
+    model.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    config = lora_config(model, make_dataset(tmp_path / "data"), tmp_path / "out", epoch=1)
+    rc, events, err = run_trainer(write_config(config, tmp_path / "c.json"))
+    assert rc == 1 and events[-1]["type"] == "failed" and "broken.safetensors" in events[-1]["message"]
+    assert "Traceback" not in err, err[-2000:]

@@ -85,7 +85,7 @@ def test_loss_falls_clearly_on_an_image_the_lora_can_memorise():
 
 def test_batch_two_equals_batch_one_with_two_accumulation_steps():
     """Same samples, same noise: the update agrees up to float noise (the tiny U-Net's batched and
-    unbatched forwards differ by ~1e-4 on CPU), far below what a wrong loss scaling (2×) would give."""
+    unbatched forwards differ on CPU), far below what a wrong loss scaling (2×) would give."""
     from trainer.train.loop import train_step
 
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
@@ -103,7 +103,10 @@ def test_batch_two_equals_batch_one_with_two_accumulation_steps():
     update = torch.cat([(wa[k] - start[k]).flatten() for k in wa])
     difference = torch.cat([(wa[k] - wb[k]).flatten() for k in wa])
     assert update.norm() > 0, "the step must train"
-    assert difference.norm() < 0.01 * update.norm(), (difference.norm(), update.norm())
+    # a wrong loss scaling (2x or 1/2) puts the difference at >= 0.5x the update; the batched and unbatched
+    # forwards are different kernels on different shapes, so their float noise is what remains: measured
+    # 0.2% of the update on torch 2.13 and 2.4% on 2.14 (the second step starts from the first's noise)
+    assert difference.norm() < 0.1 * update.norm(), (difference.norm(), update.norm())
 
 
 def test_adamw8bit_trains_on_the_cpu():

@@ -12,6 +12,11 @@ import math
 from dataclasses import asdict, dataclass
 
 
+# Longer than any run can take: 10 million steps at 10 steps/s (a small LoRA on a fast GPU) are 12 days.
+# Above this a typo is likelier than a plan, and per-step bookkeeping (save names, schedules) grows with it.
+MAX_TRAIN_STEPS = 10_000_000
+
+
 @dataclass(frozen=True)
 class Plan:
     samples_per_epoch: int  # training images × repeats, plus the balanced reg samples

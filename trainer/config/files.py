@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import toml
-
+from trainer import tomlio
 from trainer.atomic import atomic_write_text
 
 from .kohya_import import detect_training_type, import_kohya_json
@@ -28,7 +27,10 @@ MIGRATIONS: dict[int, Callable[[dict], dict]] = {0: _v0_to_v1}
 
 def migrate(data: dict, source: str = "") -> dict:
     version = data.get("config_version", 0)
-    if not isinstance(version, int) or version > CONFIG_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ConfigError([Problem("config_version", f"{version!r} is not a config version (a whole number from 0 "
+                                   f"to {CONFIG_VERSION}); remove the key or set it to {CONFIG_VERSION}")], source)
+    if version > CONFIG_VERSION:
         raise ConfigError([Problem("config_version", f"version {version!r} is newer than this program "
                                    f"understands ({CONFIG_VERSION}); update kohya-studio")], source)
     while version < CONFIG_VERSION:
@@ -52,11 +54,25 @@ def read_config_dict(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem("config", f"{str(path)!r} does not exist; check the path")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem("config", f"{path.name} cannot be read: {exc}")], str(path)) from None
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        return toml.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, toml.TomlDecodeError) as exc:
-        raise ConfigError([Problem("config", f"{path.name} is not valid {path.suffix[1:].upper()}: {exc}")],
-                          str(path)) from None
+        data = tomlio.loads(text) if kind == "TOML" else json.loads(text)
+    except (json.JSONDecodeError, tomlio.TOMLDecodeError) as exc:
+        raise ConfigError([Problem("config", f"{path.name} is not valid {kind}: {exc}")], str(path)) from None
+    except RecursionError:
+        raise ConfigError([Problem("config", f"{path.name} is nested too deeply to be a config; a config is one "
+                                   "table of settings")], str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("config", f"{path.name} holds {_what(data)} at the top; a config is one "
+                                   f"{'table' if kind == 'TOML' else 'object {…}'} of settings")], str(path))
+    return data
+
+
+def _what(value) -> str:
+    return {type(None): "null", list: "a list", str: "a string", bool: "true/false"}.get(
+        type(value), f"a {type(value).__name__}")
 
 
 def config_from_dict(data: dict[str, Any], training_type: str | None = None, source: str = "") -> LoadedConfig:
@@ -99,8 +115,9 @@ def save_config_json(config: BaseConfig, path: str | Path) -> Path:
 
 
 def to_trainer_toml(config: BaseConfig) -> str:
-    """The TOML the trainer subprocess reads (same keys as the JSON; None values are left out)."""
-    return toml.dumps({k: v for k, v in config_to_dict(config).items() if v is not None})
+    """The TOML the trainer subprocess reads (same keys as the JSON; None values are left out), written
+    by a spec-compliant writer so every string reads back exactly."""
+    return tomlio.dumps(config_to_dict(config))
 
 
 def save_trainer_toml(config: BaseConfig, path: str | Path) -> Path:

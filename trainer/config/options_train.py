@@ -37,7 +37,7 @@ class TrainingOptions(Options):
     max_train_steps: int = opt(
         0, "Stop after this many optimizer steps; 0 = epochs govern. (Kohya_ss defaults this to 1600, "
         "which silently overrides the epoch count; here it only applies when you set it.)",
-        section="training", level="basic", ge=0)
+        section="training", level="basic", ge=0, le=10_000_000)  # trainer.plan.MAX_TRAIN_STEPS
     gradient_accumulation_steps: int = opt(1, "Sum gradients over N batches before each update "
                                            "(effective batch = batch × N).", section="training", ge=1, le=120)
     seed: int = opt(0, "Random seed; 0 = pick one at random and record it in the run settings.",

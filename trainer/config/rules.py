@@ -47,14 +47,21 @@ def config_class(training_type: str) -> type[BaseConfig]:
                                    f"{', '.join(CONFIG_TYPES)}")]) from None
 
 
+MAX_UNKNOWN_LISTED = 20  # beyond this a file is not a config with typos: one line counts the rest
+
+
 def unknown_key_problems(cls: type[BaseConfig], values: dict) -> list[Problem]:
     known = list(cls.model_fields)
+    unknown = [key for key in values if key not in cls.model_fields]
     problems = []
-    for key in values:
-        if key not in cls.model_fields:
-            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f"did you mean {near[0]!r}?" if near else "remove it (see docs/options.md for the valid names)"
-            problems.append(Problem(key, f"unknown option {key!r}; {hint}"))
+    for key in unknown[:MAX_UNKNOWN_LISTED]:
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}?" if near else "remove it (see docs/options.md for the valid names)"
+        problems.append(Problem(key, f"unknown option {key!r}; {hint}"))
+    if len(unknown) > MAX_UNKNOWN_LISTED:
+        rest = unknown[MAX_UNKNOWN_LISTED:]
+        problems.append(Problem("config", f"{len(rest)} more unknown options ({', '.join(map(str, rest[:3]))}, …); "
+                                f"only the first {MAX_UNKNOWN_LISTED} are listed — is this the right file?"))
     return problems
 
 
@@ -197,12 +204,19 @@ def _learning_rates(c):
         yield Problem("learning_rate", "learning_rate must be above 0 (e.g. 1e-5 for a full fine-tune)")
 
 
+MAX_RESOLUTION_SIDE = 8192  # = max_bucket_reso's limit; an 8192² image is 1024² latents, beyond any GPU's memory
+
+
 @rule
 def _resolution_and_buckets(c):
     try:
         w, h = parse_resolution(c.resolution)
     except ValueError as exc:
         yield Problem("resolution", str(exc))
+        return
+    if max(w, h) > MAX_RESOLUTION_SIDE:
+        yield Problem("resolution", f"{c.resolution!r}: a side of at most {MAX_RESOLUTION_SIDE} (the largest "
+                      "bucket side); SDXL trains at 1024, SD1.x at 512")
         return
     if w % 8 or h % 8 or w < 64 or h < 64:
         yield Problem("resolution", f"{c.resolution!r}: each side must be a multiple of 8 and at least 64, e.g. "

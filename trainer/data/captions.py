@@ -12,6 +12,10 @@ _KANA = re.compile(r"[\u3040-\u30ff]")
 _KANJI_RUN = re.compile(r"[\u4e00-\u9fff]{2}")
 _HALFWIDTH_KATAKANA = re.compile(r"[\uff61-\uff9f]")
 _GLUED_TO_LATIN = re.compile(r"[A-Za-z][\u3040-\u9fff]|[\u3040-\u9fff][A-Za-z]")
+# The text encoder sees at most max_token_length (225) tokens, ~1000 characters of real text; a CLIP token
+# is rarely over 16 characters, so the cut never changes what is trained, while a 10 MB caption was
+# tokenized again at every step (minutes a step, gigabytes of memory).
+MAX_CAPTION_CHARS = 225 * 16
 
 
 def caption_path(image: Path, extension: str) -> Path:
@@ -30,13 +34,25 @@ def read_caption(path: Path) -> tuple[str, str | None]:
         warning = f"{warning}; re-save it as UTF-8 to be sure the caption is read as you wrote it"
     for line in text.splitlines():
         if line.strip():
-            return line.strip(), warning
+            line = line.strip()
+            if len(line) > MAX_CAPTION_CHARS:
+                cut = (f"is {len(line):,} characters long; only the first {MAX_CAPTION_CHARS} are used (the text "
+                       "encoder reads at most max_token_length = 225 tokens, about 1000 characters)")
+                warning = f"{warning}; it {cut}" if warning else cut
+                line = line[:MAX_CAPTION_CHARS]
+            return line, warning
     return "", warning
 
 
 def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16"), None
+    codec = _bomless_utf16(data)
+    if codec:
+        try:
+            return data.decode(codec), f"UTF-16 without a byte-order mark; read as {codec.upper()}"
+        except UnicodeDecodeError:
+            pass
     try:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError:
@@ -52,6 +68,20 @@ def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
         return data.decode("cp1252"), "not UTF-8; read as cp1252 (Windows ANSI)"
     except UnicodeDecodeError:
         return data.decode("latin-1"), "not UTF-8; read as latin-1"
+
+
+def _bomless_utf16(data: bytes) -> str | None:
+    """Windows "Unicode" text saved without its BOM: NUL bytes in every other place (the high byte of
+    each Latin letter). UTF-8 text never holds NUL."""
+    if len(data) < 4 or len(data) % 2 or b"\x00" not in data:
+        return None
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    half = len(data) // 2
+    if odd >= half * 0.3 and even == 0:
+        return "utf-16-le"
+    if even >= half * 0.3 and odd == 0:
+        return "utf-16-be"
+    return None
 
 
 def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int) -> str:

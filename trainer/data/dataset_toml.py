@@ -25,12 +25,9 @@ def read_toml_or_json(path: Path) -> dict:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
         return json.loads(text)
-    try:
-        import tomllib
-        return tomllib.loads(text)
-    except ModuleNotFoundError:  # Python 3.10
-        import toml
-        return toml.loads(text)
+    from trainer import tomlio
+
+    return tomlio.loads(text)
 
 
 def load_dataset_config(path: str | Path, cfg) -> tuple[list[DatasetSpec], list[Problem]]:

@@ -35,11 +35,35 @@ def list_images(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(found, key=lambda p: str(p))
 
 
+# Image files that are not trained on: said so in preflight rather than dropped in silence.
+_UNTRAINED_IMAGE_TYPES = (".gif", ".tif", ".tiff", ".avif", ".heic", ".heif", ".jxl", ".jfif")
+
+
+def ignored_entries(folder: Path, recursive: bool = False) -> list[tuple[Path, str, str]]:
+    """(path, why, hint) for each entry that looks like an image but is not read as one."""
+    out = []
+    walker = folder.rglob("*") if recursive else folder.iterdir()
+    for p in sorted(walker, key=lambda p: str(p)):
+        if p.name.startswith(".") or (recursive and any(s.startswith(".") for s in p.relative_to(folder).parts)):
+            continue
+        suffix = p.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS and p.is_symlink() and not p.exists():
+            out.append((p, "a symbolic link to a file that does not exist", "fix or delete the link"))
+        elif suffix in IMAGE_EXTENSIONS and p.is_dir():
+            out.append((p, "a folder named like an image", "rename the folder; images inside it are not read"
+                        + ("" if recursive else " (unless recursive is on)")))
+        elif suffix in _UNTRAINED_IMAGE_TYPES and p.is_file():
+            out.append((p, f"{suffix} images are not trained on", "convert it to PNG or JPEG (one frame of an "
+                        f"animation), or leave it out; only {', '.join(IMAGE_EXTENSIONS)} are read"))
+    return out
+
+
 @dataclass(frozen=True)
 class ImageFacts:
     size: tuple[int, int]  # (width, height) after EXIF orientation
     file_size: int
     mtime_ns: int
+    misnamed: tuple[str, str] | None = None  # (message, hint) when the content is not what the suffix says
 
 
 def probe_image(path: Path) -> ImageFacts:
@@ -54,7 +78,7 @@ def probe_image(path: Path) -> ImageFacts:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                _check_format(path, im)
+                misnamed = _check_format(path, im)
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     raise BadImage(f"animated image ({frames} frames)", "export a single frame as PNG")
@@ -73,17 +97,18 @@ def probe_image(path: Path) -> ImageFacts:
         raise BadImage(reason, "copy the image again or re-save it in an image editor") from exc
     if orientation in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
-    return ImageFacts((width, height), stat.st_size, stat.st_mtime_ns)
+    return ImageFacts((width, height), stat.st_size, stat.st_mtime_ns, misnamed)
 
 
-def _check_format(path: Path, im: Image.Image) -> None:
+def _check_format(path: Path, im: Image.Image) -> tuple[str, str] | None:
+    """PIL decodes by content, so a PNG named .jpg trains fine here; other tools may not read it (a warning)."""
     expected = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
     actual = "JPEG" if im.format == "MPO" else im.format
     if expected and actual and actual != expected:
         right = _SUFFIX_OF_FORMAT.get(actual, "." + actual.lower())
-        raise BadImage(f"holds {actual} data but is named {path.suffix}",
-                       f"rename it to {path.stem}{right} (and its caption file alike) so every tool reads it "
-                       "the same way")
+        return (f"holds {actual} data but is named {path.suffix}; it is read by its content",
+                f"rename it to {path.stem}{right} (and its caption file alike) so every tool reads it the same way")
+    return None
 
 
 def load_rgb(path: Path) -> Image.Image:

@@ -12,7 +12,7 @@ from .buckets import BucketManager, Placement
 from .captions import caption_path, read_caption
 from .dataset_toml import load_dataset_config
 from .errors import EXPECTED_LAYOUT, BadImage, DatasetError, Problem
-from .images import IMAGE_EXTENSIONS, ImageFacts, list_images, probe_image
+from .images import IMAGE_EXTENSIONS, ImageFacts, ignored_entries, list_images, probe_image
 from .options import DatasetSpec, SubsetSpec, cfg_get, make_dataset_spec, make_subset, subset_values
 
 CONCEPT_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -189,6 +189,8 @@ def _scan_subset(subset: SubsetSpec, buckets: BucketManager, d_index: int, s_ind
     if not subset.image_dir.is_dir():
         problems.append(Problem("error", "image folder does not exist", "fix the path", str(subset.image_dir)))
         return scanned
+    for path, why, hint in ignored_entries(subset.image_dir, subset.recursive):
+        problems.append(Problem("skipped", f"ignored: {why}", hint, str(path)))
     paths = list_images(subset.image_dir, subset.recursive)
     if not paths:
         problems.append(Problem("warning", f"concept folder {subset.label!r} holds no images",
@@ -206,6 +208,8 @@ def _scan_subset(subset: SubsetSpec, buckets: BucketManager, d_index: int, s_ind
         except BadImage as exc:
             problems.append(Problem("skipped", exc.reason, exc.hint, str(path)))
             continue
+        if result.misnamed:
+            problems.append(Problem("warning", *result.misnamed, str(path)))
         caption, source = _caption_for(path, subset, problems)
         if source == "file":
             scanned.captions_found += 1

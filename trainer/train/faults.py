@@ -19,11 +19,12 @@ DISK_HINT = ("Free disk space or choose another output_dir; the files saved befo
 class TrainingFault(Exception):
     """A failure with a message and a hint the user can act on."""
 
-    def __init__(self, message: str, hint: str = "", exit_code: int = EXIT_FAILED):
+    def __init__(self, message: str, hint: str = "", exit_code: int = EXIT_FAILED, unexpected: bool = False):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.exit_code = exit_code
+        self.unexpected = unexpected  # a bug, not a user's problem: its traceback goes to the log
 
 
 class NonFiniteLoss(TrainingFault):
@@ -31,6 +32,42 @@ class NonFiniteLoss(TrainingFault):
         kept = f" The last good checkpoint is kept: {last_good}." if last_good else ""
         super().__init__(f"The loss became NaN/inf at step {step}; training stopped and nothing after that "
                          f"step was saved.{kept}", NAN_HINT)
+
+
+def free_space(path) -> str:
+    """Free space on the disk holding `path` (or its nearest existing parent), for disk-full messages."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+        free /= 1024
+    return ""
+
+
+def disk_full(path, what: str = "") -> TrainingFault:
+    return TrainingFault(f"The disk is full while writing {what or path} ({free_space(path)} on that disk).",
+                         DISK_HINT)
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """A failed write: OSError ENOSPC/EDQUOT/EFBIG; safetensors' error quoting that OS error; or
+    torch.save's RuntimeError from its C++ zip writer (inline_container.cc: "failed writing …" or
+    "unexpected pos …"), which carries no errno."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError":
+        return any(f"os error {n}" in text for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+    return isinstance(exc, RuntimeError) and ("inline_container" in text or "failed writing" in text)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -49,7 +86,7 @@ def describe(exc: BaseException) -> TrainingFault:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
         return TrainingFault(f"Out of memory: {first}", MEMORY_HINT)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return TrainingFault(f"The disk is full while writing {exc.filename or 'a file'}.", DISK_HINT)
+        return disk_full(exc.filename or ".", exc.filename or "a file")
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return TrainingFault(f"Cannot write {exc.filename or 'the output'}: {exc.strerror}.",
                              "Choose an output_dir you can write to (check its permissions); files saved "
@@ -62,4 +99,5 @@ def describe(exc: BaseException) -> TrainingFault:
     if isinstance(exc, FileNotFoundError):
         return TrainingFault(f"File not found: {exc.filename or exc}", "Check the path in the settings.")
     return TrainingFault(f"Unexpected error: {type(exc).__name__}: {exc}",
-                         "The full traceback is in the log (stderr). Please report it with the run's settings JSON.")
+                         "The full traceback is in the log (stderr). Please report it with the run's settings JSON.",
+                         unexpected=True)

@@ -24,7 +24,10 @@ from .metadata import at_save, bucket_info, training_metadata
 from .progress import Progress, open_tracker
 from .optimizers import evaluation_weights
 from .samples import generate_samples, load_prompts
-from .saving import Retention, SavePolicy, check_no_collisions, check_writable, write_settings_json
+from trainer.crashpoints import crash_point
+
+from .leftovers import clean_leftovers
+from .saving import Retention, SavePolicy, adoptable, check_no_collisions, check_writable, write_settings_json
 from .state import TrainState, check_resume_settings, load_state, read_train_state, save_state
 from .stop import AbortRequested, StopSignal
 from .text import modules_on
@@ -70,6 +73,9 @@ class TrainingRun:
         self.plan["warmup_steps"] = S.warmup_for_plan(cfg, self.plan["total_steps"])
         owned = set(self.resumed.written) if self.resumed else set()
         if self.main:
+            self.clean_leftovers()
+            if self.resumed:
+                owned |= adoptable(self.policy, self.plan["epochs"], self.plan["total_steps"], self.resumed)
             check_no_collisions(self.policy, self.plan["epochs"], self.plan["total_steps"], owned)
             settings = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(vars(cfg))
             self.settings_path = write_settings_json(self.policy.output_dir, self.policy.output_name, settings)
@@ -91,12 +97,17 @@ class TrainingRun:
                                         dataset=self.dataset, events=self.events)
         self.step_fn = make_step_fn(self.ctx, cfg, self.warn)
         self.state = TrainState(seed=self.seed, total_steps=self.plan["total_steps"], settings=self.resume_settings())
+        self.missing_result: dict = {}
         if self.resumed:
             check_resume_settings(self.resumed.settings, self.state.settings, self.warn)
             loaded = load_state(Path(resume_dir), self.kind, self.ctx.optimizer, self.ctx.lr_scheduler,
                                 self.acc.scaler)
             self.state.epoch, self.state.step_in_epoch = loaded.epoch, loaded.step_in_epoch
             self.state.global_step, self.state.written = loaded.global_step, list(loaded.written)
+            self.state.session_id = loaded.session_id
+            saved_with = loaded.saved_with or {}
+            if saved_with.get("path") and not Path(saved_with["path"]).exists():
+                self.missing_result = saved_with  # killed between the state and its model file
             logger.info("resumed from %s at epoch %d, step %d", resume_dir, loaded.epoch, loaded.global_step)
         self.retention = Retention(self.policy, self.state.written)
         self.meta = training_metadata(
@@ -104,6 +115,16 @@ class TrainingRun:
             optimizer_desc=S.describe_optimizer(self.ctx.optimizer, cfg), dataset_dirs=dataset_dirs(scan),
             tag_frequency=tag_frequency(scan), reg_dataset_dirs=dataset_dirs(scan, reg=True),
             bucket_info=bucket_info(self.dataset.bucket_counts(), [it.placement.ar_error for it in scan.items]))
+        if self.state.session_id:  # a resumed run is the same session: its files say so
+            self.meta["ss_session_id"] = self.state.session_id
+        self.state.session_id = self.meta["ss_session_id"]
+
+    def clean_leftovers(self) -> None:
+        """Temp files and folders a killed run left (its saves are atomic), named in the log."""
+        names = {p.name for p in self.policy.planned_paths(self.plan["epochs"], self.plan["total_steps"])}
+        names.add(f"{self.policy.output_name}_settings")  # never a real name: keeps the set non-empty
+        for line in clean_leftovers(self.policy.output_dir, names):
+            self.warn(f"A crashed earlier run left temporary files in {self.policy.output_dir}: {line}.")
 
     def resume_settings(self) -> dict:
         c = self.config
@@ -120,6 +141,12 @@ class TrainingRun:
                                  tracker=open_tracker(self.config, self.main), enabled=self.main)
         for module in self.kind.trained_modules():
             module.train()
+        if self.missing_result and self.main:
+            m = self.missing_result
+            self.warn(f"resume: {Path(m['path']).name} was not written (the run was killed right after saving its "
+                      "state); writing it now from the state.")
+            with evaluation_weights(self.ctx.optimizer):
+                self.write_model(Path(m["path"]), m["kind"], m["epoch"], m["step"])
         try:
             while self.state.global_step < total:
                 epoch, skip = self.state.epoch, self.state.step_in_epoch
@@ -131,6 +158,7 @@ class TrainingRun:
                     self.state.global_step += 1
                     self.state.step_in_epoch += 1
                     step = self.state.global_step
+                    crash_point(f"step:{step}")
                     self.progress.record(step, epoch, loss, self.ctx.lr_scheduler.get_last_lr())
                     if self.policy.step_due(step, total):
                         self.save("step", epoch, step)
@@ -174,13 +202,20 @@ class TrainingRun:
         if with_state is None:
             with_state = self.policy.save_state
         if self.main:
-            with evaluation_weights(self.ctx.optimizer):
-                self.write_model(path, kind, epoch, step)
+            # the state first, listing the model file written next: a kill at any moment leaves either the
+            # previous state (this step is redone; no file of it exists yet) or this one (the resume writes
+            # a missing model file from it) — never a result that no state knows
+            self.retention.record(path)
             if with_state:
                 self.retention.record(self.policy.state_dir(path))  # before writing: the state lists itself
+                self.state.saved_with = {"path": str(path), "kind": kind, "epoch": epoch, "step": step}
                 folder = save_state(self.policy.state_dir(path), self.kind, self.ctx.optimizer,
                                     self.ctx.lr_scheduler, self.acc.scaler, self.state)
+                self.state.saved_with = {}
                 self.events.emit("saved", path=str(folder), size=size_of(folder), kind="state", verified=None)
+            # schedule-free optimizers: the file holds the averaged weights, the state the raw ones
+            with evaluation_weights(self.ctx.optimizer):
+                self.write_model(path, kind, epoch, step)
             if kind == "epoch":
                 self.retention.prune_epochs(epoch)
             elif kind == "step":
@@ -300,7 +335,7 @@ def run_training(config, events, stop: StopSignal | None = None) -> int:
                               EXIT_ABORTED)
     except BaseException as exc:  # noqa: BLE001 — every failure must end in a `failed` event
         fault = describe(exc)
-        if not isinstance(exc, TrainingFault):
+        if fault.unexpected:  # an expected error (a corrupt model file, a full disk) is its one line below
             logger.error("training failed:\n%s", traceback.format_exc())
         if isinstance(exc, KeyboardInterrupt):
             fault.exit_code = EXIT_ABORTED

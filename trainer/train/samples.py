@@ -86,9 +86,9 @@ def load_prompts(spec: str) -> list[SamplePrompt]:
         if path.suffix.lower() == ".json":
             return [_from_dict(d) for d in json.loads(path.read_text(encoding="utf-8"))]
         if path.suffix.lower() == ".toml":
-            import toml
+            from trainer import tomlio
 
-            data = toml.loads(path.read_text(encoding="utf-8")).get("prompt", {})
+            data = tomlio.loads(path.read_text(encoding="utf-8")).get("prompt", {})
             defaults = {k: v for k, v in data.items() if k != "subset"}
             return [_from_dict({**defaults, **d}) for d in data.get("subset", [])]
         spec = path.read_text(encoding="utf-8")

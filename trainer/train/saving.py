@@ -73,13 +73,19 @@ class SavePolicy:
     def step_due(self, step: int, total_steps: int) -> bool:
         return self.every_n_steps > 0 and step % self.every_n_steps == 0 and step < total_steps
 
-    def planned_paths(self, epochs: int, total_steps: int) -> list[Path]:
-        paths = [self.path("epoch", epoch=e) for e in range(1, epochs + 1) if self.epoch_due(e, epochs)]
-        paths += [self.path("step", step=s) for s in range(1, total_steps + 1) if self.step_due(s, total_steps)]
-        paths += [self.path("final"), self.path("stopped")]
+    def planned_saves(self, epochs: int, total_steps: int) -> list[tuple[Path, str, int]]:
+        """(path, kind, epoch or step) of every result this run may write."""
+        saves = [(self.path("epoch", epoch=e), "epoch", e) for e in range(1, epochs + 1) if self.epoch_due(e, epochs)]
+        if self.every_n_steps > 0:  # no walk over 10^9 steps when nothing is saved by step
+            saves += [(self.path("step", step=s), "step", s)
+                      for s in range(self.every_n_steps, total_steps, self.every_n_steps)]
+        saves += [(self.path("final"), "final", 0), (self.path("stopped"), "stopped", 0)]
         if self.save_state or self.save_state_on_train_end:
-            paths += [self.state_dir(p) for p in paths]
-        return paths
+            saves += [(self.state_dir(p), k, n) for p, k, n in saves]
+        return saves
+
+    def planned_paths(self, epochs: int, total_steps: int) -> list[Path]:
+        return [p for p, _, _ in self.planned_saves(epochs, total_steps)]
 
 
 def check_no_collisions(policy: SavePolicy, epochs: int, total_steps: int, owned: set[str]) -> None:
@@ -91,6 +97,24 @@ def check_no_collisions(policy: SavePolicy, epochs: int, total_steps: int, owned
             f"{policy.output_dir} already holds {shown} from an earlier run, and this run would overwrite it.",
             "Choose another output_name or output_dir, move the old files away, or resume the earlier run "
             "from its -state folder.")
+
+
+def adoptable(policy: SavePolicy, epochs: int, total_steps: int, resumed) -> set[str]:
+    """Results the resumed state does not list but its own session wrote, at a step the resume redoes
+    (a run killed between a model file and its state, by an older version that wrote the model first,
+    or a resume from an older state of the same run): the redo rewrites them, so they are not refused."""
+    from .leftovers import session_of
+
+    if not getattr(resumed, "session_id", ""):
+        return set()
+    done_steps, in_epoch = resumed.global_step, resumed.epoch
+    out = set()
+    for path, kind, n in policy.planned_saves(epochs, total_steps):
+        redone = ((kind == "step" and n > done_steps) or (kind == "epoch" and n >= in_epoch)
+                  or (kind == "final" and done_steps < total_steps))
+        if redone and str(path) not in resumed.written and path.exists() and session_of(path) == resumed.session_id:
+            out.add(str(path))
+    return out
 
 
 @dataclass

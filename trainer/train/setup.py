@@ -10,7 +10,7 @@ import random
 import torch
 
 from trainer.kinds.base import cast_module
-from trainer.plan import run_length
+from trainer.plan import MAX_TRAIN_STEPS, run_length
 
 from .batches import StepBatches
 from .compile import compile_enabled, compile_unet
@@ -87,6 +87,11 @@ def plan_event(config, dataset, steps: StepBatches, base, accelerator) -> dict:
     if per_epoch == 0:
         raise TrainingFault("The dataset gives no training batches.", "Add images to the concept folders.")
     epochs, total = run_length(per_epoch, int(config.epoch), int(getattr(config, "max_train_steps", 0) or 0))
+    if total > MAX_TRAIN_STEPS:
+        raise TrainingFault(f"The run would take {total:,} steps ({per_epoch:,} per epoch × {epochs:,} epochs), more "
+                            f"than the {MAX_TRAIN_STEPS:,} any run can finish.",
+                            "Lower epoch or the repeats in the folder names (10_name = 10 repeats), or set "
+                            "max_train_steps.")
     images = sum(1 for it in dataset.scan.items if not it.is_reg)
     return {
         "images": images, "repeats_total": train_samples, "reg_images": reg_samples,

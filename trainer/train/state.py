@@ -6,11 +6,17 @@ A state folder (NAME-000004-state/) holds
     optimizer.pt          optimizer state dict (moments, step counts)
     scheduler.pt          learning-rate scheduler state dict
     scaler.pt             fp16 loss-scaler state (only with fp16)
-    train_state.json      epoch, step within the epoch, global step, seed, files this run wrote
+    train_state.json      epoch, step within the epoch, global step, seed, files this run wrote,
+                          the session id (ss_session_id) and the model file saved with this state
 
 Random numbers need no saving: every step reseeds from (seed, rank, step) and the data order is a
 function of (seed, epoch), so restoring the counters restores the randomness. The folder is written
 under a temporary name and renamed, so a crash never leaves a half state.
+
+Order of a save (trainer/train/run.py): the state folder first (it lists the model file that follows),
+then the model file. A kill between the two leaves a state whose model file is missing: the resume writes
+it from the state's weights. A kill before the state is renamed leaves the previous state, which does
+not know the new step; no model file of that step exists yet.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from trainer.atomic import atomic_folder
 
-from .faults import TrainingFault
+from .faults import TrainingFault, disk_full, is_write_failure
 
 FORMAT = 1
 
@@ -37,19 +43,26 @@ class TrainState:
     total_steps: int = 0
     written: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)  # what must match on resume (network shape, batch, ...)
+    session_id: str = ""        # ss_session_id of the run (kept across resumes): whose files are whose
+    saved_with: dict = field(default_factory=dict)  # the model file written right after: path, kind, epoch, step
     format: int = FORMAT
 
 
 def save_state(folder: Path, trained, optimizer, lr_scheduler, scaler, state: TrainState) -> Path:
     folder = Path(folder)  # replaced only when this run wrote it (checked by the caller)
-    with atomic_folder(folder) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()},
-                  str(tmp / "network.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        (tmp / "train_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+    try:
+        with atomic_folder(folder) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()},
+                      str(tmp / "network.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            if scaler is not None:
+                torch.save(scaler.state_dict(), tmp / "scaler.pt")
+            (tmp / "train_state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 — only write failures are turned into a fault; the rest re-raised
+        if is_write_failure(exc):  # the temp folder is gone again; the previous state is intact
+            raise disk_full(folder, f"the training state {folder}") from exc
+        raise
     return folder
 
 
