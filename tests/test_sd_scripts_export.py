@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import toml
+from trainer import tomlio as toml
 
 import trainer.config as tc
 from trainer.config.sd_scripts_export import sd_scripts_export, write_sd_scripts_files
@@ -92,3 +92,11 @@ def test_export_command_line_writes_files_and_never_overwrites(tmp_path):
         outputs.append(proc.stdout)
         assert "accelerate launch" in proc.stdout and "/opt/kohya_ss/sd-scripts/train_network.py" in proc.stdout
     assert len(list((tmp_path / "export").glob("config_lora-*.toml"))) == 2
+
+
+def test_a_lycoris_loha_with_lora_plus_exports_as_kohya_ss_launches_it():
+    c = tc.LoraConfig(LoRA_type="LyCORIS/LoHa", network_dim=8, conv_dim=4, loraplus_lr_ratio=16)
+    data = sd_scripts_export(c).toml_data
+    assert data["network_module"] == "lycoris.kohya"
+    assert "algo=loha" in data["network_args"] and "conv_dim=4" in data["network_args"]
+    assert "loraplus_lr_ratio=16.0" in data["network_args"]

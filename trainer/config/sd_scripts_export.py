@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import toml
+from trainer import tomlio as toml
 
 from trainer.atomic import atomic_write_text
+from trainer.networks.options import sd_scripts_network
 
 from .spec import parse_resolution
 
@@ -27,16 +28,6 @@ SCRIPTS = {
     ("finetune", False): "fine_tune.py", ("finetune", True): "sdxl_train.py",
     ("textual_inversion", False): "train_textual_inversion.py",
     ("textual_inversion", True): "sdxl_train_textual_inversion.py",
-}
-# LoRA_type → (network_module, LyCORIS algo or None), as kohya_ss launches them
-NETWORKS = {
-    "Standard": ("networks.lora", None), "Kohya LoCon": ("networks.lora", None),
-    "Kohya DyLoRA": ("networks.dylora", None),
-    "LyCORIS/LoCon": ("lycoris.kohya", "locon"), "LyCORIS/LoHa": ("lycoris.kohya", "loha"),
-    "LyCORIS/LoKr": ("lycoris.kohya", "lokr"), "LyCORIS/iA3": ("lycoris.kohya", "ia3"),
-    "LyCORIS/DyLoRA": ("lycoris.kohya", "dylora"), "LyCORIS/GLoRA": ("lycoris.kohya", "glora"),
-    "LyCORIS/BOFT": ("lycoris.kohya", "boft"), "LyCORIS/Diag-OFT": ("lycoris.kohya", "diag-oft"),
-    "LyCORIS/Native Fine-Tuning": ("lycoris.kohya", "full"),
 }
 # our option → its sd-scripts name, copied when it has a value
 SAME_NAME = (
@@ -162,24 +153,12 @@ def _optimizer(c, data: dict) -> None:
 
 
 def _network(c, data: dict, notes: list[str]) -> None:
-    module, algo = NETWORKS.get(c.LoRA_type, ("networks.lora", None))
-    data["network_module"] = module
-    args = []
-    if algo:
-        args.append(f"algo={algo}")
-        preset = getattr(c, "LyCORIS_preset", "")
-        if preset:
-            args.append(f"preset={preset}")
-    if c.LoRA_type != "Standard" and getattr(c, "conv_dim", 0):
-        args += [f"conv_dim={c.conv_dim}", f"conv_alpha={c.conv_alpha}"]
-    for name in ("rank_dropout", "module_dropout"):
+    # the network package's own answer (the same one ss_network_args records), plus the LoRA+ ratios
+    # that sd-scripts also reads from network_args
+    data["network_module"], args = sd_scripts_network(c)
+    for name in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
         if getattr(c, name, 0):
             args.append(f"{name}={getattr(c, name)}")
-    for name in ("factor", "unit", "dora_wd", "use_tucker", "use_scalar", "rank_dropout_scale", "constrain",
-                 "rescaled", "train_norm", "bypass_mode", "decompose_both", "train_on_input"):
-        value = getattr(c, name, None)
-        if value not in (None, False, "", -1, 0):
-            args.append(f"{name}={value}")
     if args:
         data["network_args"] = args
     for name in ("unet_lr", "text_encoder_lr"):
