@@ -35,8 +35,20 @@ def stream_command(argv: list[str], cwd):
         lines = lines[-200:]
         yield text + "\n".join(lines)
     code = proc.wait()
-    end = "✅ finished" if code == 0 else f"❌ failed (exit code {code}); the lines above say why"
-    yield text + "\n".join(lines) + f"\n\n{end}"
+    yield text + "\n".join(lines) + f"\n\n{end_line(code, lines)}"
+
+
+def end_line(code: int, lines: list[str]) -> str:
+    """The verdict under a tool's output: its own `result:` sentence when it printed one, so a run
+    that wrote nothing is not called a success."""
+    if code != 0:
+        errors = [ln for ln in lines if ln.startswith("error:")]
+        why = errors[-1][len("error:"):].strip() if errors else "the lines above say why"
+        return f"❌ failed (exit code {code}): {why}"
+    result = next((ln[len("result:"):].strip() for ln in reversed(lines) if ln.startswith("result:")), "")
+    if not result:
+        return "✅ finished"
+    return ("⚠ " if result.startswith("0 ") else "✅ ") + result
 
 
 def _flag(argv: list[str], name: str, value) -> None:
@@ -98,7 +110,7 @@ def balance_argv(python, folder, steps, rename_unprefixed, apply: bool) -> list[
 def _folder(label, picker: PickerPanel, name: str, kind: str = "dir"):
     with gr.Row(equal_height=True):
         box = gr.Textbox(label=label, scale=8, elem_id=f"util-{name}")
-        button = gr.Button("📂", scale=0, min_width=44)
+        button = gr.Button("📂 Browse", scale=0, min_width=100)
     picker.attach(button, box, name, kind, label)
     return box
 
@@ -126,7 +138,7 @@ def render_utilities(ctx: AppContext) -> None:
                 with gr.Row():
                     w_ext = gr.Textbox(label="Caption extension", value=".txt")
                     w_existing = gr.Dropdown(list(EXISTING), value="keep existing captions", label="Existing captions")
-                    w_batch = gr.Number(label="Batch size", value=8, precision=0, minimum=1)
+                    w_batch = gr.Number(label="Batch size", value=8, precision=0)
                 with gr.Row():
                     w_recursive = gr.Checkbox(label="Include sub-folders")
                     w_underscore = gr.Checkbox(label="Remove underscores", value=True)
@@ -138,18 +150,18 @@ def render_utilities(ctx: AppContext) -> None:
                     b_model = gr.Textbox(label="Model (hub id or local folder)",
                                          value="Salesforce/blip-image-captioning-large")
                     b_beam = gr.Checkbox(label="Beam search (else nucleus sampling)", value=True)
-                    b_beams = gr.Number(label="Beams", value=1, precision=0, minimum=1)
+                    b_beams = gr.Number(label="Beams", value=1, precision=0)
                     b_top_p = gr.Slider(0, 1, value=0.9, step=0.01, label="Top p")
                 with gr.Row():
-                    b_min = gr.Number(label="Min length (0 = model default)", value=0, precision=0, minimum=0)
-                    b_max = gr.Number(label="Max length (0 = model default)", value=0, precision=0, minimum=0)
+                    b_min = gr.Number(label="Min length (0 = model default)", value=0, precision=0)
+                    b_max = gr.Number(label="Max length (0 = model default)", value=0, precision=0)
                     b_prefix = gr.Textbox(label="Prefix")
                     b_postfix = gr.Textbox(label="Postfix")
                 with gr.Row():
                     b_ext = gr.Textbox(label="Caption extension", value=".txt")
                     b_existing = gr.Dropdown(list(EXISTING)[:2], value="keep existing captions",
                                              label="Existing captions")
-                    b_batch = gr.Number(label="Batch size", value=1, precision=0, minimum=1)
+                    b_batch = gr.Number(label="Batch size", value=1, precision=0)
                 b_btn = gr.Button("Caption images", variant="primary")
         with gr.Tab("Dataset tools"):
             with gr.Accordion("Folder preparation (copies only, never deletes)", open=True):
@@ -157,15 +169,15 @@ def render_utilities(ctx: AppContext) -> None:
                     p_instance = gr.Textbox(label="Instance prompt", placeholder="e.g. mychar")
                     p_class = gr.Textbox(label="Class prompt", placeholder="e.g. woman")
                 p_images = _folder("Training images", picker, "prep_images")
-                p_repeats = gr.Number(label="Repeats", value=40, precision=0, minimum=1)
+                p_repeats = gr.Number(label="Repeats", value=40, precision=0)
                 p_reg = _folder("Regularization images (optional)", picker, "prep_reg")
-                p_reg_repeats = gr.Number(label="Reg repeats", value=1, precision=0, minimum=1)
+                p_reg_repeats = gr.Number(label="Reg repeats", value=1, precision=0)
                 p_dest = _folder("Destination folder", picker, "prep_dest")
                 p_btn = gr.Button("Prepare training folders", variant="primary")
             with gr.Accordion("Dataset balancing (renames <repeats>_ prefixes)", open=False):
                 d_dir = _folder("Dataset folder (parent of N_name folders)", picker, "balance_folder")
                 with gr.Row():
-                    d_steps = gr.Number(label="Steps per concept per epoch", value=1000, precision=0, minimum=1)
+                    d_steps = gr.Number(label="Steps per concept per epoch", value=1000, precision=0)
                     d_unprefixed = gr.Checkbox(label="Also rename folders without an N_ prefix")
                 with gr.Row():
                     d_preview = gr.Button("Preview")
