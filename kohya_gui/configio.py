@@ -65,6 +65,9 @@ def read_values(path: str | Path, training_type: str, roots: list[Path] | None =
     else:
         try:
             values, ignored, import_notes = import_kohya_json(data, training_type)
+        except ConfigError as exc:   # a run kohya_ss would do that this build cannot reproduce
+            raise LoadError(f"'{path.name}' (Kohya_ss config): "
+                            + "; ".join(p.message for p in exc.problems if p.level == "error")) from exc
         except Exception as exc:     # an importer bug must not blank the page: one message instead
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise LoadError(f"'{path.name}' looks like a Kohya_ss config but could not be imported "

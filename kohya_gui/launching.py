@@ -49,9 +49,10 @@ def model_extension(config) -> str:
 
 def _output_pattern(name: str, ext: str) -> re.Pattern:
     """The names a run writes (trainer.train.saving): NAME, NAME-000004, NAME-step00000500,
-    NAME-stopped, each with the model extension, and their -state folders."""
-    return re.compile(re.escape(name) + r"(-\d{6}|-step\d{8}|-stopped)?" + re.escape(ext) + r"(-state)?$"
-                      if ext else re.escape(name) + r"(-\d{6}|-step\d{8}|-stopped)?(-state)?$")
+    NAME-stopped, each with the model extension, and their -state folders (NAME-stopped-state)."""
+    kinds = r"(-\d{6}|-step\d{8}|-stopped)?"
+    end = f"({re.escape(ext)}|-state)" if ext else "(-state)?"     # a state folder drops the extension
+    return re.compile(re.escape(name) + kinds + end)
 
 
 def existing_outputs(config) -> list[Path]:

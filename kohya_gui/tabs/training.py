@@ -6,7 +6,7 @@ import gradio as gr
 
 from .. import checks, configio, demo, launching, presets
 from ..context import AppContext
-from ..forms import TrainingForm
+from ..forms import TrainingForm, to_widget
 from .calculator import StepCalculator
 from .picker_panel import PickerPanel
 
@@ -103,7 +103,9 @@ class TrainingTab:
     def _load_into_form(self, path: str) -> tuple[dict, str]:
         values, notes = configio.read_values(path, self.type, roots=self.ctx.settings.allowed_roots)
         merged = {**self.form.initial_values(), **values}
-        return merged, "\n\n".join(notes)
+        # checked as the boxes will show them (an empty number is "empty", not "'' is not a number")
+        shown = self.form.collect([to_widget(spec, merged[spec.name]) for spec in self.form.specs])
+        return shown, "\n\n".join(notes)
 
     # ---- handlers ------------------------------------------------------------------------------------
     def load(self, path, *raw):

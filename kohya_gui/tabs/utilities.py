@@ -10,6 +10,7 @@ import subprocess
 import gradio as gr
 
 from ..context import AppContext
+from ..picker import PathRefused, confine
 from .picker_panel import PickerPanel
 from .verify import render_verify
 
@@ -124,7 +125,7 @@ def render_utilities(ctx: AppContext) -> None:
             with gr.Accordion("WD14 tagger (ONNX, anime/illustration tags)", open=True):
                 w_dir = _folder("Image folder", picker, "wd14_folder")
                 with gr.Row():
-                    w_model = gr.Textbox(label="Tagger folder", value=taggers,
+                    w_model = gr.Textbox(label="Tagger folder", value=taggers, elem_id="util-wd14-model",
                                          info="model.onnx + selected_tags.csv, or the store of <owner>_<repo>/")
                     w_repo = gr.Textbox(label="Repo id (optional)", info="e.g. SmilingWolf/wd-v1-4-convnextv2-tagger-v2")
                 with gr.Row():
@@ -137,13 +138,14 @@ def render_utilities(ctx: AppContext) -> None:
                     w_postfix = gr.Textbox(label="Postfix")
                 with gr.Row():
                     w_ext = gr.Textbox(label="Caption extension", value=".txt")
-                    w_existing = gr.Dropdown(list(EXISTING), value="keep existing captions", label="Existing captions")
+                    w_existing = gr.Dropdown(list(EXISTING), value="keep existing captions", label="Existing captions",
+                                             elem_id="util-wd14-existing")
                     w_batch = gr.Number(label="Batch size", value=8, precision=0)
                 with gr.Row():
                     w_recursive = gr.Checkbox(label="Include sub-folders")
                     w_underscore = gr.Checkbox(label="Remove underscores", value=True)
                     w_cpu = gr.Checkbox(label="Use the CPU")
-                w_btn = gr.Button("Caption images", variant="primary")
+                w_btn = gr.Button("Caption images", variant="primary", elem_id="util-wd14-run")
             with gr.Accordion("BLIP / BLIP-2 captioning (sentences)", open=False):
                 b_dir = _folder("Image folder", picker, "blip_folder")
                 with gr.Row():
@@ -162,7 +164,7 @@ def render_utilities(ctx: AppContext) -> None:
                     b_existing = gr.Dropdown(list(EXISTING)[:2], value="keep existing captions",
                                              label="Existing captions")
                     b_batch = gr.Number(label="Batch size", value=1, precision=0)
-                b_btn = gr.Button("Caption images", variant="primary")
+                b_btn = gr.Button("Caption images", variant="primary", elem_id="util-blip-run")
         with gr.Tab("Dataset tools"):
             with gr.Accordion("Folder preparation (copies only, never deletes)", open=True):
                 with gr.Row():
@@ -188,17 +190,30 @@ def render_utilities(ctx: AppContext) -> None:
                             elem_id="util-output")
         picker.wire()
 
+    roots = ctx.settings.allowed_roots
+
+    def guarded(build, *folder_positions, apply=None):
+        """A tool run whose folders obey the picker's rule (only under the studio's folders)."""
+        def run(*a):
+            for i in folder_positions:
+                if str(a[i] or "").strip():
+                    try:
+                        confine(a[i], roots)
+                    except PathRefused as exc:
+                        yield f"⛔ Not started: {exc}"
+                        return
+            argv = build(py, *a) if apply is None else build(py, *a, apply)
+            yield from stream_command(argv, cwd)
+        return run
+
     w_inputs = [w_dir, w_model, w_repo, w_thresh, w_general, w_char, w_undesired, w_prefix, w_postfix, w_ext,
                 w_existing, w_recursive, w_batch, w_underscore, w_cpu]
-    w_btn.click(lambda *a: (yield from stream_command(wd14_argv(py, *a), cwd)), inputs=w_inputs, outputs=output)
+    w_btn.click(guarded(wd14_argv, 0, 1), inputs=w_inputs, outputs=output)
     b_inputs = [b_dir, b_model, b_beam, b_beams, b_top_p, b_min, b_max, b_prefix, b_postfix, b_ext, b_existing,
                 b_batch]
-    b_btn.click(lambda *a: (yield from stream_command(blip_argv(py, *a), cwd)), inputs=b_inputs, outputs=output)
+    b_btn.click(guarded(blip_argv, 0), inputs=b_inputs, outputs=output)
     p_inputs = [p_instance, p_class, p_images, p_repeats, p_reg, p_reg_repeats, p_dest]
-    p_btn.click(lambda *a: (yield from stream_command(prepare_argv(py, *a), cwd)), inputs=p_inputs,
-                outputs=output)
+    p_btn.click(guarded(prepare_argv, 2, 4, 6), inputs=p_inputs, outputs=output)
     d_inputs = [d_dir, d_steps, d_unprefixed]
-    d_preview.click(lambda *a: (yield from stream_command(balance_argv(py, *a, False), cwd)), inputs=d_inputs,
-                    outputs=output)
-    d_apply.click(lambda *a: (yield from stream_command(balance_argv(py, *a, True), cwd)), inputs=d_inputs,
-                  outputs=output)
+    d_preview.click(guarded(balance_argv, 0, apply=False), inputs=d_inputs, outputs=output)
+    d_apply.click(guarded(balance_argv, 0, apply=True), inputs=d_inputs, outputs=output)
