@@ -35,20 +35,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_studio(tmp: Path, log_name: str):
-    """`python -m kohya_gui` (what launch.py runs) on a free port, offline like a fresh pod."""
+def start_studio(tmp: Path, log_name: str, attempts: int = 3):
+    """`python -m kohya_gui` (what launch.py runs) on a free port, offline like a fresh pod.
+
+    Gradio's launch asks its own page once with a 3 s timeout and gives up when the machine is busy
+    ("When localhost is not accessible…"); such a start is tried again on another port."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     log_path = ARTIFACTS / log_name
-    log = open(log_path, "w")
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "kohya_gui", "--server_port", str(port), "--headless",
-                             "--workspace", str(tmp / "ws"), "--data_root", str(tmp)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 180
+    for attempt in range(attempts):
+        port = free_port()
+        log = open(log_path, "w")
+        proc = subprocess.Popen([sys.executable, "-m", "kohya_gui", "--server_port", str(port), "--headless",
+                                 "--workspace", str(tmp / "ws"), "--data_root", str(tmp)],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if _serving(proc, port):
+            return proc, log, log_path, f"http://127.0.0.1:{port}/"
+        log.close()
+        if "localhost is not accessible" not in log_path.read_text(errors="replace"):
+            break
+    pytest.fail(f"the studio did not start; see {log_path}")
+
+
+def _serving(proc, port: int, timeout_s: float = 180) -> bool:
+    """Up once the page answers and launch() has returned without giving up."""
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the studio exited with {proc.returncode}; see {log_path}")
+            return False
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
@@ -56,8 +70,9 @@ def start_studio(tmp: Path, log_name: str):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("the studio did not start within 180 s")
-    return proc, log, log_path, f"http://127.0.0.1:{port}/"
+        return False
+    time.sleep(5)            # launch() checks its own page after the port opens (up to 5 tries)
+    return proc.poll() is None
 
 
 def stop_studio(proc, log) -> None:
@@ -98,7 +113,7 @@ def value_of(pg, elem_id: str) -> str:
 
 
 def text_of(pg, elem_id: str) -> str:
-    return pg.locator(f"#{elem_id}").inner_text()
+    return pg.locator(f"#{elem_id}").first.inner_text()
 
 
 def choose(pg, elem_id: str, option: str) -> None:
@@ -111,6 +126,27 @@ def wait_text(pg, elem_id: str, needle: str, timeout_s: float = 60) -> str:
         "([id, needle]) => (document.getElementById(id)?.innerText || '').includes(needle)",
         arg=[elem_id, needle], timeout=timeout_s * 1000)
     return text_of(pg, elem_id)
+
+
+def wait_new_text(pg, elem_id: str, before: str, needle: str, timeout_s: float = 120) -> str:
+    """Wait for a fresh answer: the element's text changed from `before` and holds `needle` (a
+    message box keeps its last answer, so its old text may already hold the needle)."""
+    pg.wait_for_function(
+        "([id, before, needle]) => { const t = document.getElementById(id)?.innerText || '';"
+        " return t !== before && t.includes(needle); }", arg=[elem_id, before, needle], timeout=timeout_s * 1000)
+    return text_of(pg, elem_id)
+
+
+def click_and_wait(pg, button: str, elem_id: str, needle: str, timeout_s: float = 120) -> str:
+    """Click `#button` and wait for a fresh text holding `needle` in `#elem_id`."""
+    before = text_of(pg, elem_id)
+    pg.click(f"#{button}")
+    return wait_new_text(pg, elem_id, before, needle, timeout_s)
+
+
+def wait_running(pg, timeout_s: float = 60) -> None:
+    pg.wait_for_function("() => document.querySelector('#monitor-progress .ks-progress')?.dataset.status "
+                         "=== 'running'", timeout=timeout_s * 1000)
 
 
 def wait_value(pg, elem_id: str, predicate_js: str, timeout_s: float = 60) -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from e2e_browser_helpers import (DURATION, ROOT, box, choose, error_badges, fill, needs_chromium, open_accordion,
-                                 open_browser, queue_row, run_until_finished, shot, start_studio, stop_studio,
-                                 text_of, tracebacks, value_of, wait_text, wait_value)
+from e2e_browser_helpers import (DURATION, ROOT, choose, click_and_wait, error_badges, fill, needs_chromium,
+                                 open_accordion, open_browser, queue_row, run_until_finished, shot, start_studio,
+                                 stop_studio, text_of, tracebacks, value_of, wait_new_text, wait_running,
+                                 wait_text, wait_value)
 
 pytestmark = needs_chromium
 KOHYA_PRESET = ROOT / "tests" / "data" / "kohya_lora_v26.json"
@@ -91,8 +92,7 @@ def test_a_broken_value_is_named_with_the_missing_folder_in_one_round(studio, pa
     wait_text(pg, "lora-config-msg", "Loaded saved.json")
     fill(pg, "lora-epoch", "-1")
     fill(pg, "lora-learning_rate", "fast")
-    pg.click("#lora-check")
-    summary = wait_text(pg, "lora-summary", "problem(s) to fix", timeout_s=120)
+    summary = click_and_wait(pg, "lora-check", "lora-summary", "(epoch)")
     _no_gradio_errors(pg)
     # every problem at once, each named, the sentence whole (the <repeats>_<name> part included)
     assert "(epoch)" in summary and "-1 is out of range" in summary
@@ -105,8 +105,7 @@ def test_a_broken_value_is_named_with_the_missing_folder_in_one_round(studio, pa
     fill(pg, "lora-epoch", "2")
     fill(pg, "lora-learning_rate", "0.001")
     fill(pg, "lora-train_data_dir", str(wrong))
-    pg.click("#lora-check")
-    summary = wait_text(pg, "lora-summary", "problem(s) to fix", timeout_s=120)
+    summary = click_and_wait(pg, "lora-check", "lora-summary", "1 problem(s) to fix")
     assert "(epoch)" not in summary and "repeats" in summary.lower()
     assert "⚠" in text_of(pg, "lora-train_data_dir")
     pg.click("#lora-train_data_dir-pick")
@@ -128,16 +127,17 @@ def test_demo_trains_twice_in_a_row_the_second_run_confirmed(studio, page, demo)
     pg = page
     out = Path(demo["output_dir"])
     for attempt in (1, 2):
-        pg.click("#lora-demo")
-        wait_text(pg, "lora-config-msg", "press Start", timeout_s=120)
+        click_and_wait(pg, "lora-demo", "lora-config-msg", "press Start")
         assert value_of(pg, "lora-output_name") == demo["output_name"]
+        before = text_of(pg, "lora-status")
         pg.click("#lora-start")
         if attempt == 2:
             pg.wait_for_selector("#lora-confirm", state="visible", timeout=120_000)
             assert "toy.safetensors" in text_of(pg, "lora-confirm")
             shot(pg, "e2e_05_overwrite_confirmation")
             pg.click("#lora-confirm-overwrite")
-        wait_text(pg, "lora-status", "Started", timeout_s=120)
+        wait_new_text(pg, "lora-status", before, "Started")
+        wait_running(pg)
         status = run_until_finished(pg, demo["output_name"], mid_shot="monitor" if attempt == 1 else None)
         assert status == "done", text_of(pg, "monitor-final")
         files = text_of(pg, "monitor-files")
@@ -155,14 +155,13 @@ def test_demo_trains_twice_in_a_row_the_second_run_confirmed(studio, page, demo)
 
 def test_stop_then_resume_from_the_saved_state(studio, page, demo):
     pg, tmp = page, studio["tmp"]
-    assert pg.locator("#monitor-stop").is_disabled(), "nothing runs: Stop is not offered"
-    pg.click("#lora-demo")
-    wait_text(pg, "lora-config-msg", "press Start", timeout_s=120)
+    pg.wait_for_function("() => document.getElementById('monitor-stop').disabled", timeout=30_000)  # nothing runs
+    click_and_wait(pg, "lora-demo", "lora-config-msg", "press Start")
     fill(pg, "lora-output_name", "long")
     fill(pg, "lora-output_dir", str(tmp / "long_out"))
     fill(pg, "lora-epoch", "12")
-    pg.click("#lora-start")
-    wait_text(pg, "lora-status", "Started", timeout_s=120)
+    click_and_wait(pg, "lora-start", "lora-status", "Started")
+    wait_running(pg)
     pg.wait_for_function("() => /Step [1-9]/.test(document.getElementById('monitor-progress')?.innerText || '')",
                          timeout=180_000)
     assert text_of(pg, "monitor-stop").strip().endswith("Stop training")
@@ -179,10 +178,8 @@ def test_stop_then_resume_from_the_saved_state(studio, page, demo):
     assert state.is_dir()
     open_accordion(pg, "lora-advanced-saving")
     fill(pg, "lora-resume", str(state))
-    pg.click("#lora-start")
-    wait_text(pg, "lora-status", "Started", timeout_s=120)
-    pg.wait_for_function("() => document.querySelector('#monitor-progress .ks-progress')?.dataset.status "
-                         "=== 'running'", timeout=30_000)      # the monitor has switched to the new run
+    click_and_wait(pg, "lora-start", "lora-status", "Started")
+    wait_running(pg)                        # the monitor has switched to the new run
     assert run_until_finished(pg, "long") == "done", text_of(pg, "monitor-final")
     assert (tmp / "long_out" / "long.safetensors").is_file()
     shot(pg, "e2e_07_resumed_done")
@@ -203,10 +200,8 @@ def test_two_queued_jobs_one_fails_with_words_one_trains(studio, page, demo):
     wait_text(pg, "queue-msg", "paused")
     for name in ("will_fail", "will_work"):
         fill(pg, "lora-config-path", str(tmp / f"{name}.json"))
-        pg.click("#lora-load")
-        wait_text(pg, "lora-config-msg", f"{name}.json")
-        pg.click("#lora-start")
-        wait_text(pg, "lora-status", "paused queue", timeout_s=120)
+        click_and_wait(pg, "lora-load", "lora-config-msg", f"{name}.json")
+        click_and_wait(pg, "lora-start", "lora-status", "paused queue")
     wait_text(pg, "queue-table", "will_work")
     pg.click("#queue-resume")
     deadline = time.time() + 300
@@ -232,13 +227,11 @@ def test_captioning_reports_what_it_did_and_fails_fast_offline(studio, page, dem
     pg.locator("button[role=tab]", has_text="Utilities").first.click()
     fill(pg, "util-wd14_folder", str(folder))
     fill(pg, "util-wd14-model", str(tmp / "taggers"))          # no tagger here, and the hub is offline
-    pg.click("#util-wd14-run")
-    out = wait_text(pg, "util-output", "captions written", timeout_s=120)
+    out = click_and_wait(pg, "util-wd14-run", "util-output", "captions written")
     assert "⚠ 0 captions written: all 4 images already have one" in out and "Overwrite or Append" in out
     shot(pg, "e2e_10_caption_nothing_to_do")
     choose(pg, "util-wd14-existing", "overwrite existing captions")
-    pg.click("#util-wd14-run")
-    out = wait_text(pg, "util-output", "failed (exit code", timeout_s=120)
+    out = click_and_wait(pg, "util-wd14-run", "util-output", "failed (exit code")
     assert "offline" in out and "model.onnx" in out
     shot(pg, "e2e_11_caption_offline")
 
@@ -261,15 +254,12 @@ def test_paths_outside_the_allowed_folders_are_refused_in_words(studio, page):
     pg = page
     pg.locator("button[role=tab]", has_text="LoRA").first.click()
     fill(pg, "lora-config-path", "/etc/hostname")
-    pg.click("#lora-load")
-    assert "outside the folders" in wait_text(pg, "lora-config-msg", "outside the folders")
+    refused = click_and_wait(pg, "lora-load", "lora-config-msg", "outside the folders")
     fill(pg, "lora-config-path", "/etc/kohya_studio_test.json")
-    pg.click("#lora-save")
-    wait_text(pg, "lora-config-msg", "outside the folders")
+    assert click_and_wait(pg, "lora-save", "lora-config-msg", "outside the folders") != refused
     assert not Path("/etc/kohya_studio_test.json").exists()
     fill(pg, "lora-config-path", str(studio["tmp"] / "no_such_folder" / "x.json"))
-    pg.click("#lora-save")
-    assert "does not exist" in wait_text(pg, "lora-config-msg", "does not exist")
+    click_and_wait(pg, "lora-save", "lora-config-msg", "does not exist")
     assert "Errno" not in text_of(pg, "lora-config-msg")
     pg.click("#lora-output_dir-pick")
     pg.wait_for_selector("#lora-picker", state="visible")
@@ -280,8 +270,7 @@ def test_paths_outside_the_allowed_folders_are_refused_in_words(studio, page):
     shot(pg, "e2e_13_outside_refused")
     pg.click("#lora-picker-cancel")
     fill(pg, "lora-output_dir", "/etc/studio_out")
-    pg.click("#lora-start")
-    summary = wait_text(pg, "lora-summary", "problem(s) to fix", timeout_s=120)
+    summary = click_and_wait(pg, "lora-start", "lora-summary", "(output_dir)")
     assert "(output_dir)" in summary and "outside the folders" in summary
     _no_gradio_errors(pg)
 
@@ -293,10 +282,8 @@ def test_paths_outside_the_allowed_folders_are_refused_in_words(studio, page):
 def test_every_training_tab_has_its_demo(studio, page, demo, tab, title):
     pg = page
     pg.locator("button[role=tab]", has_text=title).first.click()
-    pg.click(f"#{tab}-demo")
-    wait_text(pg, f"{tab}-config-msg", "press Start", timeout_s=120)
-    pg.click(f"#{tab}-check")
-    wait_text(pg, f"{tab}-summary", "Ready to train", timeout_s=120)
+    click_and_wait(pg, f"{tab}-demo", f"{tab}-config-msg", "press Start")
+    click_and_wait(pg, f"{tab}-check", f"{tab}-summary", "Ready to train")
     shot(pg, f"e2e_14_demo_{tab}")
 
 

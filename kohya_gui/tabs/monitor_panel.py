@@ -71,11 +71,12 @@ class MonitorPanel:
         snap = mon.snapshot() if mon else {}
         jobs = self.queue.snapshot()
         proc = self.queue.current
-        running = proc is not None and proc.running
-        stop_label = "⏹ Kill now" if running and proc.stop_requests >= 1 else "⏹ Stop training"
         current = self.queue.current_job
         current_mon = self.queue.monitor(current.id) if current else None
         finals = {current.id: current_mon.final} if current_mon else {}
+        # Stop is offered while a trainer runs and has not reported its end (after that it only exits)
+        running = proc is not None and proc.running and (current_mon is None or current_mon.final is None)
+        stop_label = "⏹ Kill now" if running and proc.stop_requests >= 1 else "⏹ Stop training"
         rows = view.queue_rows(jobs, finals)
         loss = view.loss_frame(snap)
         samples = [str(x.get("path")) for x in snap.get("samples", [])]
