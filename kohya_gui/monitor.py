@@ -24,6 +24,7 @@ NOISE = re.compile(
     r"|^\S+\.py:\d+: \w*Warning:"                             # warnings.warn(...) from a library
     r"|^\s+warnings\.warn\("
     r"|torchvision|TRANSFORMERS_CACHE|`torch_dtype` is deprecated")
+CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 GENERIC_HINTS = ("See the message for the file and the fix.", "Read the last log lines below for the cause.")
 
 
@@ -38,8 +39,11 @@ class LogFilter:
         if line.startswith("Traceback (most recent call last)"):
             self.in_trace = True
             return False
+        if line.startswith(CHAIN):          # "The above exception was the direct cause…": a trace follows
+            self.in_trace = True
+            return False
         if self.in_trace:
-            if not line.strip() or line[:1].isspace() or line.startswith(("During handling", "The above exception")):
+            if not line.strip() or line[:1].isspace():
                 return False
             self.in_trace = False
         return not NOISE.search(line)
@@ -126,7 +130,7 @@ class JobMonitor:
         with self._lock:
             # tqdm redraws with \r; keep only the last state of such a line
             text = line.rstrip("\n").split("\r")[-1]
-            if self._filter.keep(text):
+            if text.strip() and self._filter.keep(text):
                 self.log.append(text)
 
     def _on_plan(self, e: dict) -> None:

@@ -121,8 +121,8 @@ def final_markdown(snap: dict, job: Job | None) -> str:
     if final.status == "stopped":
         states = [p for p in outputs if p.endswith("-state")] or [
             str(s) for s in (Path(p).with_name(Path(p).stem + "-state") for p in outputs) if s.is_dir()]
-        resume = (f"\n\nTo continue this run, put `{states[-1]}` in **Resume** (Advanced: Saving) and press "
-                  "Start." if states else "")
+        resume = (f"\n\nTo continue this run, put `{states[-1]}` in **Resume** (Advanced: saving, state and "
+                  "resume) and press Start." if states else "")
         return f"### ⏹ Stopped\n{final.message}\nSaved before stopping:\n{listed}{resume}{warn}"
     tail = "\n".join(snap.get("log", [])[-12:])
     code = f" (exit code {final.exit_code})" if final.exit_code is not None else ""

@@ -112,8 +112,14 @@ def value_of(pg, elem_id: str) -> str:
     return box(pg, elem_id).input_value()
 
 
+# an element's visible text plus the values of its text boxes (innerText leaves those out)
+TEXT_OF_JS = ("(id) => { const el = document.getElementById(id); if (!el) return '';"
+              " let t = el.innerText || ''; el.querySelectorAll('textarea, input[type=text]')"
+              ".forEach(e => { t += '\\n' + e.value; }); return t; }")
+
+
 def text_of(pg, elem_id: str) -> str:
-    return pg.locator(f"#{elem_id}").first.inner_text()
+    return pg.evaluate(TEXT_OF_JS, elem_id)
 
 
 def choose(pg, elem_id: str, option: str) -> None:
@@ -123,8 +129,7 @@ def choose(pg, elem_id: str, option: str) -> None:
 
 def wait_text(pg, elem_id: str, needle: str, timeout_s: float = 60) -> str:
     pg.wait_for_function(
-        "([id, needle]) => (document.getElementById(id)?.innerText || '').includes(needle)",
-        arg=[elem_id, needle], timeout=timeout_s * 1000)
+        f"([id, needle]) => ({TEXT_OF_JS})(id).includes(needle)", arg=[elem_id, needle], timeout=timeout_s * 1000)
     return text_of(pg, elem_id)
 
 
@@ -132,8 +137,8 @@ def wait_new_text(pg, elem_id: str, before: str, needle: str, timeout_s: float =
     """Wait for a fresh answer: the element's text changed from `before` and holds `needle` (a
     message box keeps its last answer, so its old text may already hold the needle)."""
     pg.wait_for_function(
-        "([id, before, needle]) => { const t = document.getElementById(id)?.innerText || '';"
-        " return t !== before && t.includes(needle); }", arg=[elem_id, before, needle], timeout=timeout_s * 1000)
+        f"([id, before, needle]) => {{ const t = ({TEXT_OF_JS})(id); return t !== before && t.includes(needle); }}",
+        arg=[elem_id, before, needle], timeout=timeout_s * 1000)
     return text_of(pg, elem_id)
 
 

@@ -178,6 +178,7 @@ def test_stop_then_resume_from_the_saved_state(studio, page, demo):
     assert state.is_dir()
     open_accordion(pg, "lora-advanced-saving")
     fill(pg, "lora-resume", str(state))
+    fill(pg, "lora-epoch", "2")          # finish sooner: the trainer notes the changed length and goes on
     click_and_wait(pg, "lora-start", "lora-status", "Started")
     wait_running(pg)                        # the monitor has switched to the new run
     assert run_until_finished(pg, "long") == "done", text_of(pg, "monitor-final")

@@ -93,6 +93,8 @@ class MonitorPanel:
             "pick": self._same([(f"{r[0]}. {r[2]} ({r[1]})", r[6]) for r in rows],
                                lambda v: gr.update(choices=v)),
             "stop": self._same((stop_label, running), lambda v: gr.update(value=v[0], interactive=v[1])),
+            # the "Stopping…" note goes once nothing runs any more
+            "stop_msg": self._same(running, lambda r: gr.update() if r else ""),
         }
         out = []
         for key, (sig, produce) in parts.items():
@@ -110,7 +112,7 @@ class MonitorPanel:
     @property
     def outputs(self) -> list:
         return [self.progress, self.final, self.loss, self.gallery, self.files, self.log, self.table,
-                self.job, self.pick, self.stop, self.signatures]
+                self.job, self.pick, self.stop, self.stop_msg, self.signatures]
 
     def _wire(self) -> None:
         # one tick at a time: overlapping ticks could send an older picture after a newer one
