@@ -194,7 +194,7 @@ def test_two_queued_jobs_one_fails_with_words_one_trains(studio, page, demo):
     broken = tmp / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     for name, model in (("will_fail", str(broken)), ("will_work", demo["pretrained_model_name_or_path"])):
-        cfg = dict(demo, output_name=name, pretrained_model_name_or_path=model, epoch=1,
+        cfg = dict(demo, output_name=name, pretrained_model_name_or_path=model, epoch=1, max_train_steps=4,
                    output_dir=str(tmp / "queue_out"))
         (tmp / f"{name}.json").write_text(json.dumps(cfg))
     pg.click("#queue-pause")
