@@ -135,6 +135,8 @@ def _print_run(run, a) -> None:
         for path, text in run.captions.items():
             print(f"{path}: {text}")
     print(run.summary(top_tags=50 if getattr(a, "frequency_tags", False) else 0))
+    fixes = "choose Overwrite or Append" if a.command == "wd14" else "choose Overwrite"
+    print(f"result: {run.report(fixes)}")
 
 
 def cmd_wd14(a) -> int:

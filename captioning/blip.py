@@ -61,14 +61,18 @@ def load_captioner(model: str = DEFAULT_BLIP, device: str = "auto", dtype: str =
         raise FileNotFoundError(f"Captioning model folder not found: {model} (give a folder or a hub id owner/name)")
     source = str(local) if is_local else model
     # huggingface_hub reads HF_HUB_OFFLINE once at import; honour it when set later (GUI, tests)
-    offline = is_local or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    # and without a network answer ask only the local cache (no half a minute of hub retries)
+    from .hub import hub_offline
+
+    offline = is_local or hub_offline()
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=offline)
     except Exception as exc:
         where = (
             f"{local} must hold config.json, the weights and the processor files (save_pretrained layout)"
             if is_local
-            else f"{model!r} is not in the Hugging Face cache and could not be downloaded; run "
+            else f"{model!r} is not in the Hugging Face cache and could not be downloaded"
+            f"{' (offline: HF_HUB_OFFLINE is set or no network answered)' if offline else ''}; run "
             f"`huggingface-cli download {model}` where there is internet, or pass --model to a local folder"
         )
         raise FileNotFoundError(f"Cannot load captioning model: {where}. ({type(exc).__name__})") from exc

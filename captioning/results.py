@@ -54,9 +54,35 @@ class CaptionRun:
             "problems": list(self.problems),
             "warnings": list(self.warnings),
             "tag_frequency": dict(self.tag_frequency.most_common()),
+            "written": self.written,
+            "report": self.report(),
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 3),
         }
+
+    @property
+    def written(self) -> int:
+        """Caption files created or changed."""
+        return sum(self.counts.get(k, 0) for k in ("written", "overwritten", "appended"))
+
+    def report(self, fixes: str = "choose Overwrite or Append") -> str:
+        """What the run did, in one sentence — '0 captions written' is never reported as success."""
+        n = self.written
+        head = f"{n} caption{'s' if n != 1 else ''} written"
+        if self.total == 0:
+            return (f"{head}: no image files in {self.folder}; choose the folder that holds them (or include "
+                    "sub-folders)")
+        why = []
+        skipped, failed, unchanged = (self.counts.get(k, 0) for k in ("skipped", "failed", "unchanged"))
+        if skipped == self.total:
+            return f"{head}: all {self.total} images already have one — {fixes} to replace or extend them"
+        if skipped:
+            why.append(f"{skipped} already had one (kept)")
+        if unchanged:
+            why.append(f"{unchanged} unchanged (nothing new to append)")
+        if failed:
+            why.append(f"{failed} failed (listed above)")
+        return f"{head} for {self.total} image(s)" + (f"; {', '.join(why)}" if why else "")
 
     def summary(self, top_tags: int = 20) -> str:
         parts = [f"{self.total} image(s) in {self.folder}"]

@@ -75,13 +75,16 @@ def resolve_tagger(
     if is_tagger_folder(target) and not force_download:
         return target
     if offline is None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        from .hub import hub_offline
+
+        offline = hub_offline()
     hint = (
         f"Put {MODEL_FILE} and {TAGS_FILE} from https://huggingface.co/{repo_id}/tree/main into "
         f"{target.resolve()} (or pass --model_dir to a folder that holds both files)."
     )
     if offline:
-        raise TaggerNotFoundError(f"Tagger {repo_id} is not on disk and downloads are off (offline). {hint}")
+        raise TaggerNotFoundError(f"Tagger {repo_id} is not on disk and the hub cannot be reached (offline: "
+                                  f"HF_HUB_OFFLINE is set or no network answered). {hint}")
     try:
         from huggingface_hub import hf_hub_download
 

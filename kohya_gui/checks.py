@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.config import check_paths, save_config_json, validate_values
+from trainer.config import CONFIG_TYPES, check_paths, looks_like_hub_id, save_config_json, validate_values
+
+from . import modelcheck
+from .picker import PathRefused, confine
 
 PREFLIGHT_TIMEOUT = 300
+PICKABLE = ("path", "dir", "file")
+MODEL_FIELDS = ("pretrained_model_name_or_path", "vae")
+DATASET_FIELDS = ("train_data_dir", "reg_data_dir", "dataset_config", "in_json")
 
 
 @dataclass(frozen=True)
@@ -65,17 +71,71 @@ def check_values(training_type: str, values: dict, specs) -> CheckResult:
     return CheckResult(config=None if empties else config, problems=issues)
 
 
+def stand_in_config(training_type: str, values: dict, problems: list[Issue]):
+    """The user's values with each rejected one left at its default, so the disk, model and dataset
+    checks run in the same round as the value checks (one round of problems, not several)."""
+    cls = CONFIG_TYPES[training_type]
+    bad = {p.field for p in problems if p.level == "error"}
+    good = {k: v for k, v in values.items() if k in cls.model_fields and k not in bad and v is not None}
+    try:
+        return cls(**good)
+    except Exception:          # a rule inside the model itself: fall back to the value checks alone
+        return None
+
+
+def outside_roots_issues(config, specs, roots: list[Path] | None) -> list[Issue]:
+    """Every path the run would read or write must lie under the folders the studio may use (the
+    picker's rule), so a logged-in user cannot point the trainer at the rest of the server."""
+    if not roots:
+        return []
+    issues = []
+    for spec in specs:
+        value = str(getattr(config, spec.name, "") or "").strip()
+        if spec.kind not in PICKABLE or not value:
+            continue
+        if spec.name in MODEL_FIELDS and looks_like_hub_id(value) and not Path(value).exists():
+            continue            # a hub id, not a path
+        try:
+            confine(value, roots)
+        except PathRefused as exc:
+            issues.append(Issue(spec.name, str(exc)))
+    return issues
+
+
+def model_issues(config, cwd: Path | None) -> list[Issue]:
+    issues = []
+    for name in MODEL_FIELDS:
+        found = modelcheck.model_problem(str(getattr(config, name, "") or ""), cwd=cwd)
+        if found:
+            issues.append(Issue(name, found[0], "error", found[1]))
+    return issues
+
+
+def _merge(issues: list[Issue], more: list[Issue]) -> list[Issue]:
+    """Add problems, dropping one that repeats a field+message already listed."""
+    seen = {(i.field, i.message) for i in issues}
+    return issues + [m for m in more if (m.field, m.message) not in seen]
+
+
 def check_all(training_type: str, values: dict, specs, *, python: str, workspace: Path,
-              cwd: Path | None = None, preflight: bool = True) -> CheckResult:
-    """Values, then paths, then (when those pass) the dataset preflight in a subprocess."""
+              cwd: Path | None = None, preflight: bool = True, roots: list[Path] | None = None) -> CheckResult:
+    """Values, paths (on disk and inside the roots), the base model and the dataset preflight — all
+    in one round: a value error does not hide a missing folder."""
     result = check_values(training_type, values, specs)
-    if result.config is None:
+    config = result.config or stand_in_config(training_type, values, result.problems)
+    if config is None:
         return result
-    result.problems += [_issue(p) for p in check_paths(result.config)]
-    if preflight and not result.errors:
-        issues, plan, note = run_preflight(result.config, python=python, workspace=workspace, cwd=cwd)
-        result.problems += issues
-        result.plan, result.preflight_ran, result.preflight_note = plan, True, note
+    disk = [_issue(p) for p in check_paths(config)]
+    flagged = {p.field for p in disk}
+    disk += [i for i in model_issues(config, cwd) if i.field not in flagged]
+    disk += outside_roots_issues(config, specs, roots)
+    result.problems = _merge(result.problems, disk)
+    dataset_blocked = any(p.level == "error" and p.field in DATASET_FIELDS for p in result.problems)
+    if preflight and not dataset_blocked:
+        issues, plan, note = run_preflight(config, python=python, workspace=workspace, cwd=cwd)
+        result.problems = _merge(result.problems, issues)
+        result.preflight_ran, result.preflight_note = True, note
+        result.plan = plan if result.config is not None else None   # a plan from stand-in values would mislead
     return result
 
 
@@ -152,6 +212,8 @@ def parse_preflight(report: dict, config) -> tuple[list[Issue], dict | None, str
                                 str(raw.get("hint") or "")))
     plan = report.get("plan") if isinstance(report.get("plan"), dict) else (
         report if "total_steps" in report else None)
+    if plan is not None and "concepts" not in plan and report.get("concepts"):
+        plan = {**plan, "concepts": report["concepts"]}
     return issues, plan, str(report.get("text") or "")
 
 
@@ -181,7 +243,28 @@ def _line(p: Issue, labels: dict[str, str]) -> str:
         hint = f"  \n  ↳ {first}"
         if rest.strip():   # e.g. the expected folder layout: keep its indentation
             hint += "\n\n  ```\n" + "\n".join(f"  {ln}" for ln in rest.splitlines()) + "\n  ```"
-    return f"- **{name}** (`{p.field}`): {p.message}{hint}"
+    return f"- **{name}** (`{p.field}`): {_plain(p.message)}{_plain(hint)}"
+
+
+def _plain(text: str) -> str:
+    """Angle brackets as text: '<repeats>_<name>' would otherwise vanish as an unknown HTML tag and
+    cut the sentence; inside ``` blocks they are shown as they are."""
+    if "```" in text:
+        head, sep, rest = text.partition("```")
+        return head.replace("<", "&lt;").replace(">", "&gt;") + sep + rest
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def repeats_text(plan: dict) -> str:
+    """'10 repeats', or each concept's repeats when they differ."""
+    concepts = [c for c in plan.get("concepts") or [] if isinstance(c, dict) and not c.get("is_reg")]
+    repeats = [c.get("repeats") for c in concepts if c.get("repeats") is not None]
+    if not repeats:
+        return "repeats"
+    if len(set(repeats)) == 1:
+        return f"{repeats[0]} repeats"
+    return "repeats (" + ", ".join(f"{c.get('name', '?')}: {c.get('repeats')}" for c in concepts[:6]) + \
+        (" …" if len(concepts) > 6 else "") + ")"
 
 
 def plan_markdown(plan: dict | None) -> str:
@@ -190,7 +273,7 @@ def plan_markdown(plan: dict | None) -> str:
     images = plan.get("images", "?")
     repeats_total = plan.get("repeats_total", plan.get("train_samples_per_epoch", plan.get("train_samples", "?")))
     steps_per_epoch = plan.get("steps_per_epoch", "?")
-    text = (f"**Plan:** {images} images × repeats = {repeats_total} samples per epoch"
+    text = (f"**Plan:** {images} images × {repeats_text(plan)} = {repeats_total} samples per epoch"
             f"{' + ' + str(plan['reg_images']) + ' regularization images' if plan.get('reg_images') else ''}"
             f" → {steps_per_epoch} steps/epoch (batch {plan.get('batch_size', '?')}, accumulation "
             f"{plan.get('gradient_accumulation_steps', 1)}) × {plan.get('epochs', '?')} epochs = "

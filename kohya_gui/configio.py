@@ -12,23 +12,38 @@ from pathlib import Path
 from trainer.config import (CONFIG_TYPES, ConfigError, atomic_write_text, config_to_dict, import_kohya_json,
                             migrate, read_config_dict)
 
+from .picker import PathRefused, confine, is_dir, is_file
 
 
 class LoadError(ValueError):
     pass
 
 
-def read_values(path: str | Path, training_type: str) -> tuple[dict, list[str]]:
+def confined(path: str | Path, roots: list[Path] | None) -> Path:
+    """The picker's rule for typed paths too: only files under the studio's folders are read or
+    written (the message never tells whether a file elsewhere exists)."""
+    text = str(path).strip()
+    if not roots:
+        return Path(text)
+    try:
+        return confine(text, roots)
+    except PathRefused as exc:
+        raise LoadError(str(exc)) from exc
+
+
+def read_values(path: str | Path, training_type: str, roots: list[Path] | None = None) -> tuple[dict, list[str]]:
     """(values known to this training type, notes for the user) from any supported config file."""
-    path = Path(str(path).strip())
-    if not str(path) or str(path) == ".":
-        raise LoadError("Enter the path of a config file (.json or .toml), or pick one with 📂.")
-    if not path.is_file():
-        raise LoadError(f"'{path}' does not exist; check the path or pick the file with 📂.")
+    if not str(path).strip():
+        raise LoadError("Enter the path of a config file (.json or .toml), or pick one with 📂 Browse.")
+    path = confined(path, roots)
+    if not is_file(path):
+        raise LoadError(f"'{path}' does not exist; check the path or pick the file with 📂 Browse.")
     try:
         data = read_config_dict(path)
     except ConfigError as exc:
         raise LoadError("; ".join(p.message for p in exc.problems)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LoadError(f"'{path.name}' cannot be read: {getattr(exc, 'strerror', None) or exc}") from exc
     if not isinstance(data, dict):
         raise LoadError(f"'{path.name}' does not hold a settings object.")
     fields = CONFIG_TYPES[training_type].model_fields
@@ -53,6 +68,10 @@ def read_values(path: str | Path, training_type: str) -> tuple[dict, list[str]]:
         except ConfigError as exc:  # what kohya_ss's own run would refuse too (a model family, a bad value)
             raise LoadError(f"`{path.name}` cannot be trained here: "
                             + "; ".join(f"{p.field}: {p.message}" for p in exc.problems)) from exc
+        except Exception as exc:     # an importer bug must not blank the page: one message instead
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LoadError(f"'{path.name}' looks like a Kohya_ss config but could not be imported "
+                            f"({type(exc).__name__}: {first}). Nothing was changed in the form.") from exc
         notes.append(f"Imported the Kohya_ss config `{path.name}` ({len(values)} options).")
         notes += import_notes
         if ignored:
@@ -71,12 +90,18 @@ def values_to_dict(training_type: str, values: dict, config=None) -> dict:
     return data
 
 
-def save_values(path: str | Path, data: dict, *, overwrite: bool) -> Path:
-    path = Path(str(path).strip())
-    if not str(path) or str(path) == ".":
+def save_values(path: str | Path, data: dict, *, overwrite: bool, roots: list[Path] | None = None) -> Path:
+    if not str(path).strip():
         raise LoadError("Enter where to save the config, e.g. configs/mychar.json.")
+    path = confined(path, roots)
     if path.suffix.lower() != ".json":
         raise LoadError(f"'{path.name}': configs are saved as .json; end the name with .json.")
+    if not is_dir(path.parent):
+        raise LoadError(f"The folder '{path.parent}' does not exist; create it first or save somewhere else.")
     if path.exists() and not overwrite:
         raise LoadError(f"'{path}' already exists. Tick 'Overwrite' to replace it, or choose another name.")
-    return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    try:
+        return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise LoadError(f"'{path}' could not be written ({exc.strerror or exc}); choose a folder you can "
+                        "write to.") from exc

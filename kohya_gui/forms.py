@@ -57,17 +57,28 @@ def to_python(spec: FieldSpec, raw: Any) -> Any:
 
 
 def is_optional_number(spec: FieldSpec) -> bool:
-    """Numbers where empty means something (e.g. unet_lr: empty = learning_rate) get a text box,
-    because a number box cannot be empty."""
+    """Numbers where empty means something (e.g. unet_lr: empty = learning_rate)."""
     return spec.kind in ("int", "float") and spec.optional
 
 
-def to_widget(spec: FieldSpec, value: Any) -> Any:
-    """A schema value → what the widget shows."""
-    if is_optional_number(spec):
-        return "" if value is None else str(value)
+def number_text(value: Any) -> str:
+    """How a number box shows a value; text that is not a number (e.g. "abc" from an imported file)
+    is shown as it came, so the user sees what the note beside the field is about."""
     if value is None:
-        return None if spec.kind in ("int", "float") else ""
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def to_widget(spec: FieldSpec, value: Any) -> Any:
+    """A schema value → what the widget shows. Numbers live in text boxes: Gradio's Number and
+    Slider check (and round) a value before any handler of ours runs, so an empty string from a
+    Kohya_ss file or a value below the minimum would raise a nameless error and blank the form."""
+    if spec.kind in ("int", "float"):
+        return number_text(value)
+    if value is None:
+        return ""
     return value
 
 
@@ -99,6 +110,15 @@ def field_note(spec: FieldSpec, problems: list) -> tuple[str, list[str]]:
 def _hint_head(problem) -> str:
     hint = str(getattr(problem, "hint", "") or "").split("\n")[0]
     return f" — {hint}" if hint and hint not in problem.message else ""
+
+
+def _range_text(spec: FieldSpec) -> str:
+    kind = "a whole number" if spec.kind == "int" else "a number"
+    if spec.ge is not None and spec.le is not None:
+        return f"{kind}, {spec.ge:g} to {spec.le:g}"
+    if spec.ge is not None:
+        return f"{kind}, at least {spec.ge:g}"
+    return kind
 
 
 @dataclass
@@ -185,15 +205,14 @@ class TrainingForm:
                 with gr.Row(equal_height=True):
                     self.components[spec.name] = self._path_widget(spec, value, common)
                     self.pick_buttons[spec.name] = gr.Button(
-                        "📂", scale=0, min_width=44, elem_id=f"{self.training_type}-{spec.name}-pick")
+                        "📂 Browse", scale=0, min_width=100, elem_id=f"{self.training_type}-{spec.name}-pick")
             return
         if spec.kind == "bool":
             widget = gr.Checkbox(value=bool(value), **common)
-        elif is_optional_number(spec):
-            widget = gr.Textbox(value=value, lines=1, max_lines=1, placeholder="empty = default", **common)
         elif spec.kind in ("int", "float"):
-            widget = gr.Number(value=value, precision=0 if spec.kind == "int" else None,
-                               minimum=spec.ge, maximum=spec.le, **common)
+            placeholder = "empty = default" if is_optional_number(spec) else _range_text(spec)
+            widget = gr.Textbox(value=value, lines=1, max_lines=1, placeholder=placeholder,
+                                elem_classes=["number-box"], **common)
         elif spec.kind == "choice":
             widget = gr.Dropdown(choices=list(spec.choices or []), value=value, **common)
         elif spec.kind == "text":

@@ -6,8 +6,11 @@ reproduced and inspected after the fact.
 """
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from trainer.config import save_config_json, save_trainer_toml
@@ -52,28 +55,54 @@ def model_extension(config) -> str:
     return {"ckpt": ".ckpt", "pt": ".pt", "safetensors": ".safetensors"}.get(fmt, "")
 
 
+def _output_pattern(name: str, ext: str) -> re.Pattern:
+    """The names a run writes (trainer.train.saving): NAME, NAME-000004, NAME-step00000500,
+    NAME-stopped, each with the model extension, and their -state folders (NAME-stopped-state)."""
+    kinds = r"(-\d{6}|-step\d{8}|-stopped)?"
+    end = f"({re.escape(ext)}|-state)" if ext else "(-state)?"     # a state folder drops the extension
+    return re.compile(re.escape(name) + kinds + end)
+
+
 def existing_outputs(config) -> list[Path]:
-    """Files a run with this config would overwrite: the final model and epoch/step files."""
-    out_dir = Path(getattr(config, "output_dir", "") or "")
+    """Files and folders a run with this config would collide with (the trainer refuses to start
+    over them): the final model, epoch/step/stopped files and their -state folders."""
+    out_dir = Path(getattr(config, "output_dir", "") or "").expanduser()
     name = getattr(config, "output_name", "") or "last"
     if not out_dir.is_dir():
         return []
     ext = model_extension(config)
-    found = []
+    pattern = _output_pattern(name, ext)
+    found = [p for p in out_dir.iterdir() if p.name.startswith(name) and pattern.fullmatch(p.name)]
     final = out_dir / f"{name}{ext}"
-    if final.exists():
-        found.append(final)
-    if ext:
-        found += sorted(p for p in out_dir.glob(f"{name}-*{ext}") if p.is_file())
-    return found
+    return sorted(found, key=lambda p: (p != final, p.name))     # the final model first
+
+
+def move_aside(paths: list[Path], config) -> Path | None:
+    """A confirmed overwrite: the earlier results move into `NAME.replaced-<time>/` beside them
+    (nothing is deleted), so the trainer finds the names free and the user still has the old files."""
+    if not paths:
+        return None
+    out_dir = Path(getattr(config, "output_dir", "") or "").expanduser()
+    name = getattr(config, "output_name", "") or "last"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = out_dir / f"{name}.replaced-{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = out_dir / f"{name}.replaced-{stamp}-{n}"
+    target.mkdir()
+    for path in paths:
+        if path.exists():
+            os.replace(path, target / path.name)
+    return target
 
 
 def overwrite_message(paths: list[Path]) -> str:
     shown = "\n".join(f"- `{p}`" for p in paths[:8])
     more = f"\n- … and {len(paths) - 8} more" if len(paths) > 8 else ""
-    return (f"### ⚠ This run would overwrite {len(paths)} existing file(s)\n{shown}{more}\n\n"
-            "Press **Overwrite and start** to replace them, or **Cancel** and change the output name "
-            "or folder.")
+    return (f"### ⚠ This run would replace {len(paths)} existing file(s)\n{shown}{more}\n\n"
+            "Press **Overwrite and start** to move them into a `NAME.replaced-<time>` folder beside them "
+            "(nothing is deleted) and train again, or **Cancel** and change the output name or folder.")
 
 
 def enqueue(queue: JobQueue, config, *, python: str = sys.executable, start: bool = True) -> Job:

@@ -7,6 +7,7 @@ run folder, a monitor can be rebuilt from disk after a page reload or a GUI rest
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -16,6 +17,36 @@ from pathlib import Path
 FINAL_TYPES = ("done", "stopped", "failed")
 MAX_LOSS_POINTS = 2000
 LOG_LINES = 400
+# library chatter that says nothing about the user's run: kept in trainer.log, left out of the page
+NOISE = re.compile(
+    r"gemm_4bit|pip install kernels"                          # bitsandbytes' CPU kernel probe
+    r"|\[transformers\].*(requires torchvision|falling back)"   # image processors we never use
+    r"|^\S+\.py:\d+: \w*Warning:"                             # warnings.warn(...) from a library
+    r"|^\s+warnings\.warn\("
+    r"|torchvision|TRANSFORMERS_CACHE|`torch_dtype` is deprecated")
+CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
+GENERIC_HINTS = ("See the message for the file and the fix.", "Read the last log lines below for the cause.")
+
+
+class LogFilter:
+    """Drops library warnings and traceback frames from what the page shows; the exception's own
+    line ("ValueError: …") stays. The run's log file keeps every line."""
+
+    def __init__(self) -> None:
+        self.in_trace = False
+
+    def keep(self, line: str) -> bool:
+        if line.startswith("Traceback (most recent call last)"):
+            self.in_trace = True
+            return False
+        if line.startswith(CHAIN):          # "The above exception was the direct cause…": a trace follows
+            self.in_trace = True
+            return False
+        if self.in_trace:
+            if not line.strip() or line[:1].isspace():
+                return False
+            self.in_trace = False
+        return not NOISE.search(line)
 
 
 @dataclass
@@ -33,6 +64,12 @@ class Final:
     hint: str = ""
     exit_code: int | None = None
     outputs: list[str] = field(default_factory=list)
+
+
+def first_line(text) -> str:
+    """An error's first line: a message that carries a traceback or a dump shows only its head."""
+    lines = [ln for ln in str(text or "").strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
 
 
 def parse_event(line: str) -> dict | None:
@@ -65,6 +102,7 @@ class JobMonitor:
         self.errors: list[dict] = []
         self.final: Final | None = None
         self.log: deque[str] = deque(maxlen=LOG_LINES)
+        self._filter = LogFilter()
         self.started_at: float | None = None
         self.events_seen = 0
 
@@ -91,7 +129,9 @@ class JobMonitor:
     def add_log(self, line: str) -> None:
         with self._lock:
             # tqdm redraws with \r; keep only the last state of such a line
-            self.log.append(line.rstrip("\n").split("\r")[-1])
+            text = line.rstrip("\n").split("\r")[-1]
+            if text.strip() and self._filter.keep(text):
+                self.log.append(text)
 
     def _on_plan(self, e: dict) -> None:
         self.plan = e
@@ -132,7 +172,7 @@ class JobMonitor:
                            message=f"Stopped at step {e.get('step', '?')}.")
 
     def _on_failed(self, e: dict) -> None:
-        self.final = Final("failed", message=str(e.get("message", "")), hint=str(e.get("hint", "")),
+        self.final = Final("failed", message=first_line(e.get("message")), hint=str(e.get("hint", "")),
                            exit_code=e.get("exit_code"))
 
     # ---- end of process --------------------------------------------------------------------
@@ -148,8 +188,8 @@ class JobMonitor:
                     last = self.errors[-1] if self.errors else {}
                     self.final = Final(
                         "failed", exit_code=returncode,
-                        message=str(last.get("message") or f"The trainer exited with code {returncode} "
-                                    "without reporting an error."),
+                        message=first_line(last.get("message")) or f"The trainer exited with code {returncode} "
+                                    "without reporting an error.",
                         hint=str(last.get("hint") or "Read the last log lines below for the cause."))
             elif self.final.exit_code is None:
                 self.final.exit_code = returncode

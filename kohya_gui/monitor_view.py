@@ -9,6 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from .jobqueue import Job
+from .monitor import GENERIC_HINTS
 from .picker import human_size
 
 STATUS_ICONS = {"pending": "⏳", "running": "▶️", "done": "✅", "stopped": "⏹", "failed": "❌",
@@ -118,22 +119,38 @@ def final_markdown(snap: dict, job: Job | None) -> str:
     if final.status == "done":
         return f"### ✅ Training finished\nSaved:\n{listed}{warn}"
     if final.status == "stopped":
-        return f"### ⏹ Stopped\n{final.message}\nSaved before stopping:\n{listed}{warn}"
-    tail = "\n".join(snap.get("log", [])[-15:])
+        states = [p for p in outputs if p.endswith("-state")] or [
+            str(s) for s in (Path(p).with_name(Path(p).stem + "-state") for p in outputs) if s.is_dir()]
+        resume = (f"\n\nTo continue this run, put `{states[-1]}` in **Resume** (Advanced: saving, state and "
+                  "resume) and press Start." if states else "")
+        return f"### ⏹ Stopped\n{final.message}\nSaved before stopping:\n{listed}{resume}{warn}"
+    tail = "\n".join(snap.get("log", [])[-12:])
     code = f" (exit code {final.exit_code})" if final.exit_code is not None else ""
-    hint = f"\n\n**What to try:** {final.hint}" if final.hint else ""
-    return (f"### ❌ Training failed{code}\n{final.message}{hint}\n\nLast log lines:\n```\n{tail}\n```"
-            f"{warn}")
+    hint = final.hint if final.hint and final.hint not in GENERIC_HINTS else ""
+    where = f"The full error is in `{job.log_path}`."
+    what = f"\n\n**What to try:** {hint}" if hint else ""
+    return (f"### ❌ Training failed{code}\n{html.escape(final.message)}{what}\n\n{where}\n\n"
+            f"Last log lines:\n```\n{tail}\n```{warn}")
 
 
-def queue_rows(jobs: list[Job]) -> list[list[str]]:
+def display_status(job: Job, monitor_final=None) -> str:
+    """A running job whose trainer already reported its end shows that end at once."""
+    if job.status == "running" and monitor_final is not None:
+        return monitor_final.status
+    return job.status
+
+
+def queue_rows(jobs: list[Job], finals: dict | None = None, now: float | None = None) -> list[list[str]]:
+    now = time.time() if now is None else now
     rows = []
     for i, job in enumerate(jobs, 1):
+        status = display_status(job, (finals or {}).get(job.id))
         when = time.strftime("%H:%M:%S", time.localtime(job.started or job.created))
+        took = fmt_duration((job.finished or now) - job.started) if job.started else "—"
         detail = job.message or ""
-        if job.status == "done" and job.outputs:
+        if status == "done" and job.outputs:
             detail = Path(job.outputs[-1]).name
-        rows.append([str(i), f"{STATUS_ICONS.get(job.status, '')} {job.status}", job.name, when,
+        rows.append([str(i), f"{STATUS_ICONS.get(status, '')} {status}", job.name, when, took,
                      detail[:160], job.id])
     return rows
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_ENTRIES = 500
+MAX_PATH_CHARS = 4096
 
 
 class PathRefused(ValueError):
@@ -48,6 +49,21 @@ def normalize_roots(roots) -> list[Path]:
     return out
 
 
+def is_dir(path: Path) -> bool:
+    """Path.is_dir that answers False instead of raising (a name too long for the file system)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
@@ -63,6 +79,10 @@ def confine(path: str | os.PathLike, roots: list[Path]) -> Path:
     text = str(path).strip()
     if not text:
         return roots[0]
+    if "\x00" in text:
+        raise PathRefused("The path contains a NUL character; type or paste it again.")
+    if len(text) > MAX_PATH_CHARS:
+        raise PathRefused(f"The path is {len(text)} characters long; paths here are at most {MAX_PATH_CHARS}.")
     candidate = Path(os.path.expanduser(text))
     if not candidate.is_absolute():
         candidate = roots[0] / candidate
@@ -83,8 +103,12 @@ def list_folder(folder: str | os.PathLike, roots: list[Path], *, want: str = "an
     Hidden entries are skipped; `suffixes` (e.g. (".json", ".toml")) filters files.
     """
     real = confine(folder, roots)
-    if not real.is_dir():
-        if real.exists():
+    try:
+        is_dir, exists = real.is_dir(), real.exists()
+    except OSError as exc:                      # e.g. a name longer than the file system allows
+        raise PathRefused(f"'{folder}' cannot be opened: {exc.strerror or exc}.") from exc
+    if not is_dir:
+        if exists:
             real = real.parent
         else:
             raise PathRefused(f"'{folder}' does not exist.")
@@ -92,8 +116,8 @@ def list_folder(folder: str | os.PathLike, roots: list[Path], *, want: str = "an
     files: list[Entry] = []
     try:
         scan = sorted(os.scandir(real), key=lambda e: e.name.lower())
-    except PermissionError as exc:
-        raise PathRefused(f"'{real}' cannot be read: {exc.strerror}.") from exc
+    except OSError as exc:
+        raise PathRefused(f"'{real}' cannot be read: {exc.strerror or exc}.") from exc
     for item in scan:
         if item.name.startswith("."):
             continue

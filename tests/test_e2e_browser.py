@@ -1,75 +1,36 @@
-"""End to end in a real browser: headless Chromium (Debian's package) driven by Playwright against a
-studio started by this test, training with the real trainer on the demo's tiny model.
+"""A user's day in the studio, in a real browser: headless Chromium (Debian's package) driven by
+Playwright against `python -m kohya_gui` (what launch.py starts), training with the real trainer on
+the demo's tiny model. The steps run in order and build on each other, as a day does:
 
-A user loads a saved config, sees the error for an image folder without a <repeats>_ prefix, fixes it
-with the in-page folder browser, applies the Demo preset, starts, watches the run reach 100 % with a
-LoRA file and a sample image listed, then queues two jobs: the first fails, the second succeeds.
+load a Kohya_ss preset as shipped → break a value, see it named, fix it (with the in-page folder
+browser) → Demo and Start twice in a row (the second run confirmed in the page) → Stop and resume →
+queue two jobs (one fails with words, one trains) → caption a folder → Verify the LoRA → try paths
+outside the allowed folders → the other tabs' Demos. Every step leaves a screenshot in tests/artifacts/.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
-RUN_TIMEOUT_MS = 240_000
+from e2e_browser_helpers import (DURATION, ROOT, choose, click_and_wait, error_badges, fill, needs_chromium,
+                                 open_accordion, open_browser, queue_row, run_until_finished, shot, start_studio,
+                                 stop_studio, text_of, tracebacks, value_of, wait_new_text, wait_running,
+                                 wait_text, wait_value)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)"),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = needs_chromium
+KOHYA_PRESET = ROOT / "tests" / "data" / "kohya_lora_v26.json"
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
-    """The studio serving a fresh workspace; its log is saved under tests/artifacts/."""
     tmp = tmp_path_factory.mktemp("e2e")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log = open(ARTIFACTS / "e2e_studio.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "kohya_gui", "--server_port", str(port), "--headless",
-                             "--workspace", str(tmp / "ws"), "--data_root", str(tmp)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the studio exited with {proc.returncode}; see tests/artifacts/e2e_studio.log")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the studio did not start within 180 s")
-    yield {"url": url, "tmp": tmp, "ws": tmp / "ws"}
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    proc, log, log_path, url = start_studio(tmp, "e2e_studio.log")
+    yield {"url": url, "tmp": tmp, "ws": tmp / "ws", "log": log_path}
+    stop_studio(proc, log)
 
 
 @pytest.fixture(scope="module")
@@ -77,160 +38,255 @@ def page(studio):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        pg = browser.new_page(viewport={"width": 1440, "height": 1800})
-        pg.set_default_timeout(60_000)
-        pg.goto(studio["url"])
-        pg.wait_for_selector("#lora-output_name")
+        browser, pg = open_browser(pw, studio["url"])
         yield pg
         browser.close()
 
 
-# ---- small helpers over Gradio's DOM ---------------------------------------------------------------
-
-def fill(pg, elem_id: str, text: str, enter: bool = False) -> None:
-    box = pg.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(text)
-    if enter:
-        box.press("Enter")
-    else:
-        box.blur()
+@pytest.fixture(scope="module")
+def demo(studio, page):
+    """The user presses Demo once: the tiny model and dataset exist from then on."""
+    page.click("#lora-demo")
+    wait_text(page, "lora-config-msg", "press Start", timeout_s=300)
+    return json.loads((studio["ws"] / "demo" / "demo_lora.json").read_text())
 
 
-def text_of(pg, elem_id: str) -> str:
-    return pg.locator(f"#{elem_id}").inner_text()
+def _no_gradio_errors(pg) -> None:
+    assert error_badges(pg) == [], "a handler raised inside Gradio instead of answering in words"
 
 
-def choose(pg, elem_id: str, option: str) -> None:
-    pg.locator(f"#{elem_id} input").first.click()
-    pg.locator(f"#{elem_id} li[role=option]", has_text=option).first.click()
+# ---- 1. a Kohya_ss preset as shipped ------------------------------------------------------------------
+
+def test_a_kohya_ss_preset_with_empty_numbers_loads_into_the_form(studio, page):
+    pg, tmp = page, studio["tmp"]
+    shipped = json.loads(KOHYA_PRESET.read_text())
+    shipped.update(max_train_steps="", vae_batch_size=0, max_data_loader_n_workers="", seed="")
+    (tmp / "kohya_preset.json").write_text(json.dumps(shipped, indent=2))
+    fill(pg, "lora-config-path", str(tmp / "kohya_preset.json"))
+    pg.click("#lora-load")
+    wait_text(pg, "lora-config-msg", "Imported the Kohya_ss config")
+    _no_gradio_errors(pg)
+    assert value_of(pg, "lora-network_dim") == str(shipped["network_dim"])
+    assert value_of(pg, "lora-output_name") == shipped["output_name"]
+    shot(pg, "e2e_01_kohya_preset_loaded")
+    # kohya_ss's old default model is gone from the hub: Check says so before any run
+    pg.click("#lora-check")
+    summary = wait_text(pg, "lora-summary", "problem(s) to fix", timeout_s=120)
+    assert "removed from the Hugging Face hub" in summary and "stable-diffusion-v1-5/stable-diffusion-v1-5" in summary
+    _no_gradio_errors(pg)
 
 
-def wait_text(pg, elem_id: str, needle: str, timeout: int = 60_000) -> str:
-    pg.wait_for_function(
-        "([id, needle]) => (document.getElementById(id)?.innerText || '').includes(needle)",
-        arg=[elem_id, needle], timeout=timeout)
-    return text_of(pg, elem_id)
+# ---- 2. break a value, see it named, fix it ----------------------------------------------------------
 
-
-def shot(pg, name: str, *, locator=None, docs: bool = False) -> None:
-    target = locator or pg
-    target.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    if docs and os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1":  # the suite never rewrites tracked docs
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ARTIFACTS / f"{name}.png", SCREENSHOTS / f"{name}.png")
-
-
-def run_until_finished(pg, job_hint: str) -> str:
-    """Wait for the monitor's final state; screenshot it once mid-run for the docs."""
-    taken = False
-    deadline = time.time() + RUN_TIMEOUT_MS / 1000
-    while time.time() < deadline:
-        bar = pg.locator("#monitor-progress .ks-progress")
-        status = bar.get_attribute("data-status") if bar.count() else None
-        percent = int(bar.get_attribute("data-percent") or 0) if bar.count() else 0
-        if not taken and status == "running" and 40 <= percent < 95:
-            shot(pg, "monitor", locator=pg.locator("#monitor"), docs=True)
-            taken = True
-        if status in ("done", "failed", "stopped") and job_hint in text_of(pg, "monitor-progress"):
-            return status
-        time.sleep(0.3)
-    pytest.fail(f"the run '{job_hint}' did not finish in time; monitor shows: {text_of(pg, 'monitor-progress')}")
-
-
-# ---- the story ---------------------------------------------------------------------------------------
-
-def test_a_user_trains_the_demo_lora_and_queues_two_jobs(studio, page):
-    pg, tmp, ws = page, studio["tmp"], studio["ws"]
-
-    # The demo files (tiny model + dataset) exist after pressing Demo once; a user's own dataset is
-    # modelled here by copying the demo images into a folder that lacks the <repeats>_ prefix.
-    choose(pg, "lora-preset", "Demo")
-    pg.click("#lora-apply-preset")
-    demo_note = wait_text(pg, "lora-config-msg", "press Start", timeout=300_000)
-    assert "Demo" in demo_note
-    demo_cfg = json.loads((ws / "demo" / "demo_lora.json").read_text())
-    concept = next(p for p in Path(demo_cfg["train_data_dir"]).iterdir() if p.is_dir())
-    wrong = tmp / "mydata" / "wrong"
-    right = tmp / "mydata" / "right"
-    shutil.copytree(concept, wrong / concept.name.split("_", 1)[1])      # "mychar/" — no repeats
-    shutil.copytree(concept, right / concept.name)                       # "N_mychar/"
-    saved = dict(demo_cfg, train_data_dir=str(wrong), output_dir=str(tmp / "out"), output_name="first")
+def test_a_broken_value_is_named_with_the_missing_folder_in_one_round(studio, page, demo):
+    pg, tmp = page, studio["tmp"]
+    concept = next(p for p in Path(demo["train_data_dir"]).iterdir() if p.is_dir())
+    wrong, right = tmp / "mydata" / "wrong", tmp / "mydata" / "right"
+    shutil.copytree(concept, wrong / concept.name.split("_", 1)[1])      # "toy/" — no <repeats>_ prefix
+    shutil.copytree(concept, right / concept.name)                       # "10_toy/"
+    saved = dict(demo, train_data_dir=str(tmp / "mydata" / "missing"), output_dir=str(tmp / "out"),
+                 output_name="mine")
     (tmp / "saved.json").write_text(json.dumps(saved, indent=2))
-
-    # 1. load the saved JSON config
     fill(pg, "lora-config-path", str(tmp / "saved.json"))
     pg.click("#lora-load")
     wait_text(pg, "lora-config-msg", "Loaded saved.json")
-    # 2. check: the image folder error appears next to the field and in the summary
-    pg.click("#lora-check")
-    summary = wait_text(pg, "lora-summary", "problem(s) to fix", timeout=120_000)
-    assert "train_data_dir" in summary
-    field = text_of(pg, "lora-train_data_dir")
-    assert "⚠" in field and "repeats" in field.lower()
-    shot(pg, "e2e_folder_error")
-    # 3. fix it with the in-page browser: open 📂, go to mydata/right, use it
+    fill(pg, "lora-epoch", "-1")
+    fill(pg, "lora-learning_rate", "fast")
+    summary = click_and_wait(pg, "lora-check", "lora-summary", "(epoch)")
+    _no_gradio_errors(pg)
+    # every problem at once, each named, the sentence whole (the <repeats>_<name> part included)
+    assert "(epoch)" in summary and "-1 is out of range" in summary
+    assert "(learning_rate)" in summary and "'fast'" in summary
+    assert "(train_data_dir)" in summary and "<repeats>_<name> folders" in summary
+    assert "-1 is out of range" in text_of(pg, "lora-epoch")
+    assert value_of(pg, "lora-epoch") == "-1", "the form keeps what the user typed"
+    shot(pg, "e2e_02_values_named")
+    # fix: numbers back in range, the folder with the in-page browser (the wrong one first)
+    fill(pg, "lora-epoch", "2")
+    fill(pg, "lora-learning_rate", "0.001")
+    fill(pg, "lora-train_data_dir", str(wrong))
+    summary = click_and_wait(pg, "lora-check", "lora-summary", "1 problem(s) to fix")
+    assert "(epoch)" not in summary and "repeats" in summary.lower()
+    assert "⚠" in text_of(pg, "lora-train_data_dir")
     pg.click("#lora-train_data_dir-pick")
     pg.wait_for_selector("#lora-picker", state="visible")
     fill(pg, "lora-picker-folder", str(tmp / "mydata"), enter=True)
     pg.locator("#lora-picker-entries label", has_text="right/").click()
-    pg.wait_for_function("() => document.querySelector('#lora-picker-folder input, #lora-picker-folder "
-                         "textarea').value.endsWith('right')")
+    wait_value(pg, "lora-picker-folder", "v.endsWith('right')")
     pg.click("#lora-picker-use-folder")
-    pg.wait_for_function("(v) => document.querySelector('#lora-train_data_dir input, #lora-train_data_dir "
-                         "textarea').value === v", arg=str(right.resolve()))
-    # traversal outside the allowed roots is refused in the page
-    pg.click("#lora-train_data_dir-pick")
-    fill(pg, "lora-picker-folder", str(tmp / ".." / ".." / ".."), enter=True)
-    wait_text(pg, "lora-picker-message", "outside the folders")
-    pg.click("#lora-picker >> text=Cancel")
+    wait_value(pg, "lora-train_data_dir", f"v === {json.dumps(str(right.resolve()))}")
     pg.click("#lora-check")
-    wait_text(pg, "lora-summary", "Ready to train", timeout=120_000)
-    assert "steps" in text_of(pg, "lora-plan")
+    wait_text(pg, "lora-summary", "Ready to train", timeout_s=120)
+    assert "4 images × 10 repeats" in text_of(pg, "lora-plan")
+    shot(pg, "e2e_03_fixed_ready")
 
-    # 4. apply the Demo preset and start; the run reaches 100 % with a LoRA file and a sample listed
-    choose(pg, "lora-preset", "Demo")
-    pg.click("#lora-apply-preset")
-    wait_text(pg, "lora-config-msg", "Loaded")
-    fill(pg, "lora-epoch", "4")           # a few more steps so the monitor can be seen mid-run
-    shot(pg, "lora_tab", docs=True)
-    pg.click("#lora-start")
-    wait_text(pg, "lora-status", "Started")
-    assert run_until_finished(pg, demo_cfg["output_name"]) == "done"
-    assert "data-percent='100'" in pg.locator("#monitor-progress").inner_html().replace('"', "'")
-    files = text_of(pg, "monitor-files")
-    assert f"{demo_cfg['output_name']}.safetensors" in files and "verified" in files
+
+# ---- 3. Demo + Start, twice -----------------------------------------------------------------------------
+
+def test_demo_trains_twice_in_a_row_the_second_run_confirmed(studio, page, demo):
+    pg = page
+    out = Path(demo["output_dir"])
+    for attempt in (1, 2):
+        click_and_wait(pg, "lora-demo", "lora-config-msg", "press Start")
+        assert value_of(pg, "lora-output_name") == demo["output_name"]
+        before = text_of(pg, "lora-status")
+        pg.click("#lora-start")
+        if attempt == 2:
+            pg.wait_for_selector("#lora-confirm", state="visible", timeout=120_000)
+            assert "toy.safetensors" in text_of(pg, "lora-confirm")
+            shot(pg, "e2e_05_overwrite_confirmation")
+            pg.click("#lora-confirm-overwrite")
+        wait_new_text(pg, "lora-status", before, "Started")
+        wait_running(pg)
+        status = run_until_finished(pg, demo["output_name"], mid_shot="monitor" if attempt == 1 else None)
+        assert status == "done", text_of(pg, "monitor-final")
+        files = text_of(pg, "monitor-files")
+        assert "toy.safetensors" in files and "verified" in files
+        shot(pg, f"e2e_04_demo_run_{attempt}")
+    replaced = [p for p in out.iterdir() if p.name.startswith("toy.replaced-")]
+    assert len(replaced) == 1 and (replaced[0] / "toy.safetensors").is_file(), "the first result is kept aside"
+    assert (out / "toy.safetensors").is_file()
     pg.wait_for_selector("#monitor-samples img")
     assert "Training finished" in text_of(pg, "monitor-final")
-    shot(pg, "e2e_done")
+    shot(pg, "lora_tab", docs=True)
 
-    # 5. queue two jobs: the first fails (a corrupt checkpoint), the second succeeds
+
+# ---- 4. Stop and resume -----------------------------------------------------------------------------------
+
+def test_stop_then_resume_from_the_saved_state(studio, page, demo):
+    pg, tmp = page, studio["tmp"]
+    pg.wait_for_function("() => document.getElementById('monitor-stop').disabled", timeout=30_000)  # nothing runs
+    click_and_wait(pg, "lora-demo", "lora-config-msg", "press Start")
+    fill(pg, "lora-output_name", "long")
+    fill(pg, "lora-output_dir", str(tmp / "long_out"))
+    fill(pg, "lora-epoch", "12")
+    click_and_wait(pg, "lora-start", "lora-status", "Started")
+    wait_running(pg)
+    pg.wait_for_function("() => /Step [1-9]/.test(document.getElementById('monitor-progress')?.innerText || '')",
+                         timeout=180_000)
+    assert text_of(pg, "monitor-stop").strip().endswith("Stop training")
+    pg.click("#monitor-stop")
+    wait_text(pg, "monitor-stop-msg", "Stopping")
+    assert run_until_finished(pg, "long") == "stopped"
+    wait_text(pg, "queue-table", "stopped", timeout_s=30)
+    pg.wait_for_function("() => document.getElementById('monitor-stop').disabled", timeout=30_000)
+    assert "Kill now" not in text_of(pg, "monitor-stop")
+    final = text_of(pg, "monitor-final")
+    assert "Stopped" in final and "long-stopped-state" in final
+    shot(pg, "e2e_06_stopped")
+    state = tmp / "long_out" / "long-stopped-state"
+    assert state.is_dir()
+    open_accordion(pg, "lora-advanced-saving")
+    fill(pg, "lora-resume", str(state))
+    fill(pg, "lora-epoch", "2")          # finish sooner: the trainer notes the changed length and goes on
+    click_and_wait(pg, "lora-start", "lora-status", "Started")
+    wait_running(pg)                        # the monitor has switched to the new run
+    assert run_until_finished(pg, "long") == "done", text_of(pg, "monitor-final")
+    assert (tmp / "long_out" / "long.safetensors").is_file()
+    shot(pg, "e2e_07_resumed_done")
+    fill(pg, "lora-resume", "")
+
+
+# ---- 5. two queued jobs: one fails in words, one trains ----------------------------------------------
+
+def test_two_queued_jobs_one_fails_with_words_one_trains(studio, page, demo):
+    pg, tmp = page, studio["tmp"]
     broken = tmp / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
-    for name, model in (("will_fail", str(broken)), ("will_work", demo_cfg["pretrained_model_name_or_path"])):
-        cfg = dict(demo_cfg, output_name=name, pretrained_model_name_or_path=model)
+    for name, model in (("will_fail", str(broken)), ("will_work", demo["pretrained_model_name_or_path"])):
+        cfg = dict(demo, output_name=name, pretrained_model_name_or_path=model, epoch=1, max_train_steps=4,
+                   output_dir=str(tmp / "queue_out"))
         (tmp / f"{name}.json").write_text(json.dumps(cfg))
     pg.click("#queue-pause")
     wait_text(pg, "queue-msg", "paused")
     for name in ("will_fail", "will_work"):
         fill(pg, "lora-config-path", str(tmp / f"{name}.json"))
-        pg.click("#lora-load")
-        wait_text(pg, "lora-config-msg", f"{name}.json")
-        pg.click("#lora-start")
-        wait_text(pg, "lora-status", "paused queue", timeout=120_000)
+        click_and_wait(pg, "lora-load", "lora-config-msg", f"{name}.json")
+        click_and_wait(pg, "lora-start", "lora-status", "paused queue")
     wait_text(pg, "queue-table", "will_work")
     pg.click("#queue-resume")
-    wait_text(pg, "queue-table", "failed", timeout=RUN_TIMEOUT_MS)
-    deadline = time.time() + RUN_TIMEOUT_MS / 1000
-    while "done" not in _status_of(pg, "will_work") and time.time() < deadline:
+    deadline = time.time() + 300
+    while "done" not in queue_row(pg, "will_work") and time.time() < deadline:
         time.sleep(0.5)
-    assert "failed" in _status_of(pg, "will_fail")
-    assert "done" in _status_of(pg, "will_work")
-    shot(pg, "e2e_queue", locator=pg.locator("#monitor"))
+    assert "failed" in queue_row(pg, "will_fail") and "done" in queue_row(pg, "will_work")
+    assert DURATION.search(queue_row(pg, "will_work").split("will_work", 1)[1]), "the Time columns show a duration"
+    shot(pg, "e2e_08_queue", locator=pg.locator("#monitor"))
+    choose(pg, "monitor-job", "will_fail")
+    final = wait_text(pg, "monitor-final", "Training failed", timeout_s=30)
+    assert "Traceback" not in final and 'File "' not in final, "the page shows the error, not the trace"
+    assert "trainer.log" in final
+    shot(pg, "e2e_09_failed_in_words", locator=pg.locator("#monitor"))
+    choose(pg, "monitor-job", "Latest run")
 
 
-def _status_of(pg, job_name: str) -> str:
-    for row in pg.locator("#queue-table [role=row]").all_inner_texts():
-        if job_name in row:
-            return row
-    return ""
+# ---- 6. utilities: caption a folder, verify the LoRA ---------------------------------------------------
+
+def test_captioning_reports_what_it_did_and_fails_fast_offline(studio, page, demo):
+    pg, tmp = page, studio["tmp"]
+    folder = tmp / "to_caption"
+    shutil.copytree(next(p for p in Path(demo["train_data_dir"]).iterdir() if p.is_dir()), folder)
+    pg.locator("button[role=tab]", has_text="Utilities").first.click()
+    fill(pg, "util-wd14_folder", str(folder))
+    fill(pg, "util-wd14-model", str(tmp / "taggers"))          # no tagger here, and the hub is offline
+    out = click_and_wait(pg, "util-wd14-run", "util-output", "captions written")
+    assert "⚠ 0 captions written: all 4 images already have one" in out and "Overwrite or Append" in out
+    shot(pg, "e2e_10_caption_nothing_to_do")
+    choose(pg, "util-wd14-existing", "overwrite existing captions")
+    out = click_and_wait(pg, "util-wd14-run", "util-output", "failed (exit code")
+    assert "offline" in out and "model.onnx" in out
+    shot(pg, "e2e_11_caption_offline")
+
+
+def test_verify_the_trained_lora(studio, page, demo):
+    pg = page
+    pg.locator("button[role=tab]", has_text="Verify LoRA").click()
+    lora = str(Path(demo["output_dir"]) / "toy.safetensors")
+    fill(pg, "util-verify-lora", lora)
+    fill(pg, "util-verify-base", demo["pretrained_model_name_or_path"])
+    pg.click("#util-verify-run")
+    result = wait_text(pg, "util-verify-result", "OK", timeout_s=180)
+    assert "fits" in result
+    shot(pg, "e2e_12_verify_ok")
+
+
+# ---- 7. paths outside the allowed folders --------------------------------------------------------------
+
+def test_paths_outside_the_allowed_folders_are_refused_in_words(studio, page):
+    pg = page
+    pg.locator("button[role=tab]", has_text="LoRA").first.click()
+    fill(pg, "lora-config-path", "/etc/hostname")
+    refused = click_and_wait(pg, "lora-load", "lora-config-msg", "outside the folders")
+    fill(pg, "lora-config-path", "/etc/kohya_studio_test.json")
+    assert click_and_wait(pg, "lora-save", "lora-config-msg", "outside the folders") != refused
+    assert not Path("/etc/kohya_studio_test.json").exists()
+    fill(pg, "lora-config-path", str(studio["tmp"] / "no_such_folder" / "x.json"))
+    click_and_wait(pg, "lora-save", "lora-config-msg", "does not exist")
+    assert "Errno" not in text_of(pg, "lora-config-msg")
+    pg.click("#lora-output_dir-pick")
+    pg.wait_for_selector("#lora-picker", state="visible")
+    fill(pg, "lora-picker-folder", str(studio["tmp"] / ".." / ".." / ".."), enter=True)
+    wait_text(pg, "lora-picker-message", "outside the folders")
+    fill(pg, "lora-picker-folder", "x" * 5000, enter=True)
+    wait_text(pg, "lora-picker-message", "at most")
+    shot(pg, "e2e_13_outside_refused")
+    pg.click("#lora-picker-cancel")
+    fill(pg, "lora-output_dir", "/etc/studio_out")
+    summary = click_and_wait(pg, "lora-start", "lora-summary", "(output_dir)")
+    assert "(output_dir)" in summary and "outside the folders" in summary
+    _no_gradio_errors(pg)
+
+
+# ---- 8. every training tab has its Demo ------------------------------------------------------------------
+
+@pytest.mark.parametrize("tab,title", [("dreambooth", "Dreambooth"), ("textual_inversion", "Textual Inversion"),
+                                       ("finetune", "Finetuning")])
+def test_every_training_tab_has_its_demo(studio, page, demo, tab, title):
+    pg = page
+    pg.locator("button[role=tab]", has_text=title).first.click()
+    click_and_wait(pg, f"{tab}-demo", f"{tab}-config-msg", "press Start")
+    click_and_wait(pg, f"{tab}-check", f"{tab}-summary", "Ready to train")
+    shot(pg, f"e2e_14_demo_{tab}")
+
+
+def test_the_studio_log_holds_no_traceback(studio):
+    assert tracebacks(studio["log"]) == []

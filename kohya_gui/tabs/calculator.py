@@ -57,15 +57,14 @@ class StepCalculator:
         self.form = form
         with gr.Accordion("Step / epoch calculator", open=False, elem_id=f"{prefix}-calculator"):
             with gr.Row():
-                self.images = gr.Number(label="Images", value=25, precision=0, minimum=0)
-                self.repeats = gr.Number(label="Repeats", value=1, precision=0, minimum=1)
-                self.epochs = gr.Number(label="Epochs", value=20, precision=0, minimum=1)
-                self.batch = gr.Number(label="Batch size", value=1, precision=0, minimum=1)
-                self.accum = gr.Number(label="Gradient accumulation", value=1, precision=0, minimum=1)
+                self.images = gr.Number(label="Images", value=25, precision=0)
+                self.repeats = gr.Number(label="Repeats", value=1, precision=0)
+                self.epochs = gr.Number(label="Epochs", value=20, precision=0)
+                self.batch = gr.Number(label="Batch size", value=1, precision=0)
+                self.accum = gr.Number(label="Gradient accumulation", value=1, precision=0)
             with gr.Row():
                 self.with_reg = gr.Checkbox(label="With regularization images (doubles the samples)")
-                self.target = gr.Number(label="Target steps (→ epochs needed)", value=0, precision=0,
-                                        minimum=0)
+                self.target = gr.Number(label="Target steps (→ epochs needed)", value=0, precision=0)
                 self.from_form = gr.Button("Use my image folder and settings")
             self.result = gr.Markdown(calculate(25, 1, 20, 1, 1, False, 0), elem_id=f"{prefix}-calc-result")
         fields = [self.images, self.repeats, self.epochs, self.batch, self.accum, self.with_reg, self.target]
@@ -76,11 +75,12 @@ class StepCalculator:
     def fill_from_form(self, *raw):
         values = self.form.collect(raw)
         concepts = count_concepts(values.get("train_data_dir", ""), bool(values.get("recursive")))
-        epochs = values.get("epoch") or 1
-        batch = values.get("train_batch_size") or 1
-        accum = values.get("gradient_accumulation_steps") or 1
+        # the form may hold text that is not a number yet (its note says so); count with 1 then
+        epochs = _int(values.get("epoch"), 1, 1)
+        batch = _int(values.get("train_batch_size"), 1, 1)
+        accum = _int(values.get("gradient_accumulation_steps"), 1, 1)
         if not concepts:
-            return (gr.update(),) * 5 + ("No <repeats>_<name> folders found in the image folder.",)
+            return (gr.update(),) * 5 + ("No `<repeats>_<name>` folders found in the image folder.",)
         images = sum(n for _, n, _ in concepts)
         samples = sum(n * r for _, n, r in concepts)
         # one row per concept; the single-row calculator takes the repeat-weighted total

@@ -11,6 +11,7 @@ from .. import monitor_view as view
 from ..jobqueue import JobQueue
 
 LATEST = "Latest run"
+QUEUE_HEADERS = ["#", "Status", "Job", "Started", "Duration", "Result", "id"]
 TICK_SECONDS = 1.0
 
 
@@ -28,7 +29,8 @@ class MonitorPanel:
             with gr.Row():
                 self.job = gr.Dropdown(label="Show", choices=_job_choices(queue), value=LATEST, scale=4,
                                        elem_id="monitor-job")
-                self.stop = gr.Button("⏹ Stop training", variant="stop", scale=1, elem_id="monitor-stop")
+                self.stop = gr.Button("⏹ Stop training", variant="stop", scale=1, elem_id="monitor-stop",
+                                      interactive=False)
             self.progress = gr.HTML(view.progress_html({}, None), elem_id="monitor-progress")
             self.stop_msg = gr.Markdown(elem_id="monitor-stop-msg")
             self.final = gr.Markdown(elem_id="monitor-final")
@@ -44,7 +46,7 @@ class MonitorPanel:
             self.log = gr.Textbox(label="Log (last lines)", lines=15, max_lines=15, autoscroll=True,
                                   interactive=False, elem_id="monitor-log")
             gr.Markdown("#### Queue — jobs run one after another; a failed job does not stop the rest")
-            self.table = gr.Dataframe(headers=["#", "Status", "Job", "Time", "Result", "id"], value=[],
+            self.table = gr.Dataframe(headers=QUEUE_HEADERS, value=[],
                                       interactive=False, wrap=True, elem_id="queue-table")
             with gr.Row():
                 self.pick = gr.Dropdown(label="Job", choices=[], scale=3, elem_id="queue-pick")
@@ -69,7 +71,13 @@ class MonitorPanel:
         snap = mon.snapshot() if mon else {}
         jobs = self.queue.snapshot()
         proc = self.queue.current
-        stop_label = ("⏹ Kill now" if proc is not None and proc.stop_requests >= 1 else "⏹ Stop training")
+        current = self.queue.current_job
+        current_mon = self.queue.monitor(current.id) if current else None
+        finals = {current.id: current_mon.final} if current_mon else {}
+        # Stop is offered while a trainer runs and has not reported its end (after that it only exits)
+        running = proc is not None and proc.running and (current_mon is None or current_mon.final is None)
+        stop_label = "⏹ Kill now" if running and proc.stop_requests >= 1 else "⏹ Stop training"
+        rows = view.queue_rows(jobs, finals)
         loss = view.loss_frame(snap)
         samples = [str(x.get("path")) for x in snap.get("samples", [])]
         # key → (signature, producer): a part is rebuilt and sent only when its signature changed
@@ -80,11 +88,13 @@ class MonitorPanel:
             "gallery": (repr(samples), lambda: view.gallery_items(snap, self.roots)),
             "files": self._same(view.files_rows(snap)),
             "log": self._same(view.log_text(snap)),
-            "table": self._same(view.queue_rows(jobs)),
+            "table": self._same(rows),
             "choices": self._same(_job_choices(self.queue), lambda v: gr.update(choices=v)),
-            "pick": self._same([(f"{r[0]}. {r[2]} ({r[1]})", r[5]) for r in view.queue_rows(jobs)],
+            "pick": self._same([(f"{r[0]}. {r[2]} ({r[1]})", r[6]) for r in rows],
                                lambda v: gr.update(choices=v)),
-            "stop": self._same(stop_label, lambda v: gr.update(value=v)),
+            "stop": self._same((stop_label, running), lambda v: gr.update(value=v[0], interactive=v[1])),
+            # the "Stopping…" note goes once nothing runs any more
+            "stop_msg": self._same(running, lambda r: gr.update() if r else ""),
         }
         out = []
         for key, (sig, produce) in parts.items():
@@ -102,11 +112,12 @@ class MonitorPanel:
     @property
     def outputs(self) -> list:
         return [self.progress, self.final, self.loss, self.gallery, self.files, self.log, self.table,
-                self.job, self.pick, self.stop, self.signatures]
+                self.job, self.pick, self.stop, self.stop_msg, self.signatures]
 
     def _wire(self) -> None:
+        # one tick at a time: overlapping ticks could send an older picture after a newer one
         self.timer.tick(self.render, inputs=[self.job, self.signatures], outputs=self.outputs,
-                        show_progress="hidden")
+                        show_progress="hidden", concurrency_limit=1, concurrency_id="monitor-tick")
         # a new selection must redraw everything, so forget the signatures first
         self.job.change(lambda sel: self.render(sel, {}), inputs=self.job, outputs=self.outputs,
                         show_progress="hidden")

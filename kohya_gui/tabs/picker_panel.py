@@ -5,7 +5,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..picker import PathRefused, confine, list_folder, parent_within
+from ..picker import PathRefused, confine, is_dir, is_file, list_folder, parent_within
 
 FILE_SUFFIXES = {"pretrained_model_name_or_path": (".safetensors", ".ckpt"),
                  "vae": (".safetensors", ".ckpt", ".pt"),
@@ -27,7 +27,7 @@ class PickerPanel:
             with gr.Row():
                 self.folder = gr.Textbox(label="Folder (type a path and press Enter)", scale=6,
                                          elem_id=f"{prefix}-picker-folder")
-                self.up = gr.Button("⬆ Up", scale=0, min_width=70)
+                self.up = gr.Button("⬆ Up", scale=0, min_width=80, elem_id=f"{prefix}-picker-up")
             self.entries = gr.Radio(label="Contents (click a folder to open it, a file to select it)",
                                     choices=[], elem_id=f"{prefix}-picker-entries")
             self.message = gr.Markdown(elem_id=f"{prefix}-picker-message")
@@ -36,7 +36,7 @@ class PickerPanel:
                                             elem_id=f"{prefix}-picker-use-folder")
                 self.use_file = gr.Button("Use selected file", variant="primary",
                                           elem_id=f"{prefix}-picker-use-file")
-                self.cancel = gr.Button("Cancel")
+                self.cancel = gr.Button("Cancel", elem_id=f"{prefix}-picker-cancel")
         self.target = gr.State("")
         self.selected = gr.State("")
 
@@ -46,9 +46,9 @@ class PickerPanel:
             path = confine(current, self.roots) if current else self.roots[0]
         except PathRefused:
             return self.roots[0]
-        while not path.is_dir() and path not in self.roots:
+        while not is_dir(path) and path not in self.roots:
             path = path.parent
-        return path if path.is_dir() else self.roots[0]
+        return path if is_dir(path) else self.roots[0]
 
     def listing(self, folder: str, target: str) -> tuple[str, list[tuple[str, str]], str]:
         """(resolved folder, radio choices, message); refusals come back as the message."""
@@ -101,7 +101,7 @@ class PickerPanel:
             if not entry:
                 return gr.update(), gr.update(), gr.update(), ""
             path = Path(entry)
-            if path.is_dir():
+            if is_dir(path):
                 return goto(entry, target)
             return gr.update(), gr.update(), f"Selected `{path.name}`", entry
 
@@ -120,9 +120,9 @@ class PickerPanel:
             if real is None:
                 return [gr.update() for _ in names] + [gr.update(), "Select a file first."]
             kind = self.targets.get(target, (None, "any"))[1]
-            if kind == "dir" and not real.is_dir():
+            if kind == "dir" and not is_dir(real):
                 return [gr.update() for _ in names] + [gr.update(), "Choose a folder here, not a file."]
-            if kind == "file" and not real.is_file():
+            if kind == "file" and not is_file(real):
                 return [gr.update() for _ in names] + [gr.update(), "Choose a file here, not a folder."]
             ups = [gr.update(value=str(real)) if n == target else gr.update() for n in names]
             return ups + [gr.update(visible=False), ""]

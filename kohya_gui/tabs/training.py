@@ -6,12 +6,14 @@ import gradio as gr
 
 from .. import checks, configio, demo, launching, presets
 from ..context import AppContext
-from ..forms import TrainingForm
+from ..forms import TrainingForm, to_widget
 from .calculator import StepCalculator
 from .lora_tools import render_lora_tools
 from .picker_panel import PickerPanel
 
 DEMO_LABEL = "🧪 Demo: tiny model + synthetic dataset (CPU, under a minute)"
+DEMO_WAIT = ("⏳ Preparing the demo: the first time a tiny model and four images are generated "
+             "(about half a minute)…")
 
 
 class TrainingTab:
@@ -32,7 +34,8 @@ class TrainingTab:
                     with gr.Row(equal_height=True):
                         self.config_path = gr.Textbox(label="Config file (.json / .toml, or a Kohya_ss .json)",
                                                       scale=6, elem_id=f"{p}-config-path")
-                        self.config_pick = gr.Button("📂", scale=0, min_width=44, elem_id=f"{p}-config-pick")
+                        self.config_pick = gr.Button("📂 Browse", scale=0, min_width=100,
+                                                     elem_id=f"{p}-config-pick")
                         self.load_btn = gr.Button("↩ Load", scale=0, min_width=90, elem_id=f"{p}-load")
                         self.save_btn = gr.Button("💾 Save", scale=0, min_width=90, elem_id=f"{p}-save")
                         self.save_overwrite = gr.Checkbox(label="Overwrite", value=False, scale=0, min_width=110)
@@ -41,8 +44,7 @@ class TrainingTab:
                                                   elem_id=f"{p}-preset")
                         self.apply_btn = gr.Button("Apply preset", scale=0, min_width=130,
                                                    elem_id=f"{p}-apply-preset")
-                        self.demo_btn = gr.Button("🧪 Demo", scale=0, min_width=100, elem_id=f"{p}-demo",
-                                                  visible=self.type == "lora")
+                        self.demo_btn = gr.Button("🧪 Demo", scale=0, min_width=100, elem_id=f"{p}-demo")
                         self.user_preset_name = gr.Textbox(label="Save the form as my preset", scale=3,
                                                            placeholder="e.g. my 12GB portraits")
                         self.user_preset_overwrite = gr.Checkbox(label="Overwrite", value=False, scale=0,
@@ -82,13 +84,12 @@ class TrainingTab:
         return presets.list_presets(s.presets_dir, s.user_presets_dir, self.type)
 
     def _preset_labels(self) -> list[str]:
-        labels = [p.label for p in self._presets()]
-        return ([DEMO_LABEL] if self.type == "lora" else []) + labels
+        return [DEMO_LABEL] + [p.label for p in self._presets()]
 
     def _checked(self, values: dict, preflight: bool = True) -> checks.CheckResult:
         s = self.ctx.settings
         return checks.check_all(self.type, values, self.form.specs, python=s.python, workspace=s.workspace,
-                                cwd=s.project_root, preflight=preflight)
+                                cwd=s.project_root, preflight=preflight, roots=s.allowed_roots)
 
     def _outputs(self, message=None) -> list:
         """Form updates, summary, plan, confirmation, and the message box (status or config bar)."""
@@ -104,9 +105,11 @@ class TrainingTab:
         return [*ups, summary, plan, gr.update(visible=confirm is not None), confirm or "", status]
 
     def _load_into_form(self, path: str) -> tuple[dict, str]:
-        values, notes = configio.read_values(path, self.type)
+        values, notes = configio.read_values(path, self.type, roots=self.ctx.settings.allowed_roots)
         merged = {**self.form.initial_values(), **values}
-        return merged, "\n\n".join(notes)
+        # checked as the boxes will show them (an empty number is "empty", not "'' is not a number")
+        shown = self.form.collect([to_widget(spec, merged[spec.name]) for spec in self.form.specs])
+        return shown, "\n\n".join(notes)
 
     # ---- handlers ------------------------------------------------------------------------------------
     def load(self, path, *raw):
@@ -115,17 +118,15 @@ class TrainingTab:
             values, note = self._load_into_form(path)
         except configio.LoadError as exc:
             return self._result(current, None, status=f"⛔ {exc}")
-        result = checks.check_values(self.type, values, self.form.specs)
-        if result.config is not None:
-            result.problems += [checks._issue(p) for p in checks.check_paths(result.config)]
-        return self._result(values, result, set_values=True, status=note)
+        return self._result(values, self._checked(values, preflight=False), set_values=True, status=note)
 
     def save(self, path, overwrite, *raw):
         values = self.form.collect(raw)
         result = checks.check_values(self.type, values, self.form.specs)
         data = configio.values_to_dict(self.type, values, result.config)
         try:
-            saved = configio.save_values(path, data, overwrite=bool(overwrite))
+            saved = configio.save_values(path, data, overwrite=bool(overwrite),
+                                         roots=self.ctx.settings.allowed_roots)
         except configio.LoadError as exc:
             return f"⛔ {exc}"
         extra = "" if result.config is not None else f" It has {len(result.errors)} problem(s) to fix."
@@ -146,24 +147,24 @@ class TrainingTab:
         text = presets.describe_changes(preset.name, changes, self.form.labels, skipped, kept)
         if preset.description:
             text = f"{preset.description}\n\n{text}"
-        return self._result(new, checks.check_values(self.type, new, self.form.specs), set_values=True,
-                            status=text)
+        return self._result(new, self._checked(new, preflight=False), set_values=True, status=text)
 
     def apply_demo(self, *raw):
         s = self.ctx.settings
         current = self.form.collect(raw)
         try:
-            path = demo.prepare_demo(s.python, s.workspace, cwd=s.project_root)
+            path = demo.prepare_demo(s.python, s.workspace, cwd=s.project_root, training_type=self.type)
             values, note = self._load_into_form(str(path))
         except (demo.DemoError, configio.LoadError) as exc:
             return self._result(current, None, status=f"⛔ {exc}")
         known = set(self.form.by_name)
         _, changes = presets.apply_values(current, values, known)
         text = presets.describe_changes("Demo", changes, self.form.labels)
-        result = checks.check_values(self.type, values, self.form.specs)
+        result = self._checked(values, preflight=False)
         return self._result(values, result, set_values=True,
-                            status=f"{note}\n\nThe demo trains a tiny random model on CPU; press **Start**.\n\n"
-                                   f"{text}")
+                            status=f"{note}\n\nThe demo trains a tiny random model on CPU; press **Start**. "
+                                   "Pressing Demo and Start again trains again (the earlier result is moved "
+                                   f"aside after you confirm).\n\n{text}")
 
     def save_user_preset(self, name, overwrite, *raw):
         values = self.form.collect(raw)
@@ -197,10 +198,19 @@ class TrainingTab:
         if not result.ok:
             return self._result(values, result, status="⛔ Training not started: fix the problems listed "
                                                         "below (they are also shown next to each field).")
-        existing = launching.existing_outputs(result.config)
+        # resuming continues the files of the stopped run: the trainer knows they are its own
+        existing = [] if result.config.resume else launching.existing_outputs(result.config)
         if existing and not confirmed:
             return self._result(values, result, confirm=launching.overwrite_message(existing),
                                 status="Waiting for your confirmation.")
+        moved = ""
+        if existing:
+            try:
+                folder = launching.move_aside(existing, result.config)
+            except OSError as exc:
+                return self._result(values, result, status=f"⛔ Training not started: the earlier results could "
+                                    f"not be moved aside ({exc.strerror or exc}).")
+            moved = f"  \nThe earlier results were moved to `{folder}`."
         queue = self.ctx.queue
         busy, paused = queue.is_busy(), queue.paused
         job = launching.enqueue(queue, result.config, python=self.ctx.python, start=not paused)
@@ -210,7 +220,7 @@ class TrainingTab:
             where = f"Added to the queue: **{job.name}** waits for the running job."
         else:
             where = f"▶ Started **{job.name}**. Follow it in the monitor below."
-        return self._result(values, result, status=f"{where}  \nRun folder: `{job.run_dir}`")
+        return self._result(values, result, status=f"{where}  \nRun folder: `{job.run_dir}`{moved}")
 
     # ---- wiring --------------------------------------------------------------------------------------
     def _wire(self) -> None:
@@ -221,8 +231,16 @@ class TrainingTab:
         self.config_path.submit(self.load, inputs=[self.config_path, *f.inputs], outputs=cfg_outs)
         self.save_btn.click(self.save, inputs=[self.config_path, self.save_overwrite, *f.inputs],
                             outputs=self.config_msg)
+        # the dropdown shows a preset only while it is the last thing applied to the form
         self.apply_btn.click(self.apply_preset, inputs=[self.preset, *f.inputs], outputs=cfg_outs)
-        self.demo_btn.click(self.apply_demo, inputs=f.inputs, outputs=cfg_outs)
+        self.preset.input(lambda label: (DEMO_WAIT if label == DEMO_LABEL else "Applying…"),
+                          inputs=self.preset, outputs=self.config_msg, queue=False).then(
+            self.apply_preset, inputs=[self.preset, *f.inputs], outputs=cfg_outs)
+        self.demo_btn.click(lambda: DEMO_WAIT, outputs=self.config_msg, queue=False).then(
+            self.apply_demo, inputs=f.inputs, outputs=cfg_outs).then(
+            lambda: gr.update(value=DEMO_LABEL), outputs=self.preset)
+        for trigger in (self.load_btn.click, self.config_path.submit):
+            trigger(lambda: gr.update(value=None), outputs=self.preset, queue=False)
         self.user_preset_btn.click(self.save_user_preset,
                                    inputs=[self.user_preset_name, self.user_preset_overwrite, *f.inputs],
                                    outputs=[self.config_msg, self.preset])

@@ -153,13 +153,13 @@ def render_verify(ctx: AppContext, picker: PickerPanel) -> None:
         lora = gr.Dropdown(choices=lora_choices(ctx), value=None, allow_custom_value=True, scale=8,
                            label="LoRA file", info="models/lora/ and your output folders, or type a path",
                            elem_id="util-verify-lora")
-        lora_pick = gr.Button("📂", scale=0, min_width=44, elem_id="util-verify-lora-pick")
-        refresh = gr.Button("🔄", scale=0, min_width=44, elem_id="util-verify-refresh")
+        lora_pick = gr.Button("📂 Browse", scale=0, min_width=100, elem_id="util-verify-lora-pick")
+        refresh = gr.Button("🔄 Refresh", scale=0, min_width=100, elem_id="util-verify-refresh")
     with gr.Row(equal_height=True):
         base = gr.Dropdown(choices=model_choices(ctx), value=None, allow_custom_value=True, scale=8,
                            label="Base model", info="models/checkpoints/, a diffusers folder or a hub id",
                            elem_id="util-verify-base")
-        base_pick = gr.Button("📂", scale=0, min_width=44, elem_id="util-verify-base-pick")
+        base_pick = gr.Button("📂 Browse", scale=0, min_width=100, elem_id="util-verify-base-pick")
         family = gr.Dropdown(choices=FAMILY_CHOICES, value="", label="Model family", scale=3,
                              info="only when detection from the base model is wrong",
                              elem_id="util-verify-family")
