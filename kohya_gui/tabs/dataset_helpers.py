@@ -86,14 +86,14 @@ def render_git_captioning(ctx, folder_box, stream_command) -> None:
         t_dir = folder_box("Image folder", "git_folder")
         with gr.Row():
             t_model = gr.Textbox(label="Model (hub id or local folder)", value="microsoft/git-large-textcaps")
-            t_max = gr.Number(label="Max length (tokens)", value=50, precision=0, minimum=1)
+            t_max = gr.Number(label="Max length (tokens)", value=50, precision=0)
             t_words = gr.Checkbox(label='Remove quoted words ("with the words …")', value=True)
         with gr.Row():
             t_prefix = gr.Textbox(label="Prefix")
             t_postfix = gr.Textbox(label="Postfix")
             t_ext = gr.Textbox(label="Caption extension", value=".caption")
             t_over = gr.Checkbox(label="Overwrite existing captions")
-            t_batch = gr.Number(label="Batch size", value=1, precision=0, minimum=1)
+            t_batch = gr.Number(label="Batch size", value=1, precision=0)
         t_btn = gr.Button("Caption images", variant="primary", elem_id="util-git-run")
         t_out = gr.Textbox(label="Output", lines=6, interactive=False, elem_id="util-git-output")
     t_btn.click(lambda *a: (yield from stream_command(git_argv(py, *a), cwd)),
@@ -107,7 +107,7 @@ def render_dataset_helpers(ctx, folder_box, stream_command) -> None:
         g_src = folder_box("Image folder", "group_src")
         g_dest = folder_box("Output folder (outside the image folder)", "group_dest")
         with gr.Row():
-            g_size = gr.Number(label="Group size (e.g. the batch size)", value=4, precision=0, minimum=1)
+            g_size = gr.Number(label="Group size (e.g. the batch size)", value=4, precision=0)
             g_sub = gr.Checkbox(label="Include sub-folders")
             g_nocopy = gr.Checkbox(label="Do not copy captions and other files")
             g_pad = gr.Checkbox(label="Pad with black instead of cropping")
