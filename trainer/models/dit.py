@@ -1,0 +1,77 @@
+"""The DiT (flow-matching transformer) families: one record per family naming its module for each seam.
+
+The SD families (U-Nets) are wired directly; a DiT family plugs into the same seams through the
+modules named here, so adding the next one (Lumina 2, Qwen-Image, …) is one module per seam plus one
+record below — no ``if family == …`` across the tree:
+
+=================  ==========================================================================
+seam               what the module provides
+=================  ==========================================================================
+``loader``         ``load(target, *, vae, files, dtype, config_dir, tokenizer_cache_dir) -> BaseModel``
+                   and ``detect_keys(keys) -> bool``
+``text``           ``tokenize(tokenizers, captions, cfg)`` / ``encode(base, ids)`` (hidden, pooled)
+``forward``        ``make_denoise(base, cfg) -> fn(transformer, noisy, t, hidden, pooled, time_ids)``
+``objective``      ``trainer.train.flow_matching.FlowMatchingObjective`` options (shared by every
+                   rectified-flow family; per-family defaults here)
+``naming``         ``all_targets(transformer, text_encoders, include_conv)`` with kohya's LoRA names
+``saving``         ``original_state_dict(base) -> dict`` (the single-file layout)
+``samples``        ``pipeline(base) -> diffusers pipeline``
+=================  ==========================================================================
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DitFamily:
+    name: str                 # family id used everywhere ("flux")
+    label: str                # shown to users ("FLUX.1")
+    loader: str               # module paths, one per seam (see the table above)
+    text: str
+    naming: str
+    transformer_class: str    # diffusers class of the denoiser
+    base_model_version: str   # sd-scripts' ss_base_model_version
+    config_flag: str          # the Kohya_ss checkbox that forces this family (flux1_checkbox)
+    objective_defaults: dict = field(default_factory=dict)
+
+    def module(self, seam: str):
+        return importlib.import_module(getattr(self, seam))
+
+
+DIT_FAMILIES: dict[str, DitFamily] = {
+    "flux": DitFamily(name="flux", label="FLUX.1", loader="trainer.models.flux", text="trainer.models.text_flux",
+                      naming="trainer.networks.naming_flux", transformer_class="FluxTransformer2DModel",
+                      base_model_version="flux1", config_flag="flux1_checkbox"),
+}
+
+
+def dit_family(name: str | None) -> DitFamily | None:
+    return DIT_FAMILIES.get(name or "")
+
+
+def family_forced_by(config) -> str | None:
+    """The DiT family a config's Kohya_ss checkbox asks for (flux1_checkbox …), if any."""
+    for fam in DIT_FAMILIES.values():
+        if getattr(config, fam.config_flag, False):
+            return fam.name
+    return None
+
+
+def family_from_transformer_config(cfg: dict, path: Path) -> str:
+    for fam in DIT_FAMILIES.values():
+        if cfg.get("_class_name") == fam.transformer_class:
+            return fam.name
+    raise ValueError(f"{path}: transformer/config.json names {cfg.get('_class_name')!r}, which is no known family "
+                     f"({', '.join(f.transformer_class for f in DIT_FAMILIES.values())})")
+
+
+def family_of_file_keys(keys) -> str | None:
+    """A DiT family whose loader recognises these single-file keys."""
+    keys = list(keys)
+    for fam in DIT_FAMILIES.values():
+        if fam.module("loader").detect_keys(keys):
+            return fam.name
+    return None
