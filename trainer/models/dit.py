@@ -31,6 +31,7 @@ class DitFamily:
     label: str                # shown to users ("FLUX.1")
     loader: str               # module paths, one per seam (see the table above)
     text: str
+    forward: str
     naming: str
     transformer_class: str    # diffusers class of the denoiser
     base_model_version: str   # sd-scripts' ss_base_model_version
@@ -43,6 +44,7 @@ class DitFamily:
 
 DIT_FAMILIES: dict[str, DitFamily] = {
     "flux": DitFamily(name="flux", label="FLUX.1", loader="trainer.models.flux", text="trainer.models.text_flux",
+                      forward="trainer.models.flux_forward",
                       naming="trainer.networks.naming_flux", transformer_class="FluxTransformer2DModel",
                       base_model_version="flux1", config_flag="flux1_checkbox"),
 }
@@ -50,6 +52,12 @@ DIT_FAMILIES: dict[str, DitFamily] = {
 
 def dit_family(name: str | None) -> DitFamily | None:
     return DIT_FAMILIES.get(name or "")
+
+
+def family_denoise(base, cfg):
+    """The family's transformer call for Denoiser (None: the U-Net call)."""
+    fam = dit_family(base.family)
+    return None if fam is None else fam.module("forward").make_denoise(base, cfg)
 
 
 def family_forced_by(config) -> str | None:

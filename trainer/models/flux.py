@@ -70,7 +70,8 @@ def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float
                      text_encoders=[comps["text_encoder"], comps["text_encoder_2"]],
                      tokenizers=[comps["tokenizer"], comps["tokenizer_2"]], noise_scheduler=scheduler,
                      source=source, path=str(target), architecture=arch, scheduler=scheduler, dtype=dtype,
-                     vae_source=str(vae) if vae else None, extra={"variant": variant})
+                     vae_source=str(vae) if vae else None,
+                     extra={"variant": variant, "modelspec_architecture": f"flux-1-{variant}"})
 
 
 def _scheduler(arch: Architecture):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
+from .fused_lora import make_lora_module
 from .lora_module import LoRAModule
 from .naming import Target, all_targets, check_family, split_key
 from .checks import build_name_map, check_state_dict
@@ -278,6 +279,7 @@ def create_network(
     module_dims: Mapping[str, int] | None = None,
     module_alphas: Mapping[str, float] | None = None,
     v_prediction: bool | None = None,
+    target_filter=None,
 ) -> LoRANetwork:
     """Build (not yet apply) kohya's LoRA network on a base model.
 
@@ -285,6 +287,7 @@ def create_network(
     itself with `text_encoders` and `family`. `conv_dim` > 0 adds LoCon on ResNet and
     down/upsampler blocks; `conv_alpha` defaults to 1 then, as in sd-scripts.
     `module_dims`/`module_alphas` (kohya names) give per-module ranks instead (dim_from_weights).
+    `target_filter(target) -> bool` narrows a new network (a family's options: FLUX train_blocks).
     """
     unet, tes, fam = resolve_base(unet_or_base, text_encoders, family)
     if v_prediction is None:
@@ -308,10 +311,12 @@ def create_network(
         else:
             if (t.part == "unet" and not train_unet) or (t.part != "unet" and not train_text_encoder):
                 continue
+            if target_filter is not None and not target_filter(t):
+                continue
             if t.is_conv_block and not conv_dim:
                 continue  # sd-scripts only targets ResNet/sampler blocks with conv_dim
             dim, alpha = (conv_dim, conv_alpha) if t.is_conv3x3 else (network_dim, network_alpha)
-        loras.append(LoRAModule(t.lora_name, t.module, dim, alpha, **common))
+        loras.append(make_lora_module(t, dim, alpha, **common))
         parts[t.lora_name] = t.part
     if not loras:
         raise ValueError("the LoRA network has no modules: enable the U-Net and/or the text encoder")

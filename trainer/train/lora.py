@@ -27,11 +27,13 @@ class LoraKind(TrainingKind):
     # ---- set-up ---------------------------------------------------------------------------------
     def prepare(self, base, train_dtype: torch.dtype = torch.float32) -> list[dict]:
         from trainer.networks import create_network, create_network_from_weights
+        from trainer.networks.naming import target_filter_for
 
         cfg, self.base = self.config, base
         unet_only = bool(getattr(cfg, "network_train_unet_only", False))
         te_only = bool(getattr(cfg, "network_train_text_encoder_only", False))
-        if base.family == "sdxl" and getattr(cfg, "cache_text_encoder_outputs", False) and not unet_only:
+        if base.family != "sd1" and base.family != "sd2" and getattr(cfg, "cache_text_encoder_outputs", False) \
+                and not unet_only:
             self.warnings.append("cache_text_encoder_outputs needs U-Net-only training; the text-encoder LoRA "
                                  "is not trained.")
             unet_only = True
@@ -46,7 +48,8 @@ class LoraKind(TrainingKind):
             network = create_network(base, network_dim=cfg.network_dim, network_alpha=cfg.network_alpha,
                                      conv_dim=cfg.conv_dim if locon else 0,
                                      conv_alpha=cfg.conv_alpha if locon else None,
-                                     train_unet=not te_only, train_text_encoder=not unet_only, **dropouts)
+                                     train_unet=not te_only, train_text_encoder=not unet_only,
+                                     target_filter=target_filter_for(base.family, cfg), **dropouts)
             if weights:
                 result = network.load_weights(weights)
                 logger.info("continuing from %s: %d modules loaded", weights, len(result.loaded))

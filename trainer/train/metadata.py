@@ -66,6 +66,9 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_bucket_info": json.dumps({"buckets": plan["buckets"]}),
         "ss_training_comment": getattr(c, "training_comment", "") or "",
     }
+    arch = getattr(base, "extra", {}).get("modelspec_architecture")
+    if arch:  # DiT families: the variant (flux-1-dev / flux-1-schnell) the loader found
+        meta["modelspec.architecture"] = arch + ("/lora" if getattr(c, "training_type", "lora") == "lora" else "")
     for key in ("title", "author", "description", "license", "tags"):
         value = getattr(c, f"metadata_{key}", "")
         if value:

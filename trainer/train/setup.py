@@ -10,11 +10,13 @@ import random
 import torch
 
 from trainer.kinds.base import cast_module
+from trainer.models.dit import family_denoise, family_forced_by
 from trainer.plan import run_length
 
 from .batches import StepBatches
 from .compile import compile_enabled, compile_unet
 from .faults import TrainingFault
+from .flow_matching import objective_for
 from .loop import Denoiser, StepContext
 from .optimizers import build_optimizer
 from .precision import (allow_fp16_gradients, effective_mixed_precision, enable_gradient_checkpointing,
@@ -62,10 +64,13 @@ def make_accelerator(config, warn):
 def load_base(config, accelerator, mp: str):
     from trainer.models.loader import load_base_model
 
-    family = "sdxl" if getattr(config, "sdxl", False) else ("sd2" if getattr(config, "v2", False) else None)
+    family = family_forced_by(config) or (
+        "sdxl" if getattr(config, "sdxl", False) else ("sd2" if getattr(config, "v2", False) else None))
+    files = {k: getattr(config, k, "") or None for k in ("clip_l", "t5xxl")}
     base = load_base_model(config.pretrained_model_name_or_path, family=family,
                            v_parameterization=True if getattr(config, "v_parameterization", False) else None,
-                           vae=getattr(config, "vae", "") or None)
+                           vae=getattr(config, "ae", "") or getattr(config, "vae", "") or None,
+                           text_encoder_files={k: v for k, v in files.items() if v} or None)
     device, dtype = accelerator.device, weight_dtype(mp)
     cast_module(base.unet, dtype, device).requires_grad_(False).eval()
     for te in base.text_encoders:
@@ -141,7 +146,7 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
     if compile_enabled(getattr(config, "compile", "off"), accelerator.device, getattr(config, "cuda_graphs", "off")):
         compile_unet(base.unet, warn)
     text = build_text(config, base, kind, accelerator, dataset, events)
-    model = Denoiser(base.unet, text, getattr(kind, "network", None))
+    model = Denoiser(base.unet, text, getattr(kind, "network", None), call=family_denoise(base, config))
     optimizer = build_optimizer(config.optimizer, groups, config.learning_rate,
                                 getattr(config, "optimizer_args", ""), accelerator.device)
     lr_scheduler = build_scheduler(config, optimizer, total_steps, warn)
@@ -154,7 +159,8 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         params=kind.trainable_parameters(), noise_scheduler=base.noise_scheduler, cfg=config,
         v_prediction=base.v_prediction, vae=None if cached else base.vae,
         vae_scale=float(vae_cfg.scaling_factor), vae_shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0),
-        sdxl=base.family == "sdxl", max_grad_norm=float(getattr(config, "max_grad_norm", 0) or 0), seed=seed,
+        sdxl=base.family == "sdxl", objective=objective_for(base, config),
+        latent_channels=int(getattr(vae_cfg, "latent_channels", 4) or 4), max_grad_norm=float(getattr(config, "max_grad_norm", 0) or 0), seed=seed,
         rank=accelerator.process_index)
 
 
@@ -167,11 +173,13 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
     all of them before the first step (then the encoders leave the GPU), else each when first seen."""
     from trainer.data.errors import DatasetError
     from trainer.data.te_cache import fixed_captions
+    from trainer.models.text import family_tokenize
 
     frozen = not kind.text_encoder_trains
     text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
                            max_token_length=getattr(config, "max_token_length", 75) or 75,
-                           memoize=frozen, grad_enabled=kind.text_encoder_grad)
+                           memoize=frozen, grad_enabled=kind.text_encoder_grad,
+                           tokenize=family_tokenize(base, config))
     wanted = bool(getattr(config, "cache_text_encoder_outputs", False))
     if not frozen:
         if wanted:
