@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .kohya_import_dit import prepare_dit_keys
 from .types import CONFIG_TYPES
 
 # Kohya_ss GUI key → our option, where the names differ.
@@ -58,6 +59,7 @@ def import_kohya_json(data: dict[str, Any], training_type: str) -> tuple[dict[st
     values: dict[str, Any] = {}
     ignored: list[str] = []
     notes: list[str] = []
+    data = prepare_dit_keys(data, notes)
     for key, value in data.items():
         if value is None:
             continue
