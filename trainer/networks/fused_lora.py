@@ -18,15 +18,20 @@ class LinearGroup(nn.Linear):
     """Stands for the fused layer: in_features, the summed out_features, the member Linears.
     Not a real layer (no parameters of its own); never registered in a model."""
 
-    def __init__(self, members: list[nn.Linear]):
+    def __init__(self, members: list[nn.Linear], rows: list[list[int]] | None = None):
+        """``rows[i]``: for each output row of member i, the fused layer's row that feeds it (default: the
+        members stacked in order). A permutation such as SD3's swapped (shift, scale) modulation is allowed."""
         nn.Module.__init__(self)
         ins = {m.in_features for m in members}
         if len(ins) != 1:
             raise ValueError(f"fused layers must share their input width, got {sorted(ins)}")
         self.members = list(members)  # a plain list: no submodules, no state
         self.in_features = ins.pop()
-        self.out_features = sum(m.out_features for m in members)
-        self.sizes = [m.out_features for m in members]
+        if rows is None:
+            starts = [sum(m.out_features for m in members[:i]) for i in range(len(members))]
+            rows = [list(range(s, s + m.out_features)) for s, m in zip(starts, members)]
+        self.rows = [torch.tensor(r, dtype=torch.long) for r in rows]
+        self.out_features = sum(len(r) for r in rows)
 
     @property
     def weight(self) -> torch.Tensor:  # for LoRAModule's device and dtype only
@@ -53,12 +58,10 @@ class FusedLoRAModule(LoRAModule):
     def apply_to(self) -> None:
         if self.applied:
             return
-        offset = 0
-        for member, size in zip(self.group.members, self.group.sizes):
+        for member, rows in zip(self.group.members, self.group.rows):
             self._had_instance.append("forward" in member.__dict__)
             self._member_forwards.append(member.forward)
-            member.forward = self._part_forward(member.forward, offset, size)
-            offset += size
+            member.forward = self._part_forward(member.forward, rows.to(self.lora_up.weight.device))
 
     def restore(self) -> None:
         for member, forward, had in zip(self.group.members, self._member_forwards, self._had_instance):
@@ -68,7 +71,7 @@ class FusedLoRAModule(LoRAModule):
                 del member.forward
         self._member_forwards, self._had_instance = [], []
 
-    def _part_forward(self, org_forward, offset: int, size: int):
+    def _part_forward(self, org_forward, rows: torch.Tensor):
         def forward(x, *args, **kwargs):
             out = org_forward(x, *args, **kwargs)
             if self.merged_multiplier is not None or self.multiplier == 0:
@@ -85,7 +88,7 @@ class FusedLoRAModule(LoRAModule):
             if self.training and self.rank_dropout is not None:
                 lx = lx * self._rank_mask(lx)
                 scale = scale / (1.0 - self.rank_dropout)
-            lx = nn.functional.linear(lx, self.lora_up.weight[offset:offset + size])
+            lx = nn.functional.linear(lx, self.lora_up.weight.index_select(0, rows.to(lx.device)))
             return out + (lx * (self.multiplier * scale)).to(out.dtype)
 
         return forward
@@ -106,9 +109,9 @@ class FusedLoRAModule(LoRAModule):
         self.merged_multiplier = None
 
     def _add_delta(self, delta: torch.Tensor) -> None:
-        for member, part in zip(self.group.members, torch.split(delta, self.group.sizes, 0)):
+        for member, rows in zip(self.group.members, self.group.rows):
             w = member.weight
-            w.copy_((w.float() + part.to(w.device)).to(w.dtype))
+            w.copy_((w.float() + delta[rows.to(delta.device)].to(w.device)).to(w.dtype))
 
 
 def make_lora_module(target, *args, **kwargs) -> LoRAModule:
