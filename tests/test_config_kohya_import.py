@@ -17,7 +17,7 @@ def test_a_kohya_lora_json_imports_with_ignored_keys_reported():
     assert c.unet_lr == 1e-4 and c.text_encoder_lr == 5e-5 and c.min_snr_gamma == 5
     assert c.xformers == "xformers" and c.seed == 1234 and c.output_name == "mychar"
     ignored = " ".join(loaded.ignored_keys)
-    for key in ("LyCORIS_preset", "model_list", "sd3_checkbox", "t5xxl_lr", "noise_offset_type"):
+    for key in ("LyCORIS_preset", "model_list", "dynamo_backend", "t5xxl_lr", "noise_offset_type"):
         assert key in ignored
     assert "metadata_author" not in ignored  # it has a counterpart
     assert any("max_train_steps=1600" in n and "epochs govern" in n for n in loaded.notes)

@@ -1,6 +1,7 @@
 """Regenerates the DiT config folders in configs/models/ (run: python configs/models/_generate_dit.py).
 
-Full-size folders hold the public diffusers configs (no weights) of FLUX.1 dev/schnell; tiny folders
+Full-size folders hold the public diffusers configs (no weights) of FLUX.1 dev/schnell and SD3.5
+Medium/Large; tiny folders
 define the test architectures used by trainer.models.tiny_dit: the real block structure (double and
 single stream blocks, 16-channel VAE, CLIP-L + T5 encoder) at tiny widths, with a CLIP BPE and a T5
 tokenizer generated offline."""
@@ -106,4 +107,52 @@ write_dit("tiny-flux", {"family": "flux", "variant": "dev", "prediction_type": "
                                                axes_dims_rope=[2, 2, 4]),
                        "vae": tiny_ae, "text_encoder": tiny_clip, "text_encoder_2": tiny_t5}, SCHED_DEV,
           {"tokenizer": lambda p: write_tokenizer_folder(merges, p), "tokenizer_2": lambda p: write_t5_tokenizer(WORDS, p)})
+
+# ---- SD3.5 (MMDiT; Medium is MMDiT-X: a second image attention in the first 13 blocks)
+def sd3_cfg(**kw):
+    base = {"_class_name": "SD3Transformer2DModel", "sample_size": 128, "patch_size": 2, "in_channels": 16,
+            "num_layers": 24, "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
+            "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "out_channels": 16,
+            "pos_embed_max_size": 384, "dual_attention_layers": list(range(13)), "qk_norm": "rms_norm"}
+    base.update(kw); return base
+
+
+SD3_INDEX = {"_class_name": "StableDiffusion3Pipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+             "text_encoder_3": ["transformers", "T5EncoderModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "tokenizer_2": ["transformers", "CLIPTokenizer"], "tokenizer_3": ["transformers", "T5TokenizerFast"],
+             "transformer": ["diffusers", "SD3Transformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "image_encoder": [None, None], "feature_extractor": [None, None]}
+SCHED_SD3 = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+SD3_TOKENIZERS = {"tokenizer": {"source": "openai/clip-vit-large-patch14", "pad_token": "<|endoftext|>"},
+                  "tokenizer_2": {"source": "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k", "pad_token": "!"},
+                  "tokenizer_3": {"source": "google/t5-v1_1-xxl", "kind": "t5"}}
+clip_l_proj = clip_cfg(architectures=["CLIPTextModelWithProjection"])
+clip_g = clip_cfg(architectures=["CLIPTextModelWithProjection"], hidden_act="gelu", hidden_size=1280,
+                  intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, projection_dim=1280)
+sd3_vae = ae_cfg(scaling_factor=1.5305, shift_factor=0.0609)
+for name, variant, tr in (("sd35-medium", "medium", sd3_cfg()),
+                          ("sd35-large", "large", sd3_cfg(num_layers=38, num_attention_heads=38, caption_projection_dim=2432,
+                                                          pos_embed_max_size=192, dual_attention_layers=[]))):
+    write_dit(name, {"family": "sd3", "variant": variant, "prediction_type": "flow",
+                     "description": f"Stable Diffusion 3.5 {variant.capitalize()} (configs of stabilityai/stable-diffusion-3.5-{variant})",
+                     "tokenizers": SD3_TOKENIZERS},
+              SD3_INDEX, {"transformer": tr, "vae": sd3_vae, "text_encoder": clip_l_proj, "text_encoder_2": clip_g,
+                          "text_encoder_3": t5_cfg()}, SCHED_SD3)
+tiny_sd3_t5 = {**tiny_t5, "d_model": 64, "d_ff": 96}
+write_dit("tiny-sd3", {"family": "sd3", "variant": "medium", "prediction_type": "flow", "tiny": True,
+                       "description": "tiny SD3.5-Medium-shaped test model (MMDiT-X block 0, qk RMS norm) " + note},
+          SD3_INDEX, {"transformer": sd3_cfg(sample_size=8, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+                                             joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=48,
+                                             pos_embed_max_size=16, dual_attention_layers=[0]),
+                      "vae": {**tiny_ae, "scaling_factor": 1.5305, "shift_factor": 0.0609},
+                      "text_encoder": {**tiny_clip, "architectures": ["CLIPTextModelWithProjection"], "hidden_size": 16,
+                                       "intermediate_size": 32, "num_attention_heads": 2, "projection_dim": 16},
+                      "text_encoder_2": {**tiny_clip, "architectures": ["CLIPTextModelWithProjection"],
+                                         "hidden_act": "gelu", "projection_dim": 32},
+                      "text_encoder_3": tiny_sd3_t5}, SCHED_SD3,
+          {"tokenizer": lambda p: write_tokenizer_folder(merges, p),
+           "tokenizer_2": lambda p: write_tokenizer_folder(merges, p, pad_token="!"),
+           "tokenizer_3": lambda p: write_t5_tokenizer(WORDS, p)})
 print("ok")

@@ -12,7 +12,7 @@ seam               what the module provides
 ``text``           ``tokenize(tokenizers, captions, cfg)`` / ``encode(base, ids)`` (hidden, pooled)
 ``forward``        ``make_denoise(base, cfg) -> fn(transformer, noisy, t, hidden, pooled, time_ids)``
 ``objective``      ``trainer.train.flow_matching.FlowMatchingObjective`` options (shared by every
-                   rectified-flow family; per-family defaults here)
+                   rectified-flow family; settings a family always uses in ``objective_fixed``)
 ``naming``         ``all_targets(transformer, text_encoders, include_conv)`` with kohya's LoRA names
 ``saving``         ``original_state_dict(base) -> dict`` (the single-file layout)
 ``samples``        ``pipeline(base) -> diffusers pipeline``
@@ -36,7 +36,7 @@ class DitFamily:
     transformer_class: str    # diffusers class of the denoiser
     base_model_version: str   # sd-scripts' ss_base_model_version
     config_flag: str          # the Kohya_ss checkbox that forces this family (flux1_checkbox)
-    objective_defaults: dict = field(default_factory=dict)
+    objective_fixed: dict = field(default_factory=dict)  # objective settings the family always uses
 
     def module(self, seam: str):
         return importlib.import_module(getattr(self, seam))
@@ -47,6 +47,13 @@ DIT_FAMILIES: dict[str, DitFamily] = {
                       forward="trainer.models.flux_forward",
                       naming="trainer.networks.naming_flux", transformer_class="FluxTransformer2DModel",
                       base_model_version="flux1", config_flag="flux1_checkbox"),
+    "sd3": DitFamily(name="sd3", label="SD3.5", loader="trainer.models.sd3", text="trainer.models.text_sd3",
+                     forward="trainer.models.sd3_forward", naming="trainer.networks.naming_sd3",
+                     transformer_class="SD3Transformer2DModel", base_model_version="sd3", config_flag="sd3_checkbox",
+                     # sd-scripts' SD3 loss: σ by weighting_scheme, the output preconditioned to x0 and compared
+                     # with x0 (sd3_train_network has no timestep_sampling / model_prediction_type options)
+                     objective_fixed={"target": "latents", "model_prediction_type": "sigma_scaled",
+                                      "timestep_sampling": "sigma"}),
 }
 
 

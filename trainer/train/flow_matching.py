@@ -12,8 +12,8 @@ timestep_sampling:
   2×2 latent patches, 0.5 at 256 → 1.15 at 4096)
 
 model_prediction_type: ``raw`` (the output as is), ``additive`` (output + x_σ), ``sigma_scaled``
-(−σ·output + x_σ, with the SD3 loss weighting of ``weighting_scheme``). As in sd-scripts the target
-stays ε − x₀ in every mode.
+(−σ·output + x_σ, with the SD3 loss weighting of ``weighting_scheme``). As in sd-scripts the FLUX target
+stays ε − x₀ in every mode; SD3's is x₀ (its family record sets ``target``).
 
 Randomness comes from the global generator the loop reseeds each step, so resume stays exact.
 """
@@ -44,14 +44,16 @@ class FlowMatchingObjective:
     loss_type: str = "l2"
     huber_c: float = 0.1
     num_train_timesteps: int = 1000
+    target: str = "velocity"  # ε − x₀ (sd-scripts' FLUX); "latents": x₀ (sd-scripts' SD3, with sigma_scaled)
 
     @classmethod
-    def from_config(cls, cfg, **defaults) -> "FlowMatchingObjective":
-        values = dict(defaults)
+    def from_config(cls, cfg, **fixed) -> "FlowMatchingObjective":
+        values = {}
         for name in cls.__dataclass_fields__:
             v = getattr(cfg, name, None)
-            if v is not None and v != "":
+            if name != "target" and v is not None and v != "":
                 values[name] = v
+        values.update(fixed)  # what the family always uses wins over the options
         obj = cls(**values)
         for name, allowed in (("timestep_sampling", SAMPLINGS), ("model_prediction_type", PREDICTIONS),
                               ("weighting_scheme", WEIGHTINGS)):
@@ -114,7 +116,7 @@ class FlowMatchingObjective:
             else:
                 pred = pred * (-sigma) + noisy
                 weighting = self.loss_weighting(sigma.flatten())
-        target = noise.float() - latents.float()
+        target = latents.float() if self.target == "latents" else noise.float() - latents.float()
         loss = per_sample_loss(pred, target, self.loss_type, self.huber_c)
         return loss if weighting is None else loss * weighting
 
@@ -135,4 +137,4 @@ def objective_for(base, cfg):
     fam = dit_family(base.family)
     if fam is None:
         return None
-    return FlowMatchingObjective.from_config(cfg, **fam.objective_defaults)
+    return FlowMatchingObjective.from_config(cfg, **fam.objective_fixed)

@@ -66,7 +66,7 @@ def load_base(config, accelerator, mp: str):
 
     family = family_forced_by(config) or (
         "sdxl" if getattr(config, "sdxl", False) else ("sd2" if getattr(config, "v2", False) else None))
-    files = {k: getattr(config, k, "") or None for k in ("clip_l", "t5xxl")}
+    files = {k: getattr(config, k, "") or None for k in ("clip_l", "clip_g", "t5xxl")}
     base = load_base_model(config.pretrained_model_name_or_path, family=family,
                            v_parameterization=True if getattr(config, "v_parameterization", False) else None,
                            vae=getattr(config, "ae", "") or getattr(config, "vae", "") or None,
