@@ -64,5 +64,10 @@ class DitNetworkOptions(Options):
     train_blocks: Literal["all", "single", "double"] = opt(
         "all", "FLUX.1 blocks that get a LoRA: all, only the single-stream or only the double-stream blocks.",
         section="network", visible_if=FLUX)
+    save_lora_format: Literal["kohya", "diffusers"] = opt(
+        "kohya", "Key layout of the saved LoRA: kohya (lora_unet_… as ComfyUI, Forge, A1111 and sd-scripts read it) or "
+        "diffusers (PEFT keys transformer.…lora_A/lora_B, what pipeline.load_lora_weights reads; diffusers' SD3 "
+        "loader reads only this one). A diffusers-layout file cannot be resumed from with network_weights.",
+        section="network")
     train_t5xxl: bool = opt(False, "FLUX.1 / SD3: also put a LoRA on T5-XXL (needs text-encoder training, no text "
                             "cache).", section="network", label="Train T5-XXL")

@@ -86,6 +86,12 @@ class LoraKind(TrainingKind):
 
         path = Path(path)
         dtype = getattr(self.config, "save_precision", None) or None
+        if path.suffix == ".safetensors" and getattr(self.config, "save_lora_format", "kohya") == "diffusers":
+            from trainer.networks.peft_layout import save_peft_file
+
+            self.last_verified = None  # the self-check reads kohya names
+            return save_peft_file(path, self.network, self.base, resolve_save_dtype(dtype),
+                                  {**self.network.default_metadata(path.stem), **(metadata or {})})
         if path.suffix == ".safetensors":
             self.network.save_weights(path, dtype, metadata or {})
             report = verify_lora_file(path, self.base)
