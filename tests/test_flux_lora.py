@@ -243,3 +243,28 @@ def test_a_schnell_model_trains_without_guidance(tmp_path):
     path = train(tmp_path, files, "s", timestep_sampling="uniform")
     _, meta = read_lora_file(path)
     assert meta["modelspec.architecture"] == "flux-1-schnell/lora"
+
+
+def test_the_diffusers_layout_of_an_all_blocks_lora_loads_in_flux_pipeline(tmp_path, flux_files):
+    """save_lora_format diffusers: PEFT keys per diffusers Linear, so single blocks load at any width too."""
+    from diffusers import FluxPipeline
+
+    saved = train(tmp_path, flux_files, "peft", save_lora_format="diffusers")
+    tensors, _ = read_lora_file(saved)
+    assert "transformer.single_transformer_blocks.1.proj_mlp.lora_B.weight" in tensors
+    assert all(k.startswith(("transformer.", "text_encoder.")) for k in tensors)
+    kohya = train(tmp_path, flux_files, "kohya")  # same seed and settings: the same network in kohya's layout
+    ref = merged_reference(flux_files, kohya)
+    b, plain = base_of(flux_files), base_of(flux_files)
+    pipe = FluxPipeline(transformer=b.unet, vae=b.vae, text_encoder=b.text_encoders[0], text_encoder_2=b.text_encoders[1],
+                        tokenizer=b.tokenizers[0], tokenizer_2=b.tokenizers[1], scheduler=b.scheduler)
+    pipe.load_lora_weights(saved)
+    pipe.fuse_lora(components=["transformer", "text_encoder"], lora_scale=1.0)
+    pipe.unload_lora_weights()
+    for mine, theirs, orig in ((ref.unet, pipe.transformer, plain.unet),
+                               (ref.text_encoders[0], pipe.text_encoder, plain.text_encoders[0])):
+        want, got, before_sd = mine.state_dict(), theirs.state_dict(), orig.state_dict()
+        changed = {k for k in want if not torch.equal(want[k], before_sd[k])}
+        assert changed and changed == {k for k in want if not torch.equal(got[k], before_sd[k])}
+        for k in changed:
+            torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=k)
