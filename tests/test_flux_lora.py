@@ -236,13 +236,22 @@ def test_a_resumed_flux_run_ends_in_the_same_weights(tmp_path, flux_files):
     assert all(torch.equal(want[k], got[k]) for k in want)  # bit-exact on CPU
 
 
-def test_a_schnell_model_trains_without_guidance(tmp_path):
+def test_a_schnell_model_trains_without_guidance_and_samples_through_flux_pipeline(tmp_path):
+    from PIL import Image
+
     files = write_tiny_flux(tmp_path / "schnell", variant="schnell")
     base = base_of(files)
     assert base.extra["variant"] == "schnell" and not base.unet.config.guidance_embeds
-    path = train(tmp_path, files, "s", timestep_sampling="uniform")
-    _, meta = read_lora_file(path)
+    data = make_dataset(tmp_path / "images", images=2)
+    config = flux_config(files, data, tmp_path / "s", timestep_sampling="uniform", sample_every_n_epochs=1,
+                         sample_prompts="toy, red circle --w 72 --h 64 --s 2 --d 5 --g 2.5")
+    rc, events, err = run_trainer(write_config(config, tmp_path / "s.json"))
+    assert rc == 0, err[-3000:]
+    _, meta = read_lora_file([e for e in events if e["type"] == "saved"][-1]["path"])
     assert meta["modelspec.architecture"] == "flux-1-schnell/lora"
+    samples = [e for e in events if e["type"] == "sample"]
+    assert len(samples) == 1 and samples[0]["prompt"] == "toy, red circle"
+    assert Image.open(samples[0]["path"]).size == (64, 64)  # sides rounded down to multiples of 16
 
 
 def test_the_diffusers_layout_of_an_all_blocks_lora_loads_in_flux_pipeline(tmp_path, flux_files):

@@ -60,7 +60,8 @@ def kohya_sd3_json(files, data, out) -> dict:
             "min_bucket_reso": 64, "network_dim": 4, "network_alpha": 4, "learning_rate": 0.002, "optimizer": "AdamW",
             "lr_scheduler": "constant", "epoch": 1, "train_batch_size": 1, "seed": 1, "mixed_precision": "no",
             "save_precision": "float", "cache_latents": True, "weighting_scheme": "logit_normal",
-            "t5xxl_max_token_length": 16, "sd3_cache_text_encoder_outputs": False, "save_model_as": "safetensors"}
+            "t5xxl_max_token_length": 16, "sd3_cache_text_encoder_outputs": False, "save_model_as": "safetensors",
+            "sample_every_n_epochs": 1, "sample_prompts": "toy, blue square --w 32 --h 32 --s 2 --l 2 --n blurry"}
 
 
 def train(tmp_path, files, name, **overrides):
@@ -86,6 +87,7 @@ def test_a_kohya_ss_sd3_json_trains_a_lora_that_comfyui_places_everywhere(tmp_pa
     rc, events, err = run_trainer(write_config(config, tmp_path / "cfg.json"))
     assert rc == 0, err[-3000:]
     assert events[0]["family"] == "sd3"
+    assert [e["prompt"] for e in events if e["type"] == "sample"] == ["toy, blue square"]  # StableDiffusion3Pipeline
     saved = [e for e in events if e["type"] == "saved"][-1]
     assert saved["verified"] is True
     tensors, meta = read_lora_file(saved["path"])
