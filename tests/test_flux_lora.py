@@ -83,7 +83,7 @@ def kohya_flux_json(files, data, out) -> dict:
             "mixed_precision": "no", "save_precision": "float", "cache_latents": True, "guidance_scale": 3.5,
             "timestep_sampling": "shift", "discrete_flow_shift": 3.1, "model_prediction_type": "raw",
             "t5xxl_max_token_length": 16, "flux1_cache_text_encoder_outputs": True, "train_blocks": "all",
-            "network_train_unet_only": True, "save_model_as": "safetensors", "xformers": "sdpa"}
+            "network_train_unet_only": True, "save_model_as": "safetensors", "xformers": "sdpa", "fp8_base": True}
 
 
 def test_a_kohya_ss_flux_json_trains_a_lora_with_kohyas_flux_names(tmp_path, flux_files):
