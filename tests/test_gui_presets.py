@@ -102,9 +102,10 @@ def test_a_preset_value_the_tab_cannot_use_is_left_unchanged_and_explained(tmp_p
 
 
 def test_flux_and_sd3_models_get_their_own_columns(tmp_path):
-    """FLUX.1 from 16 GB, SD3.5 from 12 GB: fp8 base weights below 24 GB, cached text (U-Net/transformer only)."""
+    """FLUX.1 from 8 GB (block swap below 16), SD3.5 from 12 GB: fp8 base weights below 24 GB, cached text."""
     by_gb = {p.vram_gb: p for p in _shipped(tmp_path)}
-    assert {gb for gb, p in by_gb.items() if "flux" in p.family_values} == {16, 24}
+    assert {gb for gb, p in by_gb.items() if "flux" in p.family_values} == {8, 12, 16, 24}
+    assert by_gb[8].values_for("flux")["blocks_to_swap"] > by_gb[12].values_for("flux")["blocks_to_swap"] > 0
     assert {gb for gb, p in by_gb.items() if "sd3" in p.family_values} == {12, 16, 24}
     flux16 = by_gb[16].values_for("flux")
     assert flux16["fp8_base"] is True and flux16["model_prediction_type"] == "raw"

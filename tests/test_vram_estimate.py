@@ -26,6 +26,7 @@ def test_fp8_cached_text_and_checkpointing_each_lower_the_flux_estimate():
     assert estimate_vram("flux", cfg(resolution="512")).activations_gb < full.activations_gb
     # FLUX.1's 12B transformer alone is ~22 GB in bf16: far above a 16 GB card, as the peers report
     assert full.weights_gb > 20 and estimate_vram("flux", cfg(fp8_base=True, cache_text_encoder_outputs=True)).total_gb < 16
+    assert estimate_vram("flux", cfg(fp8_base=True, blocks_to_swap=28)).weights_gb < 7
     assert estimate_vram("sd3", cfg(), "medium").total_gb < estimate_vram("sd3", cfg(), "large").total_gb
 
 

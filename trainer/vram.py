@@ -19,6 +19,7 @@ PARAMS = {
 # hidden width × blocks (activation scale) and pixels per token side
 SHAPE = {"sd1": (320 * 16, 8), "sd2": (320 * 16, 8), "sdxl": (640 * 20, 8), "flux": (3072 * 57, 16),
          "sd3-medium": (1536 * 24, 16), "sd3-large": (2432 * 38, 16)}
+BLOCKS = {"flux": 57, "sd3-medium": 24, "sd3-large": 38}  # what blocks_to_swap counts
 ACT_BYTES_PER_UNIT = 2 * 6   # bf16 × tensors kept per block and token without checkpointing (a guess)
 CHECKPOINT_SHARE = 0.12      # what full gradient checkpointing keeps of that (a guess)
 
@@ -44,7 +45,8 @@ def estimate_vram(family: str, cfg, variant: str = "") -> VramEstimate | None:
     denoiser, tes, ae = PARAMS[key]
     mixed = getattr(cfg, "mixed_precision", "bf16")
     wbytes = 1 if getattr(cfg, "fp8_base", False) else (4 if mixed == "no" else 2)
-    weights = denoiser * 1e9 * wbytes + ae * 1e9 * 2
+    swapped = min(int(getattr(cfg, "blocks_to_swap", 0) or 0), BLOCKS.get(key, 1) - 1) / BLOCKS.get(key, 1)
+    weights = denoiser * 1e9 * wbytes * (1 - swapped) + ae * 1e9 * 2  # swapped blocks wait in host memory
     cached = bool(getattr(cfg, "cache_text_encoder_outputs", False))
     te = 0.0 if cached else sum(tes) * 1e9 * wbytes  # cached: the encoders leave the GPU before step 1
     rank = int(getattr(cfg, "network_dim", 16) or 16)
@@ -54,7 +56,8 @@ def estimate_vram(family: str, cfg, variant: str = "") -> VramEstimate | None:
     lora = lora_params * (4 + 4 + opt_bytes)
     w, h = _resolution(getattr(cfg, "resolution", "1024"))
     tokens = (w // blocks_px) * (h // blocks_px) * int(getattr(cfg, "train_batch_size", 1) or 1)
-    act = tokens * width * ACT_BYTES_PER_UNIT
+    act = tokens * width * BLOCKS = {"flux": 57, "sd3-medium": 24, "sd3-large": 38}  # what blocks_to_swap counts
+ACT_BYTES_PER_UNIT
     if getattr(cfg, "gradient_checkpointing", False):
         act *= CHECKPOINT_SHARE
     total = weights + te + lora + act + 0.6 * GIB  # CUDA context and allocator slack

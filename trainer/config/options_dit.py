@@ -35,6 +35,11 @@ class DitModelOptions(Options):
     apply_t5_attn_mask: bool = opt(
         False, "FLUX.1 / SD3: T5 ignores caption padding and padded positions reach the transformer as zeros.",
         section="model", label="Apply T5 attention mask")
+    blocks_to_swap: int = opt(
+        0, "FLUX.1 / SD3: keep the last N transformer blocks in (pinned) host memory and copy each to the GPU only "
+        "while it runs: kohya's block swap for 8–16 GB cards (FLUX.1-dev has 57 blocks; kohya's guide uses 16 for "
+        "12 GB, 28 for 8 GB). Slower; needs gradient_checkpointing to save memory.", section="training", ge=0,
+        le=60)
     guidance_scale: float = opt(
         3.5, "Distilled guidance the dev model is trained at (schnell has no guidance input; ignored there).",
         section="training", ge=0, le=30, visible_if=FLUX)

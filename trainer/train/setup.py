@@ -72,7 +72,9 @@ def load_base(config, accelerator, mp: str):
                            vae=getattr(config, "ae", "") or getattr(config, "vae", "") or None,
                            text_encoder_files={k: v for k, v in files.items() if v} or None)
     device, dtype = accelerator.device, weight_dtype(mp)
-    cast_module(base.unet, dtype, device).requires_grad_(False).eval()
+    n_swap = int(getattr(config, "blocks_to_swap", 0) or 0)
+    # with block swap the transformer stays in host memory until its swapped blocks are set aside
+    cast_module(base.unet, dtype, None if n_swap else device).requires_grad_(False).eval()
     for te in base.text_encoders:
         cast_module(te, dtype, device).requires_grad_(False).eval()
     cast_module(base.vae, vae_dtype(config, mp), device).requires_grad_(False).eval()
@@ -83,6 +85,12 @@ def load_base(config, accelerator, mp: str):
         logger.info("fp8_base: %d frozen base layers stored in 8-bit floats, %.2f → %.2f GiB (%.2f GiB saved)",
                     report.layers, report.bytes_before / 2**30, report.bytes_after / 2**30,
                     report.saved_bytes / 2**30)
+    if n_swap:  # after fp8; before any network wraps the base layers' forwards
+        from .block_swap import install_block_swap
+
+        base.extra["block_swap"] = install_block_swap(base, n_swap, device, logger.warning,
+                                                      bool(getattr(config, "gradient_checkpointing", False)))
+        cast_module(base.unet, dtype, device)  # the other blocks; the swapped ones stay in host memory
     return base
 
 
