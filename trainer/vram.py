@@ -56,8 +56,7 @@ def estimate_vram(family: str, cfg, variant: str = "") -> VramEstimate | None:
     lora = lora_params * (4 + 4 + opt_bytes)
     w, h = _resolution(getattr(cfg, "resolution", "1024"))
     tokens = (w // blocks_px) * (h // blocks_px) * int(getattr(cfg, "train_batch_size", 1) or 1)
-    act = tokens * width * BLOCKS = {"flux": 57, "sd3-medium": 24, "sd3-large": 38}  # what blocks_to_swap counts
-ACT_BYTES_PER_UNIT
+    act = tokens * width * ACT_BYTES_PER_UNIT
     if getattr(cfg, "gradient_checkpointing", False):
         act *= CHECKPOINT_SHARE
     total = weights + te + lora + act + 0.6 * GIB  # CUDA context and allocator slack
