@@ -217,3 +217,19 @@ def _load_ae(comps: dict, vae, dtype) -> None:
     if comps["vae"].device.type != "meta":
         _fresh(comps, "vae", None)
     assign_weights(comps["vae"], sd, dtype, path, "AE (ae)")
+
+
+def save_single_file(base, path: Path, dtype=None, *, title=None, metadata=None) -> Path:
+    """The transformer in BFL's single-file layout (as flux1-dev.safetensors and kohya's flux_train write it;
+    text encoders and AE stay in their own files)."""
+    from trainer.models.checkpoint_io import write_checkpoint
+    from trainer.models.flux_keys import diffusers_to_bfl
+
+    tr = base.unet
+    sd = diffusers_to_bfl(tr.state_dict(), dict(tr.config))
+    if dtype is not None:
+        sd = {k: v.detach().to(dtype) for k, v in sd.items()}
+    meta = {"modelspec.sai_model_spec": "1.0.0", "modelspec.implementation": "https://github.com/black-forest-labs/flux",
+            "modelspec.architecture": base.extra.get("modelspec_architecture", "flux-1-dev"),
+            "modelspec.title": title or Path(path).stem, **(metadata or {})}
+    return write_checkpoint(sd, Path(path), metadata=meta)

@@ -152,3 +152,21 @@ def _replace_text_encoders(comps: dict, files: dict, dtype) -> None:
             sd = t5_encoder_state(sd)
         _fresh(comps, part, None)
         assign_weights(comps[part], sd, dtype, path, f"{what} ({key})")
+
+
+def save_single_file(base, path: Path, dtype=None, *, title=None, metadata=None) -> Path:
+    """MMDiT (``model.diffusion_model.``) + VAE (``first_stage_model.``) in SAI's layout, as sd-scripts'
+    sd3_train saves without --save_clip / --save_t5xxl (the text encoders stay in their own files)."""
+    from trainer.models.checkpoint_io import write_checkpoint
+    from trainer.models.ldm_keys import vae_to_ldm
+    from trainer.models.sd3_keys import PREFIX, diffusers_to_sai
+
+    tr = base.unet
+    sd = {PREFIX + k: v for k, v in diffusers_to_sai(tr.state_dict(), dict(tr.config)).items()}
+    sd.update(vae_to_ldm(base.vae.state_dict(), dict(base.vae.config)))
+    if dtype is not None:
+        sd = {k: v.detach().to(dtype) if v.is_floating_point() else v.detach() for k, v in sd.items()}
+    meta = {"modelspec.sai_model_spec": "1.0.0", "modelspec.implementation": "https://github.com/Stability-AI/sd3.5",
+            "modelspec.architecture": base.extra.get("modelspec_architecture", "stable-diffusion-3.5-medium"),
+            "modelspec.title": title or Path(path).stem, **(metadata or {})}
+    return write_checkpoint(sd, Path(path), metadata=meta)

@@ -73,6 +73,9 @@ def load_base(config, accelerator, mp: str):
                            text_encoder_files={k: v for k, v in files.items() if v} or None)
     device, dtype = accelerator.device, weight_dtype(mp)
     n_swap = int(getattr(config, "blocks_to_swap", 0) or 0)
+    if n_swap and getattr(config, "training_type", "lora") != "lora":
+        raise TrainingFault("blocks_to_swap works with LoRA training only (the swapped blocks' weights are frozen).",
+                            "Set blocks_to_swap to 0 for DreamBooth / fine-tuning.")
     # with block swap the transformer stays in host memory until its swapped blocks are set aside
     cast_module(base.unet, dtype, None if n_swap else device).requires_grad_(False).eval()
     for te in base.text_encoders:
