@@ -7,12 +7,10 @@ from pathlib import Path
 
 import torch
 
-from trainer.models.checkpoint_io import CheckpointError
-from trainer.models.dit import dit_family
-
 from trainer.atomic import atomic_folder
 from trainer.families import SD1_TE, SD2_TE, SDXL_TE2
-from trainer.models.checkpoint_io import write_checkpoint
+from trainer.models.checkpoint_io import CheckpointError, write_checkpoint
+from trainer.models.dit import dit_family
 from trainer.models.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 
 SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.models.dit import dit_family
-
 from trainer.atomic import atomic_path
+from trainer.models.dit import dit_family
 
 logger = logging.getLogger(__name__)
 
