@@ -21,7 +21,7 @@ def test_vram_presets_cover_6_to_24_gb_smallest_first(tmp_path):
     assert [p.vram_gb for p in _shipped(tmp_path)] == [6, 8, 12, 16, 24]
 
 
-@pytest.mark.parametrize("family", [None, "sdxl"])
+@pytest.mark.parametrize("family", [None, "sdxl", "flux", "sd3"])
 @pytest.mark.parametrize("training_type", list(CONFIG_TYPES))
 def test_every_preset_gives_a_valid_config(tmp_path, family, training_type):
     """Applying any VRAM preset to a fresh form never produces an invalid setting."""
@@ -99,3 +99,16 @@ def test_a_preset_value_the_tab_cannot_use_is_left_unchanged_and_explained(tmp_p
     assert new["cache_text_encoder_outputs"] is False
     assert [name for name, _ in kept] == ["cache_text_encoder_outputs"]
     assert "Left `cache_text_encoder_outputs` unchanged" in presets.describe_changes("6 GB", changes, {}, [], kept)
+
+
+def test_flux_and_sd3_models_get_their_own_columns(tmp_path):
+    """FLUX.1 from 8 GB (block swap below 16), SD3.5 from 12 GB: fp8 base weights below 24 GB, cached text."""
+    by_gb = {p.vram_gb: p for p in _shipped(tmp_path)}
+    assert {gb for gb, p in by_gb.items() if "flux" in p.family_values} == {8, 12, 16, 24}
+    assert by_gb[8].values_for("flux")["blocks_to_swap"] > by_gb[12].values_for("flux")["blocks_to_swap"] > 0
+    assert {gb for gb, p in by_gb.items() if "sd3" in p.family_values} == {12, 16, 24}
+    flux16 = by_gb[16].values_for("flux")
+    assert flux16["fp8_base"] is True and flux16["model_prediction_type"] == "raw"
+    assert flux16["cache_text_encoder_outputs"] is True and flux16["network_train_unet_only"] is True
+    assert by_gb[24].values_for("flux")["fp8_base"] is False
+    assert by_gb[12].values_for("sd3")["weighting_scheme"] == "logit_normal"

@@ -105,6 +105,7 @@ def _scan(config):
 def cmd_plan(args) -> int:
     from trainer.data.preflight import exact_plan
     from trainer.plan import compute_plan
+    from trainer.vram import config_family, estimate_vram
 
     config = _load(args.config, args.type).config
     scan = _scan(config)
@@ -117,10 +118,15 @@ def cmd_plan(args) -> int:
         plan = compute_plan(concepts, regs, epochs=config.epoch, batch_size=config.train_batch_size,
                             gradient_accumulation_steps=config.gradient_accumulation_steps,
                             max_train_steps=config.max_train_steps, num_processes=config.num_processes)
+    family, variant = config_family(config)
+    vram = estimate_vram(family, config, variant) if family else None
     if args.json:
-        print(json.dumps({**plan.to_dict(), "problems": [p.to_dict() for p in scan.problems]}, indent=2))
+        print(json.dumps({**plan.to_dict(), "problems": [p.to_dict() for p in scan.problems],
+                          "family": family, "vram_estimate": vram.to_dict() if vram else None}, indent=2))
     else:
         print(plan.formula())
+        if vram:
+            print(f"VRAM: about {vram.total_gb} GB for {family} with these settings ({vram.note})")
         for p in scan.problems:
             print(f"{p.severity}: {p}")
     return 0 if not scan.of("error") else 1

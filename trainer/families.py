@@ -1,4 +1,4 @@
-"""The three base-model families and how their original-layout (CompVis/SGM) keys tell them apart.
+"""The base-model families and how their original-layout (CompVis/SGM, BFL, SAI) keys tell them apart.
 
 Torch-free, so the GUI can show the detected family from a safetensors header alone; the loader
 (trainer/models/detect.py) adds what needs tensor shapes (inpainting, refiner, U-Net-only files).
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3.5"}
+# DiT families: a key only their transformer has, bare (BFL/SAI files) or under UNET (ComfyUI checkpoints)
+DIT_MARKERS = {"flux": "double_blocks.0.img_attn.qkv.weight", "sd3": "joint_blocks.0.x_block.attn.qkv.weight"}
 
 UNET = "model.diffusion_model."
 SDXL_TE2 = "conditioner.embedders.1.model."  # OpenCLIP bigG
@@ -17,8 +19,12 @@ SDXL_ADM = UNET + "label_emb.0.0.weight"     # SDXL's size/pooled-text embedding
 
 
 def family_from_keys(keys: Iterable[str]) -> str | None:
-    """sdxl / sd2 / sd1 from the text-encoder (or SDXL label-embedding) keys; None when they don't tell."""
+    """flux from its transformer keys; sdxl / sd2 / sd1 from the text-encoder (or SDXL label-embedding) keys;
+    None when they don't tell."""
     keys = list(keys)
+    for family, marker in DIT_MARKERS.items():
+        if marker in keys or UNET + marker in keys:
+            return family
     if SDXL_ADM in keys or any(k.startswith(SDXL_TE2) for k in keys):
         return "sdxl"
     if any(k.startswith(SD2_TE) for k in keys):

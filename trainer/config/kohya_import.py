@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 from . import kohya_keys as K
 from .rules import ConfigError, Problem, validate_values
 from .spec import _unwrap_optional, parse_resolution
+from .kohya_import_dit import prepare_dit_keys
 from .types import CONFIG_TYPES
 
 UNSET = object()  # kohya's "not given": our default (= sd-scripts' default) applies
@@ -153,7 +154,7 @@ def unsupported_family(data: dict) -> Problem | None:
 
 
 def _family_problem(field: str, family: str) -> Problem:
-    return Problem(field, f"{family} family not supported yet: kohya-studio trains SD1.x, SD2.x and SDXL "
+    return Problem(field, f"{family} family not supported yet: kohya-studio trains SD1.x, SD2.x, SDXL, FLUX.1 and SD3.5 "
                    f"(kohya_ss runs this config with sd-scripts' {K.SD_SCRIPTS_OF_FAMILY[family]})")
 
 
@@ -187,7 +188,7 @@ def import_kohya_json(data: dict[str, Any], training_type: str) -> tuple[dict[st
     notes: list[str] = []
     ignored: list[str] = []
     problems: list[Problem] = []
-    data = _upgrade(data, notes)
+    data = prepare_dit_keys(_upgrade(data, notes), notes)
     family = unsupported_family(data)
     if family:
         problems.append(family)

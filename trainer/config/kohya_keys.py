@@ -74,10 +74,10 @@ FAMILY_KEYS = {"ae", "guidance_scale", "discrete_flow_shift", "timestep_sampling
 # Model families kohya_ss trains that this build does not (yet). The one place to lift a refusal:
 # a family module registering itself removes its entry here.
 UNSUPPORTED_FAMILIES = {
-    "flux1_checkbox": "FLUX.1", "sd3_checkbox": "SD3", "hunyuan_image_checkbox": "HunyuanImage-2.1",
+    "hunyuan_image_checkbox": "HunyuanImage-2.1",
     "anima_checkbox": "Anima", "lumina_checkbox": "Lumina",
 }
-FAMILY_LORA_TYPES = {"Flux1": "FLUX.1", "Flux1 OFT": "FLUX.1", "HunyuanImage-2.1": "HunyuanImage-2.1",
+FAMILY_LORA_TYPES = {"Flux1 OFT": "FLUX.1", "HunyuanImage-2.1": "HunyuanImage-2.1",
                      "Anima": "Anima", "Lumina": "Lumina"}
 SD_SCRIPTS_OF_FAMILY = {"FLUX.1": "flux_train_network.py / flux_train.py", "SD3": "sd3_train_network.py / sd3_train.py",
                         "HunyuanImage-2.1": "hunyuan_image_train_network.py", "Anima": "anima_train_network.py",

@@ -5,6 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from .options_dit import DitModelOptions, DitNetworkOptions
 from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
 from .options_train import (AccelerateOptions, FrozenBaseOptions, LoggingOptions, OptimizerOptions,
                             SamplingOptions, SavingOptions, TrainingOptions)
@@ -124,13 +125,13 @@ class NetworkOptions(Options):
                                  section="network")
 
 
-class BaseConfig(ModelOptions, FolderOptions, DatasetOptions, TrainingOptions, OptimizerOptions,
+class BaseConfig(ModelOptions, DitModelOptions, FolderOptions, DatasetOptions, TrainingOptions, OptimizerOptions,
                  SavingOptions, SamplingOptions, LoggingOptions, AccelerateOptions):
     config_version: int = Field(CONFIG_VERSION, description="Version of this file format.")
     training_type: str = "base"
 
 
-class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions, FrozenBaseOptions):
+class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions, DitNetworkOptions, FrozenBaseOptions):
     training_type: Literal["lora"] = "lora"
 
 

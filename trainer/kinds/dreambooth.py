@@ -66,6 +66,16 @@ class DreamboothKind(TrainingKind):
                 cast_module(encoder, train_dtype).requires_grad_(True)
                 self.param_groups.append({"params": [p for p in encoder.parameters()],
                                           "lr": lr, "name": f"text_encoder{index + 1}"})
+        from trainer.models.dit import dit_family
+
+        if self.train_te and dit_family(base.family) is not None:
+            # sd-scripts' flux_train / sd3_train fine-tune the transformer only; its file holds no text encoders
+            self._warn(f"{dit_family(base.family).label}: the text encoders are not fine-tuned (the saved file holds "
+                       "the transformer only, as sd-scripts'); learning_rate_te is ignored")
+            for encoder in base.text_encoders:
+                encoder.requires_grad_(False)
+            self.param_groups = self.param_groups[:1]
+            self.train_te = False
         self.te_training = self.train_te
         if base.family == "sdxl" and self.train_te:
             self._warn("training both SDXL text encoders: sd-scripts recommends keeping them frozen "

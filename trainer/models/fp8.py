@@ -71,8 +71,10 @@ def to_fp8(module: nn.Module, compute_dtype: torch.dtype) -> Fp8Report:
     """Store every plain Linear / Conv2d weight inside `module` in fp8, in place. Call it before a LoRA
     is applied: the LoRA wraps whatever forward the layer has when it is applied."""
     report = Fp8Report()
+    # transformers marks layers its code reads the weight dtype of (T5's `wo`, FLUX/SD3's text encoder): keep them
+    wide = set(getattr(module, "_keep_in_fp32_modules", None) or ())
     for name, layer in module.named_modules():
-        if type(layer) not in (nn.Linear, nn.Conv2d) or is_fp8(layer):
+        if type(layer) not in (nn.Linear, nn.Conv2d) or is_fp8(layer) or name.rsplit(".", 1)[-1] in wide:
             continue  # exact types: subclasses (bitsandbytes, LoRA-compatible layers) have their own forward
         if isinstance(layer, nn.Conv2d) and isinstance(layer.padding, str):
             continue  # 'same'/'valid' padding has no explicit input-gradient form; the U-Net uses none

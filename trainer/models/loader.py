@@ -17,7 +17,7 @@ from trainer.models.registry import Architecture, read_architecture
 log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1", "sd3": "sd3"}
 
 
 @dataclass
@@ -63,18 +63,29 @@ class BaseModel:
 def load_base_model(path_or_id: str | Path, *, family: str | None = None, v_parameterization: bool | None = None,
                     vae: str | Path | None = None, dtype: torch.dtype | str = torch.float32,
                     config_dir: str | Path | None = None, tokenizer_cache_dir: str | Path | None = None,
-                    cache_dir: str | Path | None = None) -> BaseModel:
+                    cache_dir: str | Path | None = None, text_encoder_files: dict | None = None) -> BaseModel:
     """Load SD1.x / SD2.x / SDXL.
 
     ``path_or_id``: ``.safetensors``/``.ckpt`` single file (original layout), a diffusers folder, or a
     hub id ``org/name``.  ``family`` / ``v_parameterization`` override detection; ``vae`` replaces the
     VAE (file or folder); ``config_dir`` gives a diffusers config folder for a single file whose shapes
-    match none of ``configs/models``; ``tokenizer_cache_dir`` as Kohya's option.
+    match none of ``configs/models``; ``tokenizer_cache_dir`` as Kohya's option. DiT families (FLUX.1)
+    load through their own module (trainer/models/dit.py); ``text_encoder_files`` gives kohya's separate
+    ``clip_l`` / ``t5xxl`` files for them, and ``vae`` their AE.
     """
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if family is not None and family not in FAMILY_NAMES:
         raise ValueError(f"family must be one of {list(FAMILY_NAMES)}, got {family!r}")
     target = resolve_source(path_or_id, cache_dir=cache_dir)
+    dit = dit_of(target, family)
+    if dit is not None:
+        base = dit.module("loader").load(target, vae=vae, files=text_encoder_files, dtype=dtype, config_dir=config_dir,
+                                         tokenizer_cache_dir=tokenizer_cache_dir)
+        if str(path_or_id) != str(target):
+            base.source = f"{path_or_id} (hub) → {base.source}"
+        base.path = str(path_or_id)
+        log.info("loaded base model: %s", base.source)
+        return base
     if target.is_file():
         from trainer.models.single_file import load_single_file
 
@@ -102,6 +113,25 @@ def load_base_model(path_or_id: str | Path, *, family: str | None = None, v_para
         base.source += f"; VAE replaced by {vae}"
     log.info("loaded base model: %s", base.source)
     return base
+
+
+def dit_of(target: Path, family: str | None):
+    """The DiT family record when the family is forced to one or the file/folder is one, else None."""
+    from trainer.models.dit import dit_family, family_of_file_keys
+
+    if family is not None:
+        return dit_family(family)
+    if target.is_dir():
+        return dit_family(read_architecture(target).family) if (target / "transformer").is_dir() else None
+    if target.suffix.lower() in SAFETENSORS_EXT:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(target, framework="pt") as fh:
+                return dit_family(family_of_file_keys(fh.keys()))
+        except Exception:  # noqa: BLE001 — unreadable: the SD path reports it with its own message
+            return None
+    return None
 
 
 def resolve_source(path_or_id: str | Path, *, cache_dir=None) -> Path:

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+DENOISER_FOLDERS = ("unet", "transformer")  # U-Net families / DiT families (trainer/models/dit.py)
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs" / "models"
 TEXT_ENCODER_FOLDERS = ("text_encoder", "text_encoder_2")
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
@@ -30,6 +31,7 @@ class Architecture:
     description: str
     tiny: bool = False
     tokenizers: dict = field(default_factory=dict)  # folder -> {"source": hub id, "pad_token": ...}
+    variant: str = ""  # DiT families: e.g. FLUX.1 "dev" / "schnell"
 
     def config(self, sub: str) -> dict:
         name = "scheduler_config.json" if sub == "scheduler" else "config.json"
@@ -58,18 +60,18 @@ def read_architecture(path: Path) -> Architecture:
     path = Path(path)
     info_file = path / "architecture.json"
     info = _read_json(info_file) if info_file.is_file() else {}
-    if not (path / "unet" / "config.json").is_file():
+    if not any((path / sub / "config.json").is_file() for sub in DENOISER_FOLDERS):
         raise FileNotFoundError(
             f"{path} is not a diffusers config folder: unet/config.json is missing. A config folder needs "
             "model_index.json, unet/config.json, vae/config.json, text_encoder/config.json and scheduler/.")
-    family = info.get("family") or _family_from_unet_config(_read_json(path / "unet" / "config.json"))
+    family = info.get("family") or _family_from_folder(path)
     prediction = info.get("prediction_type")
     if prediction is None:
         sched = path / "scheduler" / "scheduler_config.json"
         prediction = _read_json(sched).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
     return Architecture(name=path.name, path=path, family=family, prediction_type=prediction,
                         description=info.get("description", str(path)), tiny=bool(info.get("tiny")),
-                        tokenizers=info.get("tokenizers", {}))
+                        tokenizers=info.get("tokenizers", {}), variant=info.get("variant", ""))
 
 
 @lru_cache(maxsize=1)
@@ -122,6 +124,14 @@ def match_architecture(shapes: dict[str, tuple], family: str) -> Architecture | 
         if want == sig:
             return arch
     return None
+
+
+def _family_from_folder(path: Path) -> str:
+    if (path / "unet" / "config.json").is_file():
+        return _family_from_unet_config(_read_json(path / "unet" / "config.json"))
+    from trainer.models.dit import family_from_transformer_config
+
+    return family_from_transformer_config(_read_json(path / "transformer" / "config.json"), path)
 
 
 def _family_from_unet_config(unet: dict) -> str:

@@ -9,7 +9,8 @@ import torch
 
 from trainer.atomic import atomic_folder
 from trainer.families import SD1_TE, SD2_TE, SDXL_TE2
-from trainer.models.checkpoint_io import write_checkpoint
+from trainer.models.checkpoint_io import CheckpointError, write_checkpoint
+from trainer.models.dit import dit_family
 from trainer.models.ldm_keys import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 
 SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
@@ -63,6 +64,9 @@ def save_single_file(model, path: Path, dtype: torch.dtype | None = torch.float1
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
+    dit = dit_family(family or getattr(model, "family", None))
+    if dit is not None:  # FLUX.1 / SD3: the family's own original layout
+        return dit.module("loader").save_single_file(model, path, dtype, title=title, metadata=metadata)
     comps, family, v_pred = _parts(model, family, v_prediction)
     tensors = original_state_dict(comps, family=family, dtype=dtype)
     meta = {
@@ -86,6 +90,9 @@ def save_diffusers(model, folder: Path, *, family: str | None = None, v_predicti
     Written into a temporary sibling folder that replaces ``folder`` at the end, so an interrupted
     save never leaves a half-written model under the final name.
     """
+    if dit_family(family or getattr(model, "family", None)) is not None:
+        raise CheckpointError(f"{folder}: a diffusers folder is not written for {model.family} yet; "
+                              "choose save_model_as safetensors (the original single-file layout)")
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     folder = Path(folder)

@@ -15,6 +15,8 @@ import logging
 
 import torch
 
+from trainer.models.dit import dit_family
+
 log = logging.getLogger(__name__)
 CHUNK_IDS = 77  # BOS + 75 tokens + EOS
 
@@ -60,7 +62,11 @@ def tokenize_prompt(base_or_tokenizers, captions: list[str] | str, max_token_len
 
 def encode_prompt(base, input_ids_per_encoder: list[torch.Tensor], clip_skip: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(encoder_hidden_states, pooled)``; pooled (SDXL ``text_embeds``) is None for SD1/SD2."""
+    """``(encoder_hidden_states, pooled)``; pooled (SDXL ``text_embeds``) is None for SD1/SD2.
+    DiT families encode through their own text module (trainer/models/dit.py)."""
+    dit = dit_family(base.family)
+    if dit is not None:
+        return dit.module("text").encode(base, input_ids_per_encoder, clip_skip)
     if input_ids_per_encoder[0].ndim == 2 and input_ids_per_encoder[0].shape[1] > CHUNK_IDS:
         b = input_ids_per_encoder[0].shape[0]  # flat [B, n*77] from tokenize_long
         input_ids_per_encoder = [ids.view(b, -1, CHUNK_IDS) for ids in input_ids_per_encoder]
@@ -75,6 +81,15 @@ def encode_prompt(base, input_ids_per_encoder: list[torch.Tensor], clip_skip: in
     index = -clip_skip if clip_skip and clip_skip > 1 else None
     hidden, _ = _encode(encoders[0], input_ids_per_encoder[0], hidden_index=index, final_norm=True)
     return hidden, None
+
+
+def family_tokenize(base, cfg):
+    """captions → ids for a DiT family (its own tokenization), None for the SD families."""
+    dit = dit_family(base.family)
+    if dit is None:
+        return None
+    text = dit.module("text")
+    return lambda captions: text.tokenize(base, captions, cfg)
 
 
 def _encode(encoder, input_ids: torch.Tensor, *, hidden_index: int | None, final_norm: bool,

@@ -64,6 +64,10 @@ class VerifyReport:
 
 def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
     version = (metadata or {}).get("ss_base_model_version", "")
+    if version.startswith("flux"):
+        return "flux"
+    if version.startswith("sd3"):
+        return "sd3"
     if version.startswith("sdxl"):
         return "sdxl"
     if version.startswith("sd_v2"):
@@ -80,6 +84,10 @@ def guess_file_family(names: Sequence[str], metadata: Mapping[str, str]) -> str 
     fam = family_from_metadata(metadata)
     if fam:
         return fam
+    if any(n.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for n in names):
+        return "flux"
+    if any(n.startswith("lora_unet_joint_blocks_") for n in names):
+        return "sd3"
     if any(n.startswith("lora_te2_") for n in names) or any(is_sgm_unet_name(n) for n in names):
         return "sdxl"
     if any(n.startswith("lora_te_") for n in names):

@@ -21,8 +21,13 @@ SAVE_DTYPES = {
 }
 
 # ss_base_model_version / modelspec.architecture per family (sd-scripts values)
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-_MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1", "sd3": "sd3"}
+_MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
+                   "flux": "flux-1-dev", "sd3": "stable-diffusion-3.5-medium"}
+# the sd-scripts network module that writes each family's files
+NETWORK_MODULE = {"flux": "networks.lora_flux", "sd3": "networks.lora_sd3"}
+_MODELSPEC_IMPL = {"sdxl": "https://github.com/Stability-AI/generative-models",
+                   "flux": "https://github.com/black-forest-labs/flux", "sd3": "https://github.com/Stability-AI/sd3.5"}
 _MODELSPEC_IMPL_SAI = "https://github.com/Stability-AI/generative-models"
 
 # header keys sd-scripts keeps even with --no_metadata
@@ -86,7 +91,7 @@ def network_metadata(
         args[k] = metadata_value(v)
     version = BASE_MODEL_VERSION[family] + ("_v" if v_prediction and family != "sdxl" else "")
     meta = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": NETWORK_MODULE.get(family, "networks.lora"),
         "ss_network_dim": "None" if network_dim is None else format_number(network_dim),
         "ss_network_alpha": "None" if network_alpha is None else format_number(network_alpha),
         "ss_network_dropout": "None" if not dropout else format_number(dropout),
@@ -105,7 +110,7 @@ def modelspec_metadata(family: str, title: str, resolution: str = "", v_predicti
     meta = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{arch}/lora",
-        "modelspec.implementation": _MODELSPEC_IMPL_SAI if family == "sdxl" else "diffusers",
+        "modelspec.implementation": _MODELSPEC_IMPL.get(family, "diffusers"),
         "modelspec.title": title,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()),
         "modelspec.prediction_type": "v" if v_prediction else "epsilon",

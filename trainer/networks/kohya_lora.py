@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from .lora_module import LoRAModule
+from .naming import target_filter_for
 from .network import LoRANetwork, create_network, create_network_from_weights
 from .options import BLOCK_OPTIONS
 
@@ -43,7 +44,8 @@ def build_lora_like(base, config, kind, module_class: type = LoRAModule, module_
         conv_dim=config.conv_dim if conv else 0, conv_alpha=config.conv_alpha if conv else None,
         train_unet=not te_only, train_text_encoder=not unet_only, blocks=blocks, module_class=module_class,
         module_kwargs=module_kwargs, network_module=kind.network_module,
-        extra_args={**blocks, **dict(extra_args or {})}, **dropouts)
+        extra_args={**blocks, **dict(extra_args or {})}, target_filter=target_filter_for(base.family, config),
+        **dropouts)
     if weights:
         result = network.load_weights(weights)
         logger.info("continuing from %s: %d modules loaded", weights, len(result.loaded))

@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 from torch import nn
 
 FAMILIES = ("sd1", "sd2", "sdxl")
+# DiT families: their own naming module (trainer/models/dit.py names it) provides all_targets / target_filter
+DIT_FAMILIES = ("flux", "sd3")
 
 UNET_TRANSFORMER_CLASSES = ("Transformer2DModel",)
 UNET_CONV_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -65,8 +67,8 @@ class Target:
 
 
 def check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if family not in FAMILIES + DIT_FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES + DIT_FAMILIES)}, got {family!r}")
     return family
 
 
@@ -216,6 +218,9 @@ def all_targets(
     include_conv_blocks: bool = True,
 ) -> list[Target]:
     """Every module a kohya LoRA/LoCon file for this base may name (text encoders first, like kohya)."""
+    naming = dit_naming(family)
+    if naming is not None:
+        return naming.all_targets(unet, text_encoders, include_conv_blocks)
     targets: list[Target] = []
     if text_encoders:
         for prefix, te in zip(te_prefixes(family, len(text_encoders)), text_encoders):
@@ -223,6 +228,20 @@ def all_targets(
     if unet is not None:
         targets += unet_targets(unet, family, include_conv_blocks)
     return targets
+
+
+def dit_naming(family: str):
+    """The naming module of a DiT family, None for the SD families."""
+    from trainer.models.dit import dit_family
+
+    fam = dit_family(family)
+    return None if fam is None else fam.module("naming")
+
+
+def target_filter_for(family: str, cfg):
+    """Which catalog targets a new network trains under the config's family options (None: all)."""
+    naming = dit_naming(family)
+    return None if naming is None or not hasattr(naming, "target_filter") else naming.target_filter(cfg)
 
 
 _SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
+from .fused_lora import make_lora_module
 from .lora_module import LoRAModule
 from .naming import Target, all_targets, check_family, split_key
 from .blocks import block_dims_alphas, block_index, block_lr_weights
@@ -277,6 +278,7 @@ def create_network(
     module_kwargs: Mapping[str, Any] | None = None,
     network_module: str = "networks.lora",
     extra_args: Mapping[str, Any] | None = None,
+    target_filter=None,
 ) -> LoRANetwork:
     """Build (not yet apply) kohya's LoRA network on a base model.
 
@@ -288,6 +290,7 @@ def create_network(
     `conv_block_alphas`, `down_lr_weight`, `mid_lr_weight`, `up_lr_weight`, `block_lr_zero_threshold`);
     modules of blocks whose lr weight is 0 are left out, as sd-scripts does.
     `module_class`/`module_kwargs`/`network_module`: another module with LoRA's keys (Kohya DyLoRA).
+    `target_filter(target) -> bool` narrows a new network (a family's options: FLUX train_blocks).
     """
     unet, tes, fam = resolve_base(unet_or_base, text_encoders, family)
     if v_prediction is None:
@@ -329,6 +332,8 @@ def create_network(
         else:
             if (t.part == "unet" and not train_unet) or (t.part != "unet" and not train_text_encoder):
                 continue
+            if target_filter is not None and not target_filter(t):
+                continue
             if t.is_conv_block and not (conv_dim if bd is None else cbd is not None):
                 continue  # sd-scripts only targets ResNet/sampler blocks with conv_dim (conv_block_dims)
             if t.part == "unet":
@@ -337,7 +342,9 @@ def create_network(
                 dim, alpha = network_dim, network_alpha
             if not dim:
                 continue
-        loras.append(module_class(t.lora_name, t.module, dim, alpha, **common))
+        # LoRAModule targets: kohya's class, or the fused one where a DiT family packs several linears
+        loras.append(make_lora_module(t, dim, alpha, **common) if module_class is LoRAModule
+                     else module_class(t.lora_name, t.module, dim, alpha, **common))
         parts[t.lora_name] = t.part
     if not loras:
         raise ValueError("the LoRA network has no modules: enable the U-Net and/or the text encoder")

@@ -115,6 +115,10 @@ def parse_network_args(network_args: dict | str | list | None) -> dict[str, str]
 def build_network(base, config):
     """Build (not yet apply) the network `config.LoRA_type` names on `base` (a BaseModel)."""
     kind = network_type(getattr(config, "LoRA_type", "Standard"))
+    if base.family not in ("sd1", "sd2", "sdxl") and kind.lora_type != "Standard":
+        # the DiT families pack q/k/v in one linear (fused LoRA targets), which only kohya's LoRA handles here
+        raise ValueError(f"LoRA_type {kind.lora_type} is not available for the {base.family} family yet; "
+                         "choose Standard (kohya's FLUX.1/SD3 LoRA)")
     module = importlib.import_module(_BUILDERS[kind.builder])
     return module.build_from_config(base, config, kind)
 

@@ -12,7 +12,7 @@ import sys
 
 from .checks import VerifyReport, check_state_dict, verify_lora_file  # noqa: F401  (public names)
 from .files import LoRAFileError
-from .naming import FAMILIES
+from .naming import DIT_FAMILIES, FAMILIES
 
 
 def main(argv=None) -> int:
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
                                 description="Check a kohya-format LoRA file against a base model.")
     p.add_argument("lora", help="the LoRA .safetensors file")
     p.add_argument("--base", required=True, help="base model: single file, diffusers folder or hub id")
-    p.add_argument("--family", choices=FAMILIES, help="override the detected base family")
+    p.add_argument("--family", choices=FAMILIES + DIT_FAMILIES, help="override the detected base family")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     from trainer.models import load_base_model  # the models package owns loading

@@ -180,7 +180,7 @@ class CapturedSteps:
         if self.off_reason:
             return train_step(self.ctx, micro_batches, step)
         ctx = self.ctx
-        shapes = [latent_shape(b) for b in micro_batches]
+        shapes = [latent_shape(b, ctx.latent_channels) for b in micro_batches]
         n = sum(s[0] for s in shapes)
         timesteps, noises = step_noise(ctx, shapes, step)
         te_grad = self.text_grad()

@@ -19,9 +19,10 @@ from .diffusion import (per_sample_loss, sample_noise, sample_timesteps, snr_los
 
 
 class Denoiser(nn.Module):
-    def __init__(self, unet, text, network):
+    def __init__(self, unet, text, network, call=None):
         super().__init__()
         self.unet, self.text, self.network = unet, text, network
+        self.call = call  # a DiT family's transformer call (trainer/models/dit.py); None: the U-Net's
         # frozen weights are identical on every rank: DDP need not broadcast or track them
         self._ddp_params_and_buffers_to_ignore = [
             n for n, p in self.named_parameters() if not p.requires_grad] + [n for n, _ in self.named_buffers()]
@@ -31,6 +32,8 @@ class Denoiser(nn.Module):
         return self.denoise(noisy, timesteps, hidden, pooled, time_ids)
 
     def denoise(self, noisy, timesteps, hidden, pooled=None, time_ids=None):
+        if self.call is not None:
+            return self.call(self.unet, noisy, timesteps, hidden, pooled, time_ids)
         added = None if time_ids is None else {"text_embeds": pooled, "time_ids": time_ids}
         return self.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
 
@@ -49,6 +52,8 @@ class StepContext:
     vae_scale: float = 0.18215
     vae_shift: float = 0.0
     sdxl: bool = False
+    objective: Any = None       # DiT families: FlowMatchingObjective (None: DDPM with noise_scheduler)
+    latent_channels: int = 4
     max_grad_norm: float = 1.0
     seed: int = 0
     rank: int = 0
@@ -76,29 +81,36 @@ def sdxl_time_ids(batch: dict, device, dtype) -> torch.Tensor:
     return torch.cat(parts, dim=1).to(dtype)
 
 
-def latent_shape(batch: dict) -> tuple[int, ...]:
+def latent_shape(batch: dict, channels: int = 4) -> tuple[int, ...]:
     if "latents" in batch:
         return tuple(batch["latents"].shape)
     b, _, h, w = batch["images"].shape
-    return (b, 4, h // 8, w // 8)
+    return (b, channels, h // 8, w // 8)
 
 
 def step_noise(ctx: StepContext, shapes: list[tuple[int, ...]], step: int):
     """The step's timesteps and noise, one tensor per micro-batch, from the step's own seed."""
     torch.manual_seed(step_seed(ctx.seed, ctx.rank, step))
     n = sum(s[0] for s in shapes)
-    timesteps = sample_timesteps(n, ctx.device, ctx.cfg)
+    if ctx.objective is not None:
+        timesteps = ctx.objective.sample_timesteps(n, ctx.device, shapes)
+    else:
+        timesteps = sample_timesteps(n, ctx.device, ctx.cfg)
     noises = [torch.stack([sample_noise(s[1:], ctx.device, ctx.cfg) for _ in range(s[0])]) for s in shapes]
     sizes = [s[0] for s in shapes]
     return list(torch.split(timesteps, sizes)), noises
 
 
 def add_noise(ctx: StepContext, latents, noise, t):
+    if ctx.objective is not None:
+        return ctx.objective.add_noise(latents, noise, t)
     return ctx.noise_scheduler.add_noise(latents, noise, t)
 
 
 def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int) -> torch.Tensor:
     """This micro-batch's share of the step's mean loss (weighted per sample)."""
+    if ctx.objective is not None:
+        return (ctx.objective.loss(pred, latents, noise, t) * loss_weights).sum() / n
     target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
     loss = per_sample_loss(pred, target, getattr(ctx.cfg, "loss_type", "l2"), float(getattr(ctx.cfg, "huber_c", 0.1)))
     loss = loss * loss_weights
@@ -115,7 +127,7 @@ def clip_gradients(ctx: StepContext) -> None:
 
 def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> torch.Tensor:
     """One optimizer step; returns the mean loss over the step's samples (a device tensor)."""
-    shapes = [latent_shape(b) for b in micro_batches]
+    shapes = [latent_shape(b, ctx.latent_channels) for b in micro_batches]
     n = sum(s[0] for s in shapes)
     timesteps, noises = step_noise(ctx, shapes, step)
     total = torch.zeros((), device=ctx.device)

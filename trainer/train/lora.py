@@ -29,7 +29,7 @@ class LoraKind(TrainingKind):
         from trainer.networks.registry import build_network
 
         cfg, self.base = self.config, base
-        if base.family == "sdxl" and getattr(cfg, "cache_text_encoder_outputs", False) and \
+        if base.family not in ("sd1", "sd2") and getattr(cfg, "cache_text_encoder_outputs", False) and \
                 not getattr(cfg, "network_train_unet_only", False):
             self.warnings.append("cache_text_encoder_outputs needs U-Net-only training; the text-encoder LoRA "
                                  "is not trained.")
@@ -90,6 +90,12 @@ class LoraKind(TrainingKind):
 
         path = Path(path)
         dtype = getattr(self.config, "save_precision", None) or None
+        if path.suffix == ".safetensors" and getattr(self.config, "save_lora_format", "kohya") == "diffusers":
+            from trainer.networks.peft_layout import save_peft_file
+
+            self.last_verified = None  # the self-check reads kohya names
+            return save_peft_file(path, self.network, self.base, resolve_save_dtype(dtype),
+                                  {**self.network.default_metadata(path.stem), **(metadata or {})})
         if path.suffix == ".safetensors":
             self.network.save_weights(path, dtype, {**self.network_metadata(), **(metadata or {})})
             report = verify_lora_file(path, self.base)

@@ -97,6 +97,9 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "modelspec.resolution": f"{width}x{height}",
     }
     meta.update(model_names_and_hashes(c.pretrained_model_name_or_path, getattr(c, "vae", "") or ""))
+    arch = getattr(base, "extra", {}).get("modelspec_architecture")
+    if arch:  # DiT families: the variant (flux-1-dev / flux-1-schnell) the loader found
+        meta["modelspec.architecture"] = arch + ("/lora" if getattr(c, "training_type", "lora") == "lora" else "")
     for key in ("title", "author", "description", "license", "tags"):
         value = getattr(c, f"metadata_{key}", "")
         if value:

@@ -70,9 +70,11 @@ def set_attention(unet, choice: str, warn) -> str:
         except Exception as exc:  # xformers present but unusable on this device/build
             warn(f"xformers could not be enabled ({exc}); using PyTorch SDPA attention.")
             return "sdpa"
+    from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    unet.set_attn_processor(AttnProcessor2_0())
+    if isinstance(unet, UNet2DConditionModel):  # DiT transformers' own processors already use SDPA
+        unet.set_attn_processor(AttnProcessor2_0())
     return "sdpa"
 
 

@@ -260,7 +260,8 @@ class TrainingRun:
                                      default_size=parse_resolution(self.config.resolution), seed=self.seed,
                                      clip_skip=int(getattr(self.config, "clip_skip", 1) or 1),
                                      autocast_dtype=S.weight_dtype(self.mp), device=self.acc.device,
-                                     on_image=on_image)
+                                     on_image=on_image,
+                                     t5_length=int(getattr(self.config, "t5xxl_max_token_length", 0) or 0) or None)
             except Exception as exc:  # noqa: BLE001 — samples are a preview: never lose the run over one
                 if not is_out_of_memory(exc):
                     raise

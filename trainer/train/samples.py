@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from trainer.atomic import atomic_path
+from trainer.models.dit import dit_family
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,12 @@ class SamplePrompt:
     scale: float = 7.5
     seed: int | None = None
     sampler: str | None = None
+    guidance: float | None = None  # --g: FLUX.1 dev's distilled guidance (samples_dit)
 
 
 _FLAGS = {
     "n": ("negative", str), "w": ("width", int), "h": ("height", int), "s": ("steps", int),
-    "l": ("scale", float), "d": ("seed", int), "ss": ("sampler", str),
+    "l": ("scale", float), "d": ("seed", int), "ss": ("sampler", str), "g": ("guidance", float),
 }
 
 
@@ -132,6 +134,15 @@ def build_pipeline(base, text_encoders, sampler):
     return pipe
 
 
+def _write(image, out_dir: Path, output_name: str, index: int, p, p_seed: int, epoch, step: int, on_image) -> Path:
+    path = out_dir / sample_name(output_name, index, p_seed, epoch, step)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    if on_image is not None:
+        on_image(path, index, p, image)
+    return path
+
+
 def sample_name(output_name: str, index: int, seed: int, epoch: int | None, step: int) -> str:
     when = f"e{epoch:06d}" if epoch is not None else f"{step:06d}"
     return f"{output_name}_{when}_{index:02d}_{time.strftime('%Y%m%d%H%M%S')}_{seed}.png"
@@ -140,7 +151,7 @@ def sample_name(output_name: str, index: int, seed: int, epoch: int | None, step
 @torch.no_grad()
 def generate_samples(base, modules, prompts: list[SamplePrompt], *, sampler_name: str, out_dir: Path,
                      output_name: str, step: int, epoch: int | None, default_size: tuple[int, int], seed: int,
-                     clip_skip: int, autocast_dtype, device, on_image=None) -> list[Path]:
+                     clip_skip: int, autocast_dtype, device, on_image=None, t5_length: int | None = None) -> list[Path]:
     """Generate one image per prompt; `on_image(path, index, prompt, image)` after each write."""
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = [m.training for m in modules]
@@ -150,6 +161,15 @@ def generate_samples(base, modules, prompts: list[SamplePrompt], *, sampler_name
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for index, p in enumerate(prompts):
+                p_seed = p.seed if p.seed is not None else seed + index
+                if dit_family(base.family) is not None:  # FLUX.1 / SD3: their own pipelines
+                    from .samples_dit import sample_dit
+
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
+                        image = sample_dit(base, p, default_size, torch.Generator(device=device).manual_seed(p_seed),
+                                           t5_length)
+                    written.append(_write(image, out_dir, output_name, index, p, p_seed, epoch, step, on_image))
+                    continue
                 sampler = build_sampler(p.sampler or sampler_name, base.noise_scheduler)
                 pipe = build_pipeline(base, base.text_encoders, sampler)
                 p_seed = p.seed if p.seed is not None else seed + index

@@ -10,11 +10,13 @@ import random
 import torch
 
 from trainer.kinds.base import cast_module
+from trainer.models.dit import family_denoise, family_forced_by
 from trainer.plan import MAX_TRAIN_STEPS, run_length
 
 from .batches import StepBatches
 from .compile import compile_enabled, compile_unet
 from .faults import TrainingFault
+from .flow_matching import objective_for
 from .loop import Denoiser, StepContext
 from .optimizers import build_optimizer
 from .precision import (allow_fp16_gradients, effective_mixed_precision, enable_gradient_checkpointing,
@@ -62,12 +64,20 @@ def make_accelerator(config, warn):
 def load_base(config, accelerator, mp: str):
     from trainer.models.loader import load_base_model
 
-    family = "sdxl" if getattr(config, "sdxl", False) else ("sd2" if getattr(config, "v2", False) else None)
+    family = family_forced_by(config) or (
+        "sdxl" if getattr(config, "sdxl", False) else ("sd2" if getattr(config, "v2", False) else None))
+    files = {k: getattr(config, k, "") or None for k in ("clip_l", "clip_g", "t5xxl")}
     base = load_base_model(config.pretrained_model_name_or_path, family=family,
                            v_parameterization=True if getattr(config, "v_parameterization", False) else None,
-                           vae=getattr(config, "vae", "") or None)
+                           vae=getattr(config, "ae", "") or getattr(config, "vae", "") or None,
+                           text_encoder_files={k: v for k, v in files.items() if v} or None)
     device, dtype = accelerator.device, weight_dtype(mp)
-    cast_module(base.unet, dtype, device).requires_grad_(False).eval()
+    n_swap = int(getattr(config, "blocks_to_swap", 0) or 0)
+    if n_swap and getattr(config, "training_type", "lora") != "lora":
+        raise TrainingFault("blocks_to_swap works with LoRA training only (the swapped blocks' weights are frozen).",
+                            "Set blocks_to_swap to 0 for DreamBooth / fine-tuning.")
+    # with block swap the transformer stays in host memory until its swapped blocks are set aside
+    cast_module(base.unet, dtype, None if n_swap else device).requires_grad_(False).eval()
     for te in base.text_encoders:
         cast_module(te, dtype, device).requires_grad_(False).eval()
     cast_module(base.vae, vae_dtype(config, mp), device).requires_grad_(False).eval()
@@ -78,6 +88,12 @@ def load_base(config, accelerator, mp: str):
         logger.info("fp8_base: %d frozen base layers stored in 8-bit floats, %.2f → %.2f GiB (%.2f GiB saved)",
                     report.layers, report.bytes_before / 2**30, report.bytes_after / 2**30,
                     report.saved_bytes / 2**30)
+    if n_swap:  # after fp8; before any network wraps the base layers' forwards
+        from .block_swap import install_block_swap
+
+        base.extra["block_swap"] = install_block_swap(base, n_swap, device, logger.warning,
+                                                      bool(getattr(config, "gradient_checkpointing", False)))
+        cast_module(base.unet, dtype, device)  # the other blocks; the swapped ones stay in host memory
     return base
 
 
@@ -150,7 +166,7 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
     if compile_enabled(getattr(config, "compile", "off"), accelerator.device, getattr(config, "cuda_graphs", "off")):
         compile_unet(base.unet, warn)
     text = build_text(config, base, kind, accelerator, dataset, events)
-    model = Denoiser(base.unet, text, getattr(kind, "network", None))
+    model = Denoiser(base.unet, text, getattr(kind, "network", None), call=family_denoise(base, config))
     optimizer = build_optimizer(config.optimizer, groups, config.learning_rate,
                                 getattr(config, "optimizer_args", ""), accelerator.device)
     lr_scheduler = build_scheduler(config, optimizer, total_steps, warn)
@@ -163,7 +179,8 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         params=kind.trainable_parameters(), noise_scheduler=base.noise_scheduler, cfg=config,
         v_prediction=base.v_prediction, vae=None if cached else base.vae,
         vae_scale=float(vae_cfg.scaling_factor), vae_shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0),
-        sdxl=base.family == "sdxl", max_grad_norm=float(getattr(config, "max_grad_norm", 0) or 0), seed=seed,
+        sdxl=base.family == "sdxl", objective=objective_for(base, config),
+        latent_channels=int(getattr(vae_cfg, "latent_channels", 4) or 4), max_grad_norm=float(getattr(config, "max_grad_norm", 0) or 0), seed=seed,
         rank=accelerator.process_index)
 
 
@@ -176,11 +193,13 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
     all of them before the first step (then the encoders leave the GPU), else each when first seen."""
     from trainer.data.errors import DatasetError
     from trainer.data.te_cache import fixed_captions
+    from trainer.models.text import family_tokenize
 
     frozen = not kind.text_encoder_trains
     text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
                            max_token_length=getattr(config, "max_token_length", 75) or 75,
-                           memoize=frozen, grad_enabled=kind.text_encoder_grad)
+                           memoize=frozen, grad_enabled=kind.text_encoder_grad,
+                           tokenize=family_tokenize(base, config))
     wanted = bool(getattr(config, "cache_text_encoder_outputs", False))
     if not frozen:
         if wanted:

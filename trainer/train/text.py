@@ -79,7 +79,7 @@ class TextConditioner(nn.Module):
                 self._memo[caption] = (hidden[0], None if pooled is None else pooled[0])
                 self._memo_bytes += hidden.numel() * hidden.element_size()
         hidden = torch.stack([self._memo[c][0] for c in captions])
-        if self.family != "sdxl":
+        if self._memo[captions[0]][1] is None:  # families without a pooled embedding (SD1/SD2)
             return hidden, None
         return hidden, torch.stack([self._memo[c][1] for c in captions])
 

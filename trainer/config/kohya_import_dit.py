@@ -1,0 +1,47 @@
+"""Kohya_ss JSON keys of the DiT families (FLUX.1, SD3) that need more than passing through.
+
+Most FLUX keys keep kohya's names here (clip_l, t5xxl, ae, guidance_scale, timestep_sampling …) and are
+imported as they are; this maps the rest before the general import runs:
+* ``LoRA_type`` "Flux1" is kohya's plain FLUX LoRA (networks.lora_flux) = our "Standard" on a FLUX base;
+* ``flux1_/sd3_cache_text_encoder_outputs[_to_disk]`` → ``cache_text_encoder_outputs``;
+* settings with no counterpart yet are named in a note when they would change the run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# families whose kohya_ss checkbox this build trains (the import's refusal list must not name them)
+SUPPORTED_FAMILY_FLAGS = ("flux1_checkbox", "sd3_checkbox")
+LORA_TYPES = {"Flux1": "Standard"}
+RENAMED = {"flux1_cache_text_encoder_outputs": "cache_text_encoder_outputs",
+           "sd3_cache_text_encoder_outputs": "cache_text_encoder_outputs"}
+NOT_YET = ("split_mode", "cpu_offload_checkpointing", "split_qkv", "train_lora_ggpo",
+           "flux_fused_backward_pass", "single_blocks_to_swap", "double_blocks_to_swap")
+
+
+def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """A copy of a kohya_ss JSON with the FLUX keys in this schema's terms (others untouched)."""
+    flags = [f for f in SUPPORTED_FAMILY_FLAGS if str(data.get(f, "")).lower() == "true"]
+    if not flags and data.get("LoRA_type") not in LORA_TYPES:
+        return data
+    out = dict(data)
+    if out.get("LoRA_type") in LORA_TYPES:
+        out["LoRA_type"] = LORA_TYPES[out["LoRA_type"]]
+        notes.append(f"LoRA_type {data['LoRA_type']!r} is kohya's FLUX.1 LoRA: trained as Standard on the FLUX.1 "
+                     "base (same kohya FLUX key names in the file)")
+    for src, dst in RENAMED.items():
+        if src in out:
+            value = out.pop(src)
+            if value not in (None, "") and dst not in data:
+                out[dst] = value
+    for key in ("flux1_cache_text_encoder_outputs_to_disk", "sd3_cache_text_encoder_outputs_to_disk",
+                "sd3_text_encoder_batch_size", "sd3_fused_backward_pass"):
+        out.pop(key, None)
+    if str(out.get("model_type", "flux")).lower() == "chroma":
+        notes.append("model_type chroma: Chroma is not trained by this build yet; the model loads as FLUX.1 "
+                     "only if its keys are FLUX.1's")
+    for key in NOT_YET:
+        value = out.pop(key, None)
+        if value not in (None, "", False, 0, "0", "false", "False"):
+            notes.append(f"{key}={value!r} is not available for FLUX.1 here yet and was left out")
+    return out

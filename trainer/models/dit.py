@@ -1,0 +1,92 @@
+"""The DiT (flow-matching transformer) families: one record per family naming its module for each seam.
+
+The SD families (U-Nets) are wired directly; a DiT family plugs into the same seams through the
+modules named here, so adding the next one (Lumina 2, Qwen-Image, …) is one module per seam plus one
+record below — no ``if family == …`` across the tree:
+
+=================  ==========================================================================
+seam               what the module provides
+=================  ==========================================================================
+``loader``         ``load(target, *, vae, files, dtype, config_dir, tokenizer_cache_dir) -> BaseModel``
+                   and ``detect_keys(keys) -> bool``
+``text``           ``tokenize(tokenizers, captions, cfg)`` / ``encode(base, ids)`` (hidden, pooled)
+``forward``        ``make_denoise(base, cfg) -> fn(transformer, noisy, t, hidden, pooled, time_ids)``
+``objective``      ``trainer.train.flow_matching.FlowMatchingObjective`` options (shared by every
+                   rectified-flow family; settings a family always uses in ``objective_fixed``)
+``naming``         ``all_targets(transformer, text_encoders, include_conv)`` with kohya's LoRA names
+``saving``         ``original_state_dict(base) -> dict`` (the single-file layout)
+``samples``        ``pipeline(base) -> diffusers pipeline``
+=================  ==========================================================================
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DitFamily:
+    name: str                 # family id used everywhere ("flux")
+    label: str                # shown to users ("FLUX.1")
+    loader: str               # module paths, one per seam (see the table above)
+    text: str
+    forward: str
+    naming: str
+    transformer_class: str    # diffusers class of the denoiser
+    base_model_version: str   # sd-scripts' ss_base_model_version
+    config_flag: str          # the Kohya_ss checkbox that forces this family (flux1_checkbox)
+    objective_fixed: dict = field(default_factory=dict)  # objective settings the family always uses
+
+    def module(self, seam: str):
+        return importlib.import_module(getattr(self, seam))
+
+
+DIT_FAMILIES: dict[str, DitFamily] = {
+    "flux": DitFamily(name="flux", label="FLUX.1", loader="trainer.models.flux", text="trainer.models.text_flux",
+                      forward="trainer.models.flux_forward",
+                      naming="trainer.networks.naming_flux", transformer_class="FluxTransformer2DModel",
+                      base_model_version="flux1", config_flag="flux1_checkbox"),
+    "sd3": DitFamily(name="sd3", label="SD3.5", loader="trainer.models.sd3", text="trainer.models.text_sd3",
+                     forward="trainer.models.sd3_forward", naming="trainer.networks.naming_sd3",
+                     transformer_class="SD3Transformer2DModel", base_model_version="sd3", config_flag="sd3_checkbox",
+                     # sd-scripts' SD3 loss: σ by weighting_scheme, the output preconditioned to x0 and compared
+                     # with x0 (sd3_train_network has no timestep_sampling / model_prediction_type options)
+                     objective_fixed={"target": "latents", "model_prediction_type": "sigma_scaled",
+                                      "timestep_sampling": "sigma"}),
+}
+
+
+def dit_family(name: str | None) -> DitFamily | None:
+    return DIT_FAMILIES.get(name or "")
+
+
+def family_denoise(base, cfg):
+    """The family's transformer call for Denoiser (None: the U-Net call)."""
+    fam = dit_family(base.family)
+    return None if fam is None else fam.module("forward").make_denoise(base, cfg)
+
+
+def family_forced_by(config) -> str | None:
+    """The DiT family a config's Kohya_ss checkbox asks for (flux1_checkbox …), if any."""
+    for fam in DIT_FAMILIES.values():
+        if getattr(config, fam.config_flag, False):
+            return fam.name
+    return None
+
+
+def family_from_transformer_config(cfg: dict, path: Path) -> str:
+    for fam in DIT_FAMILIES.values():
+        if cfg.get("_class_name") == fam.transformer_class:
+            return fam.name
+    raise ValueError(f"{path}: transformer/config.json names {cfg.get('_class_name')!r}, which is no known family "
+                     f"({', '.join(f.transformer_class for f in DIT_FAMILIES.values())})")
+
+
+def family_of_file_keys(keys) -> str | None:
+    """A DiT family whose loader recognises these single-file keys."""
+    keys = list(keys)
+    for fam in DIT_FAMILIES.values():
+        if fam.module("loader").detect_keys(keys):
+            return fam.name
+    return None

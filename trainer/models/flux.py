@@ -1,0 +1,235 @@
+"""Loading FLUX.1 (dev / schnell): BFL single files, ComfyUI checkpoints (bundled text encoders/VAE,
+fp8 weights), diffusers folders and hub ids, with kohya's separate ``clip_l`` / ``t5xxl`` / ``ae`` files.
+
+The transformer is trained as diffusers' ``FluxTransformer2DModel`` (BaseModel.unet holds the denoiser
+of every family); single files are converted with our own key map (``flux_keys``), which follows the
+model's widths, so full-size and tiny models load the same way.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from trainer.models.checkpoint_io import CheckpointError, read_checkpoint
+from trainer.models.registry import Architecture, known_architectures, read_architecture
+
+log = logging.getLogger(__name__)
+
+FAMILY = "flux"
+CLIP_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_l.", "cond_stage_model.clip_l.transformer.")
+T5_PREFIXES = ("text_encoders.t5xxl.transformer.", "text_encoders.t5xxl.", "cond_stage_model.t5xxl.transformer.")
+VAE_PREFIXES = ("vae.", "first_stage_model.")
+MARKER = "double_blocks.0.img_attn.qkv.weight"
+
+
+def detect_keys(keys) -> bool:
+    return any(k.endswith(MARKER) and k[:-len(MARKER)] in ("", "model.diffusion_model.") for k in keys)
+
+
+def flux_architectures() -> list[Architecture]:
+    return [a for a in known_architectures() if a.family == FAMILY]
+
+
+def match_flux_architecture(sd: dict, guidance: bool) -> Architecture:
+    """The registered FLUX architecture with this hidden size / text width (dev before schnell by guidance)."""
+    hidden, joint = sd["img_in.weight"].shape[0], sd["txt_in.weight"].shape[1]
+    fits = []
+    for arch in flux_architectures():
+        cfg = arch.config("transformer")
+        if cfg["num_attention_heads"] * cfg["attention_head_dim"] == hidden and cfg["joint_attention_dim"] == joint:
+            fits.append(arch)
+    if not fits:
+        raise CheckpointError(f"a FLUX.1 transformer of width {hidden} (text width {joint}) matches none of the known "
+                              f"configs ({', '.join(a.name for a in flux_architectures())} in configs/models/).")
+    fits.sort(key=lambda a: bool(a.config("transformer").get("guidance_embeds")) != guidance)
+    return fits[0]
+
+
+def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float32, config_dir=None,
+         tokenizer_cache_dir=None):
+    """A BaseModel of family "flux". ``files``: {"clip_l": path, "t5xxl": path} (kohya's options)."""
+    from trainer.models.loader import BaseModel
+
+    files = {k: v for k, v in (files or {}).items() if v}
+    if target.is_dir():
+        comps, arch, how = _from_folder(target, dtype), read_architecture(target), "diffusers folder"
+    else:
+        comps, arch, how = _from_single_file(target, files, vae, dtype, config_dir, tokenizer_cache_dir)
+    _replace_parts(comps, arch, files, vae if target.is_dir() else None, dtype)
+    variant = "dev" if comps["transformer"].config.guidance_embeds else "schnell"
+    scheduler = _scheduler(arch)
+    source = f"{target} — {how}, FLUX.1 [{variant}] ({arch.name})"
+    extras = [f"{k} from {v}" for k, v in files.items()] + ([f"AE from {vae}"] if vae else [])
+    if extras:
+        source += "; " + ", ".join(extras)
+    for m in (comps["transformer"], comps["vae"], comps["text_encoder"], comps["text_encoder_2"]):
+        m.eval().requires_grad_(False)
+    return BaseModel(family=FAMILY, v_prediction=False, unet=comps["transformer"], vae=comps["vae"],
+                     text_encoders=[comps["text_encoder"], comps["text_encoder_2"]],
+                     tokenizers=[comps["tokenizer"], comps["tokenizer_2"]], noise_scheduler=scheduler,
+                     source=source, path=str(target), architecture=arch, scheduler=scheduler, dtype=dtype,
+                     vae_source=str(vae) if vae else None,
+                     extra={"variant": variant, "modelspec_architecture": f"flux-1-{variant}"})
+
+
+def _scheduler(arch: Architecture):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_config(arch.config("scheduler"))
+
+
+def _from_folder(folder: Path, dtype) -> dict:
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+    from trainer.models.loader import _folder_tokenizer, _from_pretrained
+
+    if not (folder / "model_index.json").is_file() or not (folder / "transformer").is_dir():
+        raise CheckpointError(f"{folder} is not a diffusers FLUX.1 folder (model_index.json and transformer/ expected).")
+    return {
+        "transformer": _from_pretrained(FluxTransformer2DModel, folder, "transformer", {"torch_dtype": dtype}),
+        "vae": _from_pretrained(AutoencoderKL, folder, "vae", {"torch_dtype": dtype}),
+        "text_encoder": _from_pretrained(CLIPTextModel, folder, "text_encoder", {"dtype": dtype}),
+        "text_encoder_2": _from_pretrained(T5EncoderModel, folder, "text_encoder_2", {"dtype": dtype}),
+        "tokenizer": _folder_tokenizer(CLIPTokenizer, folder, "tokenizer"),
+        "tokenizer_2": T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_2"),
+    }
+
+
+def build_empty(arch: Architecture, transformer_config: dict | None = None, *, tokenizer_cache_dir=None) -> dict:
+    """Every part of ``arch`` on the meta device (filled by assign_weights), plus its tokenizers."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    from trainer.models.components import build_text_encoder
+    from trainer.models.t5 import build_t5_encoder, load_t5_tokenizer
+    from trainer.models.tokenizers import load_tokenizer
+
+    with init_empty_weights():
+        comps = {"transformer": FluxTransformer2DModel.from_config(transformer_config or arch.config("transformer")),
+                 "vae": AutoencoderKL.from_config(arch.config("vae")),
+                 "text_encoder": build_text_encoder(arch.config("text_encoder")),
+                 "text_encoder_2": build_t5_encoder(arch.config("text_encoder_2"))}
+    comps["tokenizer"] = load_tokenizer(arch.path / "tokenizer", arch.tokenizers.get("tokenizer"),
+                                        tokenizer_cache_dir=tokenizer_cache_dir)
+    comps["tokenizer_2"] = load_t5_tokenizer(arch.path / "tokenizer_2", arch.tokenizers.get("tokenizer_2"),
+                                             tokenizer_cache_dir=tokenizer_cache_dir)
+    return comps
+
+
+def _from_single_file(path: Path, files: dict, vae, dtype, config_dir, tokenizer_cache_dir):
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from trainer.models.flux_keys import bfl_to_diffusers, config_from_bfl, strip_prefix
+    from trainer.models.single_file import assign_weights
+
+    state, _ = read_checkpoint(path)
+    transformer_sd = strip_prefix({k: v for k, v in state.items() if not k.startswith(
+        CLIP_PREFIXES + T5_PREFIXES + VAE_PREFIXES + ("text_encoders.",))})
+    if "img_in.weight" not in transformer_sd:
+        raise CheckpointError(f"{path}: no FLUX.1 transformer weights (img_in.weight) in the file.")
+    guidance = any(k.startswith("guidance_in.") for k in transformer_sd)
+    arch = read_architecture(Path(config_dir)) if config_dir else match_flux_architecture(transformer_sd, guidance)
+    cfg = config_from_bfl(transformer_sd, arch.config("transformer"))
+    comps = build_empty(arch, cfg, tokenizer_cache_dir=tokenizer_cache_dir)
+    assign_weights(comps["transformer"], bfl_to_diffusers(transformer_sd, cfg), dtype, path, "FLUX.1 transformer")
+    bundled = {"clip_l": _sub(state, CLIP_PREFIXES), "t5xxl": _sub(state, T5_PREFIXES), "ae": _sub(state, VAE_PREFIXES)}
+    for key, part, what in (("clip_l", "text_encoder", "CLIP-L"), ("t5xxl", "text_encoder_2", "T5-XXL")):
+        if key in files:
+            continue  # the separate file wins (_replace_parts)
+        if not bundled[key]:
+            raise CheckpointError(f"{path} holds only the FLUX.1 transformer: set {key} to the {what} text-encoder "
+                                  f"file (kohya's --{key}, e.g. {key}.safetensors).")
+        assign_weights(comps[part], t5_encoder_state(bundled[key]) if key == "t5xxl" else bundled[key], dtype, path,
+                       what)
+    if vae is None:
+        if not bundled["ae"]:
+            raise CheckpointError(f"{path} has no autoencoder: set ae (the VAE/AE option) to FLUX.1's ae.safetensors.")
+        assign_weights(comps["vae"], convert_ldm_vae_checkpoint(bundled["ae"], dict(comps["vae"].config)), dtype, path,
+                       "AE")
+    else:
+        _load_ae(comps, vae, dtype)
+    return comps, arch, "single file"
+
+
+def t5_encoder_state(sd: dict) -> dict:
+    """T5 files carry the encoder (and sometimes the decoder); the embedding is stored once as shared.weight."""
+    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.") and k != "lm_head.weight"}
+    if "shared.weight" in sd:
+        sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
+    elif "encoder.embed_tokens.weight" in sd:
+        sd["shared.weight"] = sd["encoder.embed_tokens.weight"]
+    return sd
+
+
+def _sub(state: dict, prefixes) -> dict:
+    for p in prefixes:
+        sub = {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        if sub:
+            return sub
+    return {}
+
+
+def _replace_parts(comps: dict, arch: Architecture, files: dict, vae, dtype) -> None:
+    """kohya's separate text-encoder files (and an AE for a folder) replace what the model brought."""
+    from trainer.models.single_file import assign_weights
+
+    for key, part, what in (("clip_l", "text_encoder", "CLIP-L"), ("t5xxl", "text_encoder_2", "T5-XXL")):
+        if key not in files:
+            continue
+        path = Path(files[key]).expanduser()
+        sd, _ = read_checkpoint(path)
+        sd = _sub(sd, {"clip_l": CLIP_PREFIXES, "t5xxl": T5_PREFIXES}[key]) or sd
+        if key == "t5xxl":
+            sd = t5_encoder_state(sd)
+        _fresh(comps, part, arch)
+        assign_weights(comps[part], sd, dtype, path, f"{what} ({key})")
+    if vae is not None:
+        _fresh(comps, "vae", arch)
+        _load_ae(comps, vae, dtype)
+
+
+def _fresh(comps: dict, part: str, arch: Architecture) -> None:
+    """An empty module of the same config for assign_weights."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        comps[part] = type(comps[part])(comps[part].config) if part != "vae" else type(comps[part]).from_config(
+            comps[part].config)
+
+
+def _load_ae(comps: dict, vae, dtype) -> None:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from trainer.models.single_file import assign_weights
+
+    path = Path(vae).expanduser()
+    if path.is_dir():
+        sub = "vae" if (path / "vae" / "config.json").is_file() else None
+        comps["vae"] = AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype)
+        return
+    sd, _ = read_checkpoint(path)
+    if not any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in sd):
+        sd = convert_ldm_vae_checkpoint(sd, dict(comps["vae"].config))
+    if comps["vae"].device.type != "meta":
+        _fresh(comps, "vae", None)
+    assign_weights(comps["vae"], sd, dtype, path, "AE (ae)")
+
+
+def save_single_file(base, path: Path, dtype=None, *, title=None, metadata=None) -> Path:
+    """The transformer in BFL's single-file layout (as flux1-dev.safetensors and kohya's flux_train write it;
+    text encoders and AE stay in their own files)."""
+    from trainer.models.checkpoint_io import write_checkpoint
+    from trainer.models.flux_keys import diffusers_to_bfl
+
+    tr = base.unet
+    sd = diffusers_to_bfl(tr.state_dict(), dict(tr.config))
+    if dtype is not None:
+        sd = {k: v.detach().to(dtype) for k, v in sd.items()}
+    meta = {"modelspec.sai_model_spec": "1.0.0", "modelspec.implementation": "https://github.com/black-forest-labs/flux",
+            "modelspec.architecture": base.extra.get("modelspec_architecture", "flux-1-dev"),
+            "modelspec.title": title or Path(path).stem, **(metadata or {})}
+    return write_checkpoint(sd, Path(path), metadata=meta)
