@@ -168,9 +168,15 @@ def test_a_json_that_is_not_an_object_is_refused(data):
 
 def test_a_model_family_this_build_does_not_train_is_one_clear_refusal(tmp_path):
     with pytest.raises(tc.ConfigError) as err:
-        _kohya(tmp_path, flux1_checkbox=True, LoRA_type="Flux1")
-    assert [p.field for p in err.value.problems] == ["flux1_checkbox"]
-    assert "FLUX.1 family not supported yet" in str(err.value)
+        _kohya(tmp_path, lumina_checkbox=True)
+    assert [p.field for p in err.value.problems] == ["lumina_checkbox"]
+    assert "Lumina family not supported yet" in str(err.value)
+
+
+def test_a_kohya_ss_flux1_lora_config_is_a_flux_lora_here(tmp_path):
+    loaded = _kohya(tmp_path, flux1_checkbox=True, LoRA_type="Flux1")
+    assert loaded.config.flux1_checkbox and loaded.config.LoRA_type == "Standard"
+    assert any("Flux1" in n for n in loaded.notes)
 
 
 def test_the_unused_noise_of_noise_offset_type_is_a_warning():

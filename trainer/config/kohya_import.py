@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args, get_origin
 from . import kohya_keys as K
 from .rules import ConfigError, Problem, validate_values
 from .spec import _unwrap_optional, parse_resolution
-from .kohya_import_dit import prepare_dit_keys
+from .kohya_import_dit import SUPPORTED_FAMILY_FLAGS, prepare_dit_keys
 from .types import CONFIG_TYPES
 
 UNSET = object()  # kohya's "not given": our default (= sd-scripts' default) applies
@@ -257,6 +257,14 @@ def _learning_rates(data: dict, values: dict, training_type: str, notes: list[st
             notes.append("stop_text_encoder_training is not supported for LoRA by kohya_ss either; it was ignored")
         return
     if training_type not in ("dreambooth", "finetune"):
+        return
+    if any(str(data.get(flag, "")).lower() == "true" for flag in SUPPORTED_FAMILY_FLAGS):
+        # FLUX.1 / SD3 full training here fine-tunes the transformer only (trainer/kinds/dreambooth.py)
+        if "learning_rate_te" in CONFIG_TYPES[training_type].model_fields:
+            values["learning_rate_te"] = 0.0
+        if any(_number(data.get(k)) for k in ("learning_rate_te", "learning_rate_te1", "learning_rate_te2")):
+            notes.append("the text-encoder learning rates are not used: FLUX.1/SD3 fine-tuning here trains the "
+                         "transformer only, with the text encoders frozen")
         return
     sdxl = bool(values.get("sdxl"))
     if sdxl:  # sd-scripts' SDXL trainers: learning_rate_te1/te2, None = learning_rate, 0 = frozen

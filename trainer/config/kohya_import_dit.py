@@ -22,11 +22,12 @@ NOT_YET = ("split_mode", "cpu_offload_checkpointing", "split_qkv", "train_lora_g
 def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """A copy of a kohya_ss JSON with the FLUX keys in this schema's terms (others untouched)."""
     flags = [f for f in SUPPORTED_FAMILY_FLAGS if str(data.get(f, "")).lower() == "true"]
-    if not flags and data.get("LoRA_type") not in LORA_TYPES:
+    lora_type = data.get("LoRA_type") if isinstance(data.get("LoRA_type"), str) else None
+    if not flags and lora_type not in LORA_TYPES:
         return data
     out = dict(data)
-    if out.get("LoRA_type") in LORA_TYPES:
-        out["LoRA_type"] = LORA_TYPES[out["LoRA_type"]]
+    if lora_type in LORA_TYPES:
+        out["LoRA_type"] = LORA_TYPES[lora_type]
         notes.append(f"LoRA_type {data['LoRA_type']!r} is kohya's FLUX.1 LoRA: trained as Standard on the FLUX.1 "
                      "base (same kohya FLUX key names in the file)")
     for src, dst in RENAMED.items():
