@@ -160,7 +160,8 @@ class LoRANetwork(nn.Module):
             s.get("conv_alpha") or 0, s.get("dropout"), s.get("rank_dropout"), s.get("module_dropout"),
             bool(s.get("v_prediction")), extra_args=s.get("extra_args"),
         )
-        meta["ss_network_module"] = s.get("network_module", "networks.lora")
+        if s.get("network_module", "networks.lora") != "networks.lora":  # DyLoRA; a DiT family keeps its own
+            meta["ss_network_module"] = s["network_module"]
         meta.update(modelspec_metadata(self.family, title, v_prediction=bool(s.get("v_prediction"))))
         return meta
 
