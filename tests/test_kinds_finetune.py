@@ -16,9 +16,8 @@ from trainer.config import FinetuneConfig
 from test_data_helpers import trainer_data
 from trainer.data import DatasetError, TrainDataset, preflight
 from trainer.kinds import KindError, create_kind
-from trainer.kinds.finetune_dataset import scan_metadata
-from trainer.kinds.finetune_metadata import (build_bucket_metadata, merge_captions_to_metadata,
-                                             merge_tags_to_metadata, read_metadata)
+from trainer.kinds.finetune_dataset import build_bucket_metadata, scan_metadata
+from trainer.kinds.finetune_metadata import merge_captions_to_metadata, merge_tags_to_metadata, read_metadata
 
 SIZES = {"wide": (192, 64), "square": (128, 128), "tall": (64, 192)}
 
