@@ -74,3 +74,19 @@ def test_a_failing_tool_shows_its_error_and_exit_code(tmp_path):
     argv = u.prepare_argv(sys.executable, "mychar", "", str(tmp_path / "missing"), 5, "", 1, str(tmp_path / "d"))
     last = list(u.stream_command(argv, str(PROJECT_ROOT)))[-1]
     assert "failed (exit code" in last and "error:" in last
+
+
+def test_the_drawn_captioning_forms_start_at_the_clis_defaults():
+    """The components the page draws (not only the declaration) hold the CLI's defaults, in the order the
+    click handler reads them."""
+    import gradio as gr
+
+    from kohya_gui.tabs.captioning_form import render_captioner
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    with gr.Blocks():
+        for name in CAPTIONERS:
+            drawn = render_captioner(name, lambda label, n: gr.Textbox(label=label))
+            shown = [None if c.value in ("", None) else c.value for c in drawn]
+            cli = [sub[name].get_default(w.name) for w in widgets(CAPTIONERS[name].options)]
+            assert shown == [None if v == "" else v for v in cli], name
