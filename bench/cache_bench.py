@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -22,7 +23,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.data import build_train_data, scan_dataset  # noqa: E402
+from trainer.data import scan_dataset  # noqa: E402
+from trainer.train.setup import build_data, cache_latents  # noqa: E402  (the trainer's one data path)
 from trainer.data.augment import render  # noqa: E402
 from trainer.data.images import load_rgb  # noqa: E402
 from trainer.data.latent_cache import LatentCache  # noqa: E402
@@ -56,7 +58,8 @@ def cfg_for(train_dir: Path, **kw) -> SimpleNamespace:
     base = dict(train_data_dir=str(train_dir), resolution="128", enable_bucket=True, min_bucket_reso=64,
                 max_bucket_reso=256, bucket_reso_steps=64, train_batch_size=4, seed=1, flip_aug=False,
                 cache_latents=False, cache_latents_to_disk=False, latent_cache_dir="", vae_batch_size=4,
-                max_data_loader_n_workers=0, persistent_data_loader_workers=False, shuffle_caption=True)
+                max_data_loader_n_workers=0, persistent_data_loader_workers=False, shuffle_caption=True,
+                gradient_accumulation_steps=1)
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -80,15 +83,32 @@ def cache_run(vae, items, batch: int, **kw) -> float:
     return len(items) / (time.perf_counter() - start)
 
 
+class _NoEvents:
+    def warning(self, message: str) -> None:
+        pass
+
+    def emit(self, type_: str, **fields) -> None:
+        pass
+
+
+def trainer_steps(cfg, vae=None):
+    """The trainer's data path (build_data → StepBatches) in one process, latents cached as it caches them."""
+    one = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"),
+                          main_process_first=contextlib.nullcontext)
+    scan, latents, _, steps, need_flip = build_data(cfg, SimpleNamespace(vae=vae), one, _NoEvents())
+    if latents is not None:
+        cache_latents(latents, scan, need_flip, one)
+    return steps
+
+
 def loader_ms(cfg, vae=None) -> float:
     """Milliseconds per batch over epoch 2 (epoch 1 warms workers and the order memo)."""
-    dataset, loader = build_train_data(cfg, vae)
-    for _ in loader:
+    steps = trainer_steps(cfg, vae)
+    for _ in steps.epoch(1):
         pass
-    dataset.set_epoch(2)
     start, n = time.perf_counter(), 0
-    for _ in loader:
-        n += 1
+    for group in steps.epoch(2):
+        n += len(group)
     return 1000 * (time.perf_counter() - start) / n
 
 

@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-B = argparse.BooleanOptionalAction
+from trainer.tools.optionmodel import add_arguments
+
+from .options import CAPTIONERS
 
 
 def _existing(a) -> str:
@@ -24,14 +26,8 @@ def _progress(quiet: bool):
     return lambda done, total, path: print(f"{done}/{total} {path}".rstrip(), file=sys.stderr, flush=True)
 
 
-def _common(p: argparse.ArgumentParser, ext: str, batch: int) -> None:
-    p.add_argument("train_data_dir", help="folder with the images")
-    p.add_argument("--caption_extension", "--caption_extention", default=ext)
-    p.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
-    p.add_argument("--batch_size", type=int, default=batch)
-    p.add_argument("--max_data_loader_n_workers", type=int, default=2, help="image decoding threads")
-    p.add_argument("--overwrite", action="store_true", help="replace existing captions (default: keep them)")
-    p.add_argument("--append_tags", "--append", action="store_true", help="add to existing captions, no duplicates")
+def _output_flags(p: argparse.ArgumentParser) -> None:
+    """How a run reports, not what it does: CLI only (the page reads the counter and the result line)."""
     p.add_argument("--debug", action="store_true", help="print every caption")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress counter")
@@ -40,62 +36,10 @@ def _common(p: argparse.ArgumentParser, ext: str, batch: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
-
-    w = sub.add_parser("wd14", help="tag images with a WD14 (SmilingWolf) ONNX tagger")
-    _common(w, ".txt", 8)
-    w.add_argument("--model_dir", default=None, help="folder with model.onnx + selected_tags.csv, or the "
-                   "store holding <owner>_<repo>/ folders (default models/taggers)")  # fmt: skip
-    w.add_argument("--repo_id", default=None, help="hub repo or short name (e.g. eva02-large-v3)")
-    w.add_argument("--force_download", action="store_true")
-    w.add_argument("--thresh", type=float, default=0.35, help="threshold for both categories")
-    w.add_argument("--general_threshold", type=float, default=None)
-    w.add_argument("--character_threshold", type=float, default=None)
-    w.add_argument("--general_mcut_enabled", action="store_true", help="MCut per image for general tags")
-    w.add_argument("--character_mcut_enabled", action="store_true", help="MCut (>= 0.15) for characters")
-    w.add_argument("--undesired_tags", default="")
-    w.add_argument("--always_first_tags", default="", help="tags moved to the front when detected")
-    w.add_argument("--prefix", default="", help="tags always written first (e.g. a trigger word)")
-    w.add_argument("--postfix", default="", help="tags always written last")
-    w.add_argument("--character_tags_first", action="store_true")
-    w.add_argument("--use_rating_tags", action="store_true", help="rating tag first")
-    w.add_argument("--use_rating_tags_as_last_tag", action="store_true", help="rating tag last")
-    w.add_argument("--remove_underscore", action=B, default=True, help="long_hair -> long hair (not kaomoji)")
-    w.add_argument("--escape_parentheses", action="store_true", help=r"( -> \( for A1111 prompts")
-    w.add_argument("--tag_replacement", default=None, help=r"'src,dst;src2,dst2' (\, and \; escape)")
-    w.add_argument("--character_tag_expand", action="store_true", help="name_(series) -> name, series")
-    w.add_argument("--caption_separator", default=", ")
-    w.add_argument("--tag_order", choices=("confidence", "model"), default="confidence")
-    w.add_argument("--frequency_tags", action="store_true", help="print tag frequencies")
-    w.add_argument("--cpu", action="store_true", help="use the CPU even when CUDA is available")
-
-    b = sub.add_parser("blip", help="caption images with BLIP or BLIP-2 (transformers)")
-    _common(b, ".txt", 1)
-    b.add_argument("--model", default="Salesforce/blip-image-captioning-large", help="hub id or local folder")
-    b.add_argument("--beam_search", action=B, default=True, help="beam search (else nucleus sampling)")
-    b.add_argument("--num_beams", type=int, default=None)
-    b.add_argument("--top_p", type=float, default=0.9)
-    b.add_argument("--temperature", type=float, default=1.0)
-    b.add_argument("--min_length", type=int, default=None, help="BLIP 5, BLIP-2 20 (new tokens)")
-    b.add_argument("--max_length", type=int, default=None, help="BLIP 75, BLIP-2 40 (new tokens)")
-    b.add_argument("--repetition_penalty", type=float, default=None)
-    b.add_argument("--length_penalty", type=float, default=1.0)
-    b.add_argument("--text_prompt", default="", help="conditional prompt, removed from the caption")
-    b.add_argument("--prefix", default="")
-    b.add_argument("--postfix", default="")
-    b.add_argument("--seed", type=int, default=42)
-    b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-
-    gi = sub.add_parser("git", help="caption images with GIT (transformers), kohya's make_captions_by_git")
-    _common(gi, ".caption", 1)
-    gi.add_argument("--model_id", default="microsoft/git-large-textcaps", help="hub id or local folder")
-    gi.add_argument("--max_length", type=int, default=50)
-    gi.add_argument("--remove_words", action=B, default=True,
-                    help="drop phrases quoting text read off the image (\"with the words ...\")")
-    gi.add_argument("--prefix", default="")
-    gi.add_argument("--postfix", default="")
-    gi.add_argument("--device", default="auto")
-    gi.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    for captioner in CAPTIONERS.values():  # options declared once, in captioning/options.py
+        c = sub.add_parser(captioner.name, help=captioner.help)
+        add_arguments(c, captioner.options)
+        _output_flags(c)
 
     p = sub.add_parser("prepare", help="copy images into a Kohya img/reg/log/model layout")
     p.add_argument("destination_dir")

@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trainer.atomic import atomic_write_text
+from trainer.events import DONE, FAILED, STOPPED
 
 from .monitor import JobMonitor, load_monitor
 from .runner import TrainerProcess
 
-PENDING, RUNNING, DONE, STOPPED, FAILED, CANCELLED, INTERRUPTED = (
-    "pending", "running", "done", "stopped", "failed", "cancelled", "interrupted")
+# a job's status: the trainer's final event types (trainer.events), or one the queue adds
+PENDING, RUNNING, CANCELLED, INTERRUPTED = "pending", "running", "cancelled", "interrupted"
 FINISHED = (DONE, STOPPED, FAILED, CANCELLED, INTERRUPTED)
 
 

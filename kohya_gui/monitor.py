@@ -14,7 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FINAL_TYPES = ("done", "stopped", "failed")
+from trainer.events import DONE, FAILED, STOPPED
+
 MAX_LOSS_POINTS = 2000
 LOG_LINES = 400
 # library chatter that says nothing about the user's run: kept in trainer.log, left out of the page
@@ -59,7 +60,7 @@ class SavedFile:
 
 @dataclass
 class Final:
-    status: str                      # "done" | "stopped" | "failed"
+    status: str                      # one of trainer.events.FINAL_TYPES
     message: str = ""
     hint: str = ""
     exit_code: int | None = None
@@ -165,14 +166,14 @@ class JobMonitor:
         self.errors.append(e)
 
     def _on_done(self, e: dict) -> None:
-        self.final = Final("done", outputs=list(e.get("outputs") or []))
+        self.final = Final(DONE, outputs=list(e.get("outputs") or []))
 
     def _on_stopped(self, e: dict) -> None:
-        self.final = Final("stopped", outputs=list(e.get("outputs") or []),
+        self.final = Final(STOPPED, outputs=list(e.get("outputs") or []),
                            message=f"Stopped at step {e.get('step', '?')}.")
 
     def _on_failed(self, e: dict) -> None:
-        self.final = Final("failed", message=first_line(e.get("message")), hint=str(e.get("hint", "")),
+        self.final = Final(FAILED, message=first_line(e.get("message")), hint=str(e.get("hint", "")),
                            exit_code=e.get("exit_code"))
 
     # ---- end of process --------------------------------------------------------------------
@@ -181,19 +182,19 @@ class JobMonitor:
         with self._lock:
             if self.final is None:
                 if killed:
-                    self.final = Final("stopped", exit_code=returncode,
+                    self.final = Final(STOPPED, exit_code=returncode,
                                        message="Killed on a second Stop; only files saved before are kept.",
                                        outputs=[s.path for s in self.saved])
                 else:
                     last = self.errors[-1] if self.errors else {}
                     self.final = Final(
-                        "failed", exit_code=returncode,
+                        FAILED, exit_code=returncode,
                         message=first_line(last.get("message")) or f"The trainer exited with code {returncode} "
                                     "without reporting an error.",
                         hint=str(last.get("hint") or "Read the last log lines below for the cause."))
             elif self.final.exit_code is None:
                 self.final.exit_code = returncode
-            if self.final.status == "failed" and self.final.exit_code in (None, 0) and returncode:
+            if self.final.status == FAILED and self.final.exit_code in (None, 0) and returncode:
                 self.final.exit_code = returncode
             return self.final
 
@@ -216,7 +217,7 @@ class JobMonitor:
 
     def progress_fraction(self) -> float:
         with self._lock:
-            if self.final is not None and self.final.status == "done":
+            if self.final is not None and self.final.status == DONE:
                 return 1.0
             if self.step and self.step.get("total"):
                 return min(1.0, float(self.step.get("step", 0)) / float(self.step["total"]))

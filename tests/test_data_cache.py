@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_data_helpers import make_cfg, make_concept, make_image, tiny_vae, tree_snapshot
-from trainer.data import DatasetError, build_train_data
+from test_data_helpers import batches, make_cfg, make_concept, make_image, tiny_vae, trainer_data, tree_snapshot
+from trainer.data import DatasetError
 from trainer.data.augment import render
 from trainer.data.images import load_rgb
 
@@ -19,7 +19,7 @@ def cached(tmp_path, vae=VAE, progress=None, **kw):
     opts = dict(train_data_dir=str(tmp_path / "images"), resolution="64", cache_latents=True,
                 cache_latents_to_disk=True, train_batch_size=2)
     opts.update(kw)
-    dataset, loader = build_train_data(make_cfg(**opts), vae, on_progress=progress)
+    dataset, _ = trainer_data(make_cfg(**opts), vae, on_progress=progress)
     return dataset, dataset.latents.stats
 
 
@@ -123,10 +123,10 @@ def test_image_broken_between_scan_and_caching_is_left_out_not_fatal(tmp_path, i
                    train_batch_size=2)
     scan = scan_dataset(cfg)
     (images / "img001.png").write_bytes(b"broken now")
-    dataset, loader = build_train_data(cfg, VAE, scan=scan)
+    dataset, steps = trainer_data(cfg, VAE, scan=scan)
     assert dataset.latents.stats["failed"] == 1
-    batches = list(loader)
-    assert all(b["latents"].shape[0] == 2 and all("img000" in p for p in b["paths"]) for b in batches)
+    served = batches(steps, 1)
+    assert served and all(b["latents"].shape[0] == 2 and all("img000" in p for p in b["paths"]) for b in served)
 
 
 def test_cache_refuses_augmentations_that_would_make_it_stale(tmp_path, images):

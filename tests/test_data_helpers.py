@@ -71,3 +71,41 @@ def tiny_vae(seed: int = 0):
     return AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=8, layers_per_block=1,
                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                          sample_size=64).eval()
+
+
+class _Events:
+    """The events build_data writes, as the trainer's EventWriter would: warnings kept, cache progress forwarded."""
+
+    def __init__(self, on_progress=None):
+        self.warnings, self.on_progress = [], on_progress
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def emit(self, type_: str, **fields) -> None:
+        if type_ == "cache" and self.on_progress is not None:
+            self.on_progress(fields["done"], fields["total"])
+
+
+def trainer_data(cfg, vae=None, *, scan=None, on_progress=None):
+    """(dataset, steps) from the trainer's own data path (trainer.train.setup.build_data → StepBatches,
+    latents cached as the trainer caches them), in one CPU process. `steps.epoch(e)` yields optimizer
+    steps, each a list of `gradient_accumulation_steps` batches."""
+    import contextlib
+
+    import torch
+
+    from trainer.train.setup import build_data, cache_latents
+
+    one_process = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"),
+                                  main_process_first=contextlib.nullcontext)
+    scan, latents, dataset, steps, need_flip = build_data(cfg, SimpleNamespace(vae=vae), one_process,
+                                                          _Events(on_progress), scan=scan)
+    if latents is not None:
+        cache_latents(latents, scan, need_flip, one_process)
+    return dataset, steps
+
+
+def batches(steps, epoch: int, skip_steps: int = 0) -> list[dict]:
+    """Every batch this process trains in `epoch`, in order."""
+    return [b for group in steps.epoch(epoch, skip_steps=skip_steps) for b in group]

@@ -1,4 +1,4 @@
-"""The dataset the training loop sees: step counts, one-bucket batches, reproducible order, reg balance."""
+"""The dataset the training loop sees (through the trainer's own data path): step counts, one-bucket batches, reproducible order, reg balance."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from test_data_helpers import make_cfg, make_concept, make_image, tree_snapshot
-from trainer.data import TrainDataset, build_train_data, preflight, scan_dataset
+from test_data_helpers import batches, make_cfg, make_concept, make_image, trainer_data, tree_snapshot
+from trainer.data import TrainDataset, preflight, scan_dataset
 
 
 def build(cfg):
@@ -112,30 +112,25 @@ def test_epoch_order_and_captions_are_reproducible_from_seed_and_epoch(tmp_path)
 
 def test_resume_mid_epoch_skips_the_batches_already_trained(tmp_path):
     ds = dataset_for_order(tmp_path)
-    ds2, loader = build_train_data(make_cfg(train_data_dir=str(tmp_path), resolution="32", train_batch_size=2,
-                                            seed=1, shuffle_caption=True, keep_tokens=1, flip_aug=True))
+    _, steps = trainer_data(make_cfg(train_data_dir=str(tmp_path), resolution="32", train_batch_size=2,
+                                     seed=1, shuffle_caption=True, keep_tokens=1, flip_aug=True))
     ds.set_epoch(3)
     full = [(b["paths"], b["captions"]) for b in (ds[i] for i in range(len(ds)))]
-    ds2.set_epoch(3)
-    ds2.skip_batches(4)
-    resumed = [(b["paths"], b["captions"]) for b in loader]
+    resumed = [(b["paths"], b["captions"]) for b in batches(steps, 3, skip_steps=4)]
     assert resumed == full[4:]
-    assert next(iter(loader))["bucket"] == (32, 32)
-    assert len([b for b in loader]) == len(full), "the skip applies once, the next pass is whole"
+    assert list(batches(steps, 3)[0]["bucket"]) == [32, 32]  # (w, h); the DataLoader hands a tuple on as a list
+    assert len(batches(steps, 3)) == len(full), "the skip applies to the resumed pass only"
 
 
 def test_worker_processes_give_the_same_batches_as_the_main_process(tmp_path):
     make_concept(tmp_path, "2_cat", 4, size=(32, 32), captions={i: "cat, a, b, c" for i in range(4)})
     common = dict(train_data_dir=str(tmp_path), resolution="32", train_batch_size=2, seed=5, shuffle_caption=True)
-    _, inline = build_train_data(make_cfg(**common))
-    _, workers = build_train_data(make_cfg(**common, max_data_loader_n_workers=2,
-                                           persistent_data_loader_workers=True))
-    assert workers.num_workers == 2
+    _, inline = trainer_data(make_cfg(**common))
+    _, workers = trainer_data(make_cfg(**common, max_data_loader_n_workers=2, persistent_data_loader_workers=True))
+    assert workers.loader.num_workers == 2
     for epoch in (1, 2):
-        inline.dataset.set_epoch(epoch)
-        workers.dataset.set_epoch(epoch)
-        a = [(b["captions"], b["images"]) for b in inline]
-        b = [(b["captions"], b["images"]) for b in workers]
+        a = [(b["captions"], b["images"]) for b in batches(inline, epoch)]
+        b = [(b["captions"], b["images"]) for b in batches(workers, epoch)]
         assert [x[0] for x in a] == [x[0] for x in b]
         assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
@@ -185,7 +180,6 @@ def test_nothing_in_the_dataset_folder_is_modified(tmp_path):
     cfg = make_cfg(train_data_dir=str(tmp_path / "img"), reg_data_dir=str(tmp_path / "reg"), resolution="64",
                    shuffle_caption=True, flip_aug=True, color_aug=True, random_crop=True)
     preflight(cfg).to_text()
-    ds, loader = build_train_data(cfg)
-    for _ in loader:
-        pass
+    _, steps = trainer_data(cfg)
+    assert batches(steps, 1)
     assert tree_snapshot(tmp_path) == before

@@ -226,12 +226,12 @@ def test_captioning_reports_what_it_did_and_fails_fast_offline(studio, page, dem
     folder = tmp / "to_caption"
     shutil.copytree(next(p for p in Path(demo["train_data_dir"]).iterdir() if p.is_dir()), folder)
     pg.locator("button[role=tab]", has_text="Utilities").first.click()
-    fill(pg, "util-wd14_folder", str(folder))
-    fill(pg, "util-wd14-model", str(tmp / "taggers"))          # no tagger here, and the hub is offline
+    fill(pg, "util-wd14-train_data_dir", str(folder))
+    fill(pg, "util-wd14-model_dir", str(tmp / "taggers"))          # no tagger here, and the hub is offline
     out = click_and_wait(pg, "util-wd14-run", "util-output", "captions written")
     assert "⚠ 0 captions written: all 4 images already have one" in out and "Overwrite or Append" in out
     shot(pg, "e2e_10_caption_nothing_to_do")
-    choose(pg, "util-wd14-existing", "overwrite existing captions")
+    pg.locator("#util-wd14-overwrite input").first.check()
     out = click_and_wait(pg, "util-wd14-run", "util-output", "failed (exit code")
     assert "offline" in out and "model.onnx" in out
     shot(pg, "e2e_11_caption_offline")

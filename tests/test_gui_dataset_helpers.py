@@ -60,12 +60,13 @@ def test_group_images_runs_from_the_page(tmp_path):
 
 def test_git_captioning_runs_from_the_page(tmp_path):
     from captioning.tiny import make_tiny_git
-    from kohya_gui.tabs.dataset_helpers import git_argv
+    from kohya_gui.tabs.captioning_form import caption_argv
 
     d = folder(tmp_path)
     model = make_tiny_git(tmp_path / "git")
-    argv = git_argv(sys.executable, d, model, 6, True, "sks", "", ".caption", False, 2)
+    argv = caption_argv(sys.executable, "git", {"train_data_dir": d, "model_id": model, "max_length": 6,
+                                                "prefix": "sks", "batch_size": 2})
     lines = list(stream_command(argv, str(ROOT)))
-    assert "✅ finished" in lines[-1], lines[-1]
+    assert "✅ 3 captions written" in lines[-1], lines[-1]
     assert sorted(p.name for p in d.glob("*.caption")) == ["a0.caption", "a1.caption", "a2.caption"]
     assert (d / "a1.caption").read_text(encoding="utf-8").startswith("sks ")

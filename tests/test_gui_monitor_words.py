@@ -51,3 +51,24 @@ def test_queue_rows_show_a_duration_and_a_stopped_run_at_once():
     assert "stopped" in row[1] and row[4] == "1:15"
     done = Job("j2", "lora: b", "lora", [], "/r", status="done", started=1000.0, finished=1005.0)
     assert monitor_view.queue_rows([done], now=9999.0)[0][4] == "0:05"
+
+
+def test_every_final_event_the_trainer_writes_ends_the_monitored_run_with_that_status():
+    """The final event types are declared once (trainer.events): the page's monitor and the job queue
+    read them from there, so a run the trainer ends with any of them shows that end."""
+    import io
+    import json
+
+    from kohya_gui import jobqueue
+    from trainer import events
+
+    for final in events.FINAL_TYPES:
+        out = io.StringIO()
+        writer = events.EventWriter(stream=out)
+        writer.emit("plan", images=1)
+        writer.emit(final, outputs=[], message="m", step=1, exit_code=1)
+        mon = JobMonitor()
+        for line in out.getvalue().splitlines():
+            mon.feed_line(line)
+        assert mon.final is not None and mon.final.status == final
+        assert final in jobqueue.FINISHED, "the queue counts the run as finished"

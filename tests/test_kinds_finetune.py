@@ -13,11 +13,11 @@ from PIL import Image
 
 from test_kinds_helpers import one_thread  # noqa: F401  (autouse fixture)
 from trainer.config import FinetuneConfig
-from trainer.data import DatasetError, TrainDataset, build_train_data, preflight
+from test_data_helpers import trainer_data
+from trainer.data import DatasetError, TrainDataset, preflight
 from trainer.kinds import KindError, create_kind
-from trainer.kinds.finetune_dataset import scan_metadata
-from trainer.kinds.finetune_metadata import (build_bucket_metadata, merge_captions_to_metadata,
-                                             merge_tags_to_metadata, read_metadata)
+from trainer.kinds.finetune_dataset import build_bucket_metadata, scan_metadata
+from trainer.kinds.finetune_metadata import merge_captions_to_metadata, merge_tags_to_metadata, read_metadata
 
 SIZES = {"wide": (192, 64), "square": (128, 128), "tall": (64, 192)}
 
@@ -130,7 +130,7 @@ def test_bucket_metadata_and_cached_latents_feed_training_batches(folder, tmp_pa
     meta = build_bucket_metadata(folder, tmp_path / "cap.json", tmp_path / "lat.json", cfg, vae=vae)
     assert meta["tall"]["image_size"] == [64, 192] and meta["tall"]["train_resolution"] == [64, 192]
     assert len(list(folder.glob("*.latents.safetensors"))) == 3
-    dataset, _ = build_train_data(cfg, vae, scan=scan_metadata(cfg))
+    dataset, _ = trainer_data(cfg, vae, scan=scan_metadata(cfg))
     assert dataset.latents.stats["reused"] == 3  # training reuses the cache the metadata step wrote
     batch = dataset[0]
     w, h = batch["bucket"]

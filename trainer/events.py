@@ -19,7 +19,9 @@ import time
 from typing import IO, Any
 
 VERSION = 1
-FINAL_TYPES = ("done", "stopped", "failed")
+# the final event types, declared here only: the GUI (monitor, job queue) imports them from this module
+DONE, STOPPED, FAILED = "done", "stopped", "failed"
+FINAL_TYPES = (DONE, STOPPED, FAILED)
 
 
 def _clean(value: Any) -> Any:

@@ -1,5 +1,5 @@
-"""Utilities, continued: GIT captioning and group images by aspect ratio (`python -m captioning git|group`
-child processes) and the manual caption editor (an image and its caption, previous/next, saved
+"""Utilities, continued: group images by aspect ratio (`python -m captioning group`
+child process) and the manual caption editor (an image and its caption, previous/next, saved
 atomically). The editor only reads folders under the browsable roots and writes caption files."""
 from __future__ import annotations
 
@@ -68,38 +68,7 @@ def group_argv(python, src, dest, size, subfolders, no_copy, pad) -> list[str]:
     return argv + (["--pad"] if pad else [])
 
 
-def git_argv(python, folder, model_id, max_length, strip_words, prefix, postfix, ext, overwrite, batch) -> list[str]:
-    argv = [python, "-m", "captioning", "git", str(folder or "").strip(), "--model_id", str(model_id).strip(),
-            "--max_length", str(int(max_length or 50)), "--caption_extension", str(ext or ".caption"),
-            "--batch_size", str(int(batch or 1))]
-    argv += ["--remove_words"] if strip_words else ["--no-remove_words"]
-    argv += ["--prefix", prefix] if prefix else []
-    argv += ["--postfix", postfix] if postfix else []
-    return argv + (["--overwrite"] if overwrite else [])
-
-
 # ---- layout ------------------------------------------------------------------------------------------
-def render_git_captioning(ctx, folder_box, stream_command) -> None:
-    """Call inside Utilities ▸ Captioning."""
-    py, cwd = ctx.python, str(ctx.settings.project_root)
-    with gr.Accordion("GIT captioning (sentences; reads text in images)", open=False):
-        t_dir = folder_box("Image folder", "git_folder")
-        with gr.Row():
-            t_model = gr.Textbox(label="Model (hub id or local folder)", value="microsoft/git-large-textcaps")
-            t_max = gr.Number(label="Max length (tokens)", value=50, precision=0)
-            t_words = gr.Checkbox(label='Remove quoted words ("with the words …")', value=True)
-        with gr.Row():
-            t_prefix = gr.Textbox(label="Prefix")
-            t_postfix = gr.Textbox(label="Postfix")
-            t_ext = gr.Textbox(label="Caption extension", value=".caption")
-            t_over = gr.Checkbox(label="Overwrite existing captions")
-            t_batch = gr.Number(label="Batch size", value=1, precision=0)
-        t_btn = gr.Button("Caption images", variant="primary", elem_id="util-git-run")
-        t_out = gr.Textbox(label="Output", lines=6, interactive=False, elem_id="util-git-output")
-    t_btn.click(lambda *a: (yield from stream_command(git_argv(py, *a), cwd)),
-                inputs=[t_dir, t_model, t_max, t_words, t_prefix, t_postfix, t_ext, t_over, t_batch], outputs=t_out)
-
-
 def render_dataset_helpers(ctx, folder_box, stream_command) -> None:
     """Call inside Utilities ▸ Dataset tools; `folder_box(label, name)` makes a path box with 📂."""
     py, roots, cwd = ctx.python, ctx.settings.allowed_roots, str(ctx.settings.project_root)

@@ -11,14 +11,17 @@ import subprocess
 import gradio as gr
 
 from ..context import AppContext
-from .dataset_helpers import render_dataset_helpers, render_git_captioning
+from .captioning_form import caption_argv, render_captioner, values_from_inputs
+from .dataset_helpers import render_dataset_helpers
 from ..picker import PathRefused, confine
 from .picker_panel import PickerPanel
 from .tensorboard_panel import render_tensorboard
 from .verify import render_verify
 
-EXISTING = {"keep existing captions": [], "overwrite existing captions": ["--overwrite"],
-            "append new tags to existing captions": ["--append_tags"]}
+# the captioners' forms, generated from captioning/options.py (the CLI's declaration)
+CAPTION_TITLES = {"wd14": "WD14 tagger (ONNX, anime/illustration tags)",
+                  "blip": "BLIP / BLIP-2 captioning (sentences)",
+                  "git": "GIT captioning (sentences; reads text in images)"}
 
 
 def stream_command(argv: list[str], cwd):
@@ -60,40 +63,6 @@ def _flag(argv: list[str], name: str, value) -> None:
         argv += [name] if value is True else [name, str(value)]
 
 
-def wd14_argv(python, folder, model_dir, repo_id, thresh, general, character, undesired, prefix, postfix,
-              ext, existing, recursive, batch, remove_underscore, cpu) -> list[str]:
-    argv = [python, "-m", "captioning", "wd14", str(folder or "").strip(), "--thresh", str(thresh)]
-    _flag(argv, "--model_dir", model_dir)
-    _flag(argv, "--repo_id", repo_id)
-    _flag(argv, "--general_threshold", general or None)
-    _flag(argv, "--character_threshold", character or None)
-    _flag(argv, "--undesired_tags", undesired)
-    _flag(argv, "--prefix", prefix)
-    _flag(argv, "--postfix", postfix)
-    _flag(argv, "--caption_extension", ext)
-    _flag(argv, "--recursive", bool(recursive))
-    _flag(argv, "--batch_size", int(batch or 1))
-    _flag(argv, "--cpu", bool(cpu))
-    argv += EXISTING.get(existing, [])
-    argv += ["--remove_underscore"] if remove_underscore else ["--no-remove_underscore"]
-    return argv
-
-
-def blip_argv(python, folder, model, beam, beams, top_p, min_len, max_len, prefix, postfix, ext, existing,
-              batch) -> list[str]:
-    argv = [python, "-m", "captioning", "blip", str(folder or "").strip(), "--model", str(model).strip(),
-            "--top_p", str(top_p)]
-    argv += ["--beam_search"] if beam else ["--no-beam_search"]
-    _flag(argv, "--num_beams", int(beams) if beams else None)
-    _flag(argv, "--min_length", int(min_len) if min_len else None)
-    _flag(argv, "--max_length", int(max_len) if max_len else None)
-    _flag(argv, "--prefix", prefix)
-    _flag(argv, "--postfix", postfix)
-    _flag(argv, "--caption_extension", ext)
-    _flag(argv, "--batch_size", int(batch or 1))
-    return argv + EXISTING.get(existing, [])
-
-
 def prepare_argv(python, instance, klass, images, repeats, reg, reg_repeats, dest) -> list[str]:
     argv = [python, "-m", "captioning", "prepare", str(dest or "").strip(), "--instance_prompt", str(instance),
             "--training_images_dir", str(images or "").strip(), "--training_repeats", str(int(repeats or 1))]
@@ -121,54 +90,14 @@ def _folder(label, picker: PickerPanel, name: str, kind: str = "dir"):
 
 def render_utilities(ctx: AppContext) -> None:
     py, cwd = ctx.python, str(ctx.settings.project_root)
-    taggers = str(ctx.settings.models_dir / "taggers")
     with gr.Tab("Utilities", id="tab-utilities", elem_id="tab-utilities"):
         picker = PickerPanel(ctx.settings.allowed_roots, "util")
+        caption_inputs, caption_buttons = {}, {}
         with gr.Tab("Captioning"):
-            with gr.Accordion("WD14 tagger (ONNX, anime/illustration tags)", open=True):
-                w_dir = _folder("Image folder", picker, "wd14_folder")
-                with gr.Row():
-                    w_model = gr.Textbox(label="Tagger folder", value=taggers, elem_id="util-wd14-model",
-                                         info="model.onnx + selected_tags.csv, or the store of <owner>_<repo>/")
-                    w_repo = gr.Textbox(label="Repo id (optional)", info="e.g. SmilingWolf/wd-v1-4-convnextv2-tagger-v2")
-                with gr.Row():
-                    w_thresh = gr.Slider(0, 1, value=0.35, step=0.01, label="Threshold")
-                    w_general = gr.Slider(0, 1, value=0, step=0.01, label="General threshold (0 = threshold)")
-                    w_char = gr.Slider(0, 1, value=0, step=0.01, label="Character threshold (0 = threshold)")
-                with gr.Row():
-                    w_undesired = gr.Textbox(label="Undesired tags", placeholder="e.g. simple background, 1girl")
-                    w_prefix = gr.Textbox(label="Prefix (e.g. trigger word)")
-                    w_postfix = gr.Textbox(label="Postfix")
-                with gr.Row():
-                    w_ext = gr.Textbox(label="Caption extension", value=".txt")
-                    w_existing = gr.Dropdown(list(EXISTING), value="keep existing captions", label="Existing captions",
-                                             elem_id="util-wd14-existing")
-                    w_batch = gr.Number(label="Batch size", value=8, precision=0)
-                with gr.Row():
-                    w_recursive = gr.Checkbox(label="Include sub-folders")
-                    w_underscore = gr.Checkbox(label="Remove underscores", value=True)
-                    w_cpu = gr.Checkbox(label="Use the CPU")
-                w_btn = gr.Button("Caption images", variant="primary", elem_id="util-wd14-run")
-            with gr.Accordion("BLIP / BLIP-2 captioning (sentences)", open=False):
-                b_dir = _folder("Image folder", picker, "blip_folder")
-                with gr.Row():
-                    b_model = gr.Textbox(label="Model (hub id or local folder)",
-                                         value="Salesforce/blip-image-captioning-large")
-                    b_beam = gr.Checkbox(label="Beam search (else nucleus sampling)", value=True)
-                    b_beams = gr.Number(label="Beams", value=1, precision=0)
-                    b_top_p = gr.Slider(0, 1, value=0.9, step=0.01, label="Top p")
-                with gr.Row():
-                    b_min = gr.Number(label="Min length (0 = model default)", value=0, precision=0)
-                    b_max = gr.Number(label="Max length (0 = model default)", value=0, precision=0)
-                    b_prefix = gr.Textbox(label="Prefix")
-                    b_postfix = gr.Textbox(label="Postfix")
-                with gr.Row():
-                    b_ext = gr.Textbox(label="Caption extension", value=".txt")
-                    b_existing = gr.Dropdown(list(EXISTING)[:2], value="keep existing captions",
-                                             label="Existing captions")
-                    b_batch = gr.Number(label="Batch size", value=1, precision=0)
-                b_btn = gr.Button("Caption images", variant="primary", elem_id="util-blip-run")
-            render_git_captioning(ctx, lambda label, name: _folder(label, picker, name), stream_command)
+            for name, title in CAPTION_TITLES.items():
+                with gr.Accordion(title, open=name == "wd14"):
+                    caption_inputs[name] = render_captioner(name, lambda label, n: _folder(label, picker, n))
+                    caption_buttons[name] = gr.Button("Caption images", variant="primary", elem_id=f"util-{name}-run")
         with gr.Tab("Dataset tools"):
             with gr.Accordion("Folder preparation (copies only, never deletes)", open=True):
                 with gr.Row():
@@ -213,12 +142,18 @@ def render_utilities(ctx: AppContext) -> None:
             yield from stream_command(argv, cwd)
         return run
 
-    w_inputs = [w_dir, w_model, w_repo, w_thresh, w_general, w_char, w_undesired, w_prefix, w_postfix, w_ext,
-                w_existing, w_recursive, w_batch, w_underscore, w_cpu]
-    w_btn.click(guarded(wd14_argv, 0, 1), inputs=w_inputs, outputs=output)
-    b_inputs = [b_dir, b_model, b_beam, b_beams, b_top_p, b_min, b_max, b_prefix, b_postfix, b_ext, b_existing,
-                b_batch]
-    b_btn.click(guarded(blip_argv, 0), inputs=b_inputs, outputs=output)
+    def caption(name):
+        def run(*raw):
+            try:
+                values = values_from_inputs(name, list(raw), roots)
+            except (PathRefused, ValueError) as exc:
+                yield f"⛔ Not started: {exc}"
+                return
+            yield from stream_command(caption_argv(py, name, values), cwd)
+        return run
+
+    for name, button in caption_buttons.items():
+        button.click(caption(name), inputs=caption_inputs[name], outputs=output)
     p_inputs = [p_instance, p_class, p_images, p_repeats, p_reg, p_reg_repeats, p_dest]
     p_btn.click(guarded(prepare_argv, 2, 4, 6), inputs=p_inputs, outputs=output)
     d_inputs = [d_dir, d_steps, d_unprefixed]

@@ -1,7 +1,7 @@
 """Dataset pipeline: concept folders, captions, buckets, image loading, latent cache, preflight.
 
 Names are imported on first use, so `from trainer.data import preflight` (the GUI's call) does not
-load torch; the dataset, loader and caches do.
+load torch; the dataset and caches do. The trainer's data path is trainer/train/setup.py `build_data`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ _EXPORTS = {
     "TrainDataset": "dataset",
     "DatasetError": "errors", "Problem": "errors",
     "LatentCache": "latent_cache", "vae_fingerprint": "latent_cache",
-    "build_dataloader": "loader", "build_train_data": "loader",
+    "check_cache_compatible": "loader", "loader_workers": "loader",
     "parse_resolution": "options",
     "PreflightReport": "preflight", "preflight": "preflight",
     "ScanResult": "scan", "scan_dataset": "scan",

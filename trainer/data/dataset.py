@@ -28,19 +28,10 @@ class TrainDataset(EpochPlan, Dataset):
         self.prior_loss_weight = float(cfg_get(cfg, "prior_loss_weight", 1.0))
         self.latents = latents
         self.epoch = 1
-        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Epochs count from 1 (Kohya's numbering; caption_dropout_every_n_epochs relies on it)."""
         self.epoch = int(epoch)
-
-    def skip_batches(self, count: int) -> None:
-        """The next pass over the epoch starts after its first `count` batches (resume mid-epoch)."""
-        self._skip = max(0, int(count))
-
-    def take_skip(self) -> int:
-        skip, self._skip = self._skip, 0
-        return skip
 
     def __len__(self) -> int:
         return self.batches_per_epoch()

@@ -1,7 +1,7 @@
 """Which samples each epoch holds and in what order: pure Python, so preflight needs no torch.
 
 Epochs are numbered from 1 as in Kohya. `epoch_batches(epoch)` is a pure function of the scan and
-the seed, so a resumed run (set_epoch + skip_batches) sees exactly the batches it would have seen.
+the seed, so a resumed run (StepBatches.epoch(e, skip_steps=k)) sees exactly the batches it would have seen.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ captions become prompts, what a saved file is and (fine-tuning) where the images
 
     kind = create_kind(config)                       # None for LoRA (training_type "lora")
     scan = kind.scan_dataset(config)                 # fine-tuning: from the metadata JSON; else None
-    dataset, loader = build_train_data(config, base.vae, scan=scan)   # (scan=None: the usual folders)
+    scan, latents, dataset, steps, _ = build_data(config, base, accelerator, events, scan=scan)  # train/setup.py
     # load_base_model, move to the device, cast the frozen weights to the weight dtype, then:
     groups = kind.prepare(base, network_dtype(config, mp))   # marks what trains, adds TI tokens ->
                                                      # [{"params": [...], "lr": float, "name": str}]

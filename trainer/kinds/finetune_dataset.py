@@ -21,7 +21,7 @@ from trainer.data.options import cfg_get, make_dataset_spec, make_subset, subset
 from trainer.data.scan import ImageItem, ScanResult, ScannedDataset, ScannedSubset
 
 from .base import KindError
-from .finetune_metadata import caption_of, merge_captions_to_metadata, read_metadata, resolve_image
+from .finetune_metadata import caption_of, merge_captions_to_metadata, read_metadata, resolve_image, write_metadata
 
 METADATA_NAME = "{name}_meta_cap.json"
 
@@ -103,8 +103,6 @@ def ensure_metadata(cfg, folder: Path) -> Path:
     name = str(cfg_get(cfg, "output_name", "") or "last")
     extension = str(cfg_get(cfg, "caption_extension", ".caption") or ".caption")
     metadata = merge_captions_to_metadata(folder, extension, None, recursive=bool(cfg_get(cfg, "recursive", False)))
-    from .finetune_metadata import write_metadata
-
     target = out_dir / METADATA_NAME.format(name=name)
     n = 1
     while target.exists():
@@ -116,3 +114,28 @@ def ensure_metadata(cfg, folder: Path) -> Path:
         target = out_dir / METADATA_NAME.format(name=f"{name}-{n}")
         n += 1
     return write_metadata(metadata, target)
+
+
+def build_bucket_metadata(train_data_dir, in_json, out_json, cfg, *, vae=None, on_progress=None) -> dict:
+    """Add image_size and train_resolution (the bucket) to every entry (prepare_buckets_latents.py);
+    with ``vae``, also cache the latents to disk (the same cache training reuses)."""
+    in_json, out_json = Path(in_json), Path(out_json)
+    metadata = read_metadata(in_json)
+    scan = scan_metadata(cfg, in_json=in_json, train_data_dir=train_data_dir, strict=True)
+    by_path = {str(item.path): item for item in scan.items}
+    for key, entry in metadata.items():
+        image = resolve_image(key, Path(train_data_dir))
+        item = by_path.get(str(image)) if image is not None else None
+        if item is None:
+            continue
+        entry["image_size"] = list(item.facts.size)
+        entry["train_resolution"] = list(item.placement.bucket)
+    if vae is not None:
+        from trainer.data.latent_cache import LatentCache
+
+        cache = LatentCache(vae, to_disk=True, cache_dir=getattr(cfg, "latent_cache_dir", "") or "",
+                            batch_size=int(getattr(cfg, "vae_batch_size", 1) or 1), on_progress=on_progress)
+        flip = bool(getattr(cfg, "flip_aug", False))
+        cache.prepare(scan.items, lambda item: flip)
+    write_metadata(metadata, out_json, protect=in_json)
+    return metadata

@@ -9,9 +9,10 @@ keys sd-scripts' FineTuningDataset resolves. Steps, as in Kohya's tools:
 
     merge_captions_to_metadata(dir, ".caption", "meta_cap.json")        # BLIP captions
     merge_tags_to_metadata(dir, "meta_cap.json", "meta_cap_dd.json")    # WD14 tags (.txt)
-    build_bucket_metadata(dir, "meta_cap_dd.json", "meta_lat.json", cfg, vae=...)  # sizes, buckets, latents
+    build_bucket_metadata(dir, "meta_cap_dd.json", "meta_lat.json", cfg, vae=...)  # finetune_dataset.py
 
-Every function writes atomically and refuses to overwrite its input file.
+Every function writes atomically and refuses to overwrite its input file. This module is the file
+format only (no scan): finetune_dataset.py reads it, and adds the bucket step, which needs the scan.
 Command line: ``python -m trainer.kinds.finetune_metadata captions|tags ...`` (see --help).
 """
 from __future__ import annotations
@@ -129,33 +130,6 @@ def resolve_image(key: str, train_data_dir: Path) -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def build_bucket_metadata(train_data_dir, in_json, out_json, cfg, *, vae=None, on_progress=None) -> dict:
-    """Add image_size and train_resolution (the bucket) to every entry (prepare_buckets_latents.py);
-    with ``vae``, also cache the latents to disk (the same cache training reuses)."""
-    from .finetune_dataset import scan_metadata
-
-    in_json, out_json = Path(in_json), Path(out_json)
-    metadata = read_metadata(in_json)
-    scan = scan_metadata(cfg, in_json=in_json, train_data_dir=train_data_dir, strict=True)
-    by_path = {str(item.path): item for item in scan.items}
-    for key, entry in metadata.items():
-        image = resolve_image(key, Path(train_data_dir))
-        item = by_path.get(str(image)) if image is not None else None
-        if item is None:
-            continue
-        entry["image_size"] = list(item.facts.size)
-        entry["train_resolution"] = list(item.placement.bucket)
-    if vae is not None:
-        from trainer.data.latent_cache import LatentCache
-
-        cache = LatentCache(vae, to_disk=True, cache_dir=getattr(cfg, "latent_cache_dir", "") or "",
-                            batch_size=int(getattr(cfg, "vae_batch_size", 1) or 1), on_progress=on_progress)
-        flip = bool(getattr(cfg, "flip_aug", False))
-        cache.prepare(scan.items, lambda item: flip)
-    write_metadata(metadata, out_json, protect=in_json)
-    return metadata
 
 
 def _main(argv=None) -> int:

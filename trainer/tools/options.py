@@ -6,20 +6,15 @@ convert_diffusers20_original_sd.py) so users' commands carry over. No torch here
 from __future__ import annotations
 
 import argparse
-import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, get_args, get_origin
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-Kind = Literal["file", "files", "save", "model", "save_model", "int", "float", "floats", "bool", "choice", "str"]
+from .optionmodel import Widget, add_arguments, option_argv, topt, widgets
+
+__all__ = ["TOOLS", "Tool", "Widget", "build_parser", "tool_argv", "topt", "widgets"]
 PRECISION = Literal["fp16", "bf16", "float"]
-
-
-def topt(default: Any, help: str, *, kind: Kind | None = None, label: str | None = None,
-         positional: bool = False) -> Any:
-    """One tool option; `kind` picks the widget (file / save / model pickers, numbers, choices)."""
-    return Field(default, description=help, json_schema_extra={"kind": kind, "label": label, "positional": positional})
 
 
 _OVERWRITE = "replace the output if it exists (without this an existing file is never touched)"
@@ -125,81 +120,13 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
 )}
 
 
-@dataclass(frozen=True)
-class Widget:
-    """What the page needs to draw one option."""
-
-    name: str
-    kind: str
-    label: str
-    help: str
-    default: Any
-    required: bool
-    choices: list | None
-    positional: bool
-
-
-def _unwrap(annotation):
-    if get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        return args[0], True
-    return annotation, False
-
-
-def widgets(options: type[BaseModel]) -> list[Widget]:
-    out = []
-    for name, f in options.model_fields.items():
-        extra = f.json_schema_extra or {}
-        ann, _ = _unwrap(f.annotation)
-        choices = list(get_args(ann)) if get_origin(ann) is Literal else None
-        kind = extra.get("kind") or ("choice" if choices else {bool: "bool", int: "int", float: "float"}.get(ann, "str"))
-        out.append(Widget(name, kind, extra.get("label") or name, f.description or "",
-                          None if f.is_required() else f.default, f.is_required(), choices,
-                          bool(extra.get("positional"))))
-    return out
-
-
 def build_parser(tool: Tool, prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{prog} {tool.name}", description=f"{tool.title}: {tool.summary}.")
-    for w in widgets(tool.options):
-        ann, _ = _unwrap(tool.options.model_fields[w.name].annotation)
-        kw: dict[str, Any] = {"help": w.help}
-        if w.kind == "bool":
-            kw["action"] = "store_true"
-        else:
-            if get_origin(ann) is list:
-                kw["nargs"] = "+"
-                ann = get_args(ann)[0]
-            kw["type"] = ann if ann in (int, float) else str
-            if w.choices:
-                kw["choices"] = w.choices
-                kw.pop("type")
-            if not w.positional:
-                kw["default"] = w.default
-                kw["required"] = w.required
-            if w.default is not None and not isinstance(w.default, bool) and not w.positional:
-                kw["help"] += f" (default {w.default})"
-        if w.positional:
-            p.add_argument(w.name, **kw)
-        else:
-            p.add_argument(f"--{w.name}", **kw)
+    add_arguments(p, tool.options)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
 
 def tool_argv(tool: str, values: dict[str, Any]) -> list[str]:
     """The CLI arguments for option values (what the page runs); empty values are left out."""
-    t = TOOLS[tool]
-    args: list[str] = [tool]
-    for w in widgets(t.options):
-        v = values.get(w.name)
-        if v is None or v == "" or v == [] or v is False:
-            continue
-        if w.kind == "bool":
-            args.append(f"--{w.name}")
-            continue
-        items = [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
-        if not w.positional:
-            args.append(f"--{w.name}")
-        args += items
-    return args
+    return [tool, *option_argv(TOOLS[tool].options, values)]

@@ -1,7 +1,7 @@
 """torch.compile of the U-Net: fewer, fused kernels, one graph per bucket shape.
 
-The training step is bound by per-operator overhead far more than by arithmetic (a tiny step runs
-~2,000 operators; see docs/benchmarks.md), which is what compiling removes. Only training forwards
+The training step is bound by per-operator overhead far more than by arithmetic (measured in
+docs/benchmarks.md), which is what compiling removes. Only training forwards
 (grad enabled) take the compiled path: sample images run eagerly, so they never trigger a compile of
 their own shapes. If compiling fails (an unsupported op, a dynamic shape, a missing C++ compiler),
 the run logs why and continues uncompiled — a run never dies because of this option.
@@ -16,9 +16,9 @@ logger = logging.getLogger(__name__)
 
 
 def compile_enabled(setting: str, device: torch.device, cuda_graphs: str = "off") -> bool:
-    """auto: on with CUDA when cuda_graphs is off. Captured steps already remove the launch overhead
-    (7.4x the reference at SD1.5 batch 1 on an H200), while compiling the SD1.5 U-Net's training step
-    did not finish in 200 s there (once per bucket shape); on CPU compiling takes minutes too."""
+    """auto: on with CUDA when cuda_graphs is off. Captured steps already remove the launch overhead,
+    while compiling the SD1.5 U-Net's training step takes minutes per bucket shape (GPU and CPU); the
+    figures behind this choice are in docs/benchmarks.md (H200, issue 9)."""
     if setting != "auto":
         return setting == "on"
     return device.type == "cuda" and cuda_graphs == "off"
