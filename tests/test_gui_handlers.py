@@ -4,40 +4,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gradio as gr
 import pytest
 
 from kohya_gui import checks, launching
-from kohya_gui.context import AppContext
-from kohya_gui.jobqueue import JobQueue
-from kohya_gui.settings import make_settings
-from kohya_gui.tabs.training import TrainingTab
 from trainer.config import CONFIG_TYPES
+from gui_tab import make_tab, raw_values, split_output
 
 KOHYA_JSON = Path(__file__).parent / "data" / "kohya_lora_v26.json"
 
 
 @pytest.fixture
 def tab(tmp_path):
-    settings = make_settings(workspace=str(tmp_path / "ws"), data_roots=[str(tmp_path)])
-    queue = JobQueue(settings.workspace, cwd=settings.project_root)
-    queue.pause()
-    t = TrainingTab(AppContext(settings, queue), "lora", "LoRA")
-    with gr.Blocks():
-        t.render()
-    return t
+    return make_tab(tmp_path / "ws", tmp_path)
 
 
-def _raw(tab, **changes):
-    values = tab.form.initial_values() | changes
-    from kohya_gui.forms import to_widget
-    return [to_widget(s, values[s.name]) for s in tab.form.specs]
+_raw = raw_values
 
 
-def _split(tab, out):
-    """Handler output → ({field: update}, summary, plan, confirm group, confirm text, message)."""
-    n = len(tab.form.specs)
-    return dict(zip(tab.form.names, out[:n])), *out[n:]
+_split = split_output
 
 
 def test_loading_a_kohya_ss_json_fills_the_form_and_lists_ignored_keys(tab, tmp_path):

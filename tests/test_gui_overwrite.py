@@ -2,17 +2,13 @@
 files aside (nothing is deleted) so the trainer, which never overwrites, trains again."""
 from __future__ import annotations
 
-import gradio as gr
 import pytest
 
 from kohya_gui import launching
-from kohya_gui.context import AppContext
 from kohya_gui.forms import to_widget
-from kohya_gui.jobqueue import JobQueue
-from kohya_gui.settings import make_settings
-from kohya_gui.tabs.training import TrainingTab
 from trainer.config import CONFIG_TYPES
 from trainer.train.saving import SavePolicy, check_no_collisions
+from gui_tab import make_tab
 
 
 def test_every_name_the_trainer_would_refuse_is_listed_and_moved_aside(tmp_path):
@@ -35,13 +31,7 @@ def test_every_name_the_trainer_would_refuse_is_listed_and_moved_aside(tmp_path)
 
 @pytest.fixture
 def tab(tmp_path):
-    settings = make_settings(workspace=str(tmp_path / "ws"), data_roots=[str(tmp_path)])
-    queue = JobQueue(settings.workspace, cwd=settings.project_root)
-    queue.pause()
-    t = TrainingTab(AppContext(settings, queue), "lora", "LoRA")
-    with gr.Blocks():
-        t.render()
-    return t
+    return make_tab(tmp_path / "ws", tmp_path)
 
 
 def test_start_asks_then_a_confirmed_start_moves_the_old_result_and_queues(tab, tmp_path):

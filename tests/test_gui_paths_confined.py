@@ -4,34 +4,21 @@ from __future__ import annotations
 
 import json
 
-import gradio as gr
 import pytest
 
 from kohya_gui import configio
-from kohya_gui.context import AppContext
-from kohya_gui.forms import to_widget
-from kohya_gui.jobqueue import JobQueue
 from kohya_gui.picker import PathRefused, confine, list_folder
-from kohya_gui.settings import make_settings
-from kohya_gui.tabs.training import TrainingTab
+from gui_tab import make_tab, raw_values
 
 
 @pytest.fixture
 def tab(tmp_path):
     inside = tmp_path / "inside"
     inside.mkdir()
-    settings = make_settings(workspace=str(tmp_path / "ws"), data_roots=[str(inside)])
-    queue = JobQueue(settings.workspace, cwd=settings.project_root)
-    queue.pause()
-    t = TrainingTab(AppContext(settings, queue), "lora", "LoRA")
-    with gr.Blocks():
-        t.render()
-    return t
+    return make_tab(tmp_path / "ws", inside)
 
 
-def _raw(tab, **changes):
-    values = tab.form.initial_values() | changes
-    return [to_widget(s, values[s.name]) for s in tab.form.specs]
+_raw = raw_values
 
 
 def test_load_and_save_outside_the_roots_are_refused_without_telling_what_exists(tab, tmp_path):
