@@ -95,7 +95,11 @@ def lora_gradients(dropout: float, random_inside: bool = True) -> dict:
 
 
 def assert_same_gradients(grads: dict) -> None:
-    assert all(g.abs().sum() > 0 for g in grads["none"].values())
+    # the tiny U-Net's mid block sees a 1×1 feature map: its self-attention has one token, so the softmax is
+    # constant and to_q/to_k get exactly zero gradient; every other LoRA weight must get one
+    single_token = ("mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
+                    "mid_block_attentions_0_transformer_blocks_0_attn1_to_k")
+    assert all(g.abs().sum() > 0 for n, g in grads["none"].items() if not any(s in n for s in single_token))
     for mode in ("selective", "full"):
         assert grads[mode].keys() == grads["none"].keys()
         for name, grad in grads["none"].items():

@@ -176,7 +176,9 @@ def test_the_preflight_reports_a_subset_whose_captions_change_before_any_model_l
     toml = tmp_path / "dataset.toml"
     toml.write_text(f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{data / "1_toy"}"\n'
                     'shuffle_caption = true\n', encoding="utf-8")
-    config = lora_config("unused-model", data, tmp_path / "out", epoch=1, network_train_unet_only=True,
+    model = tmp_path / "model.safetensors"  # preflight checks the base model exists; it is never loaded
+    model.write_bytes(b"")
+    config = lora_config(str(model), data, tmp_path / "out", epoch=1, network_train_unet_only=True,
                          cache_text_encoder_outputs=True, dataset_config=str(toml))
     report = preflight(config)
     assert not report.ok

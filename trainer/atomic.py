@@ -50,7 +50,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not exc.filename:  # a write() error names no file: name the target
-            exc.filename = str(path)
+            if exc.errno is not None:
+                exc.filename = str(path)
+            else:  # an errno-less OSError prints its args only: keep its words, add the file
+                exc.args = (f"{exc} (writing {path})",)
         raise
 
 
