@@ -30,7 +30,7 @@ TABS = [("dreambooth", "Dreambooth"), ("lora", "LoRA"), ("textual_inversion", "T
 def build_app(ctx: AppContext) -> gr.Blocks:
     with gr.Blocks(title=f"Kohya Studio {__version__}", fill_width=True) as app:
         gr.Markdown(f"## Kohya Studio <small>v{__version__}</small> — LoRA, DreamBooth, Textual Inversion "
-                    "and fine-tuning for SD1.x / SD2.x / SDXL")
+                    "and fine-tuning for SD1.x / SD2.x / SDXL / FLUX.1 / SD3.5")
         with gr.Tabs(selected="tab-lora"):
             for training_type, title in TABS:
                 TrainingTab(ctx, training_type, title).render()
