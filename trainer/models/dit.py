@@ -90,3 +90,27 @@ def family_of_file_keys(keys) -> str | None:
         if fam.module("loader").detect_keys(keys):
             return fam.name
     return None
+
+
+def dit_base_model(family: str, comps: dict, arch, *, target: Path, what: str, files: dict, vae, vae_label: str,
+                   dtype, variant: str, modelspec_architecture: str):
+    """The BaseModel of a loaded DiT pipeline's parts (frozen, flow-matching scheduler, a `source` that names
+    every file used); `comps` holds transformer, vae, text_encoder[_2, _3] and their tokenizers."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from trainer.models.loader import BaseModel
+
+    names = sorted(k for k in comps if k.startswith("text_encoder"))
+    tes = [comps[n] for n in names]
+    for m in (comps["transformer"], comps["vae"], *tes):
+        m.eval().requires_grad_(False)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(arch.config("scheduler"))
+    source = f"{target} — {what} ({arch.name})"
+    extras = [f"{k} from {v}" for k, v in files.items()] + ([f"{vae_label} from {vae}"] if vae else [])
+    if extras:
+        source += "; " + ", ".join(extras)
+    return BaseModel(family=family, v_prediction=False, unet=comps["transformer"], vae=comps["vae"],
+                     text_encoders=tes, tokenizers=[comps[n.replace("text_encoder", "tokenizer")] for n in names],
+                     noise_scheduler=scheduler, source=source, path=str(target), architecture=arch,
+                     scheduler=scheduler, dtype=dtype, vae_source=str(vae) if vae else None,
+                     extra={"variant": variant, "modelspec_architecture": modelspec_architecture})

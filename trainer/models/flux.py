@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from trainer.models.checkpoint_io import CheckpointError, read_checkpoint
+from trainer.models.dit import dit_base_model
 from trainer.models.registry import Architecture, known_architectures, read_architecture
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ def match_flux_architecture(sd: dict, guidance: bool) -> Architecture:
 def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float32, config_dir=None,
          tokenizer_cache_dir=None):
     """A BaseModel of family "flux". ``files``: {"clip_l": path, "t5xxl": path} (kohya's options)."""
-    from trainer.models.loader import BaseModel
-
     files = {k: v for k, v in (files or {}).items() if v}
     if target.is_dir():
         comps, arch, how = _from_folder(target, dtype), read_architecture(target), "diffusers folder"
@@ -59,25 +58,9 @@ def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float
         comps, arch, how = _from_single_file(target, files, vae, dtype, config_dir, tokenizer_cache_dir)
     _replace_parts(comps, arch, files, vae if target.is_dir() else None, dtype)
     variant = "dev" if comps["transformer"].config.guidance_embeds else "schnell"
-    scheduler = _scheduler(arch)
-    source = f"{target} — {how}, FLUX.1 [{variant}] ({arch.name})"
-    extras = [f"{k} from {v}" for k, v in files.items()] + ([f"AE from {vae}"] if vae else [])
-    if extras:
-        source += "; " + ", ".join(extras)
-    for m in (comps["transformer"], comps["vae"], comps["text_encoder"], comps["text_encoder_2"]):
-        m.eval().requires_grad_(False)
-    return BaseModel(family=FAMILY, v_prediction=False, unet=comps["transformer"], vae=comps["vae"],
-                     text_encoders=[comps["text_encoder"], comps["text_encoder_2"]],
-                     tokenizers=[comps["tokenizer"], comps["tokenizer_2"]], noise_scheduler=scheduler,
-                     source=source, path=str(target), architecture=arch, scheduler=scheduler, dtype=dtype,
-                     vae_source=str(vae) if vae else None,
-                     extra={"variant": variant, "modelspec_architecture": f"flux-1-{variant}"})
-
-
-def _scheduler(arch: Architecture):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    return FlowMatchEulerDiscreteScheduler.from_config(arch.config("scheduler"))
+    return dit_base_model(FAMILY, comps, arch, target=target, what=f"{how}, FLUX.1 [{variant}]", files=files,
+                          vae=vae, vae_label="AE", dtype=dtype, variant=variant,
+                          modelspec_architecture=f"flux-1-{variant}")
 
 
 def _from_folder(folder: Path, dtype) -> dict:

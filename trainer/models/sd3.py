@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from trainer.models.checkpoint_io import CheckpointError, read_checkpoint
+from trainer.models.dit import dit_base_model
 from trainer.models.flux import _fresh, _load_ae, _sub, t5_encoder_state
 from trainer.models.registry import Architecture, known_architectures, read_architecture
 
@@ -38,8 +39,6 @@ def match_sd3_architecture(sd: dict, dual: bool) -> Architecture:
 
 def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float32, config_dir=None,
          tokenizer_cache_dir=None):
-    from trainer.models.loader import BaseModel
-
     files = {k: v for k, v in (files or {}).items() if v}
     if target.is_dir():
         comps, arch, how = _from_folder(target, dtype), read_architecture(target), "diffusers folder"
@@ -50,21 +49,9 @@ def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float
         _fresh(comps, "vae", arch)
         _load_ae(comps, vae, dtype)
     variant = "medium" if comps["transformer"].config.dual_attention_layers else "large"
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(arch.config("scheduler"))
-    source = f"{target} — {how}, SD3.5 {variant.capitalize()}-shaped ({arch.name})"
-    extras = [f"{k} from {v}" for k, v in files.items()] + ([f"VAE from {vae}"] if vae else [])
-    if extras:
-        source += "; " + ", ".join(extras)
-    tes = [comps["text_encoder"], comps["text_encoder_2"], comps["text_encoder_3"]]
-    for m in (comps["transformer"], comps["vae"], *tes):
-        m.eval().requires_grad_(False)
-    return BaseModel(family=FAMILY, v_prediction=False, unet=comps["transformer"], vae=comps["vae"], text_encoders=tes,
-                     tokenizers=[comps["tokenizer"], comps["tokenizer_2"], comps["tokenizer_3"]],
-                     noise_scheduler=scheduler, source=source, path=str(target), architecture=arch,
-                     scheduler=scheduler, dtype=dtype, vae_source=str(vae) if vae else None,
-                     extra={"variant": variant, "modelspec_architecture": f"stable-diffusion-3.5-{variant}"})
+    return dit_base_model(FAMILY, comps, arch, target=target, what=f"{how}, SD3.5 {variant.capitalize()}-shaped",
+                          files=files, vae=vae, vae_label="VAE", dtype=dtype, variant=variant,
+                          modelspec_architecture=f"stable-diffusion-3.5-{variant}")
 
 
 def _from_folder(folder: Path, dtype) -> dict:
