@@ -165,6 +165,17 @@ def original_unet_layers(unet):
 _TE_MODULE = r"text_model_encoder_layers_(\d+)_(self_attn_(q|k|v|out)_proj|mlp_fc1|mlp_fc2)"
 
 
+def assert_sd1_names_place_in_a1111(names, unet_layers, n_te_layers: int) -> None:
+    """Every SD1 module name maps to a CompVis U-Net layer, or to one of the text encoder's layers."""
+    for name in names:
+        if name.startswith("lora_unet_"):
+            compvis = a1111_compvis_name(name)
+            assert compvis is not None and compvis[len("diffusion_model_"):] in unet_layers, name
+        else:
+            m = re.fullmatch(r"lora_te_" + _TE_MODULE, name)
+            assert m and int(m[1]) < n_te_layers, name
+
+
 def test_sd1_locon_keys_are_found_by_a1111_and_comfyui_lookups(tmp_path):
     """A1111 converts each diffusers-style name to its CompVis layer; ComfyUI maps
     `lora_unet_<diffusers path>` through `unet_to_diffusers` (same layers); the text encoder uses
@@ -173,14 +184,7 @@ def test_sd1_locon_keys_are_found_by_a1111_and_comfyui_lookups(tmp_path):
     net = create_network(c, network_dim=4, conv_dim=2)
     layers = original_unet_layers(c["unet"])
     layers_in_file = {split_key(k)[0] for k in net.state_dict()}
-    n_layers = c["text_encoder"].config.num_hidden_layers
-    for name in layers_in_file:
-        if name.startswith("lora_unet_"):
-            compvis = a1111_compvis_name(name)
-            assert compvis is not None and compvis[len("diffusion_model_"):] in layers, name
-        else:
-            m = re.fullmatch(r"lora_te_" + _TE_MODULE, name)
-            assert m and int(m[1]) < n_layers, name
+    assert_sd1_names_place_in_a1111(layers_in_file, layers, c["text_encoder"].config.num_hidden_layers)
 
 
 def test_sdxl_locon_keys_are_found_by_a1111_and_comfyui_lookups():

@@ -23,7 +23,8 @@ from trainer.tools.resize import resize_lora
 from trainer.tools.show import show_lora
 from trainer.tools.svd_merge import svd_merge_loras
 
-from test_networks_clients import _TE_MODULE, a1111_compvis_name, load_in_diffusers, original_unet_layers
+from test_networks_clients import (_TE_MODULE, a1111_compvis_name, assert_sd1_names_place_in_a1111,
+                                   load_in_diffusers, original_unet_layers)
 
 
 def base(family="sd1"):
@@ -146,15 +147,8 @@ def test_every_tool_output_passes_verify_and_the_a1111_comfyui_key_maps(outputs,
     report = verify_lora_file(outputs[tool], c)
     assert report.ok, report.to_text()
     layers = original_unet_layers(c["unet"])
-    n_layers = c["text_encoder"].config.num_hidden_layers
     modules, meta = read_modules(outputs[tool])
-    for name in modules:
-        if name.startswith("lora_unet_"):
-            compvis = a1111_compvis_name(name)
-            assert compvis is not None and compvis[len("diffusion_model_"):] in layers, name
-        else:
-            m = re.fullmatch(r"lora_te_" + _TE_MODULE, name)
-            assert m and int(m[1]) < n_layers, name
+    assert_sd1_names_place_in_a1111(modules, layers, c["text_encoder"].config.num_hidden_layers)
     assert meta["ss_base_model_version"] == "sd_v1" and meta["modelspec.architecture"].endswith("/lora")
 
 
