@@ -8,6 +8,7 @@ Pure Python: the GUI may import it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from trainer.config.defaults import option
 
 GIB = 2 ** 30
 # parameters (billions): denoiser, text encoders (in order), autoencoder
@@ -43,21 +44,21 @@ def estimate_vram(family: str, cfg, variant: str = "") -> VramEstimate | None:
     if key not in PARAMS:
         return None
     denoiser, tes, ae = PARAMS[key]
-    mixed = getattr(cfg, "mixed_precision", "bf16")
-    wbytes = 1 if getattr(cfg, "fp8_base", False) else (4 if mixed == "no" else 2)
-    swapped = min(int(getattr(cfg, "blocks_to_swap", 0) or 0), BLOCKS.get(key, 1) - 1) / BLOCKS.get(key, 1)
+    mixed = cfg.mixed_precision
+    wbytes = 1 if option(cfg, "fp8_base") else (4 if mixed == "no" else 2)
+    swapped = min(int(cfg.blocks_to_swap), BLOCKS.get(key, 1) - 1) / BLOCKS.get(key, 1)
     weights = denoiser * 1e9 * wbytes * (1 - swapped) + ae * 1e9 * 2  # swapped blocks wait in host memory
-    cached = bool(getattr(cfg, "cache_text_encoder_outputs", False))
+    cached = bool(cfg.cache_text_encoder_outputs)
     te = 0.0 if cached else sum(tes) * 1e9 * wbytes  # cached: the encoders leave the GPU before step 1
-    rank = int(getattr(cfg, "network_dim", 16) or 16)
+    rank = int(option(cfg, "network_dim"))
     width, blocks_px = SHAPE[key]
     lora_params = rank * width * 6  # down + up over the targeted layers (~6 per block width unit)
-    opt_bytes = 2 if "8bit" in str(getattr(cfg, "optimizer", "")) else 8
+    opt_bytes = 2 if "8bit" in str(cfg.optimizer) else 8
     lora = lora_params * (4 + 4 + opt_bytes)
-    w, h = _resolution(getattr(cfg, "resolution", "1024"))
-    tokens = (w // blocks_px) * (h // blocks_px) * int(getattr(cfg, "train_batch_size", 1) or 1)
+    w, h = _resolution(cfg.resolution)
+    tokens = (w // blocks_px) * (h // blocks_px) * int(cfg.train_batch_size)
     act = tokens * width * ACT_BYTES_PER_UNIT
-    if getattr(cfg, "gradient_checkpointing", False):
+    if cfg.gradient_checkpointing:
         act *= CHECKPOINT_SHARE
     total = weights + te + lora + act + 0.6 * GIB  # CUDA context and allocator slack
     return VramEstimate(round(total / GIB, 1), round(weights / GIB, 1), round(te / GIB, 1), round(lora / GIB, 2),
@@ -89,18 +90,18 @@ def config_family(cfg) -> tuple[str | None, str]:
     from trainer.families import family_from_keys
 
     keys = []
-    if getattr(cfg, "flux1_checkbox", False):
+    if cfg.flux1_checkbox:
         family = "flux"
-    elif getattr(cfg, "sd3_checkbox", False):
+    elif cfg.sd3_checkbox:
         family = None
-    elif getattr(cfg, "sdxl", False):
+    elif cfg.sdxl:
         return "sdxl", ""
-    elif getattr(cfg, "v2", False):
+    elif cfg.v2:
         return "sd2", ""
     else:
         family = None
-    if family is None or getattr(cfg, "sd3_checkbox", False):
-        keys = header_keys(getattr(cfg, "pretrained_model_name_or_path", ""))
-        family = family_from_keys(keys) or ("sd3" if getattr(cfg, "sd3_checkbox", False) else None)
+    if family is None or cfg.sd3_checkbox:
+        keys = header_keys(cfg.pretrained_model_name_or_path)
+        family = family_from_keys(keys) or ("sd3" if cfg.sd3_checkbox else None)
     variant = ("medium" if any(".attn2." in k for k in keys) else "large") if family == "sd3" else ""
     return family, variant

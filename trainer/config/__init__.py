@@ -3,6 +3,7 @@
 Public API: the config classes and CONFIG_TYPES, SECTIONS/field_specs (for forms and docs),
 validate_values/check_paths (in-page validation), load/save helpers and the Kohya_ss import.
 """
+from .defaults import config_for, option, schema_default
 from .files import (LoadedConfig, atomic_write_text, config_from_dict, config_to_dict, load_config_file,
                     migrate, read_config_dict, save_config_json, save_trainer_toml, to_trainer_toml)
 from .kohya_import import detect_training_type, import_kohya_json
@@ -16,9 +17,9 @@ from .types import (CONFIG_TYPES, CONFIG_VERSION, BaseConfig, DreamboothConfig, 
 __all__ = [
     "BaseConfig", "CONFIG_TYPES", "CONFIG_VERSION", "ConfigError", "DreamboothConfig", "FieldSpec",
     "FinetuneConfig", "LoadedConfig", "LoraConfig", "Problem", "SECTIONS", "TextualInversionConfig",
-    "atomic_write_text", "check_paths", "config_class", "config_from_dict", "config_to_dict",
+    "atomic_write_text", "check_paths", "config_class", "config_for", "config_from_dict", "config_to_dict",
     "detect_training_type", "field_specs", "import_kohya_json", "load_config_file", "looks_like_hub_id",
-    "migrate", "parse_config", "parse_resolution", "read_config_dict", "save_config_json",
-    "save_trainer_toml", "sd_scripts_export", "to_trainer_toml", "trains_text_encoder", "validate_values",
+    "migrate", "option", "parse_config", "parse_resolution", "read_config_dict", "save_config_json",
+    "save_trainer_toml", "schema_default", "sd_scripts_export", "to_trainer_toml", "trains_text_encoder", "validate_values",
     "write_sd_scripts_files",
 ]

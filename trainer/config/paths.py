@@ -5,6 +5,7 @@ import os
 import re
 from pathlib import Path
 
+from .defaults import option
 from .rules import Problem
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -60,18 +61,18 @@ def check_paths(c) -> list[Problem]:
         if not Path(c.dataset_config).is_file():
             problems.append(Problem("dataset_config", f"{c.dataset_config!r} does not exist; choose the dataset "
                                     "TOML or clear the field to use the image folder"))
-    elif not c.train_data_dir and not getattr(c, "in_json", ""):
+    elif not c.train_data_dir and not option(c, "in_json"):
         problems.append(Problem("train_data_dir", "no image folder chosen; pick the parent of your "
                                 "<repeats>_<name> folders, e.g. dataset/images"))
     elif c.train_data_dir and not Path(c.train_data_dir).is_dir():
         problems.append(Problem("train_data_dir", f"{c.train_data_dir!r} is not a folder; pick the parent of "
                                 "your <repeats>_<name> folders, e.g. dataset/images"))
-    if getattr(c, "reg_data_dir", "") and not Path(c.reg_data_dir).is_dir():
+    if option(c, "reg_data_dir") and not Path(c.reg_data_dir).is_dir():
         problems.append(Problem("reg_data_dir", f"{c.reg_data_dir!r} is not a folder; fix it or clear the field"))
     if c.logging_dir:
         problems.append(_writable_dir_problem("logging_dir", c.logging_dir))
     for field in ("network_weights", "weights", "in_json"):
-        value = getattr(c, field, "")
+        value = option(c, field)
         if value and not Path(value).is_file() and not (field == "in_json"):
             problems.append(Problem(field, f"{value!r} does not exist; choose the file or clear the field"))
     if c.resume and not Path(c.resume).is_dir():

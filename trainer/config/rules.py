@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
+from .defaults import option
 from .spec import parse_resolution
 from .types import CONFIG_TYPES, BaseConfig
 
@@ -268,7 +269,7 @@ def _misc(c):
                       'by spaces, e.g. "min_lr_rate=0.1"')
     if c.sdxl and c.v2:
         yield Problem("sdxl", "sdxl and v2 exclude each other; tick the one that matches the checkpoint")
-    if getattr(c, "dim_from_weights", False) and not c.network_weights:
+    if option(c, "dim_from_weights") and not c.network_weights:
         yield Problem("dim_from_weights", "dim_from_weights needs network_weights (the LoRA to read the ranks "
                       "from); choose the file or untick dim_from_weights")
     if c.training_type == "textual_inversion":

@@ -19,6 +19,7 @@ from trainer import tomlio as toml
 from trainer.atomic import atomic_write_text
 from trainer.networks.options import sd_scripts_network
 
+from .defaults import option
 from .spec import parse_resolution
 
 # (training type, SDXL?) → the sd-scripts script
@@ -85,7 +86,7 @@ def sd_scripts_export(config) -> Export:
     """The sd-scripts TOML (argument names as keys) and accelerate flags for `config`."""
     c = config
     kind = c.training_type
-    sdxl = bool(getattr(c, "sdxl", False))
+    sdxl = bool(c.sdxl)
     notes: list[str] = []
     data: dict[str, Any] = {}
     for name in SAME_NAME:
@@ -125,7 +126,7 @@ def sd_scripts_export(config) -> Export:
     elif kind == "textual_inversion":
         if c.template != "caption":
             data["use_object_template" if c.template == "object template" else "use_style_template"] = True
-    return Export(data, SCRIPTS[(kind, sdxl)], _launch_args(c), prompts=c.sample_prompts or "", notes=notes)
+    return Export(data, SCRIPTS[(kind, sdxl)], _launch_args(c), prompts=c.sample_prompts, notes=notes)
 
 
 def _noise(c, data: dict) -> None:
@@ -144,7 +145,7 @@ def _optimizer(c, data: dict) -> None:
     data["optimizer_type"] = c.optimizer
     if c.optimizer_args:
         data["optimizer_args"] = _split(c.optimizer_args)
-    if getattr(c, "lr_scheduler_args", ""):
+    if c.lr_scheduler_args:
         data["lr_scheduler_args"] = _split(c.lr_scheduler_args)
     if c.lr_warmup_steps:
         data["lr_warmup_steps"] = c.lr_warmup_steps
@@ -157,7 +158,7 @@ def _network(c, data: dict, notes: list[str]) -> None:
     # that sd-scripts also reads from network_args
     data["network_module"], args = sd_scripts_network(c)
     for name in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
-        if getattr(c, name, 0):
+        if getattr(c, name):
             args.append(f"{name}={getattr(c, name)}")
     if args:
         data["network_args"] = args
@@ -167,9 +168,9 @@ def _network(c, data: dict, notes: list[str]) -> None:
 
 
 def _full_model_rates(c, data: dict, sdxl: bool) -> None:
-    te = getattr(c, "learning_rate_te", 0.0)
+    te = option(c, "learning_rate_te")
     if sdxl:
-        te2 = getattr(c, "learning_rate_te2", None)
+        te2 = option(c, "learning_rate_te2")
         rates = {"learning_rate_te1": te, "learning_rate_te2": te if te2 is None else te2}
         if any(rates.values()):
             data["train_text_encoder"] = True

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
+from trainer.config.defaults import option
 
 from .augment import render
 from .epochs import BatchKey, EpochPlan
@@ -13,7 +14,6 @@ from .errors import DatasetError
 from .images import load_rgb
 from .latent_cache import LatentCache
 from .captions import process_caption
-from .options import cfg_get
 from .rng import derive_rng, derive_seed
 from .scan import ScanResult
 
@@ -24,8 +24,8 @@ class TrainDataset(EpochPlan, Dataset):
     """Each item is a whole batch from one bucket (a dict, see _collate), built from a BatchKey."""
 
     def __init__(self, scan: ScanResult, cfg, latents: LatentCache | None = None):
-        super().__init__(scan, int(cfg_get(cfg, "seed", 0) or 0))
-        self.prior_loss_weight = float(cfg_get(cfg, "prior_loss_weight", 1.0))
+        super().__init__(scan, int(cfg.seed))
+        self.prior_loss_weight = float(option(cfg, "prior_loss_weight"))
         self.latents = latents
         self.epoch = 1
 

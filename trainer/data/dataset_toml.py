@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 from .errors import DatasetError, Problem
-from .options import DATASET_DEFAULTS, SUBSET_DEFAULTS, DatasetSpec, make_dataset_spec, make_subset, subset_values
+from .options import DATASET_OPTIONS, SUBSET_KEYS as SUBSET_OPTION_KEYS, DatasetSpec, make_dataset_spec, make_subset, subset_values
 
-SUBSET_KEYS = set(SUBSET_DEFAULTS) | {"image_dir", "is_reg"}
-DATASET_KEYS = set(DATASET_DEFAULTS)
+SUBSET_KEYS = set(SUBSET_OPTION_KEYS) | {"image_dir", "is_reg"}
+DATASET_KEYS = set(DATASET_OPTIONS)
 # Kohya keys we read without acting on them: a warning says so instead of a schema error.
 IGNORED_KEYS = {"enable_wildcard", "token_warmup_min", "token_warmup_step", "face_crop_aug_range", "cache_info",
                 "alpha_mask", "custom_attributes", "resize_interpolation", "network_multiplier",

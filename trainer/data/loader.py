@@ -7,7 +7,6 @@ import os
 
 from .dataset import TrainDataset
 from .errors import DatasetError
-from .options import cfg_get
 from .scan import ScanResult, cache_problems
 
 
@@ -15,7 +14,7 @@ def loader_workers(dataset: TrainDataset, cfg) -> int:
     """Worker processes only help when there is decoding to do; in-memory latents need none."""
     if dataset.latents is not None and not dataset.latents.to_disk:
         return 0
-    wanted = int(cfg_get(cfg, "max_data_loader_n_workers", 0) or 0)
+    wanted = int(cfg.max_data_loader_n_workers)
     return max(0, min(wanted, os.cpu_count() or 1))
 
 

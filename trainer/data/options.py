@@ -1,7 +1,6 @@
 """What the data layer reads from a config: Kohya's option names, resolved per subset/dataset.
 
-Code below the config layer reads attributes only (docs/architecture.md), so any object with
-Kohya's attribute names works; a missing attribute falls back to the defaults below.
+Options come from the typed config (trainer.config) only: their defaults live in the schema.
 """
 from __future__ import annotations
 
@@ -10,45 +9,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.config.defaults import option
 from trainer.config.spec import parse_resolution
 from trainer.plan import run_length  # noqa: F401  (re-exported: one parser for all)
 
-# Per-subset defaults (Kohya's, except caption_extension: .txt is what taggers write).
-SUBSET_DEFAULTS: dict[str, Any] = {
-    "num_repeats": 1,
-    "class_tokens": "",
-    "caption_extension": ".txt",
-    "shuffle_caption": False,
-    "keep_tokens": 0,
-    "keep_tokens_separator": "",
-    "secondary_separator": "",
-    "caption_separator": ",",
-    "caption_prefix": "",
-    "caption_suffix": "",
-    "caption_dropout_rate": 0.0,
-    "caption_dropout_every_n_epochs": 0,
-    "caption_tag_dropout_rate": 0.0,
-    "flip_aug": False,
-    "color_aug": False,
-    "random_crop": False,
-    "recursive": False,
+# Subset keys of Kohya's dataset TOML. Most are also options: with no TOML layer setting them the config's value
+# (the schema's default unless the user set it) applies; the two TOML-only keys default as in sd-scripts.
+TOML_ONLY_SUBSET_DEFAULTS: dict[str, Any] = {"num_repeats": 1, "class_tokens": ""}
+SUBSET_KEYS: tuple[str, ...] = (
+    *TOML_ONLY_SUBSET_DEFAULTS, "caption_extension", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
+    "secondary_separator", "caption_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
+    "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive")
+# Per-dataset keys: the TOML name → the option that gives its value when no TOML layer sets it.
+DATASET_OPTIONS: dict[str, str] = {
+    "resolution": "resolution",
+    "batch_size": "train_batch_size",
+    "enable_bucket": "enable_bucket",
+    "min_bucket_reso": "min_bucket_reso",
+    "max_bucket_reso": "max_bucket_reso",
+    "bucket_reso_steps": "bucket_reso_steps",
+    "bucket_no_upscale": "bucket_no_upscale",
 }
-# Per-dataset defaults; the key is the TOML name, the value (config attribute name, default).
-DATASET_DEFAULTS: dict[str, tuple[str, Any]] = {
-    "resolution": ("resolution", "512"),
-    "batch_size": ("train_batch_size", 1),
-    "enable_bucket": ("enable_bucket", False),
-    "min_bucket_reso": ("min_bucket_reso", 256),
-    "max_bucket_reso": ("max_bucket_reso", 1024),
-    "bucket_reso_steps": ("bucket_reso_steps", 64),
-    "bucket_no_upscale": ("bucket_no_upscale", False),
-}
-
-
-def cfg_get(cfg, name: str, default=None):
-    """An attribute of the config, or `default` when it is missing or None (Kohya's None = unset)."""
-    value = getattr(cfg, name, None)
-    return default if value is None else value
 
 
 @dataclass(frozen=True)
@@ -102,16 +83,16 @@ class DatasetSpec:
     subsets: list[SubsetSpec] = field(default_factory=list)
 
 
-def lookup(name: str, layers: list[dict], cfg, default):
+def lookup(name: str, layers: list[dict], cfg):
     """Most specific value wins: TOML layers in order (subset, dataset, general), then the config."""
     for layer in layers:
         if name in layer and layer[name] is not None:
             return layer[name]
-    return cfg_get(cfg, name, default)
+    return TOML_ONLY_SUBSET_DEFAULTS[name] if name in TOML_ONLY_SUBSET_DEFAULTS else option(cfg, name)
 
 
 def subset_values(layers: list[dict], cfg) -> dict[str, Any]:
-    return {name: lookup(name, layers, cfg, default) for name, default in SUBSET_DEFAULTS.items()}
+    return {name: lookup(name, layers, cfg) for name in SUBSET_KEYS}
 
 
 def make_subset(image_dir: Path, values: dict[str, Any], *, is_reg: bool, label: str) -> SubsetSpec:
@@ -127,9 +108,9 @@ def make_subset(image_dir: Path, values: dict[str, Any], *, is_reg: bool, label:
 
 def make_dataset_spec(layers: list[dict], cfg) -> DatasetSpec:
     v = {}
-    for key, (attr, default) in DATASET_DEFAULTS.items():
+    for key, name in DATASET_OPTIONS.items():
         found = next((layer[key] for layer in layers if layer.get(key) is not None), None)
-        v[key] = found if found is not None else cfg_get(cfg, attr, default)
+        v[key] = found if found is not None else option(cfg, name)
     return DatasetSpec(resolution=parse_resolution(v["resolution"]), batch_size=max(1, int(v["batch_size"])),
                        enable_bucket=bool(v["enable_bucket"]), min_bucket_reso=int(v["min_bucket_reso"]),
                        max_bucket_reso=int(v["max_bucket_reso"]), bucket_reso_steps=int(v["bucket_reso_steps"]),
@@ -139,9 +120,8 @@ def make_dataset_spec(layers: list[dict], cfg) -> DatasetSpec:
 def steps_for(batches_per_epoch: int, cfg) -> tuple[int, int, int]:
     """(steps_per_epoch, epochs, total_steps) the way the trainer counts them (each of num_processes
     takes its share of the batches); max_train_steps > 0 wins."""
-    accum = max(1, int(cfg_get(cfg, "gradient_accumulation_steps", 1)))
-    processes = max(1, int(cfg_get(cfg, "num_processes", 1) or 1))
+    accum = max(1, int(cfg.gradient_accumulation_steps))
+    processes = max(1, int(cfg.num_processes))
     steps_per_epoch = math.ceil(math.ceil(batches_per_epoch / processes) / accum)
-    epochs, total = run_length(steps_per_epoch, int(cfg_get(cfg, "epoch", 1) or 1),
-                               int(cfg_get(cfg, "max_train_steps", 0) or 0))
+    epochs, total = run_length(steps_per_epoch, int(cfg.epoch), int(cfg.max_train_steps))
     return steps_per_epoch, epochs, total

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from .buckets import bucket_key
 from .epochs import EpochPlan
 from .errors import DatasetError, Problem
-from .options import cfg_get, steps_for
+from .options import steps_for
 from .scan import ScanResult, cache_problems, scan_dataset, text_cache_problems
 
 IMBALANCE_RATIO = 5  # a concept with 5x the samples of another dominates what the model learns
@@ -94,15 +94,15 @@ def preflight(cfg, scan: ScanResult | None = None) -> PreflightReport:
     except DatasetError as exc:  # the dataset config itself could not be read
         return PreflightReport(ok=False, errors=[p.to_dict() for p in exc.problems])
     problems = list(scan.problems) + _model_and_output(cfg)
-    if cfg_get(cfg, "cache_latents", False) or cfg_get(cfg, "cache_latents_to_disk", False):
+    if cfg.cache_latents or cfg.cache_latents_to_disk:
         problems += cache_problems(scan)
-    if cfg_get(cfg, "cache_text_encoder_outputs", False):
+    if cfg.cache_text_encoder_outputs:
         problems += text_cache_problems(scan)
     report = PreflightReport(ok=False)
     report.batch_size = max(ds.spec.batch_size for ds in scan.datasets) if scan.datasets else 1
-    report.gradient_accumulation_steps = max(1, int(cfg_get(cfg, "gradient_accumulation_steps", 1)))
+    report.gradient_accumulation_steps = max(1, int(cfg.gradient_accumulation_steps))
     if any(not it.is_reg for it in scan.items):
-        _fill_counts(report, scan, EpochPlan(scan, int(cfg_get(cfg, "seed", 0) or 0)), cfg, problems)
+        _fill_counts(report, scan, EpochPlan(scan, int(cfg.seed)), cfg, problems)
     problems += _file_warnings(scan)
     report.errors = [p.to_dict() for p in problems if p.severity == "error"]
     report.bad_files = [p.to_dict() for p in problems if p.severity == "skipped"]
@@ -128,7 +128,7 @@ def _optimizer_library(cfg) -> list[Problem]:
 
     from trainer.config.options_train import OPTIONAL_OPTIMIZERS
 
-    name = getattr(cfg, "optimizer", "")
+    name = cfg.optimizer
     if name not in OPTIONAL_OPTIMIZERS:
         return []
     module, extra = OPTIONAL_OPTIMIZERS[name]
@@ -193,14 +193,14 @@ def exact_plan(scan: ScanResult, cfg, dataset: EpochPlan | None = None):
         return None
     from trainer.plan import compute_plan
 
-    dataset = dataset or EpochPlan(scan, int(cfg_get(cfg, "seed", 0) or 0))
+    dataset = dataset or EpochPlan(scan, int(cfg.seed))
     subsets = scan.datasets[0].subsets
     return compute_plan([(len(s.items), s.spec.num_repeats) for s in subsets if not s.spec.is_reg],
                         [(len(s.items), s.spec.num_repeats) for s in subsets if s.spec.is_reg],
-                        epochs=int(cfg_get(cfg, "epoch", 1) or 1), batch_size=scan.datasets[0].spec.batch_size,
-                        gradient_accumulation_steps=max(1, int(cfg_get(cfg, "gradient_accumulation_steps", 1))),
-                        max_train_steps=int(cfg_get(cfg, "max_train_steps", 0) or 0),
-                        num_processes=max(1, int(cfg_get(cfg, "num_processes", 1) or 1)),
+                        epochs=int(cfg.epoch), batch_size=scan.datasets[0].spec.batch_size,
+                        gradient_accumulation_steps=max(1, int(cfg.gradient_accumulation_steps)),
+                        max_train_steps=int(cfg.max_train_steps),
+                        num_processes=max(1, int(cfg.num_processes)),
                         bucket_sizes=list(dataset.bucket_counts().values()))
 
 

@@ -7,13 +7,14 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from trainer.config.defaults import option
 
 from .buckets import BucketManager, Placement
 from .captions import caption_path, read_caption
 from .dataset_toml import load_dataset_config
 from .errors import EXPECTED_LAYOUT, BadImage, DatasetError, Problem
 from .images import IMAGE_EXTENSIONS, ImageFacts, ignored_entries, list_images, probe_image
-from .options import DatasetSpec, SubsetSpec, cfg_get, make_dataset_spec, make_subset, subset_values
+from .options import DatasetSpec, SubsetSpec, make_dataset_spec, make_subset, subset_values
 
 CONCEPT_FOLDER = re.compile(r"^(\d+)_(.*)$")
 CAPTION_EXTENSIONS = (".txt", ".caption")
@@ -82,7 +83,7 @@ def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) ->
         if not any(p.severity == "error" for p in problems):
             problems.append(Problem("error", "no usable training image was found",
                                     "add .png/.jpg/.jpeg/.webp/.bmp images to the concept folders\n"
-                                    + EXPECTED_LAYOUT, str(cfg_get(cfg, "train_data_dir", ""))))
+                                    + EXPECTED_LAYOUT, str(cfg.train_data_dir)))
     result = ScanResult(datasets, items, problems)
     if strict and result.of("error"):
         raise DatasetError(result.of("error"))
@@ -113,14 +114,14 @@ def bucket_problems(spec: DatasetSpec) -> list[Problem]:
 
 
 def dataset_specs(cfg, problems: list[Problem]) -> list[DatasetSpec]:
-    config_file = cfg_get(cfg, "dataset_config", "")
+    config_file = cfg.dataset_config
     if config_file:
         specs, found = load_dataset_config(config_file, cfg)
         problems.extend(found)
         return specs
     spec = make_dataset_spec([], cfg)
     values = subset_values([], cfg)
-    train_dir = cfg_get(cfg, "train_data_dir", "")
+    train_dir = cfg.train_data_dir
     if not train_dir:
         problems.append(Problem("error", "train_data_dir is not set",
                                 "choose the parent folder of your concept folders\n" + EXPECTED_LAYOUT,
@@ -128,14 +129,14 @@ def dataset_specs(cfg, problems: list[Problem]) -> list[DatasetSpec]:
         return [spec]
     skip = _cache_dir_to_skip(cfg)
     spec.subsets += concept_folders(Path(train_dir), values, False, "train_data_dir", problems, skip)
-    reg_dir = cfg_get(cfg, "reg_data_dir", "")
+    reg_dir = option(cfg, "reg_data_dir")
     if reg_dir:
         spec.subsets += concept_folders(Path(reg_dir), values, True, "reg_data_dir", problems, skip)
     return [spec]
 
 
 def _cache_dir_to_skip(cfg) -> Path | None:
-    cache_dir = cfg_get(cfg, "latent_cache_dir", "")
+    cache_dir = cfg.latent_cache_dir
     return Path(cache_dir).resolve() if cache_dir else None
 
 

@@ -50,7 +50,7 @@ KINDS = {
 
 def create_kind(config) -> TrainingKind | None:
     """The kind for ``config.training_type``; None for "lora" (the LoRA network path)."""
-    training_type = getattr(config, "training_type", "lora")
+    training_type = config.training_type
     cls = KINDS.get(training_type)
     return cls(config) if cls is not None else None
 

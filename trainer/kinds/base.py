@@ -23,7 +23,7 @@ class TrainingKind(ABC):
         self.config = config
         self.base = None
         self.warnings: list[str] = []
-        seed = int(getattr(config, "seed", 0) or 0)
+        seed = int(config.seed)
         self.rng = random.Random(seed * 7919 + 17)  # captions/templates: reproducible per run
 
     # ---- set-up ---------------------------------------------------------------------------------

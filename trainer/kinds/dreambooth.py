@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from trainer.config.defaults import option
 
 from .base import KindError, TrainingKind, cast_module, save_dtype
 
@@ -28,17 +29,17 @@ class DreamboothKind(TrainingKind):
 
     def __init__(self, config):
         super().__init__(config)
-        self.learning_rate = float(getattr(config, "learning_rate", 1e-5))
-        self.learning_rate_te = float(getattr(config, "learning_rate_te", 0.0) or 0.0)
-        self.stop_te_step = int(getattr(config, "stop_text_encoder_training", 0) or 0)
-        self.save_model_as = str(getattr(config, "save_model_as", "safetensors") or "safetensors")
+        self.learning_rate = float(config.learning_rate)
+        self.learning_rate_te = float(option(config, "learning_rate_te"))
+        self.stop_te_step = int(option(config, "stop_text_encoder_training"))
+        self.save_model_as = str(config.save_model_as)
         if self.save_model_as not in (*SINGLE_FILE, *DIFFUSERS):
             raise KindError(f"save_model_as {self.save_model_as!r} cannot hold a full model; choose safetensors, "
                             "ckpt, diffusers or diffusers_safetensors")
         self.train_te = self._wants_text_encoder()
         self.te_training = False
         self.param_groups: list[dict] = []
-        if self.train_te and getattr(config, "cache_text_encoder_outputs", False):
+        if self.train_te and config.cache_text_encoder_outputs:
             raise KindError("cache_text_encoder_outputs needs frozen text encoders, but the text encoder trains "
                             f"in this run; turn it off or set {self._te_switch} so the text encoder stays frozen")
 
@@ -46,11 +47,11 @@ class DreamboothKind(TrainingKind):
 
     def text_encoder_lr(self, index: int) -> float:
         """SDXL's second encoder may have its own rate (learning_rate_te2; empty = learning_rate_te)."""
-        te2 = getattr(self.config, "learning_rate_te2", None)
+        te2 = option(self.config, "learning_rate_te2")
         return float(te2) if index == 1 and te2 is not None else self.learning_rate_te
 
     def _wants_text_encoder(self) -> bool:
-        return self.learning_rate_te > 0 or (getattr(self.config, "learning_rate_te2", None) or 0) > 0
+        return self.learning_rate_te > 0 or (option(self.config, "learning_rate_te2") or 0) > 0
 
     # ---- set-up ---------------------------------------------------------------------------------
     def prepare(self, base, train_dtype: torch.dtype = torch.float32) -> list[dict]:
@@ -122,7 +123,7 @@ class DreamboothKind(TrainingKind):
         from trainer.models import save_diffusers, save_single_file
 
         path = self.output_path(path)
-        dtype = save_dtype(getattr(self.config, "save_precision", "fp16"))
+        dtype = save_dtype(self.config.save_precision)
         if self.output_ext:
             meta = {"ss_training_type": self.name, "ss_steps": str(step), "ss_epoch": str(epoch)}
             meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
@@ -131,7 +132,7 @@ class DreamboothKind(TrainingKind):
         return save_diffusers(self.base, path, dtype=dtype)
 
     def _title(self, path: Path) -> str:
-        return str(getattr(self.config, "metadata_title", "") or path.stem)
+        return str(self.config.metadata_title or path.stem)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"unet.{k}": v for k, v in self.base.unet.state_dict().items()}
@@ -155,7 +156,7 @@ class FinetuneKind(DreamboothKind):
     _te_switch = "train_text_encoder off"
 
     def _wants_text_encoder(self) -> bool:
-        if not getattr(self.config, "train_text_encoder", False):
+        if not option(self.config, "train_text_encoder"):
             return False
         if self.learning_rate_te <= 0:  # sd-scripts: no --learning_rate_te = the U-Net's rate
             self.learning_rate_te = self.learning_rate

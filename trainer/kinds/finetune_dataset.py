@@ -17,7 +17,7 @@ from pathlib import Path
 from trainer.data.buckets import BucketManager
 from trainer.data.errors import BadImage, DatasetError, Problem
 from trainer.data.images import probe_image
-from trainer.data.options import cfg_get, make_dataset_spec, make_subset, subset_values
+from trainer.data.options import make_dataset_spec, make_subset, subset_values
 from trainer.data.scan import ImageItem, ScanResult, ScannedDataset, ScannedSubset
 
 from .base import KindError
@@ -30,14 +30,14 @@ def scan_metadata(cfg, *, in_json: str | Path | None = None, train_data_dir: str
                   strict: bool = True, write: bool = True) -> ScanResult:
     """strict=False (preflight, plan): every problem is reported instead of raised. write=False: with
     in_json empty the captions are merged in memory only (preflight must not write files)."""
-    folder = Path(train_data_dir or cfg_get(cfg, "train_data_dir", ""))
-    json_path = Path(in_json) if in_json else (Path(cfg_get(cfg, "in_json", "")) if cfg_get(cfg, "in_json", "")
+    folder = Path(train_data_dir or cfg.train_data_dir)
+    json_path = Path(in_json) if in_json else (Path(cfg.in_json) if cfg.in_json
                                                 else None)
     try:
         if json_path is None and not write:
-            extension = str(cfg_get(cfg, "caption_extension", ".caption") or ".caption")
+            extension = str(cfg.caption_extension or ".caption")
             metadata = merge_captions_to_metadata(folder, extension, None,
-                                                  recursive=bool(cfg_get(cfg, "recursive", False)))
+                                                  recursive=bool(cfg.recursive))
             json_path = folder / f"{extension} files"  # only names the source in reports
         else:
             json_path = json_path or ensure_metadata(cfg, folder)
@@ -54,7 +54,7 @@ def scan_metadata(cfg, *, in_json: str | Path | None = None, train_data_dir: str
 def _scan_entries(cfg, metadata: dict, folder: Path, json_path: Path, strict: bool) -> ScanResult:
     problems: list[Problem] = []
     spec = make_dataset_spec([], cfg)
-    values = dict(subset_values([], cfg), num_repeats=int(cfg_get(cfg, "dataset_repeats", 1) or 1))
+    values = dict(subset_values([], cfg), num_repeats=int(cfg.dataset_repeats))
     subset = make_subset(folder, values, is_reg=False, label=json_path.name)
     spec.subsets.append(subset)
     buckets = BucketManager(spec)
@@ -99,10 +99,10 @@ def ensure_metadata(cfg, folder: Path) -> Path:
     An existing file with the same content is reused; one with other content (the user's, or an older
     dataset) is kept and the next free numbered name is used instead.
     """
-    out_dir = Path(cfg_get(cfg, "output_dir", "") or folder)
-    name = str(cfg_get(cfg, "output_name", "") or "last")
-    extension = str(cfg_get(cfg, "caption_extension", ".caption") or ".caption")
-    metadata = merge_captions_to_metadata(folder, extension, None, recursive=bool(cfg_get(cfg, "recursive", False)))
+    out_dir = Path(cfg.output_dir or folder)
+    name = str(cfg.output_name or "last")
+    extension = str(cfg.caption_extension or ".caption")
+    metadata = merge_captions_to_metadata(folder, extension, None, recursive=bool(cfg.recursive))
     target = out_dir / METADATA_NAME.format(name=name)
     n = 1
     while target.exists():
@@ -133,9 +133,9 @@ def build_bucket_metadata(train_data_dir, in_json, out_json, cfg, *, vae=None, o
     if vae is not None:
         from trainer.data.latent_cache import LatentCache
 
-        cache = LatentCache(vae, to_disk=True, cache_dir=getattr(cfg, "latent_cache_dir", "") or "",
-                            batch_size=int(getattr(cfg, "vae_batch_size", 1) or 1), on_progress=on_progress)
-        flip = bool(getattr(cfg, "flip_aug", False))
+        cache = LatentCache(vae, to_disk=True, cache_dir=cfg.latent_cache_dir,
+                            batch_size=int(cfg.vae_batch_size), on_progress=on_progress)
+        flip = bool(cfg.flip_aug)
         cache.prepare(scan.items, lambda item: flip)
     write_metadata(metadata, out_json, protect=in_json)
     return metadata

@@ -27,19 +27,19 @@ class TextualInversionKind(TrainingKind):
 
     def __init__(self, config):
         super().__init__(config)
-        self.token_string = str(getattr(config, "token_string", "") or "").strip()
+        self.token_string = str(config.token_string).strip()
         if not self.token_string:
             raise KindError("token_string is empty: set the new word to learn, e.g. mychar")
         if re.search(r"[\s,]", self.token_string):
             suggestion = re.sub(r"[\s,]+", "_", self.token_string)
             raise KindError(f"token_string {self.token_string!r} contains a space or comma; use one word such as "
                             f"{suggestion}")
-        self.num_vectors = int(getattr(config, "num_vectors_per_token", 1) or 1)
-        self.init_word = str(getattr(config, "init_word", "") or "")
-        self.template = getattr(config, "template", "caption") or "caption"
+        self.num_vectors = int(config.num_vectors_per_token)
+        self.init_word = str(config.init_word)
+        self.template = config.template
         if self.template != "caption":
             template_list(self.template)  # validates the name
-        self.embedding_format = getattr(config, "embedding_format", "kohya") or "kohya"
+        self.embedding_format = config.embedding_format
         self.token_strings = [self.token_string] + [f"{self.token_string}{i}" for i in range(1, self.num_vectors)]
         self.words = " ".join(self.token_strings)
         self._token_re = re.compile(r"(?<![\w])" + re.escape(self.token_string) + r"(?![\w])",
@@ -50,8 +50,8 @@ class TextualInversionKind(TrainingKind):
         self._hooks = []
         self._checkpoint_hash: str | None = None
         self.param_groups: list[dict] = []
-        want = str(getattr(config, "save_model_as", "safetensors") or "safetensors")
-        if self.embedding_format == "a1111" and want == "safetensors" and not getattr(config, "sdxl", False):
+        want = str(config.save_model_as)
+        if self.embedding_format == "a1111" and want == "safetensors" and not config.sdxl:
             self._warn("embedding_format a1111 is a torch pickle layout (string_to_param, name, step); the embedding "
                        "is saved as .pt. Choose embedding_format kohya for a .safetensors embedding.")
         if self.embedding_format not in ("kohya", "a1111"):
@@ -59,7 +59,7 @@ class TextualInversionKind(TrainingKind):
 
     # ---- set-up ---------------------------------------------------------------------------------
     def prepare(self, base, train_dtype: torch.dtype = torch.float32) -> list[dict]:
-        if getattr(self.config, "cache_text_encoder_outputs", False):
+        if self.config.cache_text_encoder_outputs:
             raise KindError("cache_text_encoder_outputs cannot be used for Textual Inversion: the text encoder "
                             "output changes as the embedding trains. Turn it off.")
         self.base = base
@@ -73,7 +73,7 @@ class TextualInversionKind(TrainingKind):
             cast_module(encoder, train_dtype)
             self.token_ids.append(self._add_tokens(tokenizer, encoder))
         self._initialise(base)
-        lr = float(getattr(self.config, "learning_rate", 5e-3))
+        lr = float(self.config.learning_rate)
         self.param_groups = []
         for index, (encoder, ids) in enumerate(zip(base.text_encoders, self.token_ids)):
             weight = encoder.get_input_embeddings().weight
@@ -110,7 +110,7 @@ class TextualInversionKind(TrainingKind):
         return ids
 
     def _initialise(self, base) -> None:
-        weights = str(getattr(self.config, "weights", "") or "")
+        weights = str(self.config.weights)
         if weights:
             emb = read_embedding(Path(weights), num_text_encoders=len(base.text_encoders))
             if emb.num_vectors != self.num_vectors:
@@ -176,8 +176,8 @@ class TextualInversionKind(TrainingKind):
     @property
     def output_ext(self) -> str:
         """Read it after prepare(): an SDXL embedding is never an A1111 pickle, so it keeps .safetensors."""
-        want = str(getattr(self.config, "save_model_as", "safetensors") or "safetensors")
-        sdxl = getattr(self.base, "family", None) == "sdxl" or bool(getattr(self.config, "sdxl", False))
+        want = str(self.config.save_model_as)
+        sdxl = getattr(self.base, "family", None) == "sdxl" or bool(self.config.sdxl)
         a1111_pickle = self.embedding_format == "a1111" and not sdxl
         return "pt" if (want in ("pt", "ckpt") or a1111_pickle) else "safetensors"
 
@@ -192,13 +192,13 @@ class TextualInversionKind(TrainingKind):
         if self.embedding_format == "a1111" and family != "sdxl":
             sd_checkpoint, name = self._checkpoint_identity()
         return write_embedding(Path(path), self.embedding(step), family=family, fmt=self.embedding_format,
-                               dtype=save_dtype(getattr(self.config, "save_precision", "float")),
+                               dtype=save_dtype(self.config.save_precision),
                                sd_checkpoint=sd_checkpoint, sd_checkpoint_name=name, metadata=metadata,
                                v_prediction=bool(getattr(self.base, "v_prediction", False)))
 
     def _checkpoint_identity(self) -> tuple[str | None, str | None]:
         """A1111's sd_checkpoint (first 10 hex of the file's sha256) and sd_checkpoint_name."""
-        source = Path(str(getattr(self.config, "pretrained_model_name_or_path", "") or ""))
+        source = Path(str(self.config.pretrained_model_name_or_path))
         if not source.is_file():
             return None, source.name or None
         if self._checkpoint_hash is None:

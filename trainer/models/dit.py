@@ -70,7 +70,7 @@ def family_denoise(base, cfg):
 def family_forced_by(config) -> str | None:
     """The DiT family a config's Kohya_ss checkbox asks for (flux1_checkbox …), if any."""
     for fam in DIT_FAMILIES.values():
-        if getattr(config, fam.config_flag, False):
+        if getattr(config, fam.config_flag):
             return fam.name
     return None
 

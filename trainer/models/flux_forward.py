@@ -25,7 +25,7 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
 
 def make_denoise(base, cfg):
     """fn(transformer, noisy, t, hidden, pooled, time_ids) → prediction shaped like ``noisy``."""
-    guidance_scale = float(getattr(cfg, "guidance_scale", None) or 3.5)
+    guidance_scale = float(cfg.guidance_scale)
 
     def denoise(transformer, noisy, t, hidden, pooled=None, time_ids=None):
         b, _, h, w = noisy.shape

@@ -15,7 +15,7 @@ DEFAULT_T5_LENGTH = {"dev": 512, "schnell": 256}
 
 
 def t5_length(base, cfg) -> int:
-    n = int(getattr(cfg, "t5xxl_max_token_length", 0) or 0)
+    n = int(cfg.t5xxl_max_token_length)
     return n or DEFAULT_T5_LENGTH.get(base.extra.get("variant", "dev"), 512)
 
 
@@ -26,7 +26,7 @@ def tokenize(base, captions: list[str], cfg=None) -> list[torch.Tensor]:
     clip = clip_tok(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
     t5 = t5_tok(captions, padding="max_length", truncation=True, max_length=t5_length(base, cfg), return_tensors="pt")
     out = [clip, t5.input_ids]
-    if bool(getattr(cfg, "apply_t5_attn_mask", False)):
+    if bool(cfg.apply_t5_attn_mask):
         out.append(t5.attention_mask)
     return out
 

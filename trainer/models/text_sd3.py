@@ -17,10 +17,10 @@ def tokenize(base, captions: list[str], cfg=None) -> list[torch.Tensor]:
     captions = [captions] if isinstance(captions, str) else list(captions)
     out = [tok(captions, padding="max_length", truncation=True, max_length=77, return_tensors="pt").input_ids
            for tok in base.tokenizers[:2]]
-    n = int(getattr(cfg, "t5xxl_max_token_length", 0) or 0) or DEFAULT_T5_LENGTH
+    n = int(cfg.t5xxl_max_token_length) or DEFAULT_T5_LENGTH
     t5 = base.tokenizers[2](captions, padding="max_length", truncation=True, max_length=n, return_tensors="pt")
     out.append(t5.input_ids)
-    if bool(getattr(cfg, "apply_t5_attn_mask", False)):
+    if bool(cfg.apply_t5_attn_mask):
         out.append(t5.attention_mask)
     return out
 

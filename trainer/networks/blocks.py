@@ -126,15 +126,14 @@ def check_block_options(values) -> list[tuple[str, str]]:
     """(field, message) for each block-wise option that does not parse, for both SD and SDXL lengths
     (the family is only known once the model is read: a list must fit one of them)."""
     problems = []
-    get = (values.get if isinstance(values, dict) else lambda k, d="": getattr(values, k, d))
     for field in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"):
         try:
-            _weights(str(get(field, "") or ""), 12, field)
+            _weights(str(getattr(values, field)), 12, field)
         except ValueError as e:
             problems.append((field, str(e)))
     for field, integer in (("block_dims", True), ("block_alphas", False), ("conv_block_dims", True),
                            ("conv_block_alphas", False)):
-        text = str(get(field, "") or "")
+        text = str(getattr(values, field))
         try:
             values_ = parse_numbers(text, field, None, integer)
         except ValueError as e:
@@ -142,7 +141,7 @@ def check_block_options(values) -> list[tuple[str, str]]:
             continue
         if values_ is not None and len(values_) not in (total_blocks("sd1"), total_blocks("sdxl")):
             problems.append((field, f"{len(values_)} values given; SD1/SD2 U-Nets have 25 blocks, SDXL 23"))
-    threshold = str(get("block_lr_zero_threshold", "") or "").strip()
+    threshold = str(values.block_lr_zero_threshold).strip()
     if threshold:
         try:
             float(threshold)

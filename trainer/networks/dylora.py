@@ -150,9 +150,9 @@ class DyLoRAModule(LoRAModule):
 
 def build_from_config(base, config, kind) -> LoRANetwork:
     """Kohya DyLoRA from a training config (registry entry point). sd-scripts wants conv_dim = network_dim."""
-    unit = int(getattr(config, "unit", 1) or 1)
+    unit = int(config.unit)
     args = {"unit": unit}
-    if getattr(config, "conv_dim", 0) > 1:
+    if config.conv_dim > 1:
         if config.conv_dim != config.network_dim:
             raise ValueError(f"Kohya DyLoRA trains the convolutions at network_dim: set conv_dim ({config.conv_dim}) "
                              f"to network_dim ({config.network_dim}), or to 1 to leave the convolutions out")

@@ -13,15 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 def config_dropouts(config) -> dict:
-    return dict(dropout=getattr(config, "network_dropout", 0) or None,
-                rank_dropout=getattr(config, "rank_dropout", 0) or None,
-                module_dropout=getattr(config, "module_dropout", 0) or None)
+    return dict(dropout=config.network_dropout or None,
+                rank_dropout=config.rank_dropout or None,
+                module_dropout=config.module_dropout or None)
 
 
 def config_blocks(config) -> dict[str, str]:
     """The block-wise options that are set, as sd-scripts' network_args strings."""
-    return {k: str(getattr(config, k, "") or "").strip() for k in BLOCK_OPTIONS
-            if str(getattr(config, k, "") or "").strip()}
+    return {k: getattr(config, k).strip() for k in BLOCK_OPTIONS if getattr(config, k).strip()}
 
 
 def build_from_config(base, config, kind) -> LoRANetwork:
@@ -31,11 +30,11 @@ def build_from_config(base, config, kind) -> LoRANetwork:
 
 def build_lora_like(base, config, kind, module_class: type = LoRAModule, module_kwargs=None,
                     extra_args=None) -> LoRANetwork:
-    unet_only = bool(getattr(config, "network_train_unet_only", False))
-    te_only = bool(getattr(config, "network_train_text_encoder_only", False))
+    unet_only = bool(config.network_train_unet_only)
+    te_only = bool(config.network_train_text_encoder_only)
     dropouts = config_dropouts(config)
-    weights = getattr(config, "network_weights", "") or ""
-    if weights and getattr(config, "dim_from_weights", False):
+    weights = config.network_weights
+    if weights and config.dim_from_weights:
         return create_network_from_weights(weights, base, **dropouts)
     blocks = config_blocks(config)
     conv = kind.uses_conv_dim

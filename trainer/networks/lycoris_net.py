@@ -239,7 +239,7 @@ def create_lycoris_network(base, algo: str, *, network_dim: int = 4, network_alp
 
 def build_from_config(base, config, kind) -> LycorisNetwork:
     """A LyCORIS type from a training config (registry entry point); loads `network_weights`."""
-    if getattr(config, "dim_from_weights", False):
+    if config.dim_from_weights:
         raise ValueError("dim_from_weights reads ranks of Standard/LoCon files only; for LyCORIS types set "
                          "network_dim/conv_dim to the file's and keep network_weights")
     kw = module_kwargs(config, kind.algo)
@@ -247,12 +247,12 @@ def build_from_config(base, config, kind) -> LycorisNetwork:
     net = create_lycoris_network(
         base, kind.algo, network_dim=config.network_dim, network_alpha=config.network_alpha,
         conv_dim=config.conv_dim if conv else config.network_dim, conv_alpha=config.conv_alpha if conv else 1.0,
-        preset=getattr(config, "LyCORIS_preset", "full") or "full",
-        train_unet=not getattr(config, "network_train_text_encoder_only", False),
-        train_text_encoder=not getattr(config, "network_train_unet_only", False),
+        preset=config.LyCORIS_preset,
+        train_unet=not config.network_train_text_encoder_only,
+        train_text_encoder=not config.network_train_unet_only,
         settings={"lora_type": kind.lora_type, "network_args": network_args(config, kind, kw)},
         **config_dropouts(config), **kw)
-    weights = getattr(config, "network_weights", "") or ""
+    weights = config.network_weights
     if weights:
         net.load_weights(weights)
     return net

@@ -61,8 +61,8 @@ def all_targets(transformer, text_encoders, include_conv_blocks: bool = True) ->
 
 def target_filter(cfg):
     """Which catalog targets a new network trains: train_blocks, and T5 only with train_t5xxl."""
-    blocks = getattr(cfg, "train_blocks", "all") or "all"
-    t5 = bool(getattr(cfg, "train_t5xxl", False))
+    blocks = cfg.train_blocks
+    t5 = bool(cfg.train_t5xxl)
 
     def keep(t: Target) -> bool:
         if t.part == "te3":

@@ -51,5 +51,5 @@ def all_targets(transformer, text_encoders, include_conv_blocks: bool = True) ->
 
 
 def target_filter(cfg):
-    t5 = bool(getattr(cfg, "train_t5xxl", False))
+    t5 = bool(cfg.train_t5xxl)
     return lambda t: t5 if t.part == "te3" else True

@@ -15,7 +15,7 @@ def network_option_problems(c) -> list[tuple[str, str]]:
     problems = check_block_options(c) if kind.builder == "lora" else []
     if kind.builder != "lora":
         set_blocks = [k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
-                                  "down_lr_weight", "mid_lr_weight", "up_lr_weight") if str(getattr(c, k, "") or "")]
+                                  "down_lr_weight", "mid_lr_weight", "up_lr_weight") if getattr(c, k)]
         if set_blocks:
             problems.append((set_blocks[0], f"{set_blocks[0]} is an option of sd-scripts' networks.lora (Standard, "
                              f"Kohya LoCon); {c.LoRA_type} does not use it: clear it or pick one of those types"))
@@ -30,7 +30,7 @@ def network_option_problems(c) -> list[tuple[str, str]]:
         if c.conv_dim > 1 and c.conv_dim != c.network_dim:
             problems.append(("conv_dim", f"Kohya DyLoRA trains convolutions at network_dim: set conv_dim to "
                              f"{c.network_dim}, or to 1 to leave them out"))
-        dropouts = [k for k in ("network_dropout", "rank_dropout", "module_dropout") if getattr(c, k, 0)]
+        dropouts = [k for k in ("network_dropout", "rank_dropout", "module_dropout") if getattr(c, k)]
         if dropouts:
             problems.append((dropouts[0], "Kohya DyLoRA has no dropout (sd-scripts ignores it); set it to 0"))
     return problems
@@ -38,30 +38,29 @@ def network_option_problems(c) -> list[tuple[str, str]]:
 
 def lycoris_module_kwargs(config, algo: str) -> dict[str, Any]:
     """LyCORIS module arguments from the studio's options (kohya_ss GUI / network_args names)."""
-    get = lambda k, d=None: getattr(config, k, d)  # noqa: E731
-    kw = dict(use_tucker=bool(get("use_tucker", False)), use_scalar=bool(get("use_scalar", False)),
-              rank_dropout_scale=bool(get("rank_dropout_scale", False)))
+    c = config
+    kw = dict(use_tucker=c.use_tucker, use_scalar=c.use_scalar, rank_dropout_scale=c.rank_dropout_scale)
     if algo in ("locon", "loha", "lokr"):
-        kw.update(weight_decompose=bool(get("dora_wd", False)), wd_on_out=bool(get("wd_on_output", True)),
-                  bypass_mode=bool(get("bypass_mode", False)) or None)
+        kw.update(weight_decompose=c.dora_wd, wd_on_out=c.wd_on_output, bypass_mode=c.bypass_mode or None)
     if algo == "lokr":
-        kw.update(factor=int(get("factor", -1) or -1), decompose_both=bool(get("decompose_both", False)))
+        # 0 is no factor size (the schema allows it): taken as -1, "as balanced as the layer allows"
+        kw.update(factor=c.factor or -1, decompose_both=c.decompose_both)
     if algo == "dylora":
-        kw.update(block_size=int(get("unit", 1) or 1))
+        kw.update(block_size=c.unit)
     if algo in ("diag-oft", "boft"):
-        kw.update(constraint=float(get("constrain", 0) or 0), rescaled=bool(get("rescaled", False)))
+        kw.update(constraint=float(c.constrain), rescaled=c.rescaled)
     if algo == "ia3":
-        kw.update(train_on_input=bool(get("train_on_input", False)))
+        kw.update(train_on_input=c.train_on_input)
     return kw
 
 
 def lycoris_network_args(config, kind, kwargs) -> dict[str, str]:
     """`ss_network_args` as sd-scripts writes them for lycoris.kohya (the strings kohya_ss passed)."""
-    args = {"preset": getattr(config, "LyCORIS_preset", "full") or "full", "algo": kind.algo}
+    args = {"preset": config.LyCORIS_preset, "algo": kind.algo}
     if kind.uses_conv_dim:
         args.update(conv_dim=str(config.conv_dim), conv_alpha=str(config.conv_alpha))
     for key in ("rank_dropout", "module_dropout"):
-        if getattr(config, key, 0):
+        if getattr(config, key):
             args[key] = str(getattr(config, key))
     names = {"weight_decompose": "dora_wd", "wd_on_out": "wd_on_output", "block_size": "block_size",
              "constraint": "constraint"}
@@ -76,20 +75,19 @@ def lycoris_network_args(config, kind, kwargs) -> dict[str, str]:
 def sd_scripts_network(config) -> tuple[str, list[str]]:
     """(--network_module, --network_args list) that make sd-scripts train what this config trains, e.g.
     ("lycoris.kohya", ["preset=full", "algo=loha", "conv_dim=4", ...]); also what ss_network_args records."""
-    kind = network_type(getattr(config, "LoRA_type", "Standard"))
+    kind = network_type(config.LoRA_type)
     args: dict[str, Any] = {}
     if kind.builder == "lycoris":
         args = lycoris_network_args(config, kind, lycoris_module_kwargs(config, kind.algo))
     else:
-        conv = getattr(config, "conv_dim", 0)
+        conv = config.conv_dim
         if kind.lora_type == "Kohya LoCon" or (kind.builder == "dylora" and conv > 1):
-            args.update(conv_dim=str(conv), conv_alpha=str(getattr(config, "conv_alpha", 1)))
+            args.update(conv_dim=str(conv), conv_alpha=str(config.conv_alpha))
         if kind.builder == "dylora":
-            args["unit"] = str(getattr(config, "unit", 1))
+            args["unit"] = str(config.unit)
         else:
-            args.update({k: str(getattr(config, k)).strip() for k in BLOCK_OPTIONS
-                         if str(getattr(config, k, "") or "").strip()})
+            args.update({k: getattr(config, k).strip() for k in BLOCK_OPTIONS if getattr(config, k).strip()})
             for key in ("rank_dropout", "module_dropout"):
-                if getattr(config, key, 0):
+                if getattr(config, key):
                     args[key] = str(getattr(config, key))
     return kind.network_module, [f"{k}={v}" for k, v in args.items()]

@@ -114,7 +114,7 @@ def parse_network_args(network_args: dict | str | list | None) -> dict[str, str]
 
 def build_network(base, config):
     """Build (not yet apply) the network `config.LoRA_type` names on `base` (a BaseModel)."""
-    kind = network_type(getattr(config, "LoRA_type", "Standard"))
+    kind = network_type(config.LoRA_type)
     if base.family not in ("sd1", "sd2", "sdxl") and kind.lora_type != "Standard":
         # the DiT families pack q/k/v in one linear (fused LoRA targets), which only kohya's LoRA handles here
         raise ValueError(f"LoRA_type {kind.lora_type} is not available for the {base.family} family yet; "

@@ -23,13 +23,13 @@ def sample_noise(shape: tuple, device, cfg) -> torch.Tensor:
     """Gaussian noise for one sample [C, H, W], plus the extra noise `noise_offset_type` names:
     Original = noise_offset, Multires = multi-resolution noise (Kohya_ss passes only that one's values)."""
     noise = torch.randn(shape, device=device)
-    kind = getattr(cfg, "noise_offset_type", "Original") or "Original"
-    offset = float(getattr(cfg, "noise_offset", 0) or 0)
+    kind = cfg.noise_offset_type
+    offset = float(cfg.noise_offset)
     if kind == "Original" and offset:
         noise = noise + offset * torch.randn((shape[0], 1, 1), device=device)
-    iterations = int(getattr(cfg, "multires_noise_iterations", 0) or 0)
+    iterations = int(cfg.multires_noise_iterations)
     if kind == "Multires" and iterations:
-        noise = pyramid_noise(noise, iterations, float(getattr(cfg, "multires_noise_discount", 0.3)))
+        noise = pyramid_noise(noise, iterations, float(cfg.multires_noise_discount))
     return noise
 
 
@@ -47,8 +47,8 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float) -> torc
 
 
 def sample_timesteps(n: int, device, cfg) -> torch.Tensor:
-    low = int(getattr(cfg, "min_timestep", 0) or 0)
-    high = int(getattr(cfg, "max_timestep", 1000) or 1000)
+    low = int(cfg.min_timestep)
+    high = int(cfg.max_timestep)
     return torch.randint(low, max(high, low + 1), (n,), device=device)
 
 
@@ -73,9 +73,9 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "
 
 def snr_loss_weights(noise_scheduler, timesteps, cfg, v_prediction: bool) -> torch.Tensor | None:
     """Min-SNR-γ, debiased estimation and v-pred scaling weights (None when none is on)."""
-    gamma = float(getattr(cfg, "min_snr_gamma", 0) or 0)
-    debiased = bool(getattr(cfg, "debiased_estimation_loss", False))
-    v_like = bool(getattr(cfg, "scale_v_pred_loss_like_noise_pred", False)) and v_prediction
+    gamma = float(cfg.min_snr_gamma)
+    debiased = bool(cfg.debiased_estimation_loss)
+    v_like = bool(cfg.scale_v_pred_loss_like_noise_pred) and v_prediction
     if not (gamma or debiased or v_like):
         return None
     snr = compute_snr(noise_scheduler, timesteps)

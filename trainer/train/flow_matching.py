@@ -49,8 +49,9 @@ class FlowMatchingObjective:
     @classmethod
     def from_config(cls, cfg, **fixed) -> "FlowMatchingObjective":
         values = {}
+        options = type(cfg).model_fields  # num_train_timesteps and target are the family's, not options
         for name in cls.__dataclass_fields__:
-            v = getattr(cfg, name, None)
+            v = getattr(cfg, name) if name in options else None
             if name != "target" and v is not None and v != "":
                 values[name] = v
         values.update(fixed)  # what the family always uses wins over the options

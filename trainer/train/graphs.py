@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 
 from trainer.models.text import encode_prompt
+from trainer.config.defaults import option
 
 from .faults import is_out_of_memory
 from .loop import (StepContext, add_noise, batch_latents, clip_gradients, latent_shape, micro_loss, sdxl_time_ids,
@@ -55,12 +56,12 @@ def capture_blocker(ctx: StepContext, config) -> str | None:
         return "CUDA graphs need a CUDA GPU"
     if ctx.accelerator.num_processes > 1:
         return "several training processes (gradients are all-reduced between them outside any graph)"
-    if getattr(config, "module_dropout", 0):
+    if option(config, "module_dropout"):
         return "module_dropout picks the skipped modules on the CPU at every step"
-    if getattr(config, "training_type", "") == "lora":
+    if config.training_type == "lora":
         from trainer.networks.registry import network_type
 
-        if network_type(getattr(config, "LoRA_type", "Standard")).random_ranks:
+        if network_type(option(config, "LoRA_type")).random_ranks:
             return f"{config.LoRA_type} picks the trained ranks on the CPU at every step"
     return None
 
@@ -79,7 +80,7 @@ def update_blocker(ctx: StepContext) -> str | None:
 
 def make_step_fn(ctx: StepContext, config, warn, backend=None) -> Callable[[list[dict], int], torch.Tensor]:
     """`step(micro_batches, step) -> loss`: captured steps where the option and the run allow it."""
-    setting = getattr(config, "cuda_graphs", "off")
+    setting = config.cuda_graphs
     if backend is None and not cuda_graphs_wanted(setting, ctx.device):
         return partial(train_step, ctx)
     reason = None if backend is not None else capture_blocker(ctx, config)

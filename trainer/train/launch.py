@@ -24,19 +24,19 @@ def build_launch_command(config, config_path: str | os.PathLike, *, training_typ
         run += ["--type", training_type]
     if events_file:
         run += ["--events", os.fspath(events_file)]
-    n = int(getattr(config, "num_processes", 1) or 1)
+    n = int(config.num_processes)
     if n <= 1:
         return [python, *run]
     if cpu:  # accelerate launches CPU processes only through MPI; torchrun gives gloo directly
         return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *run]
     cmd = [python, "-m", "accelerate.commands.launch", "--num_processes", str(n), "--num_machines", "1",
-           "--mixed_precision", str(getattr(config, "mixed_precision", "no") or "no"), "--dynamo_backend", "no",
-           "--num_cpu_threads_per_process", str(int(getattr(config, "num_cpu_threads_per_process", 2) or 2))]
+           "--mixed_precision", str(config.mixed_precision), "--dynamo_backend", "no",
+           "--num_cpu_threads_per_process", str(int(config.num_cpu_threads_per_process))]
     cmd += ["--multi_gpu"]
-    gpu_ids = str(getattr(config, "gpu_ids", "") or "").strip()
+    gpu_ids = str(config.gpu_ids).strip()
     if gpu_ids:
         cmd += ["--gpu_ids", gpu_ids]
-    port = int(getattr(config, "main_process_port", 0) or 0)
+    port = int(config.main_process_port)
     if port:
         cmd += ["--main_process_port", str(port)]
     return cmd + run

@@ -112,7 +112,7 @@ def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int) 
     if ctx.objective is not None:
         return (ctx.objective.loss(pred, latents, noise, t) * loss_weights).sum() / n
     target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
-    loss = per_sample_loss(pred, target, getattr(ctx.cfg, "loss_type", "l2"), float(getattr(ctx.cfg, "huber_c", 0.1)))
+    loss = per_sample_loss(pred, target, ctx.cfg.loss_type, float(ctx.cfg.huber_c))
     loss = loss * loss_weights
     weights = snr_loss_weights(ctx.noise_scheduler, t, ctx.cfg, ctx.v_prediction)
     if weights is not None:

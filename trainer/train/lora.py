@@ -29,8 +29,8 @@ class LoraKind(TrainingKind):
         from trainer.networks.registry import build_network
 
         cfg, self.base = self.config, base
-        if base.family not in ("sd1", "sd2") and getattr(cfg, "cache_text_encoder_outputs", False) and \
-                not getattr(cfg, "network_train_unet_only", False):
+        if base.family not in ("sd1", "sd2") and cfg.cache_text_encoder_outputs and \
+                not cfg.network_train_unet_only:
             self.warnings.append("cache_text_encoder_outputs needs U-Net-only training; the text-encoder LoRA "
                                  "is not trained.")
             cfg = _with(cfg, network_train_unet_only=True)
@@ -42,10 +42,10 @@ class LoraKind(TrainingKind):
         device = next(base.unet.parameters()).device
         network.to(device, dtype=train_dtype)
         self.network = network
-        ratios = {k: (getattr(cfg, k, 0) or None) for k in
+        ratios = {k: (getattr(cfg, k) or None) for k in
                   ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")}
-        self.param_groups = network.prepare_optimizer_params(getattr(cfg, "text_encoder_lr", None),
-                                                             getattr(cfg, "unet_lr", None), cfg.learning_rate,
+        self.param_groups = network.prepare_optimizer_params(cfg.text_encoder_lr,
+                                                             cfg.unet_lr, cfg.learning_rate,
                                                              **ratios)
         if not self.param_groups:
             raise TrainingFault("Every learning rate is 0, so nothing would be trained.",
@@ -54,7 +54,7 @@ class LoraKind(TrainingKind):
 
     def after_optimizer_step(self, global_step: int) -> None:
         """`scale_weight_norms`: sd-scripts' max-norm regularisation after every optimizer step."""
-        limit = float(getattr(self.config, "scale_weight_norms", 0) or 0)
+        limit = float(self.config.scale_weight_norms)
         if limit > 0:
             scaled, mean, largest = self.network.apply_max_norm_regularization(limit)
             self.max_norm_stats = {"keys_scaled": scaled, "average_key_norm": mean, "max_key_norm": largest}
@@ -64,7 +64,7 @@ class LoraKind(TrainingKind):
         c, meta = self.config, {}
         for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
                     "scale_weight_norms"):
-            if getattr(c, key, 0):
+            if getattr(c, key):
                 meta[f"ss_{key}"] = str(getattr(c, key))
         return meta
 
@@ -82,15 +82,15 @@ class LoraKind(TrainingKind):
     # ---- output ---------------------------------------------------------------------------------
     @property
     def output_ext(self) -> str:
-        return getattr(self.config, "save_model_as", "safetensors") or "safetensors"
+        return self.config.save_model_as
 
     def save(self, path: Path, *, step: int = 0, epoch: int = 0, metadata: dict | None = None) -> Path:
         from trainer.networks import verify_lora_file
         from trainer.networks.files import prepare_tensors, resolve_save_dtype
 
         path = Path(path)
-        dtype = getattr(self.config, "save_precision", None) or None
-        if path.suffix == ".safetensors" and getattr(self.config, "save_lora_format", "kohya") == "diffusers":
+        dtype = self.config.save_precision
+        if path.suffix == ".safetensors" and self.config.save_lora_format == "diffusers":
             from trainer.networks.peft_layout import save_peft_file
 
             self.last_verified = None  # the self-check reads kohya names
@@ -128,7 +128,7 @@ def _with(config, **changes):
 
 def create_training_kind(config):
     """LoRA here; the other training types come from trainer.kinds."""
-    if getattr(config, "training_type", "lora") == "lora":
+    if config.training_type == "lora":
         return LoraKind(config)
     from trainer.kinds import create_kind
 

@@ -10,23 +10,44 @@ import uuid
 from pathlib import Path
 
 from trainer.config.spec import parse_resolution
+from trainer.config.defaults import option
 
 # what the studio records in ss_sd_scripts_commit_hash (sd-scripts puts its git revision there)
 STUDIO_REVISION = "kohya-studio"
+
+# sd-scripts options this trainer does not have: the keys carry the value that matches what it does
+NOT_OPTIONS_HERE = {
+    "ss_fp8_base_unet": False,
+    "ss_lowram": False,
+    "ss_noise_offset_random_strength": False,
+    "ss_adaptive_noise_scale": None,
+    "ss_ip_noise_gamma": None,
+    "ss_ip_noise_gamma_random_strength": False,
+    "ss_zero_terminal_snr": False,
+    "ss_huber_schedule": "snr",
+    "ss_huber_scale": 1.0,
+    "ss_face_crop_aug_range": None,
+    "ss_validation_seed": None,
+    "ss_validation_split": 0.0,
+    "ss_max_validation_steps": None,
+    "ss_validate_every_n_epochs": None,
+    "ss_validate_every_n_steps": None,
+    "ss_resize_interpolation": None,
+}
 
 
 def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: str, started_at: float,
                       mixed_precision: str, dataset_dirs: dict, tag_frequency: dict,
                       reg_dataset_dirs: dict | None = None, bucket_info: dict | None = None) -> dict[str, str]:
     c = config
-    width, height = parse_resolution(getattr(c, "resolution", "512,512") or "512,512")
+    width, height = parse_resolution(c.resolution)
     meta = {
         "ss_session_id": str(uuid.uuid4().int % 2**31),
         "ss_training_started_at": str(started_at),
         "ss_output_name": c.output_name or "last",
         "ss_learning_rate": c.learning_rate,
-        "ss_unet_lr": getattr(c, "unet_lr", None),
-        "ss_text_encoder_lr": getattr(c, "text_encoder_lr", None),
+        "ss_unet_lr": option(c, "unet_lr"),
+        "ss_text_encoder_lr": option(c, "text_encoder_lr"),
         "ss_num_train_images": plan["repeats_total"],
         "ss_num_validation_images": 0,
         "ss_num_reg_images": plan["reg_images"],
@@ -38,70 +59,55 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_gradient_accumulation_steps": c.gradient_accumulation_steps,
         "ss_gradient_checkpointing": bool(c.gradient_checkpointing),
         "ss_mixed_precision": mixed_precision,
-        "ss_full_fp16": bool(getattr(c, "full_fp16", False)),
-        "ss_fp8_base": bool(getattr(c, "fp8_base", False)),
-        "ss_fp8_base_unet": bool(getattr(c, "fp8_base_unet", False)),
-        "ss_lowram": bool(getattr(c, "lowram", False)),
+        "ss_full_fp16": bool(c.full_fp16),
+        "ss_fp8_base": bool(option(c, "fp8_base")),
         "ss_lr_scheduler": c.lr_scheduler,
         "ss_lr_warmup_steps": plan.get("warmup_steps", 0),
         "ss_optimizer": optimizer_desc,
         "ss_max_grad_norm": c.max_grad_norm,
         "ss_seed": seed,
-        "ss_clip_skip": getattr(c, "clip_skip", None),
-        "ss_max_token_length": getattr(c, "max_token_length", None),
-        "ss_noise_offset": getattr(c, "noise_offset", None),
-        "ss_noise_offset_random_strength": bool(getattr(c, "noise_offset_random_strength", False)),
-        "ss_adaptive_noise_scale": getattr(c, "adaptive_noise_scale", None),
-        "ss_multires_noise_iterations": getattr(c, "multires_noise_iterations", None),
-        "ss_multires_noise_discount": getattr(c, "multires_noise_discount", 0.3),
-        "ss_ip_noise_gamma": getattr(c, "ip_noise_gamma", None),
-        "ss_ip_noise_gamma_random_strength": bool(getattr(c, "ip_noise_gamma_random_strength", False)),
-        "ss_zero_terminal_snr": bool(getattr(c, "zero_terminal_snr", False)),
-        "ss_min_snr_gamma": getattr(c, "min_snr_gamma", None),
-        "ss_scale_weight_norms": getattr(c, "scale_weight_norms", None),
-        "ss_debiased_estimation": bool(getattr(c, "debiased_estimation_loss", False)),
-        "ss_loss_type": getattr(c, "loss_type", "l2"),
-        "ss_huber_schedule": getattr(c, "huber_schedule", "snr"),
-        "ss_huber_scale": getattr(c, "huber_scale", 1.0),
-        "ss_huber_c": getattr(c, "huber_c", 0.1),
-        "ss_prior_loss_weight": getattr(c, "prior_loss_weight", 1.0),
-        "ss_face_crop_aug_range": getattr(c, "face_crop_aug_range", None),
-        "ss_validation_seed": getattr(c, "validation_seed", None),
-        "ss_validation_split": getattr(c, "validation_split", 0.0),
-        "ss_max_validation_steps": getattr(c, "max_validation_steps", None),
-        "ss_validate_every_n_epochs": getattr(c, "validate_every_n_epochs", None),
-        "ss_validate_every_n_steps": getattr(c, "validate_every_n_steps", None),
-        "ss_resize_interpolation": getattr(c, "resize_interpolation", None),
+        "ss_clip_skip": c.clip_skip,
+        "ss_max_token_length": c.max_token_length,
+        "ss_noise_offset": c.noise_offset,
+        "ss_multires_noise_iterations": c.multires_noise_iterations,
+        "ss_multires_noise_discount": c.multires_noise_discount,
+        "ss_min_snr_gamma": c.min_snr_gamma,
+        "ss_scale_weight_norms": option(c, "scale_weight_norms"),
+        "ss_debiased_estimation": bool(c.debiased_estimation_loss),
+        "ss_loss_type": c.loss_type,
+        "ss_huber_c": c.huber_c,
+        "ss_prior_loss_weight": option(c, "prior_loss_weight"),
         "ss_resolution": (width, height),
-        "ss_cache_latents": bool(getattr(c, "cache_latents", False)),
-        "ss_enable_bucket": bool(getattr(c, "enable_bucket", False)),
-        "ss_min_bucket_reso": getattr(c, "min_bucket_reso", None),
-        "ss_max_bucket_reso": getattr(c, "max_bucket_reso", None),
-        "ss_bucket_no_upscale": bool(getattr(c, "bucket_no_upscale", False)),
-        "ss_flip_aug": bool(getattr(c, "flip_aug", False)),
-        "ss_color_aug": bool(getattr(c, "color_aug", False)),
-        "ss_random_crop": bool(getattr(c, "random_crop", False)),
-        "ss_shuffle_caption": bool(getattr(c, "shuffle_caption", False)),
-        "ss_keep_tokens": getattr(c, "keep_tokens", 0),
-        "ss_caption_dropout_rate": getattr(c, "caption_dropout_rate", 0),
-        "ss_caption_dropout_every_n_epochs": getattr(c, "caption_dropout_every_n_epochs", 0),
-        "ss_caption_tag_dropout_rate": getattr(c, "caption_tag_dropout_rate", 0),
+        "ss_cache_latents": bool(c.cache_latents),
+        "ss_enable_bucket": bool(c.enable_bucket),
+        "ss_min_bucket_reso": c.min_bucket_reso,
+        "ss_max_bucket_reso": c.max_bucket_reso,
+        "ss_bucket_no_upscale": bool(c.bucket_no_upscale),
+        "ss_flip_aug": bool(c.flip_aug),
+        "ss_color_aug": bool(c.color_aug),
+        "ss_random_crop": bool(c.random_crop),
+        "ss_shuffle_caption": bool(c.shuffle_caption),
+        "ss_keep_tokens": c.keep_tokens,
+        "ss_caption_dropout_rate": c.caption_dropout_rate,
+        "ss_caption_dropout_every_n_epochs": c.caption_dropout_every_n_epochs,
+        "ss_caption_tag_dropout_rate": c.caption_tag_dropout_rate,
         "ss_v2": base.family == "sd2",
         "ss_base_model_version": getattr(base, "base_model_version", base.family),
         "ss_dataset_dirs": json.dumps(dataset_dirs),
         "ss_reg_dataset_dirs": json.dumps(reg_dataset_dirs or {}),
         "ss_tag_frequency": json.dumps(tag_frequency),
         "ss_bucket_info": json.dumps(bucket_info if bucket_info is not None else bucket_info_from_plan(plan)),
-        "ss_training_comment": getattr(c, "training_comment", None) or None,
+        "ss_training_comment": c.training_comment or None,
         "ss_sd_scripts_commit_hash": STUDIO_REVISION,
         "modelspec.resolution": f"{width}x{height}",
+        **NOT_OPTIONS_HERE,
     }
-    meta.update(model_names_and_hashes(c.pretrained_model_name_or_path, getattr(c, "vae", "") or ""))
+    meta.update(model_names_and_hashes(c.pretrained_model_name_or_path, c.vae))
     arch = getattr(base, "extra", {}).get("modelspec_architecture")
     if arch:  # DiT families: the variant (flux-1-dev / flux-1-schnell) the loader found
-        meta["modelspec.architecture"] = arch + ("/lora" if getattr(c, "training_type", "lora") == "lora" else "")
+        meta["modelspec.architecture"] = arch + ("/lora" if c.training_type == "lora" else "")
     for key in ("title", "author", "description", "license", "tags"):
-        value = getattr(c, f"metadata_{key}", "")
+        value = getattr(c, f"metadata_{key}")
         if value:
             meta[f"modelspec.{key}"] = value
     return {k: _text(v) for k, v in meta.items()}

@@ -34,15 +34,15 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
 
 def network_dtype(config, mixed_precision: str) -> torch.dtype:
     """full_fp16/full_bf16 keep the trained weights themselves in half precision."""
-    if getattr(config, "full_fp16", False) and mixed_precision == "fp16":
+    if config.full_fp16 and mixed_precision == "fp16":
         return torch.float16
-    if getattr(config, "full_bf16", False) and mixed_precision == "bf16":
+    if config.full_bf16 and mixed_precision == "bf16":
         return torch.bfloat16
     return torch.float32
 
 
 def vae_dtype(config, mixed_precision: str) -> torch.dtype:
-    return torch.float32 if getattr(config, "no_half_vae", False) else weight_dtype(mixed_precision)
+    return torch.float32 if config.no_half_vae else weight_dtype(mixed_precision)
 
 
 def allow_fp16_gradients(scaler) -> None:

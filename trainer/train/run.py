@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
+from trainer.config.defaults import option
 
 from . import setup as S
 from .faults import EXIT_ABORTED, TrainingFault, describe, is_out_of_memory
@@ -49,7 +50,7 @@ class TrainingRun:
 
     def prepare(self) -> None:
         cfg = self.config
-        resume_dir = getattr(cfg, "resume", "") or ""
+        resume_dir = cfg.resume
         self.resumed = read_train_state(Path(resume_dir)) if resume_dir else None
         self.seed = self.resumed.seed if self.resumed else S.resolve_seed(cfg)
         self.config = cfg = S.with_values(cfg, seed=self.seed)
@@ -63,7 +64,7 @@ class TrainingRun:
         self.policy.ext = self.kind.output_ext  # a kind may change it in prepare(); read again there
         if self.main:
             check_writable(self.policy.output_dir)
-            if not getattr(cfg, "output_dir", ""):
+            if not cfg.output_dir:
                 self.warn(f"output_dir is empty, so the trained files go to the current folder "
                           f"({self.policy.output_dir.resolve()}); set output_dir to choose where")
         self.base = S.load_base(cfg, self.acc, self.mp)
@@ -84,7 +85,7 @@ class TrainingRun:
             "batch_size", "gradient_accumulation_steps", "family", "num_processes")})
         if latents is not None:
             S.cache_latents(latents, scan, need_flip, self.acc)
-        self.prompts = load_prompts(getattr(cfg, "sample_prompts", "") or "")
+        self.prompts = load_prompts(cfg.sample_prompts)
         if latents is not None and not self.prompts and self.acc.device.type == "cuda":
             self.base.vae.to("cpu")  # cached: the VAE is not needed on the GPU any more
         groups = self.kind.prepare(self.base, S.network_dtype(cfg, self.mp))
@@ -128,7 +129,7 @@ class TrainingRun:
 
     def resume_settings(self) -> dict:
         c = self.config
-        return {"network_dim": getattr(c, "network_dim", None), "train_batch_size": c.train_batch_size,
+        return {"network_dim": option(c, "network_dim"), "train_batch_size": c.train_batch_size,
                 "gradient_accumulation_steps": c.gradient_accumulation_steps,
                 "num_processes": self.acc.num_processes, "total_steps": self.plan["total_steps"],
                 "optimizer": c.optimizer}
@@ -258,10 +259,10 @@ class TrainingRun:
                                      sampler_name=self.config.sample_sampler, out_dir=self.policy.output_dir / "sample",
                                      output_name=self.policy.output_name, step=step, epoch=epoch,
                                      default_size=parse_resolution(self.config.resolution), seed=self.seed,
-                                     clip_skip=int(getattr(self.config, "clip_skip", 1) or 1),
+                                     clip_skip=int(self.config.clip_skip),
                                      autocast_dtype=S.weight_dtype(self.mp), device=self.acc.device,
                                      on_image=on_image,
-                                     t5_length=int(getattr(self.config, "t5xxl_max_token_length", 0) or 0) or None)
+                                     t5_length=int(self.config.t5xxl_max_token_length) or None)
             except Exception as exc:  # noqa: BLE001 — samples are a preview: never lose the run over one
                 if not is_out_of_memory(exc):
                     raise
@@ -290,7 +291,7 @@ def size_of(path: Path) -> int:
 
 
 def every(config, option: str, n: int) -> bool:
-    k = int(getattr(config, option, 0) or 0)
+    k = int(getattr(config, option))
     return k > 0 and n % k == 0
 
 

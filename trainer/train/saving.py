@@ -39,13 +39,13 @@ class SavePolicy:
         return cls(
             output_dir=Path(config.output_dir or ".").expanduser(),
             output_name=config.output_name or "last",
-            ext=getattr(config, "save_model_as", "safetensors") or "safetensors",
-            every_n_epochs=int(getattr(config, "save_every_n_epochs", 0) or 0),
-            every_n_steps=int(getattr(config, "save_every_n_steps", 0) or 0),
-            last_n_epochs=int(getattr(config, "save_last_n_epochs", 0) or 0),
-            last_n_steps=int(getattr(config, "save_last_n_steps", 0) or 0),
-            save_state=bool(getattr(config, "save_state", False)),
-            save_state_on_train_end=bool(getattr(config, "save_state_on_train_end", False)),
+            ext=config.save_model_as,
+            every_n_epochs=int(config.save_every_n_epochs),
+            every_n_steps=int(config.save_every_n_steps),
+            last_n_epochs=int(config.save_last_n_epochs),
+            last_n_steps=int(config.save_last_n_steps),
+            save_state=bool(config.save_state),
+            save_state_on_train_end=bool(config.save_state_on_train_end),
         )
 
     # --- names ---------------------------------------------------------------------------------

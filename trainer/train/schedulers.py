@@ -19,24 +19,24 @@ SCHEDULERS = ("adafactor", *DIFFUSERS_SCHEDULERS, *TRANSFORMERS_SCHEDULERS)
 
 def warmup_steps(config, total_steps: int) -> int:
     """lr_warmup_steps when set (a float below 1 is a ratio of the run), else lr_warmup percent."""
-    steps = getattr(config, "lr_warmup_steps", 0) or 0
+    steps = config.lr_warmup_steps
     if steps:
         if isinstance(steps, float) and 0 < steps < 1:
             return int(round(steps * total_steps))
         return int(steps)
-    percent = float(getattr(config, "lr_warmup", 0) or 0)
+    percent = float(config.lr_warmup)
     return int(round(total_steps * percent / 100.0))
 
 
 def _extra_args(config) -> dict:
     try:
-        return parse_optimizer_args(getattr(config, "lr_scheduler_args", "") or "")
+        return parse_optimizer_args(config.lr_scheduler_args)
     except TrainingFault as exc:
         raise TrainingFault(exc.message.replace("optimizer_args", "lr_scheduler_args"), exc.hint) from None
 
 
 def build_scheduler(config, optimizer, total_steps: int, warn=logger.warning):
-    name = getattr(config, "lr_scheduler", "constant") or "constant"
+    name = config.lr_scheduler
     if uses_relative_step(optimizer):
         from transformers.optimization import AdafactorSchedule
 
@@ -62,9 +62,9 @@ def build_scheduler(config, optimizer, total_steps: int, warn=logger.warning):
     from diffusers.optimization import get_scheduler
 
     if name == "cosine_with_restarts":
-        kwargs.setdefault("num_cycles", int(getattr(config, "lr_scheduler_num_cycles", 1) or 1))
+        kwargs.setdefault("num_cycles", int(config.lr_scheduler_num_cycles))
     if name == "polynomial":
-        kwargs.setdefault("power", float(getattr(config, "lr_scheduler_power", 1.0) or 1.0))
+        kwargs.setdefault("power", float(config.lr_scheduler_power))
     try:
         return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps, **kwargs)
     except (TypeError, ValueError) as exc:

@@ -12,6 +12,7 @@ import torch
 from trainer.kinds.base import cast_module
 from trainer.models.dit import family_denoise, family_forced_by
 from trainer.plan import MAX_TRAIN_STEPS, run_length
+from trainer.config.defaults import option
 
 from .batches import StepBatches
 from .compile import compile_enabled, compile_unet
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_seed(config) -> int:
-    seed = int(getattr(config, "seed", 0) or 0)
+    seed = int(config.seed)
     return seed if seed > 0 else random.SystemRandom().randint(1, 2**31 - 1)
 
 
@@ -51,10 +52,10 @@ def make_accelerator(config, warn):
     cuda = torch.cuda.is_available()
     mp = effective_mixed_precision(config.mixed_precision, torch.device("cuda" if cuda else "cpu"), warn)
     # module_dropout skips whole modules, so some LoRA weights get no gradient in a step
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(getattr(config, "module_dropout", 0)))
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(option(config, "module_dropout")))
     accelerator = Accelerator(mixed_precision=mp, cpu=not cuda, kwargs_handlers=[ddp])
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, int(getattr(config, "num_cpu_threads_per_process", 2) or 2)))
+        torch.set_num_threads(max(1, int(config.num_cpu_threads_per_process)))
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -65,15 +66,15 @@ def load_base(config, accelerator, mp: str):
     from trainer.models.loader import load_base_model
 
     family = family_forced_by(config) or (
-        "sdxl" if getattr(config, "sdxl", False) else ("sd2" if getattr(config, "v2", False) else None))
-    files = {k: getattr(config, k, "") or None for k in ("clip_l", "clip_g", "t5xxl")}
+        "sdxl" if config.sdxl else ("sd2" if config.v2 else None))
+    files = {k: getattr(config, k) or None for k in ("clip_l", "clip_g", "t5xxl")}
     base = load_base_model(config.pretrained_model_name_or_path, family=family,
-                           v_parameterization=True if getattr(config, "v_parameterization", False) else None,
-                           vae=getattr(config, "ae", "") or getattr(config, "vae", "") or None,
+                           v_parameterization=True if config.v_parameterization else None,
+                           vae=config.ae or config.vae or None,
                            text_encoder_files={k: v for k, v in files.items() if v} or None)
     device, dtype = accelerator.device, weight_dtype(mp)
-    n_swap = int(getattr(config, "blocks_to_swap", 0) or 0)
-    if n_swap and getattr(config, "training_type", "lora") != "lora":
+    n_swap = int(config.blocks_to_swap)
+    if n_swap and config.training_type != "lora":
         raise TrainingFault("blocks_to_swap works with LoRA training only (the swapped blocks' weights are frozen).",
                             "Set blocks_to_swap to 0 for DreamBooth / fine-tuning.")
     # with block swap the transformer stays in host memory until its swapped blocks are set aside
@@ -81,7 +82,7 @@ def load_base(config, accelerator, mp: str):
     for te in base.text_encoders:
         cast_module(te, dtype, device).requires_grad_(False).eval()
     cast_module(base.vae, vae_dtype(config, mp), device).requires_grad_(False).eval()
-    if getattr(config, "fp8_base", False):  # before any network wraps the base layers' forwards
+    if option(config, "fp8_base"):  # before any network wraps the base layers' forwards
         from trainer.models.fp8 import Fp8Report, to_fp8
 
         report = sum((to_fp8(m, dtype) for m in (base.unet, *base.text_encoders)), Fp8Report())
@@ -92,7 +93,7 @@ def load_base(config, accelerator, mp: str):
         from .block_swap import install_block_swap
 
         base.extra["block_swap"] = install_block_swap(base, n_swap, device, logger.warning,
-                                                      bool(getattr(config, "gradient_checkpointing", False)))
+                                                      bool(config.gradient_checkpointing))
         cast_module(base.unet, dtype, device)  # the other blocks; the swapped ones stay in host memory
     return base
 
@@ -102,7 +103,7 @@ def plan_event(config, dataset, steps: StepBatches, base, accelerator) -> dict:
     per_epoch = steps.steps_per_epoch()
     if per_epoch == 0:
         raise TrainingFault("The dataset gives no training batches.", "Add images to the concept folders.")
-    epochs, total = run_length(per_epoch, int(config.epoch), int(getattr(config, "max_train_steps", 0) or 0))
+    epochs, total = run_length(per_epoch, int(config.epoch), int(config.max_train_steps))
     if total > MAX_TRAIN_STEPS:
         raise TrainingFault(f"The run would take {total:,} steps ({per_epoch:,} per epoch × {epochs:,} epochs), more "
                             f"than the {MAX_TRAIN_STEPS:,} any run can finish.",
@@ -130,18 +131,18 @@ def build_data(config, base, accelerator, events, scan=None):
     for problem in scan.of("skipped") + scan.of("warning"):
         events.warning(str(problem))
     latents = None
-    to_disk = bool(getattr(config, "cache_latents_to_disk", False))
-    if getattr(config, "cache_latents", False) or to_disk:
+    to_disk = bool(config.cache_latents_to_disk)
+    if config.cache_latents or to_disk:
         check_cache_compatible(scan)
-        latents = LatentCache(base.vae, to_disk=to_disk, cache_dir=getattr(config, "latent_cache_dir", "") or "",
-                              batch_size=int(getattr(config, "vae_batch_size", 1) or 1),
+        latents = LatentCache(base.vae, to_disk=to_disk, cache_dir=config.latent_cache_dir,
+                              batch_size=int(config.vae_batch_size),
                               on_progress=lambda done, total: events.emit("cache", what="latents", done=done,
                                                                           total=total))
     dataset = TrainDataset(scan, config, latents)
     steps = StepBatches(dataset, accelerator.process_index, accelerator.num_processes,
                         int(config.gradient_accumulation_steps), num_workers=loader_workers(dataset, config),
                         pin_memory=accelerator.device.type == "cuda",
-                        persistent_workers=bool(getattr(config, "persistent_data_loader_workers", False)))
+                        persistent_workers=bool(config.persistent_data_loader_workers))
     return scan, latents, dataset, steps, needs_flip_cache(dataset)
 
 
@@ -154,21 +155,21 @@ def cache_latents(latents, scan, need_flip, accelerator) -> None:
 def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, total_steps, cached: bool,
                        dataset=None, events=None):
     train_te = bool(kind.text_encoder_trains)
-    if getattr(config, "gradient_checkpointing", False):
-        dropout = any(getattr(config, k, 0) for k in ("network_dropout", "rank_dropout", "module_dropout"))
-        if getattr(config, "training_type", "") == "lora":  # DyLoRA draws its ranks inside the forward too
+    if config.gradient_checkpointing:
+        dropout = any(option(config, k) for k in ("network_dropout", "rank_dropout", "module_dropout"))
+        if config.training_type == "lora":  # DyLoRA draws its ranks inside the forward too
             from trainer.networks.registry import network_type
 
-            dropout = dropout or network_type(getattr(config, "LoRA_type", "Standard")).random_ranks
+            dropout = dropout or network_type(option(config, "LoRA_type")).random_ranks
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
-                                      mode=getattr(config, "gradient_checkpointing_mode", "full"), random_inside=dropout)
-    set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
-    if compile_enabled(getattr(config, "compile", "off"), accelerator.device, getattr(config, "cuda_graphs", "off")):
+                                      mode=config.gradient_checkpointing_mode, random_inside=dropout)
+    set_attention(base.unet, config.xformers, warn)
+    if compile_enabled(config.compile, accelerator.device, config.cuda_graphs):
         compile_unet(base.unet, warn)
     text = build_text(config, base, kind, accelerator, dataset, events)
     model = Denoiser(base.unet, text, getattr(kind, "network", None), call=family_denoise(base, config))
     optimizer = build_optimizer(config.optimizer, groups, config.learning_rate,
-                                getattr(config, "optimizer_args", ""), accelerator.device)
+                                config.optimizer_args, accelerator.device)
     lr_scheduler = build_scheduler(config, optimizer, total_steps, warn)
     model, optimizer = accelerator.prepare(model, optimizer)
     if network_dtype(config, mp) == torch.float16:
@@ -180,7 +181,7 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         v_prediction=base.v_prediction, vae=None if cached else base.vae,
         vae_scale=float(vae_cfg.scaling_factor), vae_shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0),
         sdxl=base.family == "sdxl", objective=objective_for(base, config),
-        latent_channels=int(getattr(vae_cfg, "latent_channels", 4) or 4), max_grad_norm=float(getattr(config, "max_grad_norm", 0) or 0), seed=seed,
+        latent_channels=int(getattr(vae_cfg, "latent_channels", 4) or 4), max_grad_norm=float(config.max_grad_norm), seed=seed,
         rank=accelerator.process_index)
 
 
@@ -196,11 +197,11 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
     from trainer.models.text import family_tokenize
 
     frozen = not kind.text_encoder_trains
-    text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=getattr(config, "clip_skip", 1),
-                           max_token_length=getattr(config, "max_token_length", 75) or 75,
+    text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=config.clip_skip,
+                           max_token_length=config.max_token_length,
                            memoize=frozen, grad_enabled=kind.text_encoder_grad,
                            tokenize=family_tokenize(base, config))
-    wanted = bool(getattr(config, "cache_text_encoder_outputs", False))
+    wanted = bool(config.cache_text_encoder_outputs)
     if not frozen:
         if wanted:
             raise TrainingFault("cache_text_encoder_outputs needs frozen text encoders, but they train in this run.",
@@ -230,7 +231,7 @@ def describe_optimizer(optimizer, config) -> str:
     from .optimizers import parse_optimizer_args
 
     inner = getattr(optimizer, "optimizer", optimizer)
-    return optimizer_description(type(inner), parse_optimizer_args(getattr(config, "optimizer_args", "") or ""))
+    return optimizer_description(type(inner), parse_optimizer_args(config.optimizer_args))
 
 
 def warmup_for_plan(config, total: int) -> int:

@@ -21,9 +21,9 @@ class WandbTracker:
                                 "pip install 'kohya-studio[wandb]' (or pip install wandb), then set WANDB_API_KEY "
                                 "or run `wandb login`; or choose log_with tensorboard.") from None
         self._wandb = wandb
-        self.run = wandb.init(project=getattr(config, "log_tracker_name", "") or "kohya-studio",
-                              name=getattr(config, "wandb_run_name", "") or run_name,
-                              dir=(getattr(config, "logging_dir", "") or None), reinit=True)
+        self.run = wandb.init(project=config.log_tracker_name or "kohya-studio",
+                              name=config.wandb_run_name or run_name,
+                              dir=(config.logging_dir or None), reinit=True)
 
     def add_scalar(self, tag, value, step):
         self.run.log({tag: value}, step=int(step))
@@ -51,12 +51,12 @@ class MultiTracker:
 
 def open_trackers(config, enabled: bool):
     """The tracker for `log_with` ("" = none), or None. TensorBoard writes under logging_dir only."""
-    wanted = getattr(config, "log_with", "tensorboard") or ""
+    wanted = config.log_with
     if not enabled or not wanted:
         return None
-    run_name = f"{getattr(config, 'log_prefix', '') or ''}{config.output_name or 'last'}_{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = f"{config.log_prefix}{config.output_name or 'last'}_{time.strftime('%Y%m%d-%H%M%S')}"
     trackers = []
-    logging_dir = getattr(config, "logging_dir", "") or ""
+    logging_dir = config.logging_dir
     if wanted in ("tensorboard", "all") and logging_dir:
         from torch.utils.tensorboard import SummaryWriter
 
