@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
-DATA_DEFAULTS = dict(
-    train_data_dir="", reg_data_dir="", dataset_config="", resolution="512", enable_bucket=False,
-    min_bucket_reso=256, max_bucket_reso=1024, bucket_reso_steps=64, bucket_no_upscale=False,
-    caption_extension=".txt", shuffle_caption=False, keep_tokens=0, keep_tokens_separator="",
-    secondary_separator="", caption_dropout_rate=0.0, caption_dropout_every_n_epochs=0,
-    caption_tag_dropout_rate=0.0, caption_prefix="", caption_suffix="", max_token_length=75, flip_aug=False,
-    color_aug=False, random_crop=False, cache_latents=False, cache_latents_to_disk=False, latent_cache_dir="",
-    vae_batch_size=1, train_batch_size=1, max_data_loader_n_workers=0, persistent_data_loader_workers=False,
-    seed=42, prior_loss_weight=1.0, recursive=False, epoch=1, max_train_steps=0, gradient_accumulation_steps=1,
-    cache_text_encoder_outputs=False,
-)
+from trainer.config import CONFIG_TYPES
+
+# what the data stories choose where the schema's default differs (everything else is the user's default)
+DATA_CHOICES = dict(resolution="512", enable_bucket=False, max_bucket_reso=1024, bucket_no_upscale=False,
+                    cache_latents=False, seed=42, epoch=1,
+                    # a writable folder for the preflight's output check; the data stories write no model there
+                    output_dir=os.path.join(tempfile.gettempdir(), "kohya-studio-data-stories"))
 
 
-def make_cfg(**overrides) -> SimpleNamespace:
-    unknown = set(overrides) - set(DATA_DEFAULTS)
-    assert not unknown, f"not a data option: {unknown}"
-    return SimpleNamespace(**{**DATA_DEFAULTS, **overrides})
+def make_cfg(training_type: str = "lora", **overrides):
+    """A typed config as the trainer gets it. Cross-field rules are not applied: some stories feed the data layer
+    what the config page would refuse (cache_latents with random_crop) to see the data layer say so too."""
+    return CONFIG_TYPES[training_type](**{**DATA_CHOICES, **overrides})
 
 
 def make_image(path: Path, size=(64, 64), seed=0, mode="RGB", fmt=None, **save_kwargs) -> Path:

@@ -93,8 +93,9 @@ def test_preflight_does_not_load_torch_so_the_gui_stays_light(tmp_path):
     import sys
 
     make_concept(tmp_path, "1_cat", 1)
-    code = ("import sys; from types import SimpleNamespace as N; from trainer.data import preflight; "
-            f"r = preflight(N(train_data_dir={str(tmp_path)!r}, resolution='64')); "
+    code = ("import sys; from trainer.config import config_for; from trainer.data import preflight; "
+            f"r = preflight(config_for('lora', train_data_dir={str(tmp_path)!r}, resolution='64', "
+            f"min_bucket_reso=64, output_dir={str(tmp_path / 'out')!r})); "
             "print(r.ok, r.images, 'torch' in sys.modules)")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)

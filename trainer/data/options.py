@@ -14,11 +14,11 @@ from trainer.config.spec import parse_resolution
 from trainer.plan import run_length  # noqa: F401  (re-exported: one parser for all)
 
 # Subset keys of Kohya's dataset TOML. Most are also options: with no TOML layer setting them the config's value
-# (the schema's default unless the user set it) applies; the two TOML-only keys default as in sd-scripts.
-TOML_ONLY_SUBSET_DEFAULTS: dict[str, Any] = {"num_repeats": 1, "class_tokens": ""}
+# (the schema's default unless the user set it) applies; the TOML-only keys default as in sd-scripts.
+TOML_ONLY_SUBSET_DEFAULTS: dict[str, Any] = {"num_repeats": 1, "class_tokens": "", "caption_separator": ","}
 SUBSET_KEYS: tuple[str, ...] = (
     *TOML_ONLY_SUBSET_DEFAULTS, "caption_extension", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
-    "secondary_separator", "caption_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
+    "secondary_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
     "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive")
 # Per-dataset keys: the TOML name → the option that gives its value when no TOML layer sets it.
 DATASET_OPTIONS: dict[str, str] = {

@@ -114,8 +114,6 @@ def preflight(cfg, scan: ScanResult | None = None) -> PreflightReport:
 def _model_and_output(cfg) -> list[Problem]:
     """A base model path that does not exist and a missing output folder stop a run as surely as a
     missing image folder does."""
-    if not hasattr(cfg, "pretrained_model_name_or_path"):
-        return []  # a bare dataset dict (tests of the scanner) has neither
     from trainer.config.paths import model_and_output_problems
 
     return [Problem("error", p.message, field=p.field) for p in model_and_output_problems(cfg)] + \
