@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from test_train_step import batch, build, weights
+from trainer.config import config_for
 from trainer.train.graphs import Captured, CapturedSteps, Rerun, capture_blocker, make_step_fn, update_blocker
 from trainer.train.loop import train_step
 
@@ -77,7 +78,7 @@ def test_captured_steps_give_the_losses_and_weights_of_normal_steps():
     start = weights(net)
     decaying_lr(ctx)
     warnings = []
-    steps = make_step_fn(ctx, types.SimpleNamespace(cuda_graphs="on"), warnings.append, backend=Rerun())
+    steps = make_step_fn(ctx, config_for("lora", cuda_graphs="on"), warnings.append, backend=Rerun())
     assert isinstance(steps, CapturedSteps)
     losses = train(steps, schedule)
 
@@ -164,17 +165,17 @@ def test_a_step_that_cannot_be_captured_runs_normally_and_the_log_says_why(backe
 def test_auto_captures_only_on_a_single_cuda_gpu_and_says_why_not():
     ctx, _ = build()
     warnings = []
-    step = make_step_fn(ctx, types.SimpleNamespace(cuda_graphs="auto"), warnings.append)
+    step = make_step_fn(ctx, config_for("lora", cuda_graphs="auto"), warnings.append)
     assert not isinstance(step, CapturedSteps) and warnings == []
-    step = make_step_fn(ctx, types.SimpleNamespace(cuda_graphs="on"), warnings.append)
+    step = make_step_fn(ctx, config_for("lora", cuda_graphs="on"), warnings.append)
     assert not isinstance(step, CapturedSteps)
     assert warnings and "need a CUDA GPU" in warnings[0]
 
     cuda = types.SimpleNamespace(device=torch.device("cuda"), accelerator=types.SimpleNamespace(num_processes=2))
-    assert "several training processes" in capture_blocker(cuda, types.SimpleNamespace())
+    assert "several training processes" in capture_blocker(cuda, config_for("lora"))
     cuda.accelerator.num_processes = 1
-    assert "module_dropout" in capture_blocker(cuda, types.SimpleNamespace(module_dropout=0.1))
-    assert capture_blocker(cuda, types.SimpleNamespace(module_dropout=0)) is None
+    assert "module_dropout" in capture_blocker(cuda, config_for("lora", module_dropout=0.1))
+    assert capture_blocker(cuda, config_for("lora", module_dropout=0)) is None
 
 
 def test_the_update_is_captured_only_for_fused_adamw_without_loss_scaling():

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import copy
-import types
 
 import pytest
 import torch
+
+from trainer.config import config_for
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,8 @@ def build(optimizer="AdamW", lr=1e-3, mixed_precision="no", seed=0, **cfg_values
     network = create_network(parts, family="sd1", network_dim=8, network_alpha=8)
     network.apply_to()
     groups = network.prepare_optimizer_params(None, None, lr)
-    cfg = types.SimpleNamespace(lr_scheduler="constant", lr_warmup=0, learning_rate=lr, **cfg_values)
+    cfg = config_for("lora", lr_scheduler="constant", lr_warmup=0, learning_rate=lr, mixed_precision=mixed_precision,
+                     **cfg_values)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=True)
     text = TextConditioner("sd1", [parts["text_encoder"]], [parts["tokenizer"]], clip_skip=1)
     optimizer = build_optimizer(optimizer, groups, lr)
@@ -160,10 +162,10 @@ def test_min_snr_gamma_weights_follow_the_paper():
     s = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     t = torch.tensor([10, 500, 990])
     snr = compute_snr(s, t)
-    cfg = types.SimpleNamespace(min_snr_gamma=5)
+    cfg = config_for("lora", min_snr_gamma=5)
     assert torch.allclose(snr_loss_weights(s, t, cfg, False), torch.clamp(snr, max=5) / snr)
     assert torch.allclose(snr_loss_weights(s, t, cfg, True), torch.clamp(snr, max=5) / (snr + 1))
-    assert snr_loss_weights(s, t, types.SimpleNamespace(), False) is None
+    assert snr_loss_weights(s, t, config_for("lora"), False) is None
 
 
 def test_frozen_text_encoder_outputs_are_remembered_exactly():
@@ -213,13 +215,12 @@ def test_optimizer_args_and_names_as_kohya_writes_them():
 def test_schedulers_warm_up_by_percent_or_steps(name):
     from trainer.train.schedulers import build_scheduler, warmup_steps
 
-    assert warmup_steps(types.SimpleNamespace(lr_warmup=10.0, lr_warmup_steps=0), 200) == 20
-    assert warmup_steps(types.SimpleNamespace(lr_warmup=10.0, lr_warmup_steps=5), 200) == 5
-    assert warmup_steps(types.SimpleNamespace(lr_warmup_steps=0.25), 200) == 50
+    assert warmup_steps(config_for("lora", lr_warmup=10.0, lr_warmup_steps=0), 200) == 20
+    assert warmup_steps(config_for("lora", lr_warmup=10.0, lr_warmup_steps=5), 200) == 5
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    cfg = types.SimpleNamespace(lr_scheduler=name, lr_warmup=10.0, lr_warmup_steps=0, lr_scheduler_num_cycles=2,
-                                lr_scheduler_power=2.0, learning_rate=1.0)
+    cfg = config_for("lora", lr_scheduler=name, lr_warmup=10.0, lr_warmup_steps=0, lr_scheduler_num_cycles=2,
+                     lr_scheduler_power=2.0, learning_rate=1.0)
     sched = build_scheduler(cfg, opt, 100)
     lrs = []
     for _ in range(100):

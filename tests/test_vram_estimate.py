@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-from types import SimpleNamespace
 
 from test_train_support import PYTHON, ROOT, env, lora_config, make_dataset, write_config
 
+from trainer.config import config_for
 from trainer.vram import estimate_vram
 
 
 def cfg(**kw):
-    base = dict(mixed_precision="bf16", fp8_base=False, cache_text_encoder_outputs=False, network_dim=16,
-                optimizer="AdamW8bit", resolution="1024,1024", train_batch_size=1, gradient_checkpointing=True)
-    return SimpleNamespace(**{**base, **kw})
+    base = dict(mixed_precision="bf16", network_dim=16, resolution="1024,1024", gradient_checkpointing=True,
+                network_train_unet_only=True, flux1_checkbox=True)
+    return config_for("lora", **{**base, **kw})
 
 
 def test_fp8_cached_text_and_checkpointing_each_lower_the_flux_estimate():

@@ -61,7 +61,7 @@ def capture_blocker(ctx: StepContext, config) -> str | None:
     if config.training_type == "lora":
         from trainer.networks.registry import network_type
 
-        if network_type(option(config, "LoRA_type")).random_ranks:
+        if network_type(config.LoRA_type).random_ranks:
             return f"{config.LoRA_type} picks the trained ranks on the CPU at every step"
     return None
 

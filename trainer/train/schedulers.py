@@ -18,12 +18,9 @@ SCHEDULERS = ("adafactor", *DIFFUSERS_SCHEDULERS, *TRANSFORMERS_SCHEDULERS)
 
 
 def warmup_steps(config, total_steps: int) -> int:
-    """lr_warmup_steps when set (a float below 1 is a ratio of the run), else lr_warmup percent."""
-    steps = config.lr_warmup_steps
-    if steps:
-        if isinstance(steps, float) and 0 < steps < 1:
-            return int(round(steps * total_steps))
-        return int(steps)
+    """lr_warmup_steps when set, else lr_warmup percent of the run."""
+    if config.lr_warmup_steps:
+        return int(config.lr_warmup_steps)
     percent = float(config.lr_warmup)
     return int(round(total_steps * percent / 100.0))
 
