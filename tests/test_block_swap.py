@@ -7,6 +7,7 @@ import torch
 from test_flux_lora import flux_config
 from test_train_support import make_dataset, run_trainer, write_config
 
+from trainer.config import config_for
 from trainer.models.flux_forward import make_denoise
 from trainer.models.tiny_dit import build_tiny_flux, write_tiny_flux
 from trainer.networks.files import read_lora_file
@@ -19,7 +20,7 @@ def test_swapped_blocks_run_from_a_device_copy_and_go_home_afterwards():
     tr = build_tiny_flux(0)["transformer"]
     blocks = swappable_blocks(tr)
     assert len(blocks) == 4  # 2 double + 2 single, in execution order
-    call = make_denoise(SimpleNamespace(extra={}), None)
+    call = make_denoise(SimpleNamespace(extra={}), config_for("lora", flux1_checkbox=True))
     x, t, h, p = torch.randn(1, 16, 8, 8), torch.tensor([400.0]), torch.randn(1, 16, 32), torch.randn(1, 32)
     want = call(tr, x, t, h, p)
     swap = install_block_swap(SimpleNamespace(unet=tr), 3, "cpu")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -105,13 +104,13 @@ def test_save_last_n_epochs_removes_only_files_this_run_wrote(tmp_path):
 
 
 def test_launch_command_for_one_process_and_for_several_gpus():
+    from trainer.config import config_for
     from trainer.train.launch import build_launch_command
 
-    one = types.SimpleNamespace(num_processes=1)
+    one = config_for("lora")
     assert build_launch_command(one, "run.toml", events_file="ev.jsonl") == [
         sys.executable, "-m", "trainer", "run", "run.toml", "--events", "ev.jsonl"]
-    two = types.SimpleNamespace(num_processes=2, mixed_precision="bf16", gpu_ids="0,1", main_process_port=29555,
-                                num_cpu_threads_per_process=2)
+    two = config_for("lora", num_processes=2, mixed_precision="bf16", gpu_ids="0,1", main_process_port=29555)
     cmd = build_launch_command(two, Path("run.toml"), training_type="lora")
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd

@@ -8,6 +8,7 @@ import types
 import pytest
 import torch
 
+from trainer.config import config_for
 from trainer.config.options_train import OPTIMIZERS as SCHEMA_OPTIMIZERS
 from trainer.config.options_train import SAMPLERS as SCHEMA_SAMPLERS
 from trainer.config.options_train import SCHEDULERS as SCHEMA_SCHEDULERS
@@ -97,9 +98,8 @@ def test_kohya_quoted_optimizer_args_are_shell_quoting():
 
 
 def _cfg(name, **extra):
-    return types.SimpleNamespace(**{"lr_scheduler": name, "learning_rate": 1e-2, "lr_warmup": 10,
-                                    "lr_warmup_steps": 0, "lr_scheduler_num_cycles": 2, "lr_scheduler_power": 2.0,
-                                    "lr_scheduler_args": "", **extra})
+    return config_for("lora", lr_scheduler=name, learning_rate=1e-2, lr_warmup=10, lr_scheduler_num_cycles=2,
+                      lr_scheduler_power=2.0, **extra)
 
 
 @pytest.mark.parametrize("name", [s for s in SCHEDULERS if s != "adafactor"])
@@ -166,8 +166,8 @@ def test_noise_offset_type_applies_only_the_noise_it_names():
 
     def noise(kind):
         torch.manual_seed(3)
-        cfg = types.SimpleNamespace(noise_offset_type=kind, noise_offset=0.5, multires_noise_iterations=4,
-                                    multires_noise_discount=0.3)
+        cfg = config_for("lora", noise_offset_type=kind, noise_offset=0.5, multires_noise_iterations=4,
+                         multires_noise_discount=0.3)
         return sample_noise((4, 16, 16), "cpu", cfg)
 
     torch.manual_seed(3)
@@ -183,12 +183,11 @@ def test_log_with_wandb_without_the_package_names_the_extra(monkeypatch):
     from trainer.train.trackers import open_trackers
 
     monkeypatch.setitem(sys.modules, "wandb", None)
-    cfg = types.SimpleNamespace(log_with="wandb", logging_dir="", output_name="toy", log_prefix="")
+    cfg = config_for("lora", log_with="wandb", output_name="toy")
     with pytest.raises(TrainingFault) as err:
         open_trackers(cfg, enabled=True)
     assert "kohya-studio[wandb]" in err.value.hint and "WANDB_API_KEY" in err.value.hint
-    assert open_trackers(types.SimpleNamespace(log_with="tensorboard", logging_dir="", output_name="t",
-                                               log_prefix=""), enabled=True) is None
+    assert open_trackers(config_for("lora", log_with="tensorboard", output_name="t"), enabled=True) is None
 
 
 def test_log_with_all_writes_tensorboard_and_wandb(tmp_path, monkeypatch):
@@ -205,7 +204,7 @@ def test_log_with_all_writes_tensorboard_and_wandb(tmp_path, monkeypatch):
 
     fake = types.SimpleNamespace(init=lambda **kw: FakeRun(), Image=lambda a: ("image", a.shape))
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    cfg = types.SimpleNamespace(log_with="all", logging_dir=str(tmp_path / "logs"), output_name="toy", log_prefix="")
+    cfg = config_for("lora", log_with="all", logging_dir=str(tmp_path / "logs"), output_name="toy")
     tracker = trackers.open_trackers(cfg, enabled=True)
     tracker.add_scalar("loss/current", 0.5, 1)
     tracker.flush()
@@ -228,7 +227,7 @@ def test_preflight_names_the_extra_of_a_missing_optimizer_library(monkeypatch):
 
     from trainer.data.preflight import _optimizer_library
 
-    cfg = types.SimpleNamespace(optimizer="DAdaptAdam")
+    cfg = config_for("lora", optimizer="DAdaptAdam")
     assert _optimizer_library(cfg) == []
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "dadaptation" else real(m, *a))
