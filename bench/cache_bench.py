@@ -23,6 +23,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trainer.config import config_for  # noqa: E402
 from trainer.data import scan_dataset  # noqa: E402
 from trainer.train.setup import build_data, cache_latents  # noqa: E402  (the trainer's one data path)
 from trainer.data.augment import render  # noqa: E402
@@ -54,14 +55,12 @@ def make_dataset(root: Path, count: int) -> Path:
     return root / "images"
 
 
-def cfg_for(train_dir: Path, **kw) -> SimpleNamespace:
+def cfg_for(train_dir: Path, **kw):
+    """A LoRA config with the schema's defaults and this bench's dataset choices."""
     base = dict(train_data_dir=str(train_dir), resolution="128", enable_bucket=True, min_bucket_reso=64,
-                max_bucket_reso=256, bucket_reso_steps=64, train_batch_size=4, seed=1, flip_aug=False,
-                cache_latents=False, cache_latents_to_disk=False, latent_cache_dir="", vae_batch_size=4,
-                max_data_loader_n_workers=0, persistent_data_loader_workers=False, shuffle_caption=True,
-                gradient_accumulation_steps=1)
-    base.update(kw)
-    return SimpleNamespace(**base)
+                max_bucket_reso=256, bucket_reso_steps=64, train_batch_size=4, seed=1, cache_latents=False,
+                vae_batch_size=4, shuffle_caption=True)
+    return config_for("lora", **{**base, **kw})
 
 
 def bare_vae(vae, items, batch: int) -> float:

@@ -99,8 +99,11 @@ def trainer_step(family, model, latents, hidden, pooled, rank, device):
     from trainer.train.flow_matching import FlowMatchingObjective
     from trainer.train.loop import Denoiser, StepContext, train_step
 
-    cfg = types.SimpleNamespace(timestep_sampling="sigma", model_prediction_type="raw", guidance_scale=3.5,
-                                discrete_flow_shift=3.0, weighting_scheme="uniform", loss_type="l2")
+    from trainer.config import config_for
+
+    cfg = config_for("lora", **{"flux1_checkbox" if family == "flux" else "sd3_checkbox": True},
+                     timestep_sampling="sigma", model_prediction_type="raw", guidance_scale=3.5,
+                     discrete_flow_shift=3.0, weighting_scheme="uniform", loss_type="l2")
     network = create_network(model, [], family, network_dim=rank, network_alpha=rank, train_text_encoder=False)
     network.apply_to()
     network.to(device, dtype=torch.float32)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_bench import build_trainer_step, load_reference  # noqa: E402
+
+from trainer.config import config_for  # noqa: E402  (train_bench put the repository on sys.path)
 
 LOSS_RTOL = 5e-2     # per-step loss, relative (bf16 compute)
 WEIGHT_RTOL = 5e-2   # |w_variant - w_eager| / |w_eager - w_start|
@@ -31,8 +32,9 @@ def snapshot(module) -> dict[str, torch.Tensor]:
 
 
 def run_variant(ref, cfg, tiny, device, steps, **opts):
-    options = types.SimpleNamespace(compile="off", cuda_graphs="off", gc_mode="full", fp8=False)
-    vars(options).update(opts)
+    # the schema's defaults, the reference's recipe (constant LR, no warm-up, its precision), eager unless asked
+    chosen = dict(compile="off", cuda_graphs="off", lr_scheduler="constant", lr_warmup=0, mixed_precision=cfg[9])
+    options = config_for("lora", **{**chosen, **opts})
     step, _, trained = build_trainer_step(ref, cfg, tiny, device, options)
     start = snapshot(trained)
     losses = [step() for _ in range(steps)]
