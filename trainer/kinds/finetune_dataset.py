@@ -31,13 +31,11 @@ def scan_metadata(cfg, *, in_json: str | Path | None = None, train_data_dir: str
     """strict=False (preflight, plan): every problem is reported instead of raised. write=False: with
     in_json empty the captions are merged in memory only (preflight must not write files)."""
     folder = Path(train_data_dir or cfg.train_data_dir)
-    json_path = Path(in_json) if in_json else (Path(cfg.in_json) if cfg.in_json
-                                                else None)
+    json_path = Path(in_json) if in_json else (Path(cfg.in_json) if cfg.in_json else None)
     try:
         if json_path is None and not write:
-            extension = str(cfg.caption_extension or ".caption")
-            metadata = merge_captions_to_metadata(folder, extension, None,
-                                                  recursive=bool(cfg.recursive))
+            extension = cfg.caption_extension or ".caption"  # empty: sd-scripts' fine-tuning extension
+            metadata = merge_captions_to_metadata(folder, extension, None, recursive=cfg.recursive)
             json_path = folder / f"{extension} files"  # only names the source in reports
         else:
             json_path = json_path or ensure_metadata(cfg, folder)
@@ -100,8 +98,8 @@ def ensure_metadata(cfg, folder: Path) -> Path:
     dataset) is kept and the next free numbered name is used instead.
     """
     out_dir = Path(cfg.output_dir or folder)
-    name = str(cfg.output_name or "last")
-    extension = str(cfg.caption_extension or ".caption")
+    name = cfg.output_name or "last"  # empty: the name sd-scripts gives an unnamed run
+    extension = cfg.caption_extension or ".caption"  # empty: sd-scripts' fine-tuning extension
     metadata = merge_captions_to_metadata(folder, extension, None, recursive=bool(cfg.recursive))
     target = out_dir / METADATA_NAME.format(name=name)
     n = 1

@@ -160,7 +160,7 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         if config.training_type == "lora":  # DyLoRA draws its ranks inside the forward too
             from trainer.networks.registry import network_type
 
-            dropout = dropout or network_type(option(config, "LoRA_type")).random_ranks
+            dropout = dropout or network_type(config.LoRA_type).random_ranks
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
                                       mode=config.gradient_checkpointing_mode, random_inside=dropout)
     set_attention(base.unet, config.xformers, warn)
@@ -181,7 +181,8 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
         v_prediction=base.v_prediction, vae=None if cached else base.vae,
         vae_scale=float(vae_cfg.scaling_factor), vae_shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0),
         sdxl=base.family == "sdxl", objective=objective_for(base, config),
-        latent_channels=int(getattr(vae_cfg, "latent_channels", 4) or 4), max_grad_norm=float(config.max_grad_norm), seed=seed,
+        latent_channels=int(getattr(vae_cfg, "latent_channels", 4) or 4), max_grad_norm=float(config.max_grad_norm),
+        seed=seed,
         rank=accelerator.process_index)
 
 
