@@ -20,6 +20,6 @@ __all__ = [
     "atomic_write_text", "check_paths", "config_class", "config_for", "config_from_dict", "config_to_dict",
     "detect_training_type", "field_specs", "import_kohya_json", "load_config_file", "looks_like_hub_id",
     "migrate", "option", "parse_config", "parse_resolution", "read_config_dict", "save_config_json",
-    "save_trainer_toml", "schema_default", "sd_scripts_export", "to_trainer_toml", "trains_text_encoder", "validate_values",
-    "write_sd_scripts_files",
+    "save_trainer_toml", "schema_default", "sd_scripts_export", "to_trainer_toml", "trains_text_encoder",
+    "validate_values", "write_sd_scripts_files",
 ]

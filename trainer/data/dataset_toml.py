@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from .errors import DatasetError, Problem
-from .options import DATASET_OPTIONS, SUBSET_KEYS as SUBSET_OPTION_KEYS, DatasetSpec, make_dataset_spec, make_subset, subset_values
+from .options import (DATASET_OPTIONS, SUBSET_KEYS as SUBSET_OPTION_KEYS, DatasetSpec, make_dataset_spec, make_subset,
+                      subset_values)
 
 SUBSET_KEYS = set(SUBSET_OPTION_KEYS) | {"image_dir", "is_reg"}
 DATASET_KEYS = set(DATASET_OPTIONS)
