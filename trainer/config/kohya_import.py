@@ -12,6 +12,7 @@ import shlex
 from typing import Any, Literal, get_args, get_origin
 
 from . import kohya_keys as K
+from .defaults import schema_default
 from .rules import ConfigError, Problem, validate_values
 from .spec import _unwrap_optional, parse_resolution
 from .kohya_import_dit import SUPPORTED_FAMILY_FLAGS, prepare_dit_keys
@@ -237,10 +238,11 @@ def _run_length(data: dict, values: dict, notes: list[str]) -> None:
             notes.append(f"max_train_epochs={int(epochs)} overrides max_train_steps={data.get('max_train_steps')}, "
                          "as in sd-scripts: the run lasts that many epochs")
         return
-    steps = values.get("max_train_steps", 0)
+    steps = values.get("max_train_steps", schema_default("max_train_steps"))
     if steps:
+        epoch = values.get("epoch", schema_default("epoch"))
         notes.append(f"max_train_steps={steps} is kept, so the run stops at {steps} steps whatever epoch "
-                     f"({values.get('epoch', 1)}) says, as in Kohya_ss; set it to 0 to let epochs govern")
+                     f"({epoch}) says, as in Kohya_ss; set it to 0 to let epochs govern")
 
 
 def _learning_rates(data: dict, values: dict, training_type: str, notes: list[str]) -> None:
@@ -313,7 +315,7 @@ def _choices(values: dict, fields, notes: list[str]) -> list[Problem]:
                                 "untick v2 (and v_parameterization) for an SDXL checkpoint"))
     steps = values.get("bucket_reso_steps")
     if isinstance(steps, int) and steps % 8:
-        if values.get("enable_bucket", True):
+        if values.get("enable_bucket", schema_default("enable_bucket")):
             problems.append(Problem("bucket_reso_steps", f"{steps} is not a multiple of 8, so buckets would not "
                                     "fit the VAE's 8-pixel grid; sd-scripts refuses it too (kohya_ss's own test "
                                     "config carries it); use 64, or 32 for SDXL"))
@@ -325,7 +327,7 @@ def _resolution(values: dict, notes: list[str]) -> None:
     """A side that is not a multiple of 8 (kohya_ss's "512,650" preset): the VAE makes 8-pixel latent
     cells, so 650 px give the 81 latent rows of 648 px; the side is rounded down to that."""
     try:
-        w, h = parse_resolution(values.get("resolution", "512,512"))
+        w, h = parse_resolution(values.get("resolution", schema_default("resolution")))
     except ValueError:
         return  # validation names the field
     if (w % 8 or h % 8) and min(w, h) >= 64:
