@@ -27,7 +27,7 @@ from torch import nn
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
 from .fused_lora import make_lora_module
 from .lora_module import LoRAModule
-from .naming import Target, all_targets, check_family, split_key
+from .naming import Target, all_targets, resolve_base, split_key  # noqa: F401  (resolve_base: public name)
 from .blocks import block_dims_alphas, block_index, block_lr_weights
 from .checks import build_name_map, check_state_dict
 from .params import network_param_groups
@@ -35,22 +35,6 @@ from .params import network_param_groups
 logger = logging.getLogger(__name__)
 
 DEFAULT_NETWORK_DIM = 4  # sd-scripts' networks.lora default when network_dim is not given
-
-
-def resolve_base(unet_or_base, text_encoders=None, family: str | None = None):
-    """(unet, [text encoders], family) from a BaseModel, a tiny-component dict or explicit parts."""
-    obj = unet_or_base
-    if hasattr(obj, "unet") and hasattr(obj, "text_encoders"):
-        unet, tes, fam = obj.unet, list(obj.text_encoders), family or getattr(obj, "family", None)
-    elif isinstance(obj, Mapping):
-        unet = obj["unet"]
-        tes = [obj[k] for k in ("text_encoder", "text_encoder_2") if obj.get(k) is not None]
-        fam = family or obj.get("family")
-    else:
-        unet, tes, fam = obj, list(text_encoders or []), family
-    if fam is None:
-        raise ValueError("family is required (sd1, sd2 or sdxl) when it cannot be read from the base model")
-    return unet, tes, check_family(fam)
 
 
 def is_missing_alpha(problem: str) -> bool:
