@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from trainer.atomic import atomic_path
+from trainer.output_names import model_ext
 
 from .base import KindError, TrainingKind
 
@@ -81,7 +82,7 @@ class LoraKind(TrainingKind):
     # ---- output ---------------------------------------------------------------------------------
     @property
     def output_ext(self) -> str:
-        return getattr(self.config, "save_model_as", "safetensors") or "safetensors"
+        return model_ext(self.config)
 
     def save(self, path: Path, *, step: int = 0, epoch: int = 0, metadata: dict | None = None) -> Path:
         from trainer.networks import verify_lora_file
