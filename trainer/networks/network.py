@@ -31,6 +31,7 @@ from .naming import Target, all_targets, resolve_base, split_key  # noqa: F401  
 from .blocks import block_dims_alphas, block_index, block_lr_weights
 from .checks import build_name_map, check_state_dict
 from .params import network_param_groups
+from .patched import PatchedNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class LoadResult:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class LoRANetwork(nn.Module):
+class LoRANetwork(PatchedNetwork, nn.Module):
     def __init__(self, family: str, catalog: Sequence[Target], loras: Sequence[LoRAModule], parts: Mapping[str, str],
                  settings: Mapping[str, Any]):
         super().__init__()
@@ -67,26 +68,9 @@ class LoRANetwork(nn.Module):
     def loras(self) -> list[LoRAModule]:
         return [m for m in self.children() if isinstance(m, LoRAModule)]
 
-    @property
-    def unet_loras(self) -> list[LoRAModule]:
-        return [m for m in self.loras if self.parts[m.lora_name] == "unet"]
+    # unet_loras / text_encoder_loras, apply_to / restore, set_multiplier: PatchedNetwork (patched.py)
 
-    @property
-    def text_encoder_loras(self) -> list[LoRAModule]:
-        return [m for m in self.loras if self.parts[m.lora_name] != "unet"]
-
-    # --- applying, merging ----------------------------------------------------------------
-
-    def apply_to(self) -> "LoRANetwork":
-        """Patch the base modules' forwards so the LoRA branch runs (training / dynamic use)."""
-        for lora in self.loras:
-            lora.apply_to()
-        return self
-
-    def restore(self) -> None:
-        """Give the base modules their own forwards back (merged weights stay merged)."""
-        for lora in self.loras:
-            lora.restore()
+    # --- merging --------------------------------------------------------------------------
 
     @property
     def merged(self) -> bool:
@@ -101,11 +85,6 @@ class LoRANetwork(nn.Module):
         """Subtract exactly what merge_to added."""
         for lora in self.loras:
             lora.unmerge()
-
-    def set_multiplier(self, multiplier: float) -> None:
-        self.multiplier = float(multiplier)
-        for lora in self.loras:
-            lora.multiplier = self.multiplier
 
     # --- optimisation ---------------------------------------------------------------------
 
