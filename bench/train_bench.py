@@ -346,8 +346,8 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{r['name']:26} error: {r['error']}")
             continue
-        print(f"{r['name']:26} {str(r['ref_ms']):>8} {r['ours_ms']:8} {str(r['ratio']):>6} {str(r['ref_samples_s']):>9} "
-              f"{r['ours_samples_s']:9} {str(r['ref_peak_gib']):>7} {str(r['ours_peak_gib']):>7} "
+        print(f"{r['name']:26} {str(r['ref_ms']):>8} {r['ours_ms']:8} {str(r['ratio']):>6} "
+              f"{str(r['ref_samples_s']):>9} {r['ours_samples_s']:9} {str(r['ref_peak_gib']):>7} {str(r['ours_peak_gib']):>7} "
               f"{str(r['ref_reserved_gib']):>7} {str(r['ours_reserved_gib']):>7}  {r['target'] or ''}")
     return 0
 

@@ -31,8 +31,9 @@ for -state folders, ``kind.warnings`` to emit as ``warning`` events after prepar
 
 Kinds: ``LoraKind`` (a kohya LoRA / LyCORIS network patched into the base model, built by
 ``trainer/networks/registry.py``; saves the network file and self-checks it), ``DreamboothKind``
-(full UNet, text encoder while learning_rate_te > 0 until stop_text_encoder_training; saves a complete checkpoint), ``FinetuneKind`` (same, from Kohya's
-metadata JSON — ``finetune_metadata`` builds it, ``finetune_dataset`` reads it) and
+(full UNet, text encoder while learning_rate_te > 0 until stop_text_encoder_training; saves a
+complete checkpoint), ``FinetuneKind`` (same, from Kohya's metadata JSON — ``finetune_metadata``
+builds it, ``finetune_dataset`` reads it) and
 ``TextualInversionKind`` (new token rows only; Kohya ``emb_params`` / A1111 ``string_to_param`` /
 SDXL ``clip_l`` + ``clip_g`` files, ``embedding_files``).
 """

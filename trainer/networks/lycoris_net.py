@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
+from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_source, save_lora_file
 from .naming import Target, all_targets, split_key
 from .kohya_lora import config_dropouts
 from .network import canonical_state_dict, resolve_base
@@ -164,11 +164,7 @@ class LycorisNetwork(PatchedNetwork, nn.Module):
 
     def load_weights(self, path_or_state, metadata: Mapping[str, str] | None = None):
         """Load a file of the same type and ranks (continue training); a clear error otherwise."""
-        if isinstance(path_or_state, Mapping):
-            state, meta, source = dict(path_or_state), dict(metadata or {}), "<state dict>"
-        else:
-            state, meta = read_lora_file(path_or_state)
-            source = str(path_or_state)
+        state, meta, source = read_lora_source(path_or_state, metadata)
         state = canonical_state_dict(state, meta, self.catalog, self.family, source)
         own = self.state_dict()
         wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]

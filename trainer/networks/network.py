@@ -24,7 +24,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
+from .files import (
+    LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, read_lora_source, save_lora_file,
+)
 from .fused_lora import make_lora_module
 from .lora_module import LoRAModule
 from .naming import Target, all_targets, resolve_base, split_key  # noqa: F401  (resolve_base: public name)
@@ -143,11 +145,7 @@ class LoRANetwork(PatchedNetwork, nn.Module):
         `dim_from_weights` is the fix)."""
         if self.merged:
             raise RuntimeError("unmerge() the network before loading new weights into it")
-        if isinstance(path_or_state, Mapping):
-            state, meta, source = dict(path_or_state), dict(metadata or {}), "<state dict>"
-        else:
-            state, meta = read_lora_file(path_or_state)
-            source = str(path_or_state)
+        state, meta, source = read_lora_source(path_or_state, metadata)
         state = canonical_state_dict(state, meta, self.catalog, self.family, source)
         require_plain_lora(state, source)
 
