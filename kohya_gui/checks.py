@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import CONFIG_TYPES, check_paths, looks_like_hub_id, save_config_json, validate_values
+from trainer.problems import Problem
 
 from . import modelcheck
 from .picker import PathRefused, confine
@@ -24,26 +25,16 @@ MODEL_FIELDS = ("pretrained_model_name_or_path", "vae")
 DATASET_FIELDS = ("train_data_dir", "reg_data_dir", "dataset_config", "in_json")
 
 
-@dataclass(frozen=True)
-class Issue:
-    """A problem for display: same shape as trainer.config.Problem plus an optional hint."""
-
-    field: str
-    message: str
-    level: str = "error"
-    hint: str = ""
-
-
 @dataclass
 class CheckResult:
     config: Any = None
-    problems: list[Issue] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     plan: dict | None = None
     preflight_ran: bool = False
     preflight_note: str = ""
 
     @property
-    def errors(self) -> list[Issue]:
+    def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.level == "error"]
 
     @property
@@ -51,14 +42,9 @@ class CheckResult:
         return self.config is not None and not self.errors
 
 
-def _issue(p) -> Issue:
-    return Issue(str(getattr(p, "field", "config")), str(getattr(p, "message", p)),
-                 str(getattr(p, "level", "error")), str(getattr(p, "hint", "") or ""))
-
-
-def empty_number_issues(specs, values: dict) -> list[Issue]:
+def empty_number_issues(specs, values: dict) -> list[Problem]:
     """Number boxes left empty where the option needs a number (clearer than pydantic's text)."""
-    return [Issue(s.name, f"is empty; enter a number (default {s.default})")
+    return [Problem.at(s.name, f"is empty; enter a number (default {s.default})")
             for s in specs if s.kind in ("int", "float") and not s.optional and values.get(s.name) is None]
 
 
@@ -67,11 +53,11 @@ def check_values(training_type: str, values: dict, specs) -> CheckResult:
     empties = empty_number_issues(specs, values)
     blanks = {i.field for i in empties}
     config, problems = validate_values(training_type, {k: v for k, v in values.items() if k not in blanks})
-    issues = empties + [_issue(p) for p in problems if p.field not in blanks]
+    issues = empties + [p for p in problems if p.field not in blanks]
     return CheckResult(config=None if empties else config, problems=issues)
 
 
-def stand_in_config(training_type: str, values: dict, problems: list[Issue]):
+def stand_in_config(training_type: str, values: dict, problems: list[Problem]):
     """The user's values with each rejected one left at its default, so the disk, model and dataset
     checks run in the same round as the value checks (one round of problems, not several)."""
     cls = CONFIG_TYPES[training_type]
@@ -83,7 +69,7 @@ def stand_in_config(training_type: str, values: dict, problems: list[Issue]):
         return None
 
 
-def outside_roots_issues(config, specs, roots: list[Path] | None) -> list[Issue]:
+def outside_roots_issues(config, specs, roots: list[Path] | None) -> list[Problem]:
     """Every path the run would read or write must lie under the folders the studio may use (the
     picker's rule), so a logged-in user cannot point the trainer at the rest of the server."""
     if not roots:
@@ -98,20 +84,17 @@ def outside_roots_issues(config, specs, roots: list[Path] | None) -> list[Issue]
         try:
             confine(value, roots)
         except PathRefused as exc:
-            issues.append(Issue(spec.name, str(exc)))
+            issues.append(Problem.at(spec.name, str(exc)))
     return issues
 
 
-def model_issues(config, cwd: Path | None) -> list[Issue]:
-    issues = []
-    for name in MODEL_FIELDS:
-        found = modelcheck.model_problem(str(getattr(config, name, "") or ""), cwd=cwd)
-        if found:
-            issues.append(Issue(name, found[0], "error", found[1]))
-    return issues
+def model_issues(config, cwd: Path | None) -> list[Problem]:
+    found = (modelcheck.model_problem(str(getattr(config, name, "") or ""), cwd=cwd, field=name)
+             for name in MODEL_FIELDS)
+    return [p for p in found if p]
 
 
-def _merge(issues: list[Issue], more: list[Issue]) -> list[Issue]:
+def _merge(issues: list[Problem], more: list[Problem]) -> list[Problem]:
     """Add problems, dropping one that repeats a field+message already listed."""
     seen = {(i.field, i.message) for i in issues}
     return issues + [m for m in more if (m.field, m.message) not in seen]
@@ -125,7 +108,7 @@ def check_all(training_type: str, values: dict, specs, *, python: str, workspace
     config = result.config or stand_in_config(training_type, values, result.problems)
     if config is None:
         return result
-    disk = [_issue(p) for p in check_paths(config)]
+    disk = list(check_paths(config))
     flagged = {p.field for p in disk}
     disk += [i for i in model_issues(config, cwd) if i.field not in flagged]
     disk += outside_roots_issues(config, specs, roots)
@@ -142,7 +125,7 @@ def check_all(training_type: str, values: dict, specs, *, python: str, workspace
 # ---- the trainer's preflight ---------------------------------------------------------------------
 
 def run_preflight(config, *, python: str, workspace: Path, cwd: Path | None = None,
-                  timeout: float = PREFLIGHT_TIMEOUT) -> tuple[list[Issue], dict | None, str]:
+                  timeout: float = PREFLIGHT_TIMEOUT) -> tuple[list[Problem], dict | None, str]:
     tmp_dir = Path(workspace) / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = tmp_dir / f"preflight-{uuid.uuid4().hex[:8]}.json"
@@ -151,15 +134,15 @@ def run_preflight(config, *, python: str, workspace: Path, cwd: Path | None = No
         proc = subprocess.run([python, "-m", "trainer", "preflight", str(cfg_path), "--json"],
                               capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired:
-        return [Issue("train_data_dir", f"the dataset check did not finish within {timeout:.0f} s",
-                      "warning")], None, ""
+        return [Problem.at("train_data_dir", f"the dataset check did not finish within {timeout:.0f} s",
+                           "warning")], None, ""
     finally:
         cfg_path.unlink(missing_ok=True)
     report = _json_from(proc.stdout)
     if report is None:
         tail = " ".join(proc.stderr.strip().splitlines()[-3:])[:600]
-        return [Issue("train_data_dir", f"the dataset check could not run (exit code {proc.returncode}): "
-                      f"{tail or 'no output'}", "warning")], None, ""
+        return [Problem.at("train_data_dir", f"the dataset check could not run (exit code {proc.returncode}): "
+                           f"{tail or 'no output'}", "warning")], None, ""
     return parse_preflight(report, config)
 
 
@@ -190,7 +173,7 @@ def _field_for(problem: dict, config) -> str:
     return "train_data_dir"
 
 
-def parse_preflight(report: dict, config) -> tuple[list[Issue], dict | None, str]:
+def parse_preflight(report: dict, config) -> tuple[list[Problem], dict | None, str]:
     """The preflight JSON (trainer.data.preflight.PreflightReport.to_dict(), possibly wrapped) →
     issues attached to fields, the plan, and the report's own text."""
     if isinstance(report.get("preflight"), dict):
@@ -202,14 +185,12 @@ def parse_preflight(report: dict, config) -> tuple[list[Issue], dict | None, str
             raw = {"message": raw} if isinstance(raw, str) else raw
             if not isinstance(raw, dict):
                 continue
-            severity = str(raw.get("severity") or raw.get("level") or default)
-            message = str(raw.get("message", ""))
-            if severity == "skipped":
-                message = f"skipped: {message}"
-            if raw.get("path") and str(raw["path"]) not in message:
-                message = f"{raw['path']}: {message}"
-            issues.append(Issue(_field_for(raw, config), message, "error" if severity == "error" else "warning",
-                                str(raw.get("hint") or "")))
+            found = Problem.from_dict(raw, default)
+            message = f"skipped: {found.message}" if found.level == "skipped" else found.message
+            if found.path and found.path not in message:
+                message = f"{found.path}: {message}"
+            issues.append(Problem.at(_field_for(raw, config), message, "error" if found.is_error else "warning",
+                                     found.hint))
     plan = report.get("plan") if isinstance(report.get("plan"), dict) else (
         report if "total_steps" in report else None)
     if plan is not None and "concepts" not in plan and report.get("concepts"):
@@ -235,7 +216,7 @@ def summary_markdown(result: CheckResult, labels: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _line(p: Issue, labels: dict[str, str]) -> str:
+def _line(p: Problem, labels: dict[str, str]) -> str:
     name = labels.get(p.field, p.field)
     hint = ""
     if p.hint and p.hint not in p.message:

@@ -100,7 +100,7 @@ def field_note(spec: FieldSpec, problems: list) -> tuple[str, list[str]]:
     """(info text, css classes) for a field: its problems replace the help text while they last."""
     if not problems:
         return spec.help, []
-    errors = [p for p in problems if getattr(p, "level", "error") == "error"]
+    errors = [p for p in problems if p.is_error]
     shown = errors or problems
     marker = "⚠" if errors else "ℹ"
     text = " ".join(f"{marker} {p.message}" + _hint_head(p) for p in shown)

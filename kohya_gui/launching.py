@@ -7,13 +7,13 @@ reproduced and inspected after the fact.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 import time
 from pathlib import Path
 
 from trainer.config import save_config_json, save_trainer_toml
+from trainer.output_names import model_ext, output_path, output_pattern
 
 from .jobqueue import JobQueue, Job
 
@@ -50,30 +50,18 @@ def runnable_commands(config, python: str = sys.executable) -> tuple[str, str]:
     return text, toml_path.read_text(encoding="utf-8")
 
 
-def model_extension(config) -> str:
-    fmt = getattr(config, "save_model_as", "safetensors")
-    return {"ckpt": ".ckpt", "pt": ".pt", "safetensors": ".safetensors"}.get(fmt, "")
-
-
-def _output_pattern(name: str, ext: str) -> re.Pattern:
-    """The names a run writes (trainer.train.saving): NAME, NAME-000004, NAME-step00000500,
-    NAME-stopped, each with the model extension, and their -state folders (NAME-stopped-state)."""
-    kinds = r"(-\d{6}|-step\d{8}|-stopped)?"
-    end = f"({re.escape(ext)}|-state)" if ext else "(-state)?"     # a state folder drops the extension
-    return re.compile(re.escape(name) + kinds + end)
-
-
 def existing_outputs(config) -> list[Path]:
     """Files and folders a run with this config would collide with (the trainer refuses to start
-    over them): the final model, epoch/step/stopped files and their -state folders."""
-    out_dir = Path(getattr(config, "output_dir", "") or "").expanduser()
-    name = getattr(config, "output_name", "") or "last"
+    over them): the final model, epoch/step/stopped files and their -state folders. The names are
+    the trainer's own (trainer/output_names.py)."""
+    out_dir = Path(config.output_dir or "").expanduser()
+    name = config.output_name or "last"
     if not out_dir.is_dir():
         return []
-    ext = model_extension(config)
-    pattern = _output_pattern(name, ext)
+    ext = model_ext(config)
+    pattern = output_pattern(name, ext)
     found = [p for p in out_dir.iterdir() if p.name.startswith(name) and pattern.fullmatch(p.name)]
-    final = out_dir / f"{name}{ext}"
+    final = output_path(out_dir, name, ext, "final")
     return sorted(found, key=lambda p: (p != final, p.name))     # the final model first
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from trainer.config import looks_like_hub_id
+from trainer.problems import Problem
 
 # ids removed from the hub → where the same weights live now
 REMOVED_HUB_IDS = {
@@ -59,8 +60,9 @@ def in_hub_cache(repo_id: str) -> bool:
     return snapshots.is_dir() and any(snapshots.iterdir())
 
 
-def model_problem(value: str, *, cwd: Path | None = None, online=hub_reachable) -> tuple[str, str] | None:
-    """(message, hint) when the base model cannot be had, else None."""
+def model_problem(value: str, *, cwd: Path | None = None, online=hub_reachable,
+                  field: str = "pretrained_model_name_or_path") -> Problem | None:
+    """The problem (on `field`) when the base model cannot be had, else None."""
     value = str(value or "").strip()
     if not value:
         return None
@@ -70,14 +72,15 @@ def model_problem(value: str, *, cwd: Path | None = None, online=hub_reachable) 
     if path.exists():
         return None
     if not looks_like_hub_id(value) or value.lower().endswith(MODEL_FILE_SUFFIXES):
-        return (f"'{value}' does not exist",
-                "Pick a checkpoint file or a diffusers folder (models/checkpoints/), or enter a Hugging Face id.")
+        return Problem.at(field, f"'{value}' does not exist", hint="Pick a checkpoint file or a diffusers folder "
+                          "(models/checkpoints/), or enter a Hugging Face id.")
     if in_hub_cache(value):
         return None
     if value in REMOVED_HUB_IDS:
-        return (f"'{value}' was removed from the Hugging Face hub",
-                f"Use '{REMOVED_HUB_IDS[value]}' (the same weights) or a local checkpoint.")
+        return Problem.at(field, f"'{value}' was removed from the Hugging Face hub",
+                          hint=f"Use '{REMOVED_HUB_IDS[value]}' (the same weights) or a local checkpoint.")
     if not online():
-        return (f"'{value}' is not in the local Hugging Face cache and the hub cannot be reached (offline)",
-                "Download it once while online, or pick a local checkpoint file or diffusers folder.")
+        return Problem.at(field, f"'{value}' is not in the local Hugging Face cache and the hub cannot be reached "
+                          "(offline)", hint="Download it once while online, or pick a local checkpoint file or "
+                          "diffusers folder.")
     return None

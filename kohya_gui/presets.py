@@ -100,7 +100,7 @@ def apply_checked(current: dict, preset_values: dict, known: set[str], validate)
     changed = {name for name, _, _ in changes}
     kept: list[tuple[str, str]] = []
     for problem in validate(new):
-        if problem.field in changed and getattr(problem, "level", "error") == "error":
+        if problem.field in changed and problem.is_error:
             new[problem.field] = current.get(problem.field)
             changed.discard(problem.field)
             kept.append((problem.field, problem.message))

@@ -7,6 +7,7 @@ import pytest
 from kohya_gui import checks
 from kohya_gui.forms import TrainingForm, field_note, is_visible, to_python, to_widget
 from trainer.config import CONFIG_TYPES, SECTIONS, config_to_dict, field_specs, validate_values
+from trainer.problems import Problem
 
 TYPES = list(CONFIG_TYPES)
 
@@ -93,7 +94,7 @@ def test_a_problem_replaces_the_help_text_of_its_field_until_fixed():
 
 def test_warning_notes_are_marked_differently_from_errors():
     spec = TrainingForm("lora").by_name["train_data_dir"]
-    text, classes = field_note(spec, [checks.Issue("train_data_dir", "2 images are upscaled", "warning")])
+    text, classes = field_note(spec, [Problem.at("train_data_dir", "2 images are upscaled", "warning")])
     assert text.startswith("ℹ") and classes == ["field-warning"]
 
 

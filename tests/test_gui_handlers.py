@@ -8,6 +8,7 @@ import pytest
 
 from kohya_gui import checks, launching
 from trainer.config import CONFIG_TYPES
+from trainer.problems import Problem
 from gui_tab import make_tab, raw_values, split_output
 
 KOHYA_JSON = Path(__file__).parent / "data" / "kohya_lora_v26.json"
@@ -114,7 +115,7 @@ def test_overwrite_guard_lists_existing_files(tmp_path):
 
 
 def test_summary_says_ready_when_everything_passes():
-    result = checks.CheckResult(config=object(), problems=[checks.Issue("x", "note", "warning")],
+    result = checks.CheckResult(config=object(), problems=[Problem.at("x", "note", "warning")],
                                 preflight_ran=True)
     text = checks.summary_markdown(result, {})
     assert "Ready to train" in text and "1 note(s)" in text
@@ -122,10 +123,10 @@ def test_summary_says_ready_when_everything_passes():
 
 def test_preflight_report_problems_land_on_the_image_folder_field():
     config = CONFIG_TYPES["lora"](train_data_dir="/data/images", reg_data_dir="/data/reg")
-    report = {"ok": False, "errors": [{"severity": "error", "message": "folder 'mychar' has no <repeats>_ prefix",
+    report = {"ok": False, "errors": [{"level": "error", "message": "folder 'mychar' has no <repeats>_ prefix",
                                        "hint": "rename it to 10_mychar\nExpected layout:\n  dataset/", "path":
                                        "/data/images/mychar"}],
-              "warnings": [{"severity": "warning", "message": "upscaled", "path": "/data/reg/1_x/a.png"}],
+              "warnings": [{"level": "warning", "message": "upscaled", "path": "/data/reg/1_x/a.png"}],
               "images": 3, "train_samples_per_epoch": 30, "steps_per_epoch": 30, "epochs": 2, "total_steps": 60,
               "batch_size": 1, "buckets": {"512x512": 3}}
     issues, plan, _ = checks.parse_preflight(report, config)

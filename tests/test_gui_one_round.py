@@ -9,6 +9,7 @@ import gradio as gr
 import pytest
 
 from kohya_gui import checks, modelcheck
+from trainer.problems import Problem
 from kohya_gui.forms import specs_for, to_python, to_widget
 from gui_tab import make_tab, raw_values, split_output
 
@@ -60,8 +61,8 @@ def test_out_of_range_and_unparsable_values_are_named_with_the_missing_folder_in
 
 
 def test_the_summary_keeps_the_whole_sentence_with_its_angle_brackets():
-    issue = checks.Issue("train_data_dir", "'x' is not a folder; pick the parent of your <repeats>_<name> folders, "
-                         "e.g. dataset/images")
+    issue = Problem.at("train_data_dir", "'x' is not a folder; pick the parent of your <repeats>_<name> folders, "
+                       "e.g. dataset/images")
     text = checks.summary_markdown(checks.CheckResult(problems=[issue]), {"train_data_dir": "Image folder"})
     assert "&lt;repeats&gt;_&lt;name&gt; folders, e.g. dataset/images" in text
 
@@ -77,10 +78,11 @@ def test_plan_line_says_the_repeat_count():
 def test_a_base_model_that_cannot_be_had_is_caught_by_check(tab, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     removed = modelcheck.model_problem("runwayml/stable-diffusion-v1-5")
-    assert "removed" in removed[0] and "stable-diffusion-v1-5/stable-diffusion-v1-5" in removed[1]
+    assert "removed" in removed.message and "stable-diffusion-v1-5/stable-diffusion-v1-5" in removed.hint
+    assert removed.field == "pretrained_model_name_or_path" and removed.is_error
     offline = modelcheck.model_problem("someone/some-model")
-    assert "not in the local Hugging Face cache" in offline[0]
-    assert "does not exist" in modelcheck.model_problem("models/checkpoints/gone.safetensors")[0]
+    assert "not in the local Hugging Face cache" in offline.message
+    assert "does not exist" in modelcheck.model_problem("models/checkpoints/gone.safetensors", field="vae").message
     cached = tmp_path / "hf" / "hub" / "models--someone--some-model" / "snapshots" / "abc"
     cached.mkdir(parents=True)
     assert modelcheck.model_problem("someone/some-model") is None, "a cached id works offline"

@@ -23,13 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def _wired(training_type: str) -> bool:
     """True once the loop creates this project's kind for the training type."""
     try:
-        from trainer.kinds import KINDS
-        from trainer.train.lora import create_training_kind
+        from trainer.kinds import KINDS, create_kind
         import trainer.train.run  # noqa: F401
     except ImportError:
         return False
     config = parse_config(training_type, {"token_string": "zq"} if training_type == "textual_inversion" else {})
-    return isinstance(create_training_kind(config), KINDS[training_type])
+    return isinstance(create_kind(config), KINDS[training_type])
 
 
 def wired(training_type):

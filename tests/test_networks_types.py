@@ -175,7 +175,7 @@ def test_loraplus_ratios_put_the_up_matrices_in_their_own_group(lora_type):
 def test_lora_training_kind_reaches_loraplus_and_scale_weight_norms():
     """The options are reachable from a config: LoraKind builds the LoRA+ groups and applies max-norm
     after each optimizer step, and the saved file records them (ss_loraplus_lr_ratio, ss_scale_weight_norms)."""
-    from trainer.train.lora import LoraKind
+    from trainer.kinds import LoraKind
 
     base, _ = tiny_base()
     kind = LoraKind(config(LoRA_type="Kohya LoCon", conv_dim=2, loraplus_lr_ratio=8, scale_weight_norms=0.01,
@@ -208,7 +208,7 @@ def test_lycoris_preset_and_type_options_reach_the_modules():
 
 def test_lycoris_network_resumes_from_its_training_state():
     """save_state/resume keep every LyCORIS parameter (DyLoRA's file layout cannot be loaded back)."""
-    from trainer.train.lora import LoraKind
+    from trainer.kinds import LoraKind
 
     base, _ = tiny_base()
     cfg = config(LoRA_type="LyCORIS/DyLoRA", conv_dim=2, unit=2)

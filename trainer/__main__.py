@@ -128,7 +128,7 @@ def cmd_plan(args) -> int:
         if vram:
             print(f"VRAM: about {vram.total_gb} GB for {family} with these settings ({vram.note})")
         for p in scan.problems:
-            print(f"{p.severity}: {p}")
+            print(f"{p.level}: {p}")
     return 0 if not scan.of("error") else 1
 
 

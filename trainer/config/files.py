@@ -10,7 +10,9 @@ from trainer import tomlio
 from trainer.atomic import atomic_write_text
 
 from .kohya_import import detect_training_type, import_kohya_json
-from .rules import ConfigError, Problem, parse_config
+from trainer.problems import Problem
+
+from .rules import ConfigError, parse_config
 from .types import CONFIG_VERSION, CONFIG_TYPES, BaseConfig
 
 
@@ -28,10 +30,10 @@ MIGRATIONS: dict[int, Callable[[dict], dict]] = {0: _v0_to_v1}
 def migrate(data: dict, source: str = "") -> dict:
     version = data.get("config_version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ConfigError([Problem("config_version", f"{version!r} is not a config version (a whole number from 0 "
+        raise ConfigError([Problem.at("config_version", f"{version!r} is not a config version (a whole number from 0 "
                                    f"to {CONFIG_VERSION}); remove the key or set it to {CONFIG_VERSION}")], source)
     if version > CONFIG_VERSION:
-        raise ConfigError([Problem("config_version", f"version {version!r} is newer than this program "
+        raise ConfigError([Problem.at("config_version", f"version {version!r} is newer than this program "
                                    f"understands ({CONFIG_VERSION}); update kohya-studio")], source)
     while version < CONFIG_VERSION:
         data = MIGRATIONS[version](dict(data))
@@ -53,19 +55,19 @@ def read_config_dict(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([Problem("config", f"{str(path)!r} does not exist; check the path")]) from None
+        raise ConfigError([Problem.at("config", f"{str(path)!r} does not exist; check the path")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem("config", f"{path.name} cannot be read: {exc}")], str(path)) from None
+        raise ConfigError([Problem.at("config", f"{path.name} cannot be read: {exc}")], str(path)) from None
     kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
         data = tomlio.loads(text) if kind == "TOML" else json.loads(text)
     except (json.JSONDecodeError, tomlio.TOMLDecodeError) as exc:
-        raise ConfigError([Problem("config", f"{path.name} is not valid {kind}: {exc}")], str(path)) from None
+        raise ConfigError([Problem.at("config", f"{path.name} is not valid {kind}: {exc}")], str(path)) from None
     except RecursionError:
-        raise ConfigError([Problem("config", f"{path.name} is nested too deeply to be a config; a config is one "
+        raise ConfigError([Problem.at("config", f"{path.name} is nested too deeply to be a config; a config is one "
                                    "table of settings")], str(path)) from None
     if not isinstance(data, dict):
-        raise ConfigError([Problem("config", f"{path.name} holds {_what(data)} at the top; a config is one "
+        raise ConfigError([Problem.at("config", f"{path.name} holds {_what(data)} at the top; a config is one "
                                    f"{'table' if kind == 'TOML' else 'object {…}'} of settings")], str(path))
     return data
 
@@ -82,15 +84,15 @@ def config_from_dict(data: dict[str, Any], training_type: str | None = None, sou
         data = migrate(dict(data), source)
         ttype = data.get("training_type") or training_type
         if training_type and ttype != training_type:
-            raise ConfigError([Problem("training_type", f"the file is a {ttype} config but {training_type} was "
+            raise ConfigError([Problem.at("training_type", f"the file is a {ttype} config but {training_type} was "
                                        "asked for; open it in its own tab or change --type")], source)
         if ttype not in CONFIG_TYPES:
-            raise ConfigError([Problem("training_type", f"{ttype!r} is not one of {', '.join(CONFIG_TYPES)}")],
+            raise ConfigError([Problem.at("training_type", f"{ttype!r} is not one of {', '.join(CONFIG_TYPES)}")],
                               source)
         return LoadedConfig(parse_config(ttype, data, source), "project")
     ttype = training_type or detect_training_type(data)
     if ttype is None:
-        raise ConfigError([Problem("training_type", "cannot tell which kind of training this Kohya_ss config "
+        raise ConfigError([Problem.at("training_type", "cannot tell which kind of training this Kohya_ss config "
                                    "is for; pass --type lora|dreambooth|textual_inversion|finetune")], source)
     values, ignored, notes = import_kohya_json(data, ttype)
     return LoadedConfig(parse_config(ttype, values, source), "kohya-json", ignored, notes)

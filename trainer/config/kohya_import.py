@@ -12,8 +12,10 @@ import shlex
 from typing import Any, Literal, get_args, get_origin
 
 from . import kohya_keys as K
+from trainer.problems import Problem
+
 from .defaults import schema_default
-from .rules import ConfigError, Problem, validate_values
+from .rules import ConfigError, validate_values
 from .spec import _unwrap_optional, parse_resolution
 from .kohya_import_dit import SUPPORTED_FAMILY_FLAGS, prepare_dit_keys
 from .types import CONFIG_TYPES
@@ -155,8 +157,8 @@ def unsupported_family(data: dict) -> Problem | None:
 
 
 def _family_problem(field: str, family: str) -> Problem:
-    return Problem(field, f"{family} family not supported yet: kohya-studio trains SD1.x, SD2.x, SDXL, FLUX.1 and SD3.5 "
-                   f"(kohya_ss runs this config with sd-scripts' {K.SD_SCRIPTS_OF_FAMILY[family]})")
+    return Problem.at(field, f"{family} family not supported yet: kohya-studio trains SD1.x, SD2.x, SDXL, FLUX.1 "
+                      f"and SD3.5 (kohya_ss runs this config with sd-scripts' {K.SD_SCRIPTS_OF_FAMILY[family]})")
 
 
 def _hashable(value: Any) -> bool:
@@ -183,7 +185,7 @@ def import_kohya_json(data: dict[str, Any], training_type: str) -> tuple[dict[st
     """Map a Kohya_ss GUI JSON. Returns (values for our schema, ignored keys, notes for the user);
     raises ConfigError (every problem, one line each) when kohya_ss's run cannot be reproduced."""
     if not isinstance(data, dict):
-        raise ConfigError([Problem("config", f"the file holds a {type(data).__name__}, not a config object "
+        raise ConfigError([Problem.at("config", f"the file holds a {type(data).__name__}, not a config object "
                                    "({...} with option names)")])
     fields = CONFIG_TYPES[training_type].model_fields
     notes: list[str] = []
@@ -301,22 +303,22 @@ def _choices(values: dict, fields, notes: list[str]) -> list[Problem]:
             notes.append(f"LoRA_type {lora_type!r} is trained as 'Kohya LoCon' (same file keys)")
             values["LoRA_type"] = "Kohya LoCon"
         elif lora_type not in allowed and lora_type not in K.FAMILY_LORA_TYPES:
-            problems.append(Problem("LoRA_type", f"{lora_type!r} is not available in this build; choose one of "
+            problems.append(Problem.at("LoRA_type", f"{lora_type!r} is not available in this build; choose one of "
                                     f"{', '.join(map(repr, allowed))}"))
             values.pop("LoRA_type")
         elif lora_type in K.FAMILY_LORA_TYPES:
             values.pop("LoRA_type")
     if values.get("mixed_precision") == "fp8":
-        problems.append(Problem("mixed_precision", "fp8 (accelerate's FP8 compute via Transformer Engine) is not "
+        problems.append(Problem.at("mixed_precision", "fp8 (accelerate's FP8 compute via Transformer Engine) is not "
                                 "supported; use bf16 and tick fp8_base to keep the base model in 8 bits"))
         values.pop("mixed_precision")
     if values.get("sdxl") and values.get("v2"):
-        problems.append(Problem("sdxl", "sdxl and v2 are both ticked; sd-scripts' SDXL trainers refuse v2 too; "
+        problems.append(Problem.at("sdxl", "sdxl and v2 are both ticked; sd-scripts' SDXL trainers refuse v2 too; "
                                 "untick v2 (and v_parameterization) for an SDXL checkpoint"))
     steps = values.get("bucket_reso_steps")
     if isinstance(steps, int) and steps % 8:
         if values.get("enable_bucket", schema_default("enable_bucket")):
-            problems.append(Problem("bucket_reso_steps", f"{steps} is not a multiple of 8, so buckets would not "
+            problems.append(Problem.at("bucket_reso_steps", f"{steps} is not a multiple of 8, so buckets would not "
                                     "fit the VAE's 8-pixel grid; sd-scripts refuses it too (kohya_ss's own test "
                                     "config carries it); use 64, or 32 for SDXL"))
         values.pop("bucket_reso_steps")

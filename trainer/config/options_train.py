@@ -96,8 +96,8 @@ class FrozenBaseOptions(Options):
     """Only for training types whose base model stays frozen (LoRA, Textual Inversion)."""
     fp8_base: bool = opt(
         False, "Store the frozen base model's linear and convolution weights as 8-bit floats (scaled per "
-        "output channel) and widen them one layer at a time: the base weights take half the VRAM (SDXL U-Net "
-        "about 5.1 → 2.6 GB) at a small quality cost.", section="training")
+        "output channel) and widen them one layer at a time: the base weights take about half the VRAM "
+        "(figures in docs/benchmarks.md) at a small quality cost.", section="training")
 
 
 class OptimizerOptions(Options):

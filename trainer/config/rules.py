@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
+from trainer.problems import Problem
+
 from .defaults import option
 from .spec import parse_resolution
 from .types import CONFIG_TYPES, BaseConfig
-
-
-@dataclass(frozen=True)
-class Problem:
-    field: str
-    message: str
-    level: str = "error"  # or "warning"
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ConfigError(ValueError):
@@ -44,7 +32,7 @@ def config_class(training_type: str) -> type[BaseConfig]:
     try:
         return CONFIG_TYPES[training_type]
     except KeyError:
-        raise ConfigError([Problem("training_type", f"unknown training type {training_type!r}; choose one of "
+        raise ConfigError([Problem.at("training_type", f"unknown training type {training_type!r}; choose one of "
                                    f"{', '.join(CONFIG_TYPES)}")]) from None
 
 
@@ -58,10 +46,11 @@ def unknown_key_problems(cls: type[BaseConfig], values: dict) -> list[Problem]:
     for key in unknown[:MAX_UNKNOWN_LISTED]:
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {near[0]!r}?" if near else "remove it (see docs/options.md for the valid names)"
-        problems.append(Problem(key, f"unknown option {key!r}; {hint}"))
+        problems.append(Problem.at(key, f"unknown option {key!r}; {hint}"))
     if len(unknown) > MAX_UNKNOWN_LISTED:
         rest = unknown[MAX_UNKNOWN_LISTED:]
-        problems.append(Problem("config", f"{len(rest)} more unknown options ({', '.join(map(str, rest[:3]))}, …); "
+        problems.append(Problem.at("config", f"{len(rest)} more unknown options "
+                                   f"({', '.join(map(str, rest[:3]))}, …); "
                                 f"only the first {MAX_UNKNOWN_LISTED} are listed — is this the right file?"))
     return problems
 
@@ -95,7 +84,7 @@ def validate_values(training_type: str, values: dict[str, Any]) -> tuple[BaseCon
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "config"
             bad.add(name)
-            problems.append(Problem(name, _field_error_message(err, cls)))
+            problems.append(Problem.at(name, _field_error_message(err, cls)))
         partial = _parsed_part(cls, {k: v for k, v in good.items() if k not in bad})
         # a rule about a field whose value was rejected would judge the default, not the user's value
         problems += [p for p in cross_field_problems(partial) if p.field not in bad]
@@ -142,12 +131,12 @@ def cross_field_problems(c: BaseConfig) -> list[Problem]:
 @rule
 def _precision(c):
     if c.full_fp16 and c.full_bf16:
-        yield Problem("full_bf16", "full_fp16 and full_bf16 cannot both be on; untick one of them")
+        yield Problem.at("full_bf16", "full_fp16 and full_bf16 cannot both be on; untick one of them")
     if c.full_fp16 and c.mixed_precision != "fp16":
-        yield Problem("full_fp16", f"full_fp16 needs mixed_precision fp16 (it is {c.mixed_precision}); set "
+        yield Problem.at("full_fp16", f"full_fp16 needs mixed_precision fp16 (it is {c.mixed_precision}); set "
                       "mixed_precision to fp16 or untick full_fp16")
     if c.full_bf16 and c.mixed_precision != "bf16":
-        yield Problem("full_bf16", f"full_bf16 needs mixed_precision bf16 (it is {c.mixed_precision}); set "
+        yield Problem.at("full_bf16", f"full_bf16 needs mixed_precision bf16 (it is {c.mixed_precision}); set "
                       "mixed_precision to bf16 or untick full_bf16")
 
 
@@ -156,7 +145,7 @@ def _latent_cache(c):
     if c.cache_latents or c.cache_latents_to_disk:
         for name in ("color_aug", "random_crop"):
             if getattr(c, name):
-                yield Problem(name, f"{name} changes the image every step, so cached latents would be stale; "
+                yield Problem.at(name, f"{name} changes the image every step, so cached latents would be stale; "
                               "untick cache_latents (and cache_latents_to_disk) or untick " + name)
 
 
@@ -168,12 +157,12 @@ def _text_encoder_cache(c):
         fix = {"lora": "tick network_train_unet_only", "dreambooth": "set learning_rate_te to 0",
                "finetune": "untick train_text_encoder",
                "textual_inversion": "Textual Inversion trains text-encoder embeddings, so"}[c.training_type]
-        yield Problem("cache_text_encoder_outputs", "caching text-encoder outputs needs frozen text encoders "
+        yield Problem.at("cache_text_encoder_outputs", "caching text-encoder outputs needs frozen text encoders "
                       f"(UNet-only training); {fix} or untick cache_text_encoder_outputs")
     changing = [n for n in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
                             "caption_dropout_every_n_epochs") if getattr(c, n)]
     if changing:
-        yield Problem("cache_text_encoder_outputs", f"captions change every step with {', '.join(changing)}, "
+        yield Problem.at("cache_text_encoder_outputs", f"captions change every step with {', '.join(changing)}, "
                       "so cached text-encoder outputs would be wrong; turn those off or untick "
                       "cache_text_encoder_outputs")
 
@@ -195,14 +184,14 @@ def _learning_rates(c):
         unet = c.learning_rate if c.unet_lr is None else c.unet_lr
         te = c.learning_rate if c.text_encoder_lr is None else c.text_encoder_lr
         if c.network_train_unet_only and c.network_train_text_encoder_only:
-            yield Problem("network_train_text_encoder_only", "network_train_unet_only and "
+            yield Problem.at("network_train_text_encoder_only", "network_train_unet_only and "
                           "network_train_text_encoder_only exclude each other; untick one")
         trained = (0 if c.network_train_text_encoder_only else unet) + (0 if c.network_train_unet_only else te)
         if trained <= 0:
-            yield Problem("learning_rate", "no part would be trained: every learning rate that applies is 0; "
+            yield Problem.at("learning_rate", "no part would be trained: every learning rate that applies is 0; "
                           "set unet_lr (or learning_rate) above 0, e.g. 1e-4")
     elif c.learning_rate <= 0 and not (c.training_type == "dreambooth" and c.learning_rate_te > 0):
-        yield Problem("learning_rate", "learning_rate must be above 0 (e.g. 1e-5 for a full fine-tune)")
+        yield Problem.at("learning_rate", "learning_rate must be above 0 (e.g. 1e-5 for a full fine-tune)")
 
 
 MAX_RESOLUTION_SIDE = 8192  # = max_bucket_reso's limit; an 8192² image is 1024² latents, beyond any GPU's memory
@@ -213,27 +202,27 @@ def _resolution_and_buckets(c):
     try:
         w, h = parse_resolution(c.resolution)
     except ValueError as exc:
-        yield Problem("resolution", str(exc))
+        yield Problem.at("resolution", str(exc))
         return
     if max(w, h) > MAX_RESOLUTION_SIDE:
-        yield Problem("resolution", f"{c.resolution!r}: a side of at most {MAX_RESOLUTION_SIDE} (the largest "
+        yield Problem.at("resolution", f"{c.resolution!r}: a side of at most {MAX_RESOLUTION_SIDE} (the largest "
                       "bucket side); SDXL trains at 1024, SD1.x at 512")
         return
     if w % 8 or h % 8 or w < 64 or h < 64:
-        yield Problem("resolution", f"{c.resolution!r}: each side must be a multiple of 8 and at least 64, e.g. "
+        yield Problem.at("resolution", f"{c.resolution!r}: each side must be a multiple of 8 and at least 64, e.g. "
                       f'"{max(64, w // 8 * 8)},{max(64, h // 8 * 8)}"')
     if c.bucket_reso_steps % 8:
-        yield Problem("bucket_reso_steps", f"{c.bucket_reso_steps} is not a multiple of 8; use 64 (or 32 for SDXL)")
+        yield Problem.at("bucket_reso_steps", f"{c.bucket_reso_steps} is not a multiple of 8; use 64 (or 32 for SDXL)")
     if c.enable_bucket:
         if c.min_bucket_reso > min(w, h):
-            yield Problem("min_bucket_reso", f"min_bucket_reso {c.min_bucket_reso} is above the resolution's "
+            yield Problem.at("min_bucket_reso", f"min_bucket_reso {c.min_bucket_reso} is above the resolution's "
                           f"smaller side {min(w, h)}; lower it to {min(w, h)} or less")
         if c.max_bucket_reso < max(w, h):
-            yield Problem("max_bucket_reso", f"max_bucket_reso {c.max_bucket_reso} is below the resolution's "
+            yield Problem.at("max_bucket_reso", f"max_bucket_reso {c.max_bucket_reso} is below the resolution's "
                           f"larger side {max(w, h)}; raise it to {max(w, h)} or more")
         for name in ("min_bucket_reso", "max_bucket_reso"):
             if getattr(c, name) % c.bucket_reso_steps:
-                yield Problem(name, f"{getattr(c, name)} is not a multiple of bucket_reso_steps "
+                yield Problem.at(name, f"{getattr(c, name)} is not a multiple of bucket_reso_steps "
                               f"({c.bucket_reso_steps})", level="warning")
 
 
@@ -244,54 +233,54 @@ UNSAFE_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 def _output_name(c):
     name = c.output_name
     if not name.strip():
-        yield Problem("output_name", "output_name is empty; give the result a file name such as mychar"
+        yield Problem.at("output_name", "output_name is empty; give the result a file name such as mychar"
                       + (" (or set token_string)" if c.training_type == "textual_inversion" else ""))
     elif UNSAFE_NAME.search(name) or name.strip() in (".", "..") or name != name.strip():
-        yield Problem("output_name", f"{name!r} has characters that are unsafe in file names "
+        yield Problem.at("output_name", f"{name!r} has characters that are unsafe in file names "
                       '(< > : " / \\ | ? * or leading/trailing spaces); use letters, digits, - and _')
 
 
 @rule
 def _misc(c):
     if c.caption_extension and not c.caption_extension.startswith("."):
-        yield Problem("caption_extension", f"{c.caption_extension!r} must start with a dot, e.g. "
+        yield Problem.at("caption_extension", f"{c.caption_extension!r} must start with a dot, e.g. "
                       f"'.{c.caption_extension}'")
     if c.lr_scheduler == "constant" and (c.lr_warmup > 0 or c.lr_warmup_steps > 0):
-        yield Problem("lr_warmup", "the 'constant' scheduler has no warm-up; set lr_warmup and lr_warmup_steps "
+        yield Problem.at("lr_warmup", "the 'constant' scheduler has no warm-up; set lr_warmup and lr_warmup_steps "
                       "to 0 or choose constant_with_warmup", level="warning")
     if c.min_timestep >= c.max_timestep:
-        yield Problem("min_timestep", f"min_timestep {c.min_timestep} must be below max_timestep {c.max_timestep}")
+        yield Problem.at("min_timestep", f"min_timestep {c.min_timestep} must be below max_timestep {c.max_timestep}")
     if c.optimizer_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.optimizer_args):
-        yield Problem("optimizer_args", f"{c.optimizer_args!r} is not a list of key=value pairs separated by "
+        yield Problem.at("optimizer_args", f"{c.optimizer_args!r} is not a list of key=value pairs separated by "
                       'spaces, e.g. "weight_decay=0.01 betas=0.9,0.999"')
     if c.lr_scheduler_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.lr_scheduler_args):
-        yield Problem("lr_scheduler_args", f"{c.lr_scheduler_args!r} is not a list of key=value pairs separated "
+        yield Problem.at("lr_scheduler_args", f"{c.lr_scheduler_args!r} is not a list of key=value pairs separated "
                       'by spaces, e.g. "min_lr_rate=0.1"')
     if c.sdxl and c.v2:
-        yield Problem("sdxl", "sdxl and v2 exclude each other; tick the one that matches the checkpoint")
+        yield Problem.at("sdxl", "sdxl and v2 exclude each other; tick the one that matches the checkpoint")
     if option(c, "dim_from_weights") and not c.network_weights:
-        yield Problem("dim_from_weights", "dim_from_weights needs network_weights (the LoRA to read the ranks "
+        yield Problem.at("dim_from_weights", "dim_from_weights needs network_weights (the LoRA to read the ranks "
                       "from); choose the file or untick dim_from_weights")
     if c.training_type == "textual_inversion":
         if not c.token_string.strip():
-            yield Problem("token_string", "token_string is empty; choose the new token, e.g. mychar")
+            yield Problem.at("token_string", "token_string is empty; choose the new token, e.g. mychar")
         elif re.search(r"[\s,]", c.token_string.strip()):
-            yield Problem("token_string", "token_string must be one word without spaces or commas, e.g. mychar")
+            yield Problem.at("token_string", "token_string must be one word without spaces or commas, e.g. mychar")
         if c.embedding_format == "a1111" and c.save_model_as != "pt":
-            yield Problem("save_model_as", "the A1111 embedding format is a .pt file; set save_model_as to pt or "
+            yield Problem.at("save_model_as", "the A1111 embedding format is a .pt file; set save_model_as to pt or "
                           "choose embedding_format kohya")
         if not c.init_word.strip():
-            yield Problem("init_word", "init_word is empty; use a word close to the concept, e.g. woman or *")
+            yield Problem.at("init_word", "init_word is empty; use a word close to the concept, e.g. woman or *")
 
 
 @rule
 def _noise_type(c):
     """Kohya_ss applies only the extra noise noise_offset_type names; the other one's value is unused."""
     if c.noise_offset_type == "Original" and c.multires_noise_iterations:
-        yield Problem("multires_noise_iterations", "multires noise is not used with noise_offset_type Original; "
+        yield Problem.at("multires_noise_iterations", "multires noise is not used with noise_offset_type Original; "
                       "choose Multires or set it to 0", level="warning")
     if c.noise_offset_type == "Multires" and c.noise_offset:
-        yield Problem("noise_offset", "noise_offset is not used with noise_offset_type Multires; choose Original "
+        yield Problem.at("noise_offset", "noise_offset is not used with noise_offset_type Multires; choose Original "
                       "or set it to 0", level="warning")
 
 
@@ -302,4 +291,4 @@ def _network_options(c):
         from trainer.networks.options import network_option_problems
 
         for field, message in network_option_problems(c):
-            yield Problem(field, message)
+            yield Problem.at(field, message)

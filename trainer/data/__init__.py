@@ -12,7 +12,7 @@ _EXPORTS = {
     "process_caption": "captions", "read_caption": "captions",
     "BatchKey": "epochs", "EpochPlan": "epochs",
     "TrainDataset": "dataset",
-    "DatasetError": "errors", "Problem": "errors",
+    "DatasetError": "errors",
     "LatentCache": "latent_cache", "vae_fingerprint": "latent_cache",
     "check_cache_compatible": "loader", "loader_workers": "loader",
     "parse_resolution": "options",

@@ -9,7 +9,9 @@ import difflib
 import json
 from pathlib import Path
 
-from .errors import DatasetError, Problem
+from trainer.problems import Problem
+
+from .errors import DatasetError
 from .options import (DATASET_OPTIONS, SUBSET_KEYS as SUBSET_OPTION_KEYS, DatasetSpec, make_dataset_spec, make_subset,
                       subset_values)
 
@@ -108,5 +110,5 @@ def _unknown(key: str, allowed: set[str], where: str, path: Path) -> Problem:
     return _problem("error", f"{where}: unknown key {key!r}", hint, str(path))
 
 
-def _problem(severity: str, message: str, hint: str, path: str) -> Problem:
-    return Problem(severity, message, hint, path, field="dataset_config")
+def _problem(level: str, message: str, hint: str, path: str) -> Problem:
+    return Problem(level, message, hint, path, field="dataset_config")

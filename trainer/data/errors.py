@@ -1,7 +1,7 @@
-"""Problems found in a dataset: fatal errors, skipped files and warnings, each with a fix."""
+"""Dataset errors: fatal problems, skipped files and warnings (trainer.problems.Problem), each with a fix."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from trainer.problems import Problem
 
 # The layout every folder error shows: the seed's own example.
 EXPECTED_LAYOUT = """\
@@ -12,24 +12,6 @@ Expected layout (train_data_dir points at the parent folder):
       image001.txt                <- optional caption (caption_extension)
     10_other concept/
       ..."""
-
-
-@dataclass
-class Problem:
-    """One finding. severity: "error" (training cannot start), "skipped" (file left out), "warning"."""
-
-    severity: str
-    message: str
-    hint: str = ""
-    path: str = ""
-    field: str = ""  # the option to fix, when there is one (lets the GUI mark that field)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        return f"{where}{self.message}" + (f" — {self.hint}" if self.hint else "")
 
 
 class DatasetError(ValueError):

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 from .buckets import bucket_key
 from .epochs import EpochPlan
-from .errors import DatasetError, Problem
+from trainer.problems import Problem
+
+from .errors import DatasetError
 from .options import steps_for
 from .scan import ScanResult, cache_problems, scan_dataset, text_cache_problems
 
@@ -104,9 +106,9 @@ def preflight(cfg, scan: ScanResult | None = None) -> PreflightReport:
     if any(not it.is_reg for it in scan.items):
         _fill_counts(report, scan, EpochPlan(scan, int(cfg.seed)), cfg, problems)
     problems += _file_warnings(scan)
-    report.errors = [p.to_dict() for p in problems if p.severity == "error"]
-    report.bad_files = [p.to_dict() for p in problems if p.severity == "skipped"]
-    report.warnings = [p.to_dict() for p in problems if p.severity == "warning"]
+    report.errors = [p.to_dict() for p in problems if p.level == "error"]
+    report.bad_files = [p.to_dict() for p in problems if p.level == "skipped"]
+    report.warnings = [p.to_dict() for p in problems if p.level == "warning"]
     report.ok = not report.errors
     return report
 
@@ -116,7 +118,7 @@ def _model_and_output(cfg) -> list[Problem]:
     missing image folder does."""
     from trainer.config.paths import model_and_output_problems
 
-    return [Problem("error", p.message, field=p.field) for p in model_and_output_problems(cfg)] + \
+    return model_and_output_problems(cfg) + \
         _optimizer_library(cfg)
 
 

@@ -12,7 +12,9 @@ from trainer.config.defaults import option
 from .buckets import BucketManager, Placement
 from .captions import caption_path, read_caption
 from .dataset_toml import load_dataset_config
-from .errors import EXPECTED_LAYOUT, BadImage, DatasetError, Problem
+from trainer.problems import Problem
+
+from .errors import EXPECTED_LAYOUT, BadImage, DatasetError
 from .images import IMAGE_EXTENSIONS, ImageFacts, ignored_entries, list_images, probe_image
 from .options import DatasetSpec, SubsetSpec, make_dataset_spec, make_subset, subset_values
 
@@ -57,8 +59,8 @@ class ScanResult:
     items: list[ImageItem]
     problems: list[Problem]
 
-    def of(self, severity: str) -> list[Problem]:
-        return [p for p in self.problems if p.severity == severity]
+    def of(self, level: str) -> list[Problem]:
+        return [p for p in self.problems if p.level == level]
 
 
 def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) -> ScanResult:
@@ -80,7 +82,7 @@ def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) ->
                                                 max_workers))
         datasets.append(scanned)
     if not any(not item.is_reg for item in items):
-        if not any(p.severity == "error" for p in problems):
+        if not any(p.level == "error" for p in problems):
             problems.append(Problem("error", "no usable training image was found",
                                     "add .png/.jpg/.jpeg/.webp/.bmp images to the concept folders\n"
                                     + EXPECTED_LAYOUT, str(cfg.train_data_dir)))
@@ -177,7 +179,7 @@ def concept_folders(parent: Path, values: dict, is_reg: bool, field_name: str, p
     elif loose:
         problems.append(Problem("warning", f"{len(loose)} images directly in {field_name} are not used",
                                 "move them into one of the <repeats>_<name> folders", str(parent), field_name))
-    elif not subsets and not any(p.severity == "error" and p.path.startswith(str(parent)) for p in problems):
+    elif not subsets and not any(p.level == "error" and p.path.startswith(str(parent)) for p in problems):
         problems.append(Problem("error", f"{field_name} has no <repeats>_<name> folders",
                                 "create one and put the images inside\n" + EXPECTED_LAYOUT, str(parent),
                                 field_name))

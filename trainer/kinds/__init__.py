@@ -1,11 +1,11 @@
-"""Training kinds: what differs between DreamBooth, fine-tuning and Textual Inversion.
+"""Training kinds: what differs between LoRA, DreamBooth, fine-tuning and Textual Inversion.
 
 The shared loop (``trainer/train/``) does everything common — data, noise, loss, optimizer,
 scheduler, saving cadence, events, samples, stop/resume. A *kind* tells it what trains, how the
 captions become prompts, what a saved file is and (fine-tuning) where the images come from.
 ``TrainingKind`` (``base.py``) is the whole interface; the loop drives it like this::
 
-    kind = create_kind(config)                       # None for LoRA (training_type "lora")
+    kind = create_kind(config)                       # the kind for config.training_type
     scan = kind.scan_dataset(config)                 # fine-tuning: from the metadata JSON; else None
     scan, latents, dataset, steps, _ = build_data(config, base, accelerator, events, scan=scan)  # train/setup.py
     # load_base_model, move to the device, cast the frozen weights to the weight dtype, then:
@@ -29,9 +29,11 @@ Also: ``kind.expand_prompt(prompt)`` for sample prompts (TI: ``tok`` -> ``tok to
 ``kind.trained_modules()`` to put in train() mode, ``kind.state_dict()`` / ``kind.load_state_dict()``
 for -state folders, ``kind.warnings`` to emit as ``warning`` events after prepare().
 
-Kinds: ``DreamboothKind`` (full UNet, text encoder while learning_rate_te > 0 until
-stop_text_encoder_training; saves a complete checkpoint), ``FinetuneKind`` (same, from Kohya's
-metadata JSON — ``finetune_metadata`` builds it, ``finetune_dataset`` reads it) and
+Kinds: ``LoraKind`` (a kohya LoRA / LyCORIS network patched into the base model, built by
+``trainer/networks/registry.py``; saves the network file and self-checks it), ``DreamboothKind``
+(full UNet, text encoder while learning_rate_te > 0 until stop_text_encoder_training; saves a
+complete checkpoint), ``FinetuneKind`` (same, from Kohya's metadata JSON — ``finetune_metadata``
+builds it, ``finetune_dataset`` reads it) and
 ``TextualInversionKind`` (new token rows only; Kohya ``emb_params`` / A1111 ``string_to_param`` /
 SDXL ``clip_l`` + ``clip_g`` files, ``embedding_files``).
 """
@@ -39,21 +41,21 @@ from __future__ import annotations
 
 from .base import TrainingKind, KindError
 from .dreambooth import DreamboothKind, FinetuneKind
+from .lora import LoraKind
 from .textual_inversion import TextualInversionKind
 
 KINDS = {
+    "lora": LoraKind,
     "dreambooth": DreamboothKind,
     "finetune": FinetuneKind,
     "textual_inversion": TextualInversionKind,
 }
 
 
-def create_kind(config) -> TrainingKind | None:
-    """The kind for ``config.training_type``; None for "lora" (the LoRA network path)."""
-    training_type = config.training_type
-    cls = KINDS.get(training_type)
-    return cls(config) if cls is not None else None
+def create_kind(config) -> TrainingKind:
+    """The kind for ``config.training_type``."""
+    return KINDS[config.training_type](config)
 
 
-__all__ = ["DreamboothKind", "FinetuneKind", "KINDS", "KindError", "TextualInversionKind", "TrainingKind",
-           "create_kind"]
+__all__ = ["DreamboothKind", "FinetuneKind", "KINDS", "KindError", "LoraKind", "TextualInversionKind",
+           "TrainingKind", "create_kind"]

@@ -11,6 +11,10 @@ import torch
 class KindError(ValueError):
     """A setting or file that this kind of training cannot use; the message names it and the fix."""
 
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint  # shown under the message (trainer/train/faults.py `describe`)
+
 
 class TrainingKind(ABC):
     """Defaults suit a kind that trains nothing special; subclasses override what differs and must

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from trainer.config.defaults import option
 
+from trainer.output_names import model_ext
+
 from .base import KindError, TrainingKind, cast_module, save_dtype
 
 SINGLE_FILE = {"safetensors": "safetensors", "ckpt": "ckpt"}
@@ -109,7 +111,7 @@ class DreamboothKind(TrainingKind):
     # ---- output ---------------------------------------------------------------------------------
     @property
     def output_ext(self) -> str:
-        return SINGLE_FILE.get(self.save_model_as, "")
+        return model_ext(self.config)
 
     def output_path(self, path: Path) -> Path:
         """``path`` with the suffix this kind writes (none for a diffusers folder)."""

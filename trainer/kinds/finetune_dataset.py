@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.data.buckets import BucketManager
-from trainer.data.errors import BadImage, DatasetError, Problem
+from trainer.data.errors import BadImage, DatasetError
+from trainer.problems import Problem
 from trainer.data.images import probe_image
 from trainer.data.options import make_dataset_spec, make_subset, subset_values
 from trainer.data.scan import ImageItem, ScanResult, ScannedDataset, ScannedSubset

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.output_names import model_ext
+
 from .base import KindError, TrainingKind, cast_module, save_dtype
 from .embedding_files import Embedding, read_embedding, write_embedding
 from .templates import template_caption, template_list
@@ -176,10 +178,8 @@ class TextualInversionKind(TrainingKind):
     @property
     def output_ext(self) -> str:
         """Read it after prepare(): an SDXL embedding is never an A1111 pickle, so it keeps .safetensors."""
-        want = str(self.config.save_model_as)
-        sdxl = getattr(self.base, "family", None) == "sdxl" or bool(self.config.sdxl)
-        a1111_pickle = self.embedding_format == "a1111" and not sdxl
-        return "pt" if (want in ("pt", "ckpt") or a1111_pickle) else "safetensors"
+        family = getattr(self.base, "family", None)  # None before prepare(): the config's sdxl flag decides
+        return model_ext(self.config, sdxl=None if family is None else family == "sdxl" or bool(self.config.sdxl))
 
     def embedding(self, step: int | None = None) -> Embedding:
         vectors = [enc.get_input_embeddings().weight.detach()[ids].float().cpu().clone()

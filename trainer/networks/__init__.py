@@ -10,7 +10,7 @@ _EXPORTS = {
     "LoRAFileError": "files", "network_metadata": "files", "read_lora_file": "files", "save_lora_file": "files",
     "LoRAModule": "lora_module",
     "LoadResult": "network", "LoRANetwork": "network", "create_network": "network",
-    "create_network_from_weights": "network", "resolve_base": "network",
+    "create_network_from_weights": "network", "resolve_base": "naming",
     "VerifyReport": "checks", "verify_lora_file": "checks",
     "LycorisNetwork": "lycoris_net", "create_lycoris_network": "lycoris_net",
     "DyLoRAModule": "dylora",

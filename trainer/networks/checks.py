@@ -23,7 +23,7 @@ from trainer.models.hashing import addnet_hash_safetensors
 from .files import read_lora_file
 from .lycoris_checks import ADAPTERS, adapter_of, is_plain_lora, lycoris_module_problem
 from .naming import (
-    Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, names_by_part, split_key,
+    Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, names_by_part, resolve_base, split_key,
 )
 
 _SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
@@ -233,8 +233,6 @@ def _lycoris_problems(name, tensors, target, seen_targets) -> list[str]:
 
 def verify_lora_file(path, unet_or_base, text_encoders=None, family: str | None = None) -> VerifyReport:
     """Check a saved LoRA file against a base model (`BaseModel`, component dict or U-Net)."""
-    from .network import resolve_base  # late import: network imports this module
-
     unet, tes, fam = resolve_base(unet_or_base, text_encoders, family)
     state_dict, metadata = read_lora_file(path)
     report = check_state_dict(state_dict, metadata, all_targets(unet, tes, fam, True), fam, str(path))

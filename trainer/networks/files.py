@@ -176,3 +176,11 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
             raise LoRAFileError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
         return dict(obj), {}
     raise LoRAFileError(f"{path}: unknown LoRA file type {path.suffix!r}; use .safetensors")
+
+
+def read_lora_source(path_or_state, metadata: Mapping[str, str] | None = None):
+    """(state dict, metadata, source for messages) from a LoRA file's path or from a state dict in memory."""
+    if isinstance(path_or_state, Mapping):
+        return dict(path_or_state), dict(metadata or {}), "<state dict>"
+    state, meta = read_lora_file(path_or_state)
+    return state, meta, str(path_or_state)

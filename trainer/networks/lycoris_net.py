@@ -19,12 +19,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
+from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_source, save_lora_file
 from .naming import Target, all_targets, split_key
 from .kohya_lora import config_dropouts
 from .network import canonical_state_dict, resolve_base
 from .options import lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
 from .params import network_param_groups
+from .patched import PatchedNetwork
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def preset_targets(catalog: Sequence[Target], preset: str) -> list[Target]:
     return [t for t in catalog if rules[preset](t)]
 
 
-class LycorisNetwork(nn.Module):
+class LycorisNetwork(PatchedNetwork, nn.Module):
     """The same interface as LoRANetwork: apply_to, prepare_optimizer_params, save/load, max-norm."""
 
     def __init__(self, family: str, catalog: Sequence[Target], modules: Sequence[nn.Module],
@@ -76,23 +77,6 @@ class LycorisNetwork(nn.Module):
     @property
     def loras(self) -> list[nn.Module]:
         return [m for m in self.children() if hasattr(m, "lora_name")]
-
-    @property
-    def unet_loras(self):
-        return [m for m in self.loras if self.parts[m.lora_name] == "unet"]
-
-    @property
-    def text_encoder_loras(self):
-        return [m for m in self.loras if self.parts[m.lora_name] != "unet"]
-
-    def apply_to(self) -> "LycorisNetwork":
-        for m in self.loras:
-            m.apply_to()
-        return self
-
-    def restore(self) -> None:
-        for m in reversed(self.loras):
-            m.restore()
 
     @property
     def merged(self) -> bool:
@@ -118,11 +102,6 @@ class LycorisNetwork(nn.Module):
                 m.org_module[0].weight.copy_(self._backups[m.lora_name])
                 m.multiplier = self._saved_multipliers.get(m.lora_name, self.multiplier)
         self._backups.clear()
-
-    def set_multiplier(self, multiplier: float) -> None:
-        self.multiplier = float(multiplier)
-        for m in self.loras:
-            m.multiplier = self.multiplier
 
     def prepare_optimizer_params(self, text_encoder_lr, unet_lr, default_lr, loraplus_lr_ratio=None,
                                  loraplus_unet_lr_ratio=None, loraplus_text_encoder_lr_ratio=None):
@@ -185,11 +164,7 @@ class LycorisNetwork(nn.Module):
 
     def load_weights(self, path_or_state, metadata: Mapping[str, str] | None = None):
         """Load a file of the same type and ranks (continue training); a clear error otherwise."""
-        if isinstance(path_or_state, Mapping):
-            state, meta, source = dict(path_or_state), dict(metadata or {}), "<state dict>"
-        else:
-            state, meta = read_lora_file(path_or_state)
-            source = str(path_or_state)
+        state, meta, source = read_lora_source(path_or_state, metadata)
         state = canonical_state_dict(state, meta, self.catalog, self.family, source)
         own = self.state_dict()
         wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]

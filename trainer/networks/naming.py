@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from torch import nn
 
@@ -70,6 +70,22 @@ def check_family(family: str) -> str:
     if family not in FAMILIES + DIT_FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES + DIT_FAMILIES)}, got {family!r}")
     return family
+
+
+def resolve_base(unet_or_base, text_encoders=None, family: str | None = None):
+    """(unet, [text encoders], family) from a BaseModel, a tiny-component dict or explicit parts."""
+    obj = unet_or_base
+    if hasattr(obj, "unet") and hasattr(obj, "text_encoders"):
+        unet, tes, fam = obj.unet, list(obj.text_encoders), family or getattr(obj, "family", None)
+    elif isinstance(obj, Mapping):
+        unet = obj["unet"]
+        tes = [obj[k] for k in ("text_encoder", "text_encoder_2") if obj.get(k) is not None]
+        fam = family or obj.get("family")
+    else:
+        unet, tes, fam = obj, list(text_encoders or []), family
+    if fam is None:
+        raise ValueError("family is required (sd1, sd2 or sdxl) when it cannot be read from the base model")
+    return unet, tes, check_family(fam)
 
 
 def te_prefixes(family: str, count: int) -> list[str]:

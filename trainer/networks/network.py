@@ -24,33 +24,20 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
+from .files import (
+    LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, read_lora_source, save_lora_file,
+)
 from .fused_lora import make_lora_module
 from .lora_module import LoRAModule
-from .naming import Target, all_targets, check_family, split_key
+from .naming import Target, all_targets, resolve_base, split_key  # noqa: F401  (resolve_base: public name)
 from .blocks import block_dims_alphas, block_index, block_lr_weights
 from .checks import build_name_map, check_state_dict
 from .params import network_param_groups
+from .patched import PatchedNetwork
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NETWORK_DIM = 4  # sd-scripts' networks.lora default when network_dim is not given
-
-
-def resolve_base(unet_or_base, text_encoders=None, family: str | None = None):
-    """(unet, [text encoders], family) from a BaseModel, a tiny-component dict or explicit parts."""
-    obj = unet_or_base
-    if hasattr(obj, "unet") and hasattr(obj, "text_encoders"):
-        unet, tes, fam = obj.unet, list(obj.text_encoders), family or getattr(obj, "family", None)
-    elif isinstance(obj, Mapping):
-        unet = obj["unet"]
-        tes = [obj[k] for k in ("text_encoder", "text_encoder_2") if obj.get(k) is not None]
-        fam = family or obj.get("family")
-    else:
-        unet, tes, fam = obj, list(text_encoders or []), family
-    if fam is None:
-        raise ValueError("family is required (sd1, sd2 or sdxl) when it cannot be read from the base model")
-    return unet, tes, check_family(fam)
 
 
 def is_missing_alpha(problem: str) -> bool:
@@ -65,7 +52,7 @@ class LoadResult:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class LoRANetwork(nn.Module):
+class LoRANetwork(PatchedNetwork, nn.Module):
     def __init__(self, family: str, catalog: Sequence[Target], loras: Sequence[LoRAModule], parts: Mapping[str, str],
                  settings: Mapping[str, Any]):
         super().__init__()
@@ -83,26 +70,9 @@ class LoRANetwork(nn.Module):
     def loras(self) -> list[LoRAModule]:
         return [m for m in self.children() if isinstance(m, LoRAModule)]
 
-    @property
-    def unet_loras(self) -> list[LoRAModule]:
-        return [m for m in self.loras if self.parts[m.lora_name] == "unet"]
+    # unet_loras / text_encoder_loras, apply_to / restore, set_multiplier: PatchedNetwork (patched.py)
 
-    @property
-    def text_encoder_loras(self) -> list[LoRAModule]:
-        return [m for m in self.loras if self.parts[m.lora_name] != "unet"]
-
-    # --- applying, merging ----------------------------------------------------------------
-
-    def apply_to(self) -> "LoRANetwork":
-        """Patch the base modules' forwards so the LoRA branch runs (training / dynamic use)."""
-        for lora in self.loras:
-            lora.apply_to()
-        return self
-
-    def restore(self) -> None:
-        """Give the base modules their own forwards back (merged weights stay merged)."""
-        for lora in self.loras:
-            lora.restore()
+    # --- merging --------------------------------------------------------------------------
 
     @property
     def merged(self) -> bool:
@@ -117,11 +87,6 @@ class LoRANetwork(nn.Module):
         """Subtract exactly what merge_to added."""
         for lora in self.loras:
             lora.unmerge()
-
-    def set_multiplier(self, multiplier: float) -> None:
-        self.multiplier = float(multiplier)
-        for lora in self.loras:
-            lora.multiplier = self.multiplier
 
     # --- optimisation ---------------------------------------------------------------------
 
@@ -180,11 +145,7 @@ class LoRANetwork(nn.Module):
         `dim_from_weights` is the fix)."""
         if self.merged:
             raise RuntimeError("unmerge() the network before loading new weights into it")
-        if isinstance(path_or_state, Mapping):
-            state, meta, source = dict(path_or_state), dict(metadata or {}), "<state dict>"
-        else:
-            state, meta = read_lora_file(path_or_state)
-            source = str(path_or_state)
+        state, meta, source = read_lora_source(path_or_state, metadata)
         state = canonical_state_dict(state, meta, self.catalog, self.family, source)
         require_plain_lora(state, source)
 

@@ -1,8 +1,8 @@
 """Training steps replayed as CUDA graphs: one graph per micro-batch shape, one for the update.
 
 Why: a Stable Diffusion step launches thousands of small kernels, and at batch 1–8 the GPU mostly
-waits for Python to launch them (the reference recipe takes 170–240 ms a step whatever the batch;
-docs/benchmarks.md). A captured graph replays every kernel of the step with one launch.
+waits for Python to launch them (the reference recipe's step time barely moves with the batch size;
+the figures are in docs/benchmarks.md). A captured graph replays every kernel of the step with one launch.
 
 Captured per key (latent shape, conditioning shape, samples in the step, text-encoder gradients on or
 off): noising, the denoiser forward, the loss and its backward, which accumulates into the

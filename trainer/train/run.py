@@ -19,13 +19,13 @@ from trainer.config.defaults import option
 
 from . import setup as S
 from .faults import EXIT_ABORTED, TrainingFault, describe, is_out_of_memory
-from .lora import create_training_kind
 from .graphs import make_step_fn
 from .metadata import at_save, bucket_info, training_metadata
 from .progress import Progress, open_tracker
 from .optimizers import evaluation_weights
 from .samples import generate_samples, load_prompts
 from trainer.crashpoints import crash_point
+from trainer.kinds import create_kind
 
 from .leftovers import clean_leftovers
 from .saving import Retention, SavePolicy, adoptable, check_no_collisions, check_writable, write_settings_json
@@ -54,7 +54,7 @@ class TrainingRun:
         self.resumed = read_train_state(Path(resume_dir)) if resume_dir else None
         self.seed = self.resumed.seed if self.resumed else S.resolve_seed(cfg)
         self.config = cfg = S.with_values(cfg, seed=self.seed)
-        self.kind = create_training_kind(cfg)
+        self.kind = create_kind(cfg)
         self.acc, self.mp = S.make_accelerator(cfg, self.warn)
         set_seed(self.seed)  # the same initial LoRA weights on every rank and in every repeat of the run
         self.main = self.acc.is_main_process

@@ -1,10 +1,6 @@
-"""Saving cadence, file names (sd-scripts §4.5), retention and the run-settings JSON.
-
-    NAME-000004.safetensors        epoch 4 (save_every_n_epochs)
-    NAME-step00000500.safetensors  step 500 (save_every_n_steps)
-    NAME.safetensors               the finished run
-    NAME-stopped.safetensors       a run stopped by the user
-    <model stem>-state/            optimizer/scheduler/RNG state beside a model (save_state)
+"""Saving cadence, retention and the run-settings JSON. The file names (sd-scripts §4.5: NAME-000004,
+NAME-step00000500, NAME, NAME-stopped, each model's -state folder) come from trainer/output_names.py,
+which the page's overwrite guard reads too.
 
 Retention (save_last_n_epochs / save_last_n_steps) only ever removes files this run wrote; a run
 refuses to start when one of the names it would write already exists, unless it resumes the run
@@ -18,6 +14,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trainer.output_names import output_path, state_dir
 
 from .faults import TrainingFault
 
@@ -51,18 +49,9 @@ class SavePolicy:
     # --- names ---------------------------------------------------------------------------------
 
     def path(self, kind: str, epoch: int = 0, step: int = 0) -> Path:
-        stem = {
-            "epoch": f"{self.output_name}-{epoch:06d}",
-            "step": f"{self.output_name}-step{step:08d}",
-            "final": self.output_name,
-            "stopped": f"{self.output_name}-stopped",
-        }[kind]
-        return self.output_dir / (f"{stem}.{self.ext}" if self.ext else stem)  # "" = a folder (diffusers)
+        return output_path(self.output_dir, self.output_name, self.ext, kind, epoch, step)  # ext "" = a folder
 
-    @staticmethod
-    def state_dir(model_path: Path) -> Path:
-        stem = model_path.stem if model_path.suffix in (".safetensors", ".ckpt", ".pt") else model_path.name
-        return model_path.with_name(stem + "-state")
+    state_dir = staticmethod(state_dir)
 
     # --- cadence -------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""LoRA as a training kind: the same interface as trainer.kinds (DreamBooth, fine-tune, TI), so one
+"""LoRA as a training kind: the same interface as the other kinds (DreamBooth, fine-tune, TI), so one
 loop drives every training type. What trains is a kohya LoRA network patched into the base model."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from trainer.atomic import atomic_path
-from trainer.kinds.base import TrainingKind
+from trainer.output_names import model_ext
 
-from .faults import TrainingFault
+from .base import KindError, TrainingKind
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class LoraKind(TrainingKind):
         try:
             network = build_network(base, cfg)  # the LoRA_type's builder (trainer/networks/registry.py)
         except ValueError as e:
-            raise TrainingFault(str(e), "Change the network options named in the message.") from e
+            raise KindError(str(e), "Change the network options named in the message.") from e
         network.apply_to()
         device = next(base.unet.parameters()).device
         network.to(device, dtype=train_dtype)
@@ -48,7 +48,7 @@ class LoraKind(TrainingKind):
                                                              cfg.unet_lr, cfg.learning_rate,
                                                              **ratios)
         if not self.param_groups:
-            raise TrainingFault("Every learning rate is 0, so nothing would be trained.",
+            raise KindError("Every learning rate is 0, so nothing would be trained.",
                                 "Set learning_rate (or unet_lr / text_encoder_lr) above 0.")
         return self.param_groups
 
@@ -82,7 +82,7 @@ class LoraKind(TrainingKind):
     # ---- output ---------------------------------------------------------------------------------
     @property
     def output_ext(self) -> str:
-        return self.config.save_model_as
+        return model_ext(self.config)
 
     def save(self, path: Path, *, step: int = 0, epoch: int = 0, metadata: dict | None = None) -> Path:
         from trainer.networks import verify_lora_file
@@ -125,11 +125,3 @@ def _with(config, **changes):
     """A copy of the config with some values changed (the user's config object stays as it was)."""
     return config.model_copy(update=changes) if hasattr(config, "model_copy") else config
 
-
-def create_training_kind(config):
-    """LoRA here; the other training types come from trainer.kinds."""
-    if config.training_type == "lora":
-        return LoraKind(config)
-    from trainer.kinds import create_kind
-
-    return create_kind(config)

@@ -1,0 +1,36 @@
+"""What every network type shares once its modules exist: the modules by part (U-Net or text
+encoders), patching the base layers' forwards in and out, and the strength multiplier.
+
+A network class mixes this in before `nn.Module` and provides `loras` (its modules: each has
+`lora_name`, `apply_to()`, `restore()` and `multiplier`) and `parts` (lora_name → "unet" / "te" /
+"te1" / …): `LoRANetwork` (network.py) and `LycorisNetwork` (lycoris_net.py).
+"""
+from __future__ import annotations
+
+
+class PatchedNetwork:
+    multiplier: float
+
+    @property
+    def unet_loras(self) -> list:
+        return [m for m in self.loras if self.parts[m.lora_name] == "unet"]
+
+    @property
+    def text_encoder_loras(self) -> list:
+        return [m for m in self.loras if self.parts[m.lora_name] != "unet"]
+
+    def apply_to(self):
+        """Patch the base modules' forwards so each module's branch runs (training / dynamic use)."""
+        for m in self.loras:
+            m.apply_to()
+        return self
+
+    def restore(self) -> None:
+        """Give the base modules their own forwards back, last patched first (merged weights stay merged)."""
+        for m in reversed(self.loras):
+            m.restore()
+
+    def set_multiplier(self, multiplier: float) -> None:
+        self.multiplier = float(multiplier)
+        for m in self.loras:
+            m.multiplier = self.multiplier
