@@ -71,7 +71,8 @@ def test_from_single_file_loads_the_tiny_dreambooth_file(tmp_path):
     from trainer.models.tiny_dit import write_tiny_flux
 
     files = write_tiny_flux(tmp_path / "flux")
-    base = load_base_model(files["model"], vae=files["ae"], text_encoder_files={k: files[k] for k in ("clip_l", "t5xxl")})
+    base = load_base_model(files["model"], vae=files["ae"],
+                           text_encoder_files={k: files[k] for k in ("clip_l", "t5xxl")})
     path = save_single_file(base, tmp_path / "db.safetensors")
     theirs = FluxTransformer2DModel.from_single_file(str(path), config=str(get_architecture("tiny-flux").path),
                                                      subfolder="transformer", torch_dtype=torch.float32)

@@ -161,8 +161,8 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
 
             dropout = dropout or network_type(getattr(config, "LoRA_type", "Standard")).random_ranks
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
-                                      mode=getattr(config, "gradient_checkpointing_mode", "full"), random_inside=dropout,
-                                      cpu_offload=config.cpu_offload_checkpointing)
+                                      mode=getattr(config, "gradient_checkpointing_mode", "full"),
+                                      random_inside=dropout, cpu_offload=config.cpu_offload_checkpointing)
     set_attention(base.unet, getattr(config, "xformers", "sdpa"), warn)
     if compile_enabled(getattr(config, "compile", "off"), accelerator.device, getattr(config, "cuda_graphs", "off")):
         compile_unet(base.unet, warn)
