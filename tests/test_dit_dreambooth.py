@@ -1,7 +1,8 @@
 """DreamBooth of a DiT transformer (FLUX.1, SD3.5) end to end: the run saves the original single-file
 layout; it loads back in our loader with the trained weights, and the SD3 file in diffusers'
 SD3Transformer2DModel.from_single_file (diffusers' FLUX converter assumes FLUX.1's real widths, so the tiny
-FLUX file is checked through our loader and the BFL key names)."""
+FLUX file is checked through our loader and the BFL key names here, and the layout against diffusers' converter
+at real widths in test_flux_single_file.py)."""
 from __future__ import annotations
 
 import pytest

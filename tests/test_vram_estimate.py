@@ -12,9 +12,12 @@ from trainer.vram import estimate_vram
 
 
 def cfg(**kw):
-    base = dict(mixed_precision="bf16", network_dim=16, resolution="1024,1024", gradient_checkpointing=True,
-                network_train_unet_only=True, flux1_checkbox=True)
-    return config_for("lora", **{**base, **kw})
+    kw = {**dict(mixed_precision="bf16", resolution="1024,1024", gradient_checkpointing=True, flux1_checkbox=True),
+          **kw}
+    training_type = kw.pop("training_type", "lora")
+    if training_type == "lora":
+        kw = {"network_dim": 16, "network_train_unet_only": True, **kw}
+    return config_for(training_type, **kw)
 
 
 def test_fp8_cached_text_and_checkpointing_each_lower_the_flux_estimate():
@@ -28,6 +31,20 @@ def test_fp8_cached_text_and_checkpointing_each_lower_the_flux_estimate():
     assert full.weights_gb > 20 and estimate_vram("flux", cfg(fp8_base=True, cache_text_encoder_outputs=True)).total_gb < 16
     assert estimate_vram("flux", cfg(fp8_base=True, blocks_to_swap=28)).weights_gb < 7
     assert estimate_vram("sd3", cfg(), "medium").total_gb < estimate_vram("sd3", cfg(), "large").total_gb
+
+
+def test_a_24_gb_flux_dreambooth_needs_full_bf16_fused_backward_and_adafactor():
+    """kohya's recipe for FLUX.1 fine-tuning on 24 GB: bf16 weights, Adafactor, fused backward pass, block
+    inputs offloaded; AdamW with whole gradients is far beyond any single card."""
+    db = dict(training_type="dreambooth", cache_text_encoder_outputs=True)
+    adamw = estimate_vram("flux", cfg(**db, optimizer="AdamW"))
+    recipe = cfg(**db, optimizer="Adafactor", full_bf16=True, fused_backward_pass=True)
+    fused = estimate_vram("flux", recipe)
+    assert adamw.total_gb > 150 and fused.total_gb < adamw.total_gb / 5
+    unfused = estimate_vram("flux", recipe.model_copy(update={"fused_backward_pass": False}))
+    assert unfused.lora_and_optimizer_gb > 20 > fused.lora_and_optimizer_gb  # 12 B bf16 gradients vs one block's
+    offloaded = estimate_vram("flux", recipe.model_copy(update={"cpu_offload_checkpointing": True}))
+    assert offloaded.activations_gb < fused.activations_gb
 
 
 def test_plan_reports_the_estimate_for_a_flux_config(tmp_path):

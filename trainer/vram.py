@@ -1,4 +1,5 @@
-"""A rough VRAM estimate for a LoRA run's settings, shown by `plan` (and so by the GUI's preflight).
+"""A rough VRAM estimate for a run's settings (LoRA, or DreamBooth / fine-tuning of the whole denoiser), shown
+by `plan` (and so by the GUI's preflight).
 
 UNMEASURED: built from parameter counts and byte sizes, with an activation term per image token whose
 constant is a guess; it has not been checked against measured peaks on a GPU yet (docs/benchmarks.md will
@@ -23,6 +24,7 @@ SHAPE = {"sd1": (320 * 16, 8), "sd2": (320 * 16, 8), "sdxl": (640 * 20, 8), "flu
 BLOCKS = {"flux": 57, "sd3-medium": 24, "sd3-large": 38}  # what blocks_to_swap counts
 ACT_BYTES_PER_UNIT = 2 * 6   # bf16 × tensors kept per block and token without checkpointing (a guess)
 CHECKPOINT_SHARE = 0.12      # what full gradient checkpointing keeps of that (a guess)
+FULL_TRAINING = ("dreambooth", "finetune")  # the denoiser's own weights train
 
 
 @dataclass
@@ -30,7 +32,7 @@ class VramEstimate:
     total_gb: float
     weights_gb: float
     text_encoders_gb: float
-    lora_and_optimizer_gb: float
+    lora_and_optimizer_gb: float  # what trains: the LoRA and its optimizer state; full training: gradients + state
     activations_gb: float
     measured: bool = False
     note: str = "unmeasured estimate (parameter counts and a guessed activation term); not checked on a GPU"
@@ -59,10 +61,25 @@ def estimate_vram(family: str, cfg, variant: str = "") -> VramEstimate | None:
     tokens = (w // blocks_px) * (h // blocks_px) * int(cfg.train_batch_size)
     act = tokens * width * ACT_BYTES_PER_UNIT
     if cfg.gradient_checkpointing:
-        act *= CHECKPOINT_SHARE
+        # cpu_offload_checkpointing: the blocks' kept inputs wait in host memory; one block's recompute remains
+        act *= 1 / BLOCKS.get(key, 20) if cfg.cpu_offload_checkpointing else CHECKPOINT_SHARE
+    if cfg.training_type in FULL_TRAINING:
+        weights, lora = _full_training(cfg, key, denoiser * 1e9)
+        weights += ae * 1e9 * 2
     total = weights + te + lora + act + 0.6 * GIB  # CUDA context and allocator slack
     return VramEstimate(round(total / GIB, 1), round(weights / GIB, 1), round(te / GIB, 1), round(lora / GIB, 2),
                         round(act / GIB, 1))
+
+
+def _full_training(cfg, key: str, n: float) -> tuple[float, float]:
+    """(denoiser weight bytes, gradient + optimizer bytes) when all its n parameters train."""
+    pbytes = 2 if cfg.full_bf16 or cfg.full_fp16 else 4  # trained weights stay fp32 unless full_bf16/fp16
+    grads = n * pbytes
+    if cfg.fused_backward_pass:  # each gradient is freed as soon as its weight is updated: about one block's
+        grads /= BLOCKS.get(key, 20)
+    # Adafactor keeps factored second moments (rows + columns: next to nothing) and no first moment by default
+    state = 0.0 if cfg.optimizer == "Adafactor" else (2 if "8bit" in cfg.optimizer else 8)
+    return n * pbytes, grads + n * state
 
 
 def _resolution(value) -> tuple[int, int]:

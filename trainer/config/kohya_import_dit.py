@@ -4,6 +4,9 @@ Most FLUX keys keep kohya's names here (clip_l, t5xxl, ae, guidance_scale, times
 imported as they are; this maps the rest before the general import runs:
 * ``LoRA_type`` "Flux1" is kohya's plain FLUX LoRA (networks.lora_flux) = our "Standard" on a FLUX base;
 * ``flux1_/sd3_cache_text_encoder_outputs[_to_disk]`` → ``cache_text_encoder_outputs``;
+* ``flux_fused_backward_pass`` / ``sd3_fused_backward_pass`` (kohya_ss's per-family checkboxes) →
+  ``fused_backward_pass`` for the ticked family, as kohya_ss routes them to the script;
+* ``cpu_offload_checkpointing`` turns ``gradient_checkpointing`` on, as sd-scripts' flux_train does;
 * settings with no counterpart yet are named in a note when they would change the run.
 """
 from __future__ import annotations
@@ -15,8 +18,8 @@ SUPPORTED_FAMILY_FLAGS = ("flux1_checkbox", "sd3_checkbox")
 LORA_TYPES = {"Flux1": "Standard"}
 RENAMED = {"flux1_cache_text_encoder_outputs": "cache_text_encoder_outputs",
            "sd3_cache_text_encoder_outputs": "cache_text_encoder_outputs"}
-NOT_YET = ("split_mode", "cpu_offload_checkpointing", "split_qkv", "train_lora_ggpo",
-           "flux_fused_backward_pass", "single_blocks_to_swap", "double_blocks_to_swap")
+NOT_YET = ("split_mode", "split_qkv", "train_lora_ggpo", "single_blocks_to_swap", "double_blocks_to_swap")
+FUSED_BACKWARD_KEYS = {"flux1_checkbox": "flux_fused_backward_pass", "sd3_checkbox": "sd3_fused_backward_pass"}
 
 
 def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -35,8 +38,15 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
             value = out.pop(src)
             if value not in (None, "") and dst not in data:
                 out[dst] = value
+    for flag, key in FUSED_BACKWARD_KEYS.items():
+        value = out.pop(key, None)
+        if flag in flags and value not in (None, ""):
+            out["fused_backward_pass"] = value
+    if _true(out.get("cpu_offload_checkpointing")) and not _true(out.get("gradient_checkpointing")):
+        out["gradient_checkpointing"] = True
+        notes.append("cpu_offload_checkpointing is on, so gradient_checkpointing is on too (as sd-scripts does)")
     for key in ("flux1_cache_text_encoder_outputs_to_disk", "sd3_cache_text_encoder_outputs_to_disk",
-                "sd3_text_encoder_batch_size", "sd3_fused_backward_pass"):
+                "sd3_text_encoder_batch_size"):
         out.pop(key, None)
     if str(out.get("model_type", "flux")).lower() == "chroma":
         notes.append("model_type chroma: Chroma is not trained by this build yet; the model loads as FLUX.1 "
@@ -46,3 +56,7 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         if value not in (None, "", False, 0, "0", "false", "False"):
             notes.append(f"{key}={value!r} is not available for FLUX.1 here yet and was left out")
     return out
+
+
+def _true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1")

@@ -56,6 +56,11 @@ class TrainingOptions(Options):
         "activations. selective = keep the outputs of attention, convolutions and narrowing matrix products, "
         "recompute only norms, activations, additions and widening products: about half the activations, "
         "for roughly half of full's slowdown.", section="training", visible_if={"gradient_checkpointing": [True]})
+    cpu_offload_checkpointing: bool = opt(
+        False, "Keep each checkpointed block's inputs in CPU memory instead of on the GPU until the backward "
+        "pass needs them (kohya's option for FLUX.1 / SD3): less VRAM, slower (two copies per block per step). "
+        "Needs gradient_checkpointing (mode full); not with blocks_to_swap.", section="training",
+        visible_if={"gradient_checkpointing": [True]})
     xformers: Literal["none", "sdpa", "xformers"] = opt(
         "sdpa", "Attention kernel. sdpa is PyTorch's built-in memory-efficient attention (Kohya defaults to "
         "xformers, which fails when it is not installed).", section="training", label="CrossAttention")
@@ -98,6 +103,15 @@ class FrozenBaseOptions(Options):
         False, "Store the frozen base model's linear and convolution weights as 8-bit floats (scaled per "
         "output channel) and widen them one layer at a time: the base weights take about half the VRAM "
         "(figures in docs/benchmarks.md) at a small quality cost.", section="training")
+
+
+class FullTrainingOptions(Options):
+    """Only for training types that train the whole model (DreamBooth, fine-tuning)."""
+    fused_backward_pass: bool = opt(
+        False, "Update each weight during the backward pass, as soon as its gradient is complete, and free that "
+        "gradient at once: the model's full set of gradients never exists (kohya's option for SDXL / FLUX.1 / SD3 "
+        "full fine-tuning on 24 GB). Needs the Adafactor optimizer and gradient_accumulation_steps 1; "
+        "max_grad_norm then clips each weight's gradient on its own.", section="optimizer")
 
 
 class OptimizerOptions(Options):

@@ -141,6 +141,37 @@ def _precision(c):
 
 
 @rule
+def _memory_savers(c):
+    """sd-scripts' rules for fused_backward_pass (get_optimizer) and cpu_offload_checkpointing (flux_train)."""
+    from .options_train import FullTrainingOptions
+
+    if isinstance(c, FullTrainingOptions) and c.fused_backward_pass:
+        if c.optimizer != "Adafactor":
+            yield Problem("fused_backward_pass", f"fused_backward_pass works with the Adafactor optimizer only (it is "
+                          f"{c.optimizer}); choose Adafactor or untick fused_backward_pass")
+        if c.gradient_accumulation_steps != 1:
+            yield Problem("fused_backward_pass", "fused_backward_pass updates the weights inside each backward pass, "
+                          f"so gradients cannot be summed over {c.gradient_accumulation_steps} batches; set "
+                          "gradient_accumulation_steps to 1 or untick fused_backward_pass")
+        if c.mixed_precision == "fp16":
+            yield Problem("fused_backward_pass", "fused_backward_pass cannot use fp16 loss scaling (the scaler must "
+                          "see every gradient before any weight changes); set mixed_precision to bf16 (or no)")
+        if c.num_processes > 1:
+            yield Problem("fused_backward_pass", "fused_backward_pass updates each weight before the GPUs average "
+                          "their gradients; set num_processes to 1 or untick fused_backward_pass")
+    if c.cpu_offload_checkpointing:
+        if not c.gradient_checkpointing:
+            yield Problem("cpu_offload_checkpointing", "cpu_offload_checkpointing offloads what gradient "
+                          "checkpointing keeps; tick gradient_checkpointing too")
+        elif c.gradient_checkpointing_mode != "full":
+            yield Problem("cpu_offload_checkpointing", "cpu_offload_checkpointing works with "
+                          "gradient_checkpointing_mode full (selective keeps activations on the GPU)")
+        if c.blocks_to_swap:
+            yield Problem("cpu_offload_checkpointing", "cpu_offload_checkpointing cannot be used with blocks_to_swap "
+                          "(as in sd-scripts); set blocks_to_swap to 0 or untick cpu_offload_checkpointing")
+
+
+@rule
 def _latent_cache(c):
     if c.cache_latents or c.cache_latents_to_disk:
         for name in ("color_aug", "random_crop"):

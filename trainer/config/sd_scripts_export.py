@@ -48,7 +48,7 @@ SAME_NAME = (
     "metadata_license", "metadata_tags", "reg_data_dir", "prior_loss_weight", "in_json", "dataset_repeats",
     "train_text_encoder", "network_weights", "dim_from_weights", "network_dropout", "network_train_unet_only",
     "network_train_text_encoder_only", "network_alpha", "network_dim", "token_string", "init_word",
-    "num_vectors_per_token", "weights", "stop_text_encoder_training", "scale_weight_norms",
+    "num_vectors_per_token", "weights", "stop_text_encoder_training", "scale_weight_norms", "fused_backward_pass",
 )
 # written even when 0 / False: sd-scripts' default is not what 0 means here
 ALWAYS = {"max_grad_norm", "max_data_loader_n_workers", "caption_extension"}
@@ -119,6 +119,11 @@ def sd_scripts_export(config) -> Export:
     if c.log_with:
         data["log_with"] = c.log_with
     data["sample_sampler"] = c.sample_sampler
+    if c.cpu_offload_checkpointing:  # sd-scripts reads it in train_network.py (and flux_/sd3_train.py) only
+        if kind == "lora":
+            data["cpu_offload_checkpointing"] = True
+        else:
+            notes.append(f"cpu_offload_checkpointing is left out: {SCRIPTS[(kind, sdxl)]} has no such option")
     if kind == "lora":
         _network(c, data, notes)
     elif kind in ("dreambooth", "finetune"):

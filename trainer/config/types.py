@@ -7,8 +7,8 @@ from pydantic import Field, field_validator, model_validator
 
 from .options_dit import DitModelOptions, DitNetworkOptions
 from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
-from .options_train import (AccelerateOptions, FrozenBaseOptions, LoggingOptions, OptimizerOptions,
-                            SamplingOptions, SavingOptions, TrainingOptions)
+from .options_train import (AccelerateOptions, FrozenBaseOptions, FullTrainingOptions, LoggingOptions,
+                            OptimizerOptions, SamplingOptions, SavingOptions, TrainingOptions)
 from .spec import opt
 from trainer.networks.registry import LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
 
@@ -135,7 +135,7 @@ class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions, DitNetworkOp
     training_type: Literal["lora"] = "lora"
 
 
-class DreamboothConfig(BaseConfig, RegularizationOptions):
+class DreamboothConfig(BaseConfig, RegularizationOptions, FullTrainingOptions):
     training_type: Literal["dreambooth"] = "dreambooth"
     learning_rate: float = opt(1e-5, "UNet learning rate (full fine-tune: 1e-6 to 1e-5).", section="optimizer",
                                level="basic", ge=0, le=10)
@@ -152,7 +152,7 @@ class DreamboothConfig(BaseConfig, RegularizationOptions):
         "folder.", section="model", level="basic", label="Save trained model as")
 
 
-class FinetuneConfig(BaseConfig):
+class FinetuneConfig(BaseConfig, FullTrainingOptions):
     training_type: Literal["finetune"] = "finetune"
     learning_rate: float = opt(1e-5, "UNet learning rate (full fine-tune: 1e-6 to 1e-5).", section="optimizer",
                                level="basic", ge=0, le=10)

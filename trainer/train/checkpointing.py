@@ -50,16 +50,49 @@ def save_expensive_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def checkpoint_function(mode: str, preserve_rng_state: bool):
+def checkpoint_function(mode: str, preserve_rng_state: bool, cpu_offload: bool = False):
     """A `gradient_checkpointing_func` for diffusers' `enable_gradient_checkpointing`.
 
     preserve_rng_state=False when nothing random runs inside the blocks (no LoRA dropout): the
     recomputation is then identical without saving and restoring the generators — which also keeps the
-    blocks capturable in a CUDA graph (reading the RNG state there fails on older PyTorch)."""
+    blocks capturable in a CUDA graph (reading the RNG state there fails on older PyTorch).
+    cpu_offload (kohya's cpu_offload_checkpointing, full mode): what a checkpointed block keeps for its
+    backward — its inputs — waits in CPU memory; the block copies them to the device when it runs."""
     context = {"context_fn": partial(create_selective_checkpoint_contexts, save_expensive_outputs)} \
         if mode == "selective" else {}
 
     def run(module, *args):
         return checkpoint(module.__call__, *args, use_reentrant=False, preserve_rng_state=preserve_rng_state,
                           **context)
-    return run
+
+    def run_offloaded(module, *args):
+        device = next((a.device for a in _tensors(args)), None)
+        if device is None:
+            return run(module, *args)
+
+        def on_device(*held):
+            return module(*_moved(held, device))
+        # the copies are differentiable, so gradients reach the inputs on the device
+        return checkpoint(on_device, *_moved(args, "cpu"), use_reentrant=False, preserve_rng_state=preserve_rng_state)
+    return run_offloaded if cpu_offload else run
+
+
+def _tensors(values):
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, (tuple, list)):
+            yield from _tensors(v)
+
+
+def _moved(values, device):
+    """`values` with every tensor (also inside tuples, as FLUX's rotary embedding) copied to `device`; a copy
+    even when it is already there, so the held inputs never alias what the caller goes on to change."""
+    out = []
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, copy=True)
+        elif isinstance(v, (tuple, list)):
+            v = type(v)(_moved(v, device))
+        out.append(v)
+    return tuple(out)

@@ -78,9 +78,22 @@ def update_blocker(ctx: StepContext) -> str | None:
     return None
 
 
+def fused_backward_wanted(config) -> bool:
+    from trainer.config.options_train import FullTrainingOptions  # DreamBooth / fine-tuning have the option
+
+    return isinstance(config, FullTrainingOptions) and config.fused_backward_pass
+
+
 def make_step_fn(ctx: StepContext, config, warn, backend=None) -> Callable[[list[dict], int], torch.Tensor]:
     """`step(micro_batches, step) -> loss`: captured steps where the option and the run allow it."""
     setting = config.cuda_graphs
+    if fused_backward_wanted(config):
+        from .fused_backward import fused_step_fn
+
+        if setting == "on":
+            warn("CUDA graphs are off for this run: fused_backward_pass updates the weights inside the backward "
+                 "pass; steps run normally.")
+        return fused_step_fn(ctx)
     if backend is None and not cuda_graphs_wanted(setting, ctx.device):
         return partial(train_step, ctx)
     reason = None if backend is not None else capture_blocker(ctx, config)

@@ -127,6 +127,16 @@ def clip_gradients(ctx: StepContext) -> None:
 
 def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> torch.Tensor:
     """One optimizer step; returns the mean loss over the step's samples (a device tensor)."""
+    total = backward_passes(ctx, micro_batches, step)
+    clip_gradients(ctx)
+    ctx.optimizer.step()
+    ctx.lr_scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def backward_passes(ctx: StepContext, micro_batches: list[dict], step: int) -> torch.Tensor:
+    """Forward and backward of each micro-batch (gradients accumulate); the step's mean loss."""
     shapes = [latent_shape(b, ctx.latent_channels) for b in micro_batches]
     n = sum(s[0] for s in shapes)
     timesteps, noises = step_noise(ctx, shapes, step)
@@ -141,8 +151,4 @@ def train_step(ctx: StepContext, micro_batches: list[dict], step: int) -> torch.
             loss = micro_loss(ctx, pred, latents, noise, t, batch["loss_weights"].to(ctx.device, non_blocking=True), n)
             ctx.accelerator.backward(loss)
         total += loss.detach()
-    clip_gradients(ctx)
-    ctx.optimizer.step()
-    ctx.lr_scheduler.step()
-    ctx.optimizer.zero_grad(set_to_none=True)
     return total

@@ -79,11 +79,13 @@ def set_attention(unet, choice: str, warn) -> str:
 
 
 def enable_gradient_checkpointing(unet, text_encoders, train_text_encoder: bool, mode: str = "full",
-                                  random_inside: bool = True) -> None:
+                                  random_inside: bool = True, cpu_offload: bool = False) -> None:
     """full: recompute whole blocks; selective: keep the outputs of attention, convolutions and narrowing
     matrix products, recompute the cheap layers (checkpointing.py). Text encoders use HF's own.
-    random_inside=False (no dropout in the trained network) skips saving/restoring the RNG state."""
-    unet.enable_gradient_checkpointing(checkpoint_function(mode, preserve_rng_state=random_inside))
+    random_inside=False (no dropout in the trained network) skips saving/restoring the RNG state.
+    cpu_offload: the blocks' kept inputs wait in CPU memory (cpu_offload_checkpointing)."""
+    unet.enable_gradient_checkpointing(checkpoint_function(mode, preserve_rng_state=random_inside,
+                                                           cpu_offload=cpu_offload))
     unet.train()  # diffusers' blocks only checkpoint in training mode on some versions
     if train_text_encoder:
         for te in text_encoders:

@@ -162,7 +162,8 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
 
             dropout = dropout or network_type(config.LoRA_type).random_ranks
         enable_gradient_checkpointing(base.unet, base.text_encoders, train_te,
-                                      mode=config.gradient_checkpointing_mode, random_inside=dropout)
+                                      mode=config.gradient_checkpointing_mode,
+                                      random_inside=dropout, cpu_offload=config.cpu_offload_checkpointing)
     set_attention(base.unet, config.xformers, warn)
     if compile_enabled(config.compile, accelerator.device, config.cuda_graphs):
         compile_unet(base.unet, warn)
