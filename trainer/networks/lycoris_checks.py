@@ -55,7 +55,13 @@ def make_ia3(name: str, module: torch.nn.Module, tensors: Mapping[str, torch.Ten
 
 def _with_weight(module: torch.nn.Module) -> torch.nn.Module:
     """LyCORIS' full (Native Fine-Tuning) module takes the layer's weight away while it trains; the check
-    then needs a stand-in layer of the same shape (no values are read from it)."""
+    then needs a stand-in layer of the same shape (no values are read from it). A fused layer's stand-in
+    has the original layer's weight (DoRA's norms are read from it)."""
+    from .fused_lora import LinearGroup
+    from .fused_lycoris import FusedWeightView
+
+    if isinstance(module, LinearGroup):  # a fused DiT layer (FLUX.1 qkv): the file's module is the whole layer
+        return FusedWeightView(module)
     if getattr(module, "weight", None) is not None:
         return module
     if isinstance(module, torch.nn.Conv2d):
