@@ -79,29 +79,55 @@ class FusedLycorisMixin:
         return forward
 
     def fused_delta(self, multiplier: float) -> torch.Tensor:
-        """ΔW of the whole fused layer as LyCORIS' rebuild forward adds it (one alpha/rank scale — its
-        get_diff_weight scales LoHa/LoKr twice; DoRA's norms over the fused rows)."""
-        from lycoris.modules.ia3 import IA3Module
-        from lycoris.modules.locon import LoConModule
-
-        if isinstance(self, IA3Module):
-            return self.get_diff_weight(multiplier)[0]
-        if isinstance(self, LoConModule):
-            diff = self.make_weight(self.lora_up.weight.device) * self.scale
-        else:  # LoHa, LoKr: get_weight holds the scale
-            diff = self.get_weight(self.shape) * self.scalar
-        if getattr(self, "wd", False):
-            base = self._current_weight().to(diff.device)
-            diff = diff.to(base.dtype)
-            return self.apply_weight_decompose(base + diff, multiplier) - base
-        return diff * multiplier
+        return forward_delta(self, multiplier)
 
     @torch.no_grad()
     def merge_to(self, multiplier: float = 1.0, **kwargs) -> None:
         delta = self.fused_delta(multiplier)
         for member, rows in zip(self.view.members, self.view.rows):
-            w = member.weight
-            w.copy_((w.float() + delta.index_select(0, rows.to(delta.device)).float().to(w.device)).to(w.dtype))
+            _add(member.weight, delta.index_select(0, rows.to(delta.device)))
+
+
+def forward_delta(module: nn.Module, multiplier: float) -> torch.Tensor | None:
+    """ΔW of a LoCon/DoRA, LoHa, LoKr or iA3 module as LyCORIS' rebuild forward adds it — one alpha/rank
+    scale (its get_diff_weight, and so its merge, scales LoHa/LoKr twice), DoRA's norms over the whole
+    (for a fused layer: the original) weight. None for the other module types."""
+    from lycoris.modules.ia3 import IA3Module
+    from lycoris.modules.locon import LoConModule
+    from lycoris.modules.loha import LohaModule
+    from lycoris.modules.lokr import LokrModule
+
+    if isinstance(module, IA3Module):
+        return module.get_diff_weight(multiplier)[0]
+    if isinstance(module, LoConModule):
+        diff = module.make_weight(module.lora_up.weight.device) * module.scale
+    elif isinstance(module, (LohaModule, LokrModule)):  # get_weight holds the scale
+        diff = module.get_weight(module.shape) * module.scalar
+    else:
+        return None
+    if module.wd:
+        base = module._current_weight().to(diff.device)
+        diff = diff.to(base.dtype)
+        return module.apply_weight_decompose(base + diff, multiplier) - base
+    return diff * multiplier
+
+
+@torch.no_grad()
+def merge_module(module: nn.Module, multiplier: float) -> None:
+    """Put a module's ΔW into its layer's weight as its forward computes it (LyCORIS' own merge otherwise)."""
+    if isinstance(module, FusedLycorisMixin):
+        module.merge_to(multiplier)
+        return
+    delta = forward_delta(module, multiplier)
+    if delta is None:
+        module.merge_to(multiplier)
+    else:
+        weight = module.org_module[0].weight
+        _add(weight, delta.reshape(weight.shape))
+
+
+def _add(weight: torch.Tensor, delta: torch.Tensor) -> None:
+    weight.copy_((weight.float() + delta.float().to(weight.device)).to(weight.dtype))
 
 
 @functools.cache

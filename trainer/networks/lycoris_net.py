@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_file, save_lora_file
-from .fused_lycoris import base_layers, make_lycoris_module
+from .fused_lycoris import base_layers, make_lycoris_module, merge_module
 from .naming import Target, all_targets, split_key, target_filter_for
 from .kohya_lora import config_dropouts
 from .network import canonical_state_dict, resolve_base
@@ -101,13 +101,14 @@ class LycorisNetwork(nn.Module):
 
     @torch.no_grad()
     def merge_to(self, multiplier: float | None = None) -> None:
-        """Put every module's ΔW into its layer's weight (LyCORIS' own merge); unmerge() puts the weights back."""
+        """Put every module's ΔW into its layer's weight, as the forward computes it; unmerge() puts the weights
+        back."""
         if self._backups:
             raise RuntimeError("already merged; unmerge first")
         for m in self.loras:
             for i, layer in enumerate(base_layers(m)):  # a fused DiT layer changes several Linears
                 self._backups[(m.lora_name, i)] = layer.weight.detach().clone()
-            m.merge_to(self.multiplier if multiplier is None else float(multiplier))
+            merge_module(m, self.multiplier if multiplier is None else float(multiplier))
         self._saved_multipliers = {m.lora_name: m.multiplier for m in self.loras}
         for m in self.loras:
             m.multiplier = 0.0  # the forward branch must not add ΔW a second time
