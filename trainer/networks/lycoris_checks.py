@@ -81,6 +81,9 @@ def lycoris_module_problem(name: str, tensors: Mapping[str, torch.Tensor], modul
         return (f"{name}: tensors {', '.join(sorted(tensors))} make no adapter A1111/ComfyUI know "
                 "(LoRA, LoHa, LoKr, iA3, GLoRA, OFT, full)")
     module = _with_weight(module)
+    if type(module) not in (torch.nn.Linear, torch.nn.Conv2d):
+        # e.g. a fused layer's stand-in: LyCORIS warns it would run a Linear subclass in bypass; none runs here
+        logging.getLogger("LyCORIS").setLevel(logging.ERROR)
     state = {f"{name}.{k}": (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     kind, params = get_module(state, name)
     if kind is None:

@@ -1,7 +1,8 @@
 """LyCORIS network types (LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, Diag-OFT, full) on the `lycoris-lora`
 package — the modules kohya_ss trains with `network_module=lycoris.kohya` — placed on this project's
 catalog of layers, so a file's module names are exactly kohya's (SGM names for SDXL, like sd-scripts,
-which A1111, ComfyUI and kohya's scripts read) and the save-time self-check knows every layer.
+which A1111, ComfyUI and kohya's scripts read) and the save-time self-check knows every layer. On FLUX.1 and
+SD3 a layer the original layout fuses (qkv, linear1) is one module over diffusers' Linears (fused_lycoris.py).
 
 The tensors inside each module (`hada_w1_a`, `lokr_w1`, `dora_scale`, iA3 `weight`/`on_input`, ...)
 are LyCORIS' own, so LyCORIS' loader (`create_lycoris_from_weights`) reads the files back.
