@@ -236,6 +236,41 @@ def test_a_resumed_flux_lokr_run_ends_in_the_same_weights(tmp_path, flux_files, 
     assert all(torch.equal(want[k], got[k]) for k in want)  # bit-exact on CPU
 
 
+def test_lokr_on_an_fp8_flux_base_adds_its_branch_beside_the_8_bit_weights(tmp_path, flux_files):  # noqa: F811
+    """fp8_base (the 8–16 GB FLUX presets): LyCORIS' rebuild would read the 8-bit weights, so the modules run
+    in bypass mode — the same function as on the widened weights; DoRA (which needs them) is refused."""
+    from trainer.config.rules import validate_values
+    from trainer.models.fp8 import is_fp8, to_fp8, widen
+    from trainer.networks.registry import build_network
+
+    config = flux_config(flux_files, tmp_path, tmp_path / "out", LoRA_type="LyCORIS/LoKr", factor=4, fp8_base=True,
+                         network_train_unet_only=True)
+    fp8, wide = base_of("flux", flux_files), base_of("flux", flux_files)
+    to_fp8(fp8.unet, torch.float32)
+    wide_layers = dict(wide.unet.named_modules())
+    with torch.no_grad():
+        for name, layer in fp8.unet.named_modules():
+            if is_fp8(layer):
+                wide_layers[name].weight.copy_(widen(layer.weight, layer.weight_scale, torch.float32))
+    plain = transformer_output("flux", wide.unet)
+    net8 = build_network(fp8, config)
+    assert all(m.bypass_mode for m in net8.loras)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net8.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    net = build_network(wide, config.model_copy(update={"fp8_base": False}))
+    net.load_training_state(net8.training_state())
+    net8.apply_to()
+    net.apply_to()
+    ours = transformer_output("flux", fp8.unet)
+    assert not torch.allclose(ours, plain, atol=1e-4)
+    torch.testing.assert_close(ours, transformer_output("flux", wide.unet), atol=1e-5, rtol=1e-4)  # other order
+
+    values = dict(config.model_dump(), dora_wd=True)
+    assert any(p.field == "dora_wd" and "fp8_base" in p.message for p in validate_values("lora", values)[1])
+
+
 @pytest.mark.parametrize("lora_type", ["LyCORIS/BOFT", "LyCORIS/GLoRA", "LyCORIS/Native Fine-Tuning",
                                        "LyCORIS/DyLoRA", "Kohya LoCon", "Kohya DyLoRA"])
 def test_types_that_cannot_run_on_fused_layers_are_refused_with_the_reason_and_the_alternatives(

@@ -12,6 +12,9 @@ BLOCK_OPTIONS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_al
 LYCORIS_NOT_PEFT = ("save_lora_format diffusers writes PEFT LoRA keys (lora_A/lora_B), which the LyCORIS types do "
                     "not have: choose kohya (ComfyUI, Forge and A1111 load LyCORIS files in that layout)")
 
+DORA_NOT_FP8 = ("dora_wd (DoRA) reads the base layers' weights, which fp8_base keeps in 8 bits: turn off dora_wd or "
+                "fp8_base")
+
 
 def network_option_problems(c) -> list[tuple[str, str]]:
     kind = network_type(c.LoRA_type)
@@ -31,6 +34,8 @@ def network_option_problems(c) -> list[tuple[str, str]]:
         problems.append(("LoRA_type", dit_refusal(kind, "FLUX.1" if c.flux1_checkbox else "SD3")))
     if kind.builder == "lycoris" and c.save_lora_format == "diffusers":
         problems.append(("save_lora_format", LYCORIS_NOT_PEFT))
+    if kind.algo in ("locon", "loha", "lokr") and c.dora_wd and c.fp8_base:
+        problems.append(("dora_wd", DORA_NOT_FP8))
     if kind.lora_type in ("Kohya DyLoRA", "LyCORIS/DyLoRA") and c.network_dim % max(c.unit, 1):
         problems.append(("unit", f"network_dim {c.network_dim} must be a multiple of unit {c.unit}"))
     if kind.lora_type == "Kohya DyLoRA":
