@@ -238,7 +238,7 @@ def test_a_resumed_flux_lokr_run_ends_in_the_same_weights(tmp_path, flux_files, 
 
 def test_lokr_on_an_fp8_flux_base_adds_its_branch_beside_the_8_bit_weights(tmp_path, flux_files):  # noqa: F811
     """fp8_base (the 8–16 GB FLUX presets): LyCORIS' rebuild would read the 8-bit weights, so the modules run
-    in bypass mode — the same function as on the widened weights; DoRA (which needs them) is refused."""
+    in bypass mode — the same function as on the widened weights; DoRA and iA3 (which need them) are refused."""
     from trainer.config.rules import validate_values
     from trainer.models.fp8 import is_fp8, to_fp8, widen
     from trainer.networks.registry import build_network
@@ -269,6 +269,8 @@ def test_lokr_on_an_fp8_flux_base_adds_its_branch_beside_the_8_bit_weights(tmp_p
 
     values = dict(config.model_dump(), dora_wd=True)
     assert any(p.field == "dora_wd" and "fp8_base" in p.message for p in validate_values("lora", values)[1])
+    values = dict(config.model_dump(), LoRA_type="LyCORIS/iA3")
+    assert any(p.field == "fp8_base" and "iA3" in p.message for p in validate_values("lora", values)[1])
 
 
 @pytest.mark.parametrize("lora_type", ["LyCORIS/BOFT", "LyCORIS/GLoRA", "LyCORIS/Native Fine-Tuning",

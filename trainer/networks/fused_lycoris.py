@@ -17,9 +17,6 @@ from torch.nn import functional as F
 
 from .fused_lora import LinearGroup
 
-ALGOS = ("locon", "loha", "lokr", "ia3")  # whose ΔW is a function of the whole weight (rows can be taken)
-
-
 class FusedWeightView(LinearGroup):
     """A fused layer as LyCORIS sees it: `weight` is the original layer's (members' rows in the original
     order), read for DoRA's norms and iA3; nothing runs through it."""
@@ -52,7 +49,7 @@ class FusedLycorisMixin:
         self._member_forwards = []
         for member, rows in zip(self.view.members, self.view.rows):
             self._member_forwards.append((member, member.forward, "forward" in member.__dict__))
-            member.forward = self._member_forward(member.forward, rows)
+            member.forward = self._member_forward(member, member.forward, rows)
 
     def restore(self) -> None:
         for member, forward, had in reversed(getattr(self, "_member_forwards", [])):
@@ -62,7 +59,7 @@ class FusedLycorisMixin:
                 del member.forward
         self._member_forwards = []
 
-    def _member_forward(self, org_forward, rows: torch.Tensor):
+    def _member_forward(self, member: nn.Linear, org_forward, rows: torch.Tensor):
         def forward(x, *args, **kwargs):
             out = org_forward(x, *args, **kwargs)
             if self.multiplier == 0:
@@ -70,6 +67,8 @@ class FusedLycorisMixin:
             if self.module_dropout and self.training and torch.rand(1) < self.module_dropout:
                 return out
             r = rows.to(x.device)
+            if hasattr(self, "train_input"):  # iA3: a scale per channel, applied to the member's own forward
+                return out + self._ia3_diff(member, org_forward, x, out, r, *args, **kwargs).to(out.dtype)
             if self.bypass_mode and not getattr(self, "wd", False):
                 diff = self.bypass_forward_diff(x, scale=self.multiplier)
                 return out + diff.index_select(-1, r).to(out.dtype)
@@ -77,6 +76,17 @@ class FusedLycorisMixin:
             return out + F.linear(x, delta.to(device=x.device, dtype=x.dtype)).to(out.dtype)
 
         return forward
+
+    def _ia3_diff(self, member, org_forward, x, out, rows, *args, **kwargs):
+        """What iA3's W·(1 + w) adds to a member: its output rows scaled (not the bias), or its forward of the
+        scaled inputs. Reads no weight, so it runs on fp8 weights too."""
+        scale = self.weight.reshape(-1) * self.multiplier
+        bias = member.bias
+        if self.train_input:
+            y = org_forward(x * scale.to(x.dtype), *args, **kwargs)
+            return y - bias if bias is not None else y
+        y = out - bias if bias is not None else out
+        return y * scale.index_select(0, rows).to(y.dtype)
 
     def fused_delta(self, multiplier: float) -> torch.Tensor:
         return forward_delta(self, multiplier)

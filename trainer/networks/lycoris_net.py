@@ -25,7 +25,7 @@ from .fused_lycoris import base_layers, make_lycoris_module, merge_module
 from .naming import Target, all_targets, split_key, target_filter_for
 from .kohya_lora import config_dropouts
 from .network import canonical_state_dict, resolve_base
-from .options import DORA_NOT_FP8, LYCORIS_NOT_PEFT, lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
+from .options import DORA_NOT_FP8, IA3_NOT_FP8, LYCORIS_NOT_PEFT, lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
 from .params import network_param_groups
 
 logger = logging.getLogger(__name__)
@@ -255,8 +255,8 @@ def build_from_config(base, config, kind) -> LycorisNetwork:
     if config.fp8_base and kind.algo in ("locon", "loha", "lokr", "ia3"):
         # LyCORIS' rebuild reads (and casts ΔW to) the layer's weight, which fp8_base stores in 8 bits; its
         # bypass path adds the branch to the layer's own (widening) forward
-        if kw.get("weight_decompose"):
-            raise ValueError(DORA_NOT_FP8)
+        if kw.get("weight_decompose") or kind.algo == "ia3":
+            raise ValueError(DORA_NOT_FP8 if kind.algo != "ia3" else IA3_NOT_FP8)
         kw["bypass_mode"] = True
     conv = kind.uses_conv_dim
     net = create_lycoris_network(
