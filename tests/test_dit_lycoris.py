@@ -169,7 +169,8 @@ def test_a_lycoris_type_trains_on_the_dit_and_loads_in_comfyui_and_lycoris(
     base = base_of(family, files)
     standard = build_network(base, config.model_copy(update={"LoRA_type": "Standard"}))
     assert set(mods) == {m.lora_name for m in standard.loras}
-    fused = "lora_unet_double_blocks_0_img_attn_qkv" if family == "flux" else "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    fused = ("lora_unet_double_blocks_0_img_attn_qkv" if family == "flux"
+             else "lora_unet_joint_blocks_0_x_block_attn_qkv")
     assert fused in mods
     report = verify_lora_file(saved["path"], base)
     assert report.ok, report.to_text()

@@ -25,7 +25,8 @@ from .fused_lycoris import base_layers, make_lycoris_module, merge_module
 from .naming import Target, all_targets, split_key, target_filter_for
 from .kohya_lora import config_dropouts
 from .network import canonical_state_dict, resolve_base
-from .options import DORA_NOT_FP8, IA3_NOT_FP8, LYCORIS_NOT_PEFT, lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
+from .options import DORA_NOT_FP8, IA3_NOT_FP8, LYCORIS_NOT_PEFT
+from .options import lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
 from .params import network_param_groups
 
 logger = logging.getLogger(__name__)
