@@ -55,7 +55,13 @@ def make_ia3(name: str, module: torch.nn.Module, tensors: Mapping[str, torch.Ten
 
 def _with_weight(module: torch.nn.Module) -> torch.nn.Module:
     """LyCORIS' full (Native Fine-Tuning) module takes the layer's weight away while it trains; the check
-    then needs a stand-in layer of the same shape (no values are read from it)."""
+    then needs a stand-in layer of the same shape (no values are read from it). A fused layer's stand-in
+    has the original layer's weight (DoRA's norms are read from it)."""
+    from .fused_lora import LinearGroup
+    from .fused_lycoris import FusedWeightView
+
+    if isinstance(module, LinearGroup):  # a fused DiT layer (FLUX.1 qkv): the file's module is the whole layer
+        return FusedWeightView(module)
     if getattr(module, "weight", None) is not None:
         return module
     if isinstance(module, torch.nn.Conv2d):
@@ -75,6 +81,9 @@ def lycoris_module_problem(name: str, tensors: Mapping[str, torch.Tensor], modul
         return (f"{name}: tensors {', '.join(sorted(tensors))} make no adapter A1111/ComfyUI know "
                 "(LoRA, LoHa, LoKr, iA3, GLoRA, OFT, full)")
     module = _with_weight(module)
+    if type(module) not in (torch.nn.Linear, torch.nn.Conv2d):
+        # e.g. a fused layer's stand-in: LyCORIS warns it would run a Linear subclass in bypass; none runs here
+        logging.getLogger("LyCORIS").setLevel(logging.ERROR)
     state = {f"{name}.{k}": (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     kind, params = get_module(state, name)
     if kind is None:

@@ -1,7 +1,8 @@
 """LyCORIS network types (LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, Diag-OFT, full) on the `lycoris-lora`
 package — the modules kohya_ss trains with `network_module=lycoris.kohya` — placed on this project's
 catalog of layers, so a file's module names are exactly kohya's (SGM names for SDXL, like sd-scripts,
-which A1111, ComfyUI and kohya's scripts read) and the save-time self-check knows every layer.
+which A1111, ComfyUI and kohya's scripts read) and the save-time self-check knows every layer. On FLUX.1 and
+SD3 a layer the original layout fuses (qkv, linear1) is one module over diffusers' Linears (fused_lycoris.py).
 
 The tensors inside each module (`hada_w1_a`, `lokr_w1`, `dora_scale`, iA3 `weight`/`on_input`, ...)
 are LyCORIS' own, so LyCORIS' loader (`create_lycoris_from_weights`) reads the files back.
@@ -20,9 +21,11 @@ import torch
 from torch import nn
 
 from .files import LoRAFileError, modelspec_metadata, network_metadata, read_lora_source, save_lora_file
-from .naming import Target, all_targets, split_key
+from .fused_lycoris import base_layers, make_lycoris_module, merge_module
+from .naming import Target, all_targets, split_key, target_filter_for
 from .kohya_lora import config_dropouts
 from .network import canonical_state_dict, resolve_base
+from .options import DORA_NOT_FP8, IA3_NOT_FP8, LYCORIS_NOT_PEFT
 from .options import lycoris_module_kwargs as module_kwargs, lycoris_network_args as network_args
 from .params import network_param_groups
 from .patched import PatchedNetwork
@@ -70,7 +73,7 @@ class LycorisNetwork(PatchedNetwork, nn.Module):
         self.parts = dict(parts)
         self.settings = dict(settings)
         self.multiplier = float(settings.get("multiplier", 1.0))
-        self._backups: dict[str, torch.Tensor] = {}
+        self._backups: dict[tuple[str, int], torch.Tensor] = {}
         for m in modules:
             self.add_module(m.lora_name, m)
 
@@ -84,13 +87,14 @@ class LycorisNetwork(PatchedNetwork, nn.Module):
 
     @torch.no_grad()
     def merge_to(self, multiplier: float | None = None) -> None:
-        """Put every module's ΔW into its layer's weight (LyCORIS' own merge); unmerge() puts the weights back."""
+        """Put every module's ΔW into its layer's weight, as the forward computes it; unmerge() puts the weights
+        back."""
         if self._backups:
             raise RuntimeError("already merged; unmerge first")
         for m in self.loras:
-            w = m.org_module[0].weight
-            self._backups[m.lora_name] = w.detach().clone()
-            m.merge_to(self.multiplier if multiplier is None else float(multiplier))
+            for i, layer in enumerate(base_layers(m)):  # a fused DiT layer changes several Linears
+                self._backups[(m.lora_name, i)] = layer.weight.detach().clone()
+            merge_module(m, self.multiplier if multiplier is None else float(multiplier))
         self._saved_multipliers = {m.lora_name: m.multiplier for m in self.loras}
         for m in self.loras:
             m.multiplier = 0.0  # the forward branch must not add ΔW a second time
@@ -98,8 +102,9 @@ class LycorisNetwork(PatchedNetwork, nn.Module):
     @torch.no_grad()
     def unmerge(self) -> None:
         for m in self.loras:
-            if m.lora_name in self._backups:
-                m.org_module[0].weight.copy_(self._backups[m.lora_name])
+            if (m.lora_name, 0) in self._backups:
+                for i, layer in enumerate(base_layers(m)):
+                    layer.weight.copy_(self._backups[(m.lora_name, i)])
                 m.multiplier = self._saved_multipliers.get(m.lora_name, self.multiplier)
         self._backups.clear()
 
@@ -186,8 +191,9 @@ def create_lycoris_network(base, algo: str, *, network_dim: int = 4, network_alp
                            conv_dim: int = 0, conv_alpha: float = 1.0, preset: str = "full",
                            train_unet: bool = True, train_text_encoder: bool = True, multiplier: float = 1.0,
                            dropout=None, rank_dropout=None, module_dropout=None, settings=None,
-                           **kwargs) -> LycorisNetwork:
-    """Build (not yet apply) a LyCORIS network of `algo` on a base model (BaseModel or component dict)."""
+                           target_filter=None, **kwargs) -> LycorisNetwork:
+    """Build (not yet apply) a LyCORIS network of `algo` on a base model (BaseModel or component dict).
+    `target_filter(target) -> bool` narrows it (a DiT family's options: FLUX train_blocks, train_t5xxl)."""
     modules_by_algo, _ = _lycoris()
     cls = modules_by_algo[algo]
     unet, tes, fam = resolve_base(base)
@@ -196,11 +202,13 @@ def create_lycoris_network(base, algo: str, *, network_dim: int = 4, network_alp
     for t in preset_targets(catalog, preset):
         if (t.part == "unet" and not train_unet) or (t.part != "unet" and not train_text_encoder):
             continue
+        if target_filter is not None and not target_filter(t):
+            continue
         dim, alpha = (conv_dim, conv_alpha) if t.is_conv3x3 else (network_dim, network_alpha)
         if not dim and algo not in ("ia3", "full"):
             continue  # conv_dim 0: no LoRA on the 3×3 convolutions, as in LyCORIS
-        m = cls(t.lora_name, t.module, multiplier, max(int(dim or 1), 1), alpha, float(dropout or 0),
-                float(rank_dropout or 0), float(module_dropout or 0), **kwargs)
+        m = make_lycoris_module(cls, t, multiplier, max(int(dim or 1), 1), alpha, float(dropout or 0),
+                                float(rank_dropout or 0), float(module_dropout or 0), **kwargs)
         modules.append(m)
         parts[t.lora_name] = t.part
     if not modules:
@@ -217,7 +225,15 @@ def build_from_config(base, config, kind) -> LycorisNetwork:
     if config.dim_from_weights:
         raise ValueError("dim_from_weights reads ranks of Standard/LoCon files only; for LyCORIS types set "
                          "network_dim/conv_dim to the file's and keep network_weights")
+    if config.save_lora_format == "diffusers":
+        raise ValueError(LYCORIS_NOT_PEFT)
     kw = module_kwargs(config, kind.algo)
+    if config.fp8_base and kind.algo in ("locon", "loha", "lokr", "ia3"):
+        # LyCORIS' rebuild reads (and casts ΔW to) the layer's weight, which fp8_base stores in 8 bits; its
+        # bypass path adds the branch to the layer's own (widening) forward
+        if kw.get("weight_decompose") or kind.algo == "ia3":
+            raise ValueError(DORA_NOT_FP8 if kind.algo != "ia3" else IA3_NOT_FP8)
+        kw["bypass_mode"] = True
     conv = kind.uses_conv_dim
     net = create_lycoris_network(
         base, kind.algo, network_dim=config.network_dim, network_alpha=config.network_alpha,
@@ -226,7 +242,7 @@ def build_from_config(base, config, kind) -> LycorisNetwork:
         train_unet=not config.network_train_text_encoder_only,
         train_text_encoder=not config.network_train_unet_only,
         settings={"lora_type": kind.lora_type, "network_args": network_args(config, kind, kw)},
-        **config_dropouts(config), **kw)
+        target_filter=target_filter_for(base.family, config), **config_dropouts(config), **kw)
     weights = config.network_weights
     if weights:
         net.load_weights(weights)

@@ -4,10 +4,18 @@ from __future__ import annotations
 from typing import Any
 
 from .blocks import check_block_options
-from .registry import network_type
+from .registry import dit_refusal, network_type
 
 BLOCK_OPTIONS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                  "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
+
+LYCORIS_NOT_PEFT = ("save_lora_format diffusers writes PEFT LoRA keys (lora_A/lora_B), which the LyCORIS types do "
+                    "not have: choose kohya (ComfyUI, Forge and A1111 load LyCORIS files in that layout)")
+
+DORA_NOT_FP8 = ("dora_wd (DoRA) reads the base layers' weights, which fp8_base keeps in 8 bits: turn off dora_wd or "
+                "fp8_base")
+IA3_NOT_FP8 = ("LyCORIS/iA3 scales the base layers' weights, which fp8_base keeps in 8 bits (LyCORIS' bypass path "
+               "would scale their biases too): turn off fp8_base or pick another LoRA_type")
 
 
 def network_option_problems(c) -> list[tuple[str, str]]:
@@ -24,6 +32,14 @@ def network_option_problems(c) -> list[tuple[str, str]]:
     if kind.algo not in ("lokr", "ia3", "full") and c.network_dim > 1024:
         problems.append(("network_dim", f"{c.network_dim} is above 1024, wider than any SD1/SD2/SDXL layer, for "
                          f"{c.LoRA_type}; use 4–128 (only LoKr reads a huge dim, as full matrix)"))
+    if (c.flux1_checkbox or c.sd3_checkbox) and not kind.dit:
+        problems.append(("LoRA_type", dit_refusal(kind, "FLUX.1" if c.flux1_checkbox else "SD3")))
+    if kind.builder == "lycoris" and c.save_lora_format == "diffusers":
+        problems.append(("save_lora_format", LYCORIS_NOT_PEFT))
+    if kind.algo in ("locon", "loha", "lokr") and c.dora_wd and c.fp8_base:
+        problems.append(("dora_wd", DORA_NOT_FP8))
+    if kind.algo == "ia3" and c.fp8_base:
+        problems.append(("fp8_base", IA3_NOT_FP8))
     if kind.lora_type in ("Kohya DyLoRA", "LyCORIS/DyLoRA") and c.network_dim % max(c.unit, 1):
         problems.append(("unit", f"network_dim {c.network_dim} must be a multiple of unit {c.unit}"))
     if kind.lora_type == "Kohya DyLoRA":

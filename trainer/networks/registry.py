@@ -23,11 +23,15 @@ class NetworkType:
     summary: str
     uses_conv_dim: bool = True  # conv_dim/conv_alpha mean something for this type
     random_ranks: bool = False  # picks the trained ranks on the CPU every step (no CUDA-graph capture)
+    # trains on the DiT families (FLUX.1, SD3): its modules can run on a fused layer (qkv, linear1) that the
+    # original layout packs and diffusers splits (trainer/networks/fused_lora.py, fused_lycoris.py)
+    dit: bool = False
 
 
 NETWORK_TYPES: dict[str, NetworkType] = {t.lora_type: t for t in (
     NetworkType("Standard", "networks.lora", None, "lora",
-                "LoRA on attention and MLP layers (kohya's own; loads everywhere, also in diffusers).", False),
+                "LoRA on attention and MLP layers (kohya's own; loads everywhere, also in diffusers).", False,
+                dit=True),
     NetworkType("Kohya LoCon", "networks.lora", None, "lora",
                 "Standard LoRA plus the 3×3 convolutions of the ResNet blocks (conv_dim).", True),
     NetworkType("Kohya DyLoRA", "networks.dylora", None, "dylora",
@@ -35,14 +39,14 @@ NETWORK_TYPES: dict[str, NetworkType] = {t.lora_type: t for t in (
                 True, True),
     NetworkType("LyCORIS/LoCon", "lycoris.kohya", "locon", "lycoris",
                 "LyCORIS LoRA/LoCon: LoRA on linear and conv layers; Tucker (use_tucker) and DoRA (dora_wd).",
-                True),
+                True, dit=True),
     NetworkType("LyCORIS/LoHa", "lycoris.kohya", "loha", "lycoris",
-                "Hadamard product of two low-rank products: more capacity per rank (hada_* keys).", True),
+                "Hadamard product of two low-rank products: more capacity per rank (hada_* keys).", True, dit=True),
     NetworkType("LyCORIS/LoKr", "lycoris.kohya", "lokr", "lycoris",
-                "Kronecker product of two small factors (factor): very small files (lokr_* keys).", True),
+                "Kronecker product of two small factors (factor): very small files (lokr_* keys).", True, dit=True),
     NetworkType("LyCORIS/iA3", "lycoris.kohya", "ia3", "lycoris",
                 "Learned per-channel scaling of the layers (weight, on_input keys): tiny, learning rate ~1e-3+.",
-                False),
+                False, dit=True),
     NetworkType("LyCORIS/DyLoRA", "lycoris.kohya", "dylora", "lycoris",
                 "LyCORIS' DyLoRA: every rank up to network_dim trained in blocks of `unit`.", True, True),
     NetworkType("LyCORIS/GLoRA", "lycoris.kohya", "glora", "lycoris",
@@ -115,12 +119,26 @@ def parse_network_args(network_args: dict | str | list | None) -> dict[str, str]
 def build_network(base, config):
     """Build (not yet apply) the network `config.LoRA_type` names on `base` (a BaseModel)."""
     kind = network_type(config.LoRA_type)
-    if base.family not in ("sd1", "sd2", "sdxl") and kind.lora_type != "Standard":
-        # the DiT families pack q/k/v in one linear (fused LoRA targets), which only kohya's LoRA handles here
-        raise ValueError(f"LoRA_type {kind.lora_type} is not available for the {base.family} family yet; "
-                         "choose Standard (kohya's FLUX.1/SD3 LoRA)")
+    if base.family not in ("sd1", "sd2", "sdxl") and not kind.dit:
+        raise ValueError(dit_refusal(kind, base.family))
     module = importlib.import_module(_BUILDERS[kind.builder])
     return module.build_from_config(base, config, kind)
+
+
+DIT_LORA_TYPES: tuple[str, ...] = tuple(t.lora_type for t in NETWORK_TYPES.values() if t.dit)
+
+
+def dit_refusal(kind: NetworkType, family: str) -> str:
+    """Why `kind` does not train on a DiT family (FLUX.1, SD3), and what does."""
+    if kind.lora_type == "Kohya LoCon":
+        why = "it adds the U-Net's convolutions, which this transformer does not have"
+    elif kind.builder == "dylora" or kind.random_ranks:
+        why = "DyLoRA's per-step ranks are not built for the fused layers (qkv, linear1) of the original layout"
+    else:
+        why = (f"LyCORIS' {kind.algo} modules cannot run on the fused layers (qkv, linear1) that the original "
+               "layout packs and diffusers splits")
+    return (f"LoRA_type {kind.lora_type} is not available for the {family} family: {why}. "
+            f"Choose one of: {', '.join(DIT_LORA_TYPES)} (DoRA: LyCORIS/LoCon, LoHa or LoKr with dora_wd)")
 
 
 def builder_module(lora_type: str):
