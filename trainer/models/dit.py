@@ -92,6 +92,41 @@ def family_of_file_keys(keys) -> str | None:
     return None
 
 
+def read_parts(target: Path, files: dict | None, *, from_folder, from_single_file, label: str, vae, dtype, config_dir,
+               tokenizer_cache_dir):
+    """The folder-or-single-file dispatch every DiT loader starts with: ``(comps, arch, how, files)``.
+    ``files`` (kohya's separate clip_l / clip_g / t5xxl files) lose their empty entries;
+    ``from_folder(folder, dtype)`` / ``from_single_file(path, files, vae, dtype, config_dir, tokenizer_cache_dir)``
+    are the family's readers (the latter returns ``(comps, arch, how)``)."""
+    from trainer.models.checkpoint_io import CheckpointError
+    from trainer.models.registry import read_architecture
+
+    files = {k: v for k, v in (files or {}).items() if v}
+    if not target.is_dir():
+        return (*from_single_file(target, files, vae, dtype, config_dir, tokenizer_cache_dir), files)
+    if not (target / "model_index.json").is_file() or not (target / "transformer").is_dir():
+        raise CheckpointError(f"{target} is not a diffusers {label} folder (model_index.json and transformer/ expected).")
+    return from_folder(target, dtype), read_architecture(target), "diffusers folder", files
+
+
+def match_by_widths(family: str, label: str, widths: dict, widths_of, prefer=None):
+    """The registered architecture of ``family`` whose transformer config has the file's widths
+    (``widths_of(config) == widths``); ``prefer(config)`` orders several fits (e.g. FLUX dev before schnell)."""
+    from trainer.models.checkpoint_io import CheckpointError
+    from trainer.models.registry import known_architectures
+
+    known = [a for a in known_architectures() if a.family == family]
+    fits = [a for a in known if widths_of(a.config("transformer")) == widths]
+    if not fits:
+        shown = ", ".join(f"{k} {v}" for k, v in widths.items())
+        raise CheckpointError(f"a {label} transformer with {shown} matches none of the known configs "
+                              f"({', '.join(a.name for a in known)} in configs/models/). Fix: pass a diffusers config "
+                              "folder for it (config_dir) or load the model's diffusers folder.")
+    if prefer is not None:
+        fits.sort(key=lambda a: not prefer(a.config("transformer")))
+    return fits[0]
+
+
 def dit_base_model(family: str, comps: dict, arch, *, target: Path, what: str, files: dict, vae, vae_label: str,
                    dtype, variant: str, modelspec_architecture: str):
     """The BaseModel of a loaded DiT pipeline's parts (frozen, flow-matching scheduler, a `source` that names
