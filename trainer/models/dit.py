@@ -37,12 +37,20 @@ class DitFamily:
     base_model_version: str   # sd-scripts' ss_base_model_version
     config_flag: str          # the Kohya_ss checkbox that forces this family (flux1_checkbox)
     objective_fixed: dict = field(default_factory=dict)  # objective settings the family always uses
+    config_match: dict = field(default_factory=dict)  # more option values that pick it (Chroma: model_type chroma)
+    samples: str = ""         # its own sampling module (sample(base, p, size, generator, t5_length)), else samples_dit
 
     def module(self, seam: str):
         return importlib.import_module(getattr(self, seam))
 
 
 DIT_FAMILIES: dict[str, DitFamily] = {
+    # Chroma first: its files also carry FLUX.1's double blocks (the loaders' detect_keys are tried in order)
+    "chroma": DitFamily(name="chroma", label="Chroma", loader="trainer.models.chroma", text="trainer.models.text_chroma",
+                        forward="trainer.models.chroma_forward", naming="trainer.networks.naming_chroma",
+                        transformer_class="ChromaTransformer2DModel", base_model_version="chroma",
+                        config_flag="flux1_checkbox", config_match={"model_type": "chroma"},
+                        samples="trainer.train.samples_chroma"),
     "flux": DitFamily(name="flux", label="FLUX.1", loader="trainer.models.flux", text="trainer.models.text_flux",
                       forward="trainer.models.flux_forward",
                       naming="trainer.networks.naming_flux", transformer_class="FluxTransformer2DModel",
@@ -69,8 +77,9 @@ def family_denoise(base, cfg):
 
 def family_forced_by(config) -> str | None:
     """The DiT family a config's Kohya_ss checkbox asks for (flux1_checkbox …), if any."""
-    for fam in DIT_FAMILIES.values():
-        if getattr(config, fam.config_flag, False):
+    for fam in sorted(DIT_FAMILIES.values(), key=lambda f: -len(f.config_match)):  # the most specific first
+        if getattr(config, fam.config_flag, False) and all(
+                getattr(config, k, None) == v for k, v in fam.config_match.items()):
             return fam.name
     return None
 
