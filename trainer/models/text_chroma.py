@@ -15,7 +15,7 @@ DEFAULT_T5_LENGTH = 512
 
 
 def t5_length(base, cfg) -> int:
-    return int(getattr(cfg, "t5xxl_max_token_length", 0) or 0) or DEFAULT_T5_LENGTH
+    return (cfg.t5xxl_max_token_length if cfg is not None else 0) or DEFAULT_T5_LENGTH
 
 
 def tokenize(base, captions: list[str], cfg=None) -> list[torch.Tensor]:
