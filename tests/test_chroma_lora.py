@@ -72,6 +72,19 @@ def test_a_transformer_only_chroma_file_names_the_t5xxl_option_and_refuses_clip_
                                                                    "clip_l": chroma_files["t5xxl"]})
 
 
+def test_a_fine_tuned_chroma_saves_in_the_original_layout_and_loads_back(tmp_path, chroma_files):
+    from trainer.models.saving import save_single_file
+
+    base = base_of(chroma_files)
+    with torch.no_grad():
+        base.unet.distilled_guidance_layer.in_proj.weight.add_(0.5)  # as a fine-tune would change it
+    path = save_single_file(base, tmp_path / "chroma-ft.safetensors", dtype=None)  # fp32: compared bit for bit
+    back = load_base_model(path, vae=chroma_files["ae"], text_encoder_files={"t5xxl": chroma_files["t5xxl"]})
+    assert back.family == "chroma"
+    want, got = base.unet.state_dict(), back.unet.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
 def kohya_chroma_json(files, data, out) -> dict:
     """What kohya_ss saves from its Flux.1 tab with Model type chroma, pointed at the tiny model (clip_l left
     over from a FLUX config, as the tab keeps it)."""
@@ -117,9 +130,13 @@ def trained(tmp_path_factory, chroma_files):
 def test_a_kohya_ss_chroma_json_trains_a_lora_with_kohyas_chroma_names(trained):
     from PIL import Image
 
+    from trainer.models.dit import family_forced_by
+    from trainer.vram import config_family
+
     loaded, events, path = trained
     config = loaded.config
     assert config.model_type == "chroma" and config.clip_l == "" and any("CLIP-L" in n for n in loaded.notes)
+    assert family_forced_by(config) == "chroma" and config_family(config)[0] == "chroma"  # not FLUX.1
     assert events[0]["family"] == "chroma"
     tensors, meta = read_lora_file(path)
     names = {k.split(".")[0] for k in tensors}
