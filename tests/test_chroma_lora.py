@@ -42,6 +42,10 @@ def test_a_chroma_file_is_told_from_flux_by_its_keys_and_loads_from_every_layout
         if layout != "diffusers":
             with safe_open(files["model"], framework="pt") as fh:
                 assert family_from_keys(fh.keys()) == "chroma", layout  # what the GUI shows from the header
+        else:
+            from kohya_gui.modelinfo import detect_family
+
+            assert detect_family(str(files["model"]))[0] == "chroma"  # the page's family line for a folder
         base = load_base_model(files["model"], vae=files.get("ae"),
                                text_encoder_files={"t5xxl": files["t5xxl"]} if "t5xxl" in files else None)
         assert base.family == "chroma" and len(base.text_encoders) == 1 and "Chroma" in base.source
@@ -67,6 +71,9 @@ def test_a_transformer_only_chroma_file_names_the_t5xxl_option_and_refuses_clip_
 
     with pytest.raises(CheckpointError, match="t5xxl"):
         load_base_model(chroma_files["model"], vae=chroma_files["ae"])
+    with pytest.raises(CheckpointError, match="set model_type to chroma"):  # FLUX.1 forced by flux1_checkbox alone
+        load_base_model(chroma_files["model"], family="flux", vae=chroma_files["ae"],
+                        text_encoder_files={"t5xxl": chroma_files["t5xxl"]})
     with pytest.raises(CheckpointError, match="no CLIP-L"):
         load_base_model(chroma_files["model"], text_encoder_files={"t5xxl": chroma_files["t5xxl"],
                                                                    "clip_l": chroma_files["t5xxl"]})

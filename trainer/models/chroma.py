@@ -83,8 +83,8 @@ def _from_single_file(path: Path, files: dict, vae, dtype, config_dir, tokenizer
     from trainer.models.chroma_keys import config_from_original, original_to_diffusers, strip_prefix
 
     state, _ = read_checkpoint(path)
-    transformer_sd = strip_prefix({k: v for k, v in state.items() if not k.startswith(VAE_PREFIXES + ("text_encoders.",
-                                                                                                     "cond_stage_model."))})
+    others = VAE_PREFIXES + ("text_encoders.", "cond_stage_model.")
+    transformer_sd = strip_prefix({k: v for k, v in state.items() if not k.startswith(others)})
     if MARKER not in transformer_sd:
         raise CheckpointError(f"{path}: no Chroma transformer weights ({MARKER}) in the file.")
     arch = read_architecture(Path(config_dir)) if config_dir else match_by_widths(
@@ -95,8 +95,8 @@ def _from_single_file(path: Path, files: dict, vae, dtype, config_dir, tokenizer
     if "t5xxl" not in files:  # else the separate file is read by load()
         bundled = _sub(state, T5_PREFIXES)
         if not bundled:
-            raise CheckpointError(f"{path} holds only the Chroma transformer: set t5xxl to the T5-XXL text-encoder file "
-                                  "(kohya's --t5xxl, e.g. t5xxl_fp16.safetensors).")
+            raise CheckpointError(f"{path} holds only the Chroma transformer: set t5xxl to the T5-XXL text-encoder "
+                                  "file (kohya's --t5xxl, e.g. t5xxl_fp16.safetensors).")
         _assign(comps["text_encoder"], t5_encoder_state(bundled), dtype, path, "T5-XXL")
     if vae is not None:
         _load_ae(comps, vae, dtype)

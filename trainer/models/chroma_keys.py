@@ -26,8 +26,8 @@ def _chroma_renames(cfg: dict) -> list[tuple[str, list[str]]]:
 
 
 def _chroma_norm_renames(cfg: dict) -> list[tuple[str, str]]:
-    return _norm_renames(cfg) + [(f"distilled_guidance_layer.norms.{i}.scale", f"distilled_guidance_layer.norms.{i}.weight")
-                                 for i in range(cfg["approximator_layers"])]
+    norms = "distilled_guidance_layer.norms"
+    return _norm_renames(cfg) + [(f"{norms}.{i}.scale", f"{norms}.{i}.weight") for i in range(cfg["approximator_layers"])]
 
 
 def module_map(cfg: dict) -> dict[str, list[str]]:

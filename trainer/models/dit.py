@@ -46,8 +46,9 @@ class DitFamily:
 
 DIT_FAMILIES: dict[str, DitFamily] = {
     # Chroma first: its files also carry FLUX.1's double blocks (the loaders' detect_keys are tried in order)
-    "chroma": DitFamily(name="chroma", label="Chroma", loader="trainer.models.chroma", text="trainer.models.text_chroma",
-                        forward="trainer.models.chroma_forward", naming="trainer.networks.naming_chroma",
+    "chroma": DitFamily(name="chroma", label="Chroma", loader="trainer.models.chroma",
+                        text="trainer.models.text_chroma", forward="trainer.models.chroma_forward",
+                        naming="trainer.networks.naming_chroma",
                         transformer_class="ChromaTransformer2DModel", base_model_version="chroma",
                         config_flag="flux1_checkbox", config_match={"model_type": "chroma"},
                         samples="trainer.train.samples_chroma"),
@@ -114,7 +115,8 @@ def read_parts(target: Path, files: dict | None, *, from_folder, from_single_fil
     if not target.is_dir():
         return (*from_single_file(target, files, vae, dtype, config_dir, tokenizer_cache_dir), files)
     if not (target / "model_index.json").is_file() or not (target / "transformer").is_dir():
-        raise CheckpointError(f"{target} is not a diffusers {label} folder (model_index.json and transformer/ expected).")
+        raise CheckpointError(f"{target} is not a diffusers {label} folder (model_index.json and transformer/ "
+                              "expected).")
     return from_folder(target, dtype), read_architecture(target), "diffusers folder", files
 
 

@@ -106,6 +106,9 @@ def _from_single_file(path: Path, files: dict, vae, dtype, config_dir, tokenizer
         CLIP_PREFIXES + T5_PREFIXES + VAE_PREFIXES + ("text_encoders.",))})
     if "img_in.weight" not in transformer_sd:
         raise CheckpointError(f"{path}: no FLUX.1 transformer weights (img_in.weight) in the file.")
+    if "distilled_guidance_layer.in_proj.weight" in transformer_sd:  # FLUX.1 forced on a Chroma file
+        raise CheckpointError(f"{path} is a Chroma model, not FLUX.1: set model_type to chroma (Model type on the "
+                              "FLUX.1 options), or untick flux1_checkbox to let the family be detected.")
     guidance = any(k.startswith("guidance_in.") for k in transformer_sd)
     arch = read_architecture(Path(config_dir)) if config_dir else match_flux_architecture(transformer_sd, guidance)
     cfg = config_from_bfl(transformer_sd, arch.config("transformer"))

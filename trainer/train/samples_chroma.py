@@ -1,9 +1,9 @@
 """Chroma sample images through diffusers' ChromaPipeline, from prompts in Kohya's syntax.
 
 Chroma is not guidance-distilled: ``--l`` is a true classifier-free scale (Kohya's default 7.5; 1 = off),
-with ``--n`` as the negative prompt. Prompts are encoded by Chroma's text seam (``text_chroma``), and the boolean text mask is
-handed to the pipeline with them: the pipeline's own float mask would be added to the attention scores
-rather than mask the padding (it is what training uses, so samples show what the LoRA learned).
+with ``--n`` as the negative prompt. Prompts are encoded by Chroma's text seam (``text_chroma``), and the
+boolean text mask is handed to the pipeline with them (what training uses): the pipeline's own float mask
+would be added to the attention scores rather than mask the padding.
 """
 from __future__ import annotations
 
