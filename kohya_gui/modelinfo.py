@@ -6,7 +6,7 @@ import struct
 from pathlib import Path
 
 from trainer.config import looks_like_hub_id
-from trainer.families import FAMILY_NAMES, family_from_keys
+from trainer.families import DIT_CLASSES, FAMILY_NAMES, family_from_keys
 
 HUB_MODELS = [
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -43,6 +43,12 @@ def _safetensors_keys(path: Path) -> list[str]:
 
 
 def _family_from_diffusers(folder: Path) -> str | None:
+    transformer = folder / "transformer" / "config.json"
+    if transformer.is_file():  # a DiT family (FLUX.1, SD3, Chroma …)
+        try:
+            return DIT_CLASSES.get(json.loads(transformer.read_text()).get("_class_name"))
+        except ValueError:
+            return None
     if (folder / "text_encoder_2").is_dir():
         return "sdxl"
     cfg = folder / "text_encoder" / "config.json"

@@ -21,7 +21,7 @@ def test_vram_presets_cover_6_to_24_gb_smallest_first(tmp_path):
     assert [p.vram_gb for p in _shipped(tmp_path)] == [6, 8, 12, 16, 24]
 
 
-@pytest.mark.parametrize("family", [None, "sdxl", "flux", "sd3"])
+@pytest.mark.parametrize("family", [None, "sdxl", "flux", "sd3", "chroma"])
 @pytest.mark.parametrize("training_type", list(CONFIG_TYPES))
 def test_every_preset_gives_a_valid_config(tmp_path, family, training_type):
     """Applying any VRAM preset to a fresh form never produces an invalid setting."""
@@ -111,4 +111,9 @@ def test_flux_and_sd3_models_get_their_own_columns(tmp_path):
     assert flux16["fp8_base"] is True and flux16["model_prediction_type"] == "raw"
     assert flux16["cache_text_encoder_outputs"] is True and flux16["network_train_unet_only"] is True
     assert by_gb[24].values_for("flux")["fp8_base"] is False
+    # Chroma (FLUX tab, model_type chroma): no distilled guidance, the T5 mask sd-scripts requires
+    chroma = by_gb[12].values_for("chroma")
+    assert {gb for gb, p in by_gb.items() if "chroma" in p.family_values} == {8, 12, 16, 24}
+    assert chroma["model_type"] == "chroma" and chroma["guidance_scale"] == 0.0 and chroma["apply_t5_attn_mask"]
+    assert chroma["blocks_to_swap"] == by_gb[12].values_for("flux")["blocks_to_swap"]
     assert by_gb[12].values_for("sd3")["weighting_scheme"] == "logit_normal"

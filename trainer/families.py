@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3.5"}
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3.5", "chroma": "Chroma"}
 # DiT families: a key only their transformer has, bare (BFL/SAI files) or under UNET (ComfyUI checkpoints)
-DIT_MARKERS = {"flux": "double_blocks.0.img_attn.qkv.weight", "sd3": "joint_blocks.0.x_block.attn.qkv.weight"}
+# (first match wins: Chroma's files also have FLUX.1's double blocks, so its own marker is tried first)
+DIT_MARKERS = {"chroma": "distilled_guidance_layer.in_proj.weight", "flux": "double_blocks.0.img_attn.qkv.weight",
+               "sd3": "joint_blocks.0.x_block.attn.qkv.weight"}
+# DiT families of a diffusers folder: transformer/config.json's _class_name (trainer/models/dit.py records the same)
+DIT_CLASSES = {"FluxTransformer2DModel": "flux", "SD3Transformer2DModel": "sd3", "ChromaTransformer2DModel": "chroma"}
 
 UNET = "model.diffusion_model."
 SDXL_TE2 = "conditioner.embedders.1.model."  # OpenCLIP bigG

@@ -16,12 +16,13 @@ GIB = 2 ** 30
 PARAMS = {
     "sd1": (0.86, (0.123,), 0.084), "sd2": (0.87, (0.354,), 0.084), "sdxl": (2.57, (0.123, 0.695), 0.084),
     "flux": (11.9, (0.123, 4.76), 0.084), "sd3-medium": (2.5, (0.124, 0.695, 4.76), 0.084),
-    "sd3-large": (8.1, (0.124, 0.695, 4.76), 0.084),
+    "sd3-large": (8.1, (0.124, 0.695, 4.76), 0.084), "chroma": (8.9, (4.76,), 0.084),
 }
 # hidden width × blocks (activation scale) and pixels per token side
 SHAPE = {"sd1": (320 * 16, 8), "sd2": (320 * 16, 8), "sdxl": (640 * 20, 8), "flux": (3072 * 57, 16),
-         "sd3-medium": (1536 * 24, 16), "sd3-large": (2432 * 38, 16)}
-BLOCKS = {"flux": 57, "sd3-medium": 24, "sd3-large": 38}  # what blocks_to_swap counts
+         "sd3-medium": (1536 * 24, 16), "sd3-large": (2432 * 38, 16),
+         "chroma": (3072 * 57, 16)}
+BLOCKS = {"flux": 57, "chroma": 57, "sd3-medium": 24, "sd3-large": 38}  # what blocks_to_swap counts
 ACT_BYTES_PER_UNIT = 2 * 6   # bf16 × tensors kept per block and token without checkpointing (a guess)
 CHECKPOINT_SHARE = 0.12      # what full gradient checkpointing keeps of that (a guess)
 FULL_TRAINING = ("dreambooth", "finetune")  # the denoiser's own weights train
@@ -108,7 +109,7 @@ def config_family(cfg) -> tuple[str | None, str]:
 
     keys = []
     if cfg.flux1_checkbox:
-        family = "flux"
+        family = "chroma" if cfg.model_type == "chroma" else "flux"
     elif cfg.sd3_checkbox:
         family = None
     elif cfg.sdxl:

@@ -155,4 +155,30 @@ write_dit("tiny-sd3", {"family": "sd3", "variant": "medium", "prediction_type": 
           {"tokenizer": lambda p: write_tokenizer_folder(merges, p),
            "tokenizer_2": lambda p: write_tokenizer_folder(merges, p, pad_token="!"),
            "tokenizer_3": lambda p: write_t5_tokenizer(WORDS, p)})
+# ---- Chroma (lodestones/Chroma: FLUX.1-schnell-derived, per-block modulation replaced by one approximator
+# network, distilled_guidance_layer; T5-XXL only, no CLIP-L; ChromaPipeline's folder layout)
+def chroma_cfg(**kw):
+    base = {"_class_name": "ChromaTransformer2DModel", "patch_size": 1, "in_channels": 64, "num_layers": 19,
+            "num_single_layers": 38, "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+            "axes_dims_rope": [16, 56, 56], "approximator_num_channels": 64, "approximator_hidden_dim": 5120,
+            "approximator_layers": 5}
+    base.update(kw); return base
+
+
+CHROMA_INDEX = {"_class_name": "ChromaPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                "text_encoder": ["transformers", "T5EncoderModel"], "tokenizer": ["transformers", "T5TokenizerFast"],
+                "transformer": ["diffusers", "ChromaTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+                "image_encoder": [None, None], "feature_extractor": [None, None]}
+write_dit("chroma", {"family": "chroma", "variant": "chroma", "prediction_type": "flow",
+                     "description": "Chroma (configs of lodestones/Chroma1-HD)",
+                     "tokenizers": {"tokenizer": {"source": "google/t5-v1_1-xxl", "kind": "t5"}}},
+          CHROMA_INDEX, {"transformer": chroma_cfg(), "vae": ae_cfg(), "text_encoder": t5_cfg()}, SCHED_DEV)
+write_dit("tiny-chroma", {"family": "chroma", "variant": "chroma", "prediction_type": "flow", "tiny": True,
+                          "description": "tiny Chroma-shaped test model (approximator, T5 only) " + note},
+          CHROMA_INDEX, {"transformer": chroma_cfg(num_layers=2, num_single_layers=2, attention_head_dim=8,
+                                                   num_attention_heads=2, joint_attention_dim=32,
+                                                   axes_dims_rope=[2, 2, 4], approximator_num_channels=16,
+                                                   approximator_hidden_dim=32, approximator_layers=2),
+                         "vae": tiny_ae, "text_encoder": tiny_t5}, SCHED_DEV,
+          {"tokenizer": lambda p: write_t5_tokenizer(WORDS, p)})
 print("ok")

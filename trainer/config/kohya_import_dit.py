@@ -48,9 +48,13 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     for key in ("flux1_cache_text_encoder_outputs_to_disk", "sd3_cache_text_encoder_outputs_to_disk",
                 "sd3_text_encoder_batch_size"):
         out.pop(key, None)
-    if str(out.get("model_type", "flux")).lower() == "chroma":
-        notes.append("model_type chroma: Chroma is not trained by this build yet; the model loads as FLUX.1 "
-                     "only if its keys are FLUX.1's")
+    if str(out.get("model_type", "")).lower() not in ("flux", "chroma"):
+        out.pop("model_type", None)  # kohya_ss writes "" when the dropdown was never touched (= flux)
+    elif str(out.get("model_type", "")).lower() == "chroma":  # kohya_ss: flux1_checkbox + model_type chroma
+        out["model_type"] = "chroma"
+        if str(out.get("clip_l", "")).strip():
+            notes.append(f"clip_l {out['clip_l']!r} was left out: Chroma has no CLIP-L text encoder")
+            out["clip_l"] = ""
     for key in NOT_YET:
         value = out.pop(key, None)
         if value not in (None, "", False, 0, "0", "false", "False"):

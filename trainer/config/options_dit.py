@@ -20,6 +20,10 @@ class DitModelOptions(Options):
     sd3_checkbox: bool = opt(
         False, "SD3 / SD3.5 (Medium, Large) base model: flow matching and kohya's SD3 LoRA names. Detected from the "
         "weights anyway; tick it to show the SD3 options.", section="model", label="SD3")
+    model_type: Literal["flux", "chroma"] = opt(
+        "flux", "FLUX.1-based model type (kohya's --model_type): flux (dev / schnell) or chroma (Chroma: T5-XXL only, "
+        "no CLIP-L, the T5 attention mask always applied). Detected from the weights anyway.", section="model",
+        visible_if=FLUX, label="Model type")
     clip_l: str = opt("", "FLUX.1 / SD3: CLIP-L text-encoder file (clip_l.safetensors) for a model file that holds "
                       "only the transformer (as BFL publishes flux1-dev.safetensors).", section="model", kind="file",
                       label="CLIP-L")

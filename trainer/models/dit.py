@@ -37,12 +37,21 @@ class DitFamily:
     base_model_version: str   # sd-scripts' ss_base_model_version
     config_flag: str          # the Kohya_ss checkbox that forces this family (flux1_checkbox)
     objective_fixed: dict = field(default_factory=dict)  # objective settings the family always uses
+    config_match: dict = field(default_factory=dict)  # more option values that pick it (Chroma: model_type chroma)
+    samples: str = ""         # its own sampling module (sample(base, p, size, generator, t5_length)), else samples_dit
 
     def module(self, seam: str):
         return importlib.import_module(getattr(self, seam))
 
 
 DIT_FAMILIES: dict[str, DitFamily] = {
+    # Chroma first: its files also carry FLUX.1's double blocks (the loaders' detect_keys are tried in order)
+    "chroma": DitFamily(name="chroma", label="Chroma", loader="trainer.models.chroma",
+                        text="trainer.models.text_chroma", forward="trainer.models.chroma_forward",
+                        naming="trainer.networks.naming_chroma",
+                        transformer_class="ChromaTransformer2DModel", base_model_version="chroma",
+                        config_flag="flux1_checkbox", config_match={"model_type": "chroma"},
+                        samples="trainer.train.samples_chroma"),
     "flux": DitFamily(name="flux", label="FLUX.1", loader="trainer.models.flux", text="trainer.models.text_flux",
                       forward="trainer.models.flux_forward",
                       naming="trainer.networks.naming_flux", transformer_class="FluxTransformer2DModel",
@@ -69,8 +78,8 @@ def family_denoise(base, cfg):
 
 def family_forced_by(config) -> str | None:
     """The DiT family a config's Kohya_ss checkbox asks for (flux1_checkbox …), if any."""
-    for fam in DIT_FAMILIES.values():
-        if getattr(config, fam.config_flag):
+    for fam in sorted(DIT_FAMILIES.values(), key=lambda f: -len(f.config_match)):  # the most specific first
+        if getattr(config, fam.config_flag) and all(getattr(config, k) == v for k, v in fam.config_match.items()):
             return fam.name
     return None
 
@@ -90,6 +99,42 @@ def family_of_file_keys(keys) -> str | None:
         if fam.module("loader").detect_keys(keys):
             return fam.name
     return None
+
+
+def read_parts(target: Path, files: dict | None, *, from_folder, from_single_file, label: str, vae, dtype, config_dir,
+               tokenizer_cache_dir):
+    """The folder-or-single-file dispatch every DiT loader starts with: ``(comps, arch, how, files)``.
+    ``files`` (kohya's separate clip_l / clip_g / t5xxl files) lose their empty entries;
+    ``from_folder(folder, dtype)`` / ``from_single_file(path, files, vae, dtype, config_dir, tokenizer_cache_dir)``
+    are the family's readers (the latter returns ``(comps, arch, how)``)."""
+    from trainer.models.checkpoint_io import CheckpointError
+    from trainer.models.registry import read_architecture
+
+    files = {k: v for k, v in (files or {}).items() if v}
+    if not target.is_dir():
+        return (*from_single_file(target, files, vae, dtype, config_dir, tokenizer_cache_dir), files)
+    if not (target / "model_index.json").is_file() or not (target / "transformer").is_dir():
+        raise CheckpointError(f"{target} is not a diffusers {label} folder (model_index.json and transformer/ "
+                              "expected).")
+    return from_folder(target, dtype), read_architecture(target), "diffusers folder", files
+
+
+def match_by_widths(family: str, label: str, widths: dict, widths_of, prefer=None):
+    """The registered architecture of ``family`` whose transformer config has the file's widths
+    (``widths_of(config) == widths``); ``prefer(config)`` orders several fits (e.g. FLUX dev before schnell)."""
+    from trainer.models.checkpoint_io import CheckpointError
+    from trainer.models.registry import known_architectures
+
+    known = [a for a in known_architectures() if a.family == family]
+    fits = [a for a in known if widths_of(a.config("transformer")) == widths]
+    if not fits:
+        shown = ", ".join(f"{k} {v}" for k, v in widths.items())
+        raise CheckpointError(f"a {label} transformer with {shown} matches none of the known configs "
+                              f"({', '.join(a.name for a in known)} in configs/models/). Fix: pass a diffusers config "
+                              "folder for it (config_dir) or load the model's diffusers folder.")
+    if prefer is not None:
+        fits.sort(key=lambda a: not prefer(a.config("transformer")))
+    return fits[0]
 
 
 def dit_base_model(family: str, comps: dict, arch, *, target: Path, what: str, files: dict, vae, vae_label: str,

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from trainer.models.checkpoint_io import CheckpointError, read_checkpoint
-from trainer.models.dit import dit_base_model
-from trainer.models.registry import Architecture, known_architectures, read_architecture
+from trainer.models.dit import dit_base_model, match_by_widths, read_parts
+from trainer.models.registry import Architecture, read_architecture
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +29,28 @@ def detect_keys(keys) -> bool:
     return any(k.endswith(MARKER) and k[:-len(MARKER)] in ("", "model.diffusion_model.") for k in keys)
 
 
-def flux_architectures() -> list[Architecture]:
-    return [a for a in known_architectures() if a.family == FAMILY]
-
-
 def match_flux_architecture(sd: dict, guidance: bool) -> Architecture:
     """The registered FLUX architecture with this hidden size / text width (dev before schnell by guidance)."""
-    hidden, joint = sd["img_in.weight"].shape[0], sd["txt_in.weight"].shape[1]
-    fits = []
-    for arch in flux_architectures():
-        cfg = arch.config("transformer")
-        if cfg["num_attention_heads"] * cfg["attention_head_dim"] == hidden and cfg["joint_attention_dim"] == joint:
-            fits.append(arch)
-    if not fits:
-        raise CheckpointError(f"a FLUX.1 transformer of width {hidden} (text width {joint}) matches none of the known "
-                              f"configs ({', '.join(a.name for a in flux_architectures())} in configs/models/).")
-    fits.sort(key=lambda a: bool(a.config("transformer").get("guidance_embeds")) != guidance)
-    return fits[0]
+    return match_by_widths(FAMILY, "FLUX.1", transformer_widths(sd), config_widths,
+                           prefer=lambda cfg: bool(cfg.get("guidance_embeds")) == guidance)
+
+
+def transformer_widths(sd: dict) -> dict:
+    """Widths of a BFL-layout transformer (FLUX.1 and Chroma share them)."""
+    return {"hidden size": sd["img_in.weight"].shape[0], "text width": sd["txt_in.weight"].shape[1]}
+
+
+def config_widths(cfg: dict) -> dict:
+    return {"hidden size": cfg["num_attention_heads"] * cfg["attention_head_dim"],
+            "text width": cfg["joint_attention_dim"]}
 
 
 def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float32, config_dir=None,
          tokenizer_cache_dir=None):
     """A BaseModel of family "flux". ``files``: {"clip_l": path, "t5xxl": path} (kohya's options)."""
-    files = {k: v for k, v in (files or {}).items() if v}
-    if target.is_dir():
-        comps, arch, how = _from_folder(target, dtype), read_architecture(target), "diffusers folder"
-    else:
-        comps, arch, how = _from_single_file(target, files, vae, dtype, config_dir, tokenizer_cache_dir)
+    comps, arch, how, files = read_parts(target, files, from_folder=_from_folder, from_single_file=_from_single_file,
+                                         label="FLUX.1", vae=vae, dtype=dtype, config_dir=config_dir,
+                                         tokenizer_cache_dir=tokenizer_cache_dir)
     _replace_parts(comps, arch, files, vae if target.is_dir() else None, dtype)
     variant = "dev" if comps["transformer"].config.guidance_embeds else "schnell"
     return dit_base_model(FAMILY, comps, arch, target=target, what=f"{how}, FLUX.1 [{variant}]", files=files,
@@ -69,8 +64,6 @@ def _from_folder(folder: Path, dtype) -> dict:
 
     from trainer.models.loader import _folder_tokenizer, _from_pretrained
 
-    if not (folder / "model_index.json").is_file() or not (folder / "transformer").is_dir():
-        raise CheckpointError(f"{folder} is not a diffusers FLUX.1 folder (model_index.json and transformer/ expected).")
     return {
         "transformer": _from_pretrained(FluxTransformer2DModel, folder, "transformer", {"torch_dtype": dtype}),
         "vae": _from_pretrained(AutoencoderKL, folder, "vae", {"torch_dtype": dtype}),
@@ -113,6 +106,9 @@ def _from_single_file(path: Path, files: dict, vae, dtype, config_dir, tokenizer
         CLIP_PREFIXES + T5_PREFIXES + VAE_PREFIXES + ("text_encoders.",))})
     if "img_in.weight" not in transformer_sd:
         raise CheckpointError(f"{path}: no FLUX.1 transformer weights (img_in.weight) in the file.")
+    if "distilled_guidance_layer.in_proj.weight" in transformer_sd:  # FLUX.1 forced on a Chroma file
+        raise CheckpointError(f"{path} is a Chroma model, not FLUX.1: set model_type to chroma (Model type on the "
+                              "FLUX.1 options), or untick flux1_checkbox to let the family be detected.")
     guidance = any(k.startswith("guidance_in.") for k in transformer_sd)
     arch = read_architecture(Path(config_dir)) if config_dir else match_flux_architecture(transformer_sd, guidance)
     cfg = config_from_bfl(transformer_sd, arch.config("transformer"))

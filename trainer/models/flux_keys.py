@@ -72,17 +72,7 @@ def module_map(cfg: dict) -> dict[str, list[str]]:
 
 def bfl_to_diffusers(state_dict: dict, cfg: dict) -> dict:
     sd = strip_prefix(state_dict)
-    out = {}
-    for src, dsts in _renames(cfg):
-        for suffix in ("weight", "bias"):
-            key = f"{src}.{suffix}"
-            if key not in sd:
-                continue
-            parts = torch.split(sd.pop(key), split_sizes(cfg, len(dsts)), 0) if len(dsts) > 1 else [sd.pop(key)]
-            out.update({f"{d}.{suffix}": p for d, p in zip(dsts, parts)})
-    for src, dst in _norm_renames(cfg):
-        if src in sd:
-            out[dst] = sd.pop(src)
+    out = split_renamed(sd, cfg, _renames(cfg), _norm_renames(cfg))
     for suffix in ("weight", "bias"):
         key = f"final_layer.adaLN_modulation.1.{suffix}"
         if key in sd:
@@ -93,17 +83,39 @@ def bfl_to_diffusers(state_dict: dict, cfg: dict) -> dict:
     return out
 
 
-def diffusers_to_bfl(state_dict: dict, cfg: dict) -> dict:
-    sd = dict(state_dict)
+def split_renamed(sd: dict, cfg: dict, renames, norm_renames) -> dict:
+    """Pop the renamed (and split, where fused) tensors of ``sd`` into a new diffusers-keyed dict."""
     out = {}
-    for dst, srcs in _renames(cfg):
+    for src, dsts in renames:
+        for suffix in ("weight", "bias"):
+            key = f"{src}.{suffix}"
+            if key not in sd:
+                continue
+            parts = torch.split(sd.pop(key), split_sizes(cfg, len(dsts)), 0) if len(dsts) > 1 else [sd.pop(key)]
+            out.update({f"{d}.{suffix}": p for d, p in zip(dsts, parts)})
+    for src, dst in norm_renames:
+        if src in sd:
+            out[dst] = sd.pop(src)
+    return out
+
+
+def join_renamed(sd: dict, renames, norm_renames) -> dict:
+    """The inverse of split_renamed: pop diffusers tensors of ``sd`` into original (fused) keys."""
+    out = {}
+    for dst, srcs in renames:
         for suffix in ("weight", "bias"):
             keys = [f"{s}.{suffix}" for s in srcs]
             if all(k in sd for k in keys):
                 out[f"{dst}.{suffix}"] = torch.cat([sd.pop(k) for k in keys], 0)
-    for dst, src in _norm_renames(cfg):
+    for dst, src in norm_renames:
         if src in sd:
             out[dst] = sd.pop(src)
+    return out
+
+
+def diffusers_to_bfl(state_dict: dict, cfg: dict) -> dict:
+    sd = dict(state_dict)
+    out = join_renamed(sd, _renames(cfg), _norm_renames(cfg))
     for suffix in ("weight", "bias"):
         key = f"norm_out.linear.{suffix}"
         if key in sd:

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from trainer.models.checkpoint_io import CheckpointError, read_checkpoint
-from trainer.models.dit import dit_base_model
+from trainer.models.dit import dit_base_model, match_by_widths, read_parts
 from trainer.models.flux import _fresh, _load_ae, _sub, t5_encoder_state
-from trainer.models.registry import Architecture, known_architectures, read_architecture
+from trainer.models.registry import Architecture, read_architecture
 
 FAMILY = "sd3"
 MARKER = "joint_blocks.0.x_block.attn.qkv.weight"
@@ -27,23 +27,16 @@ def detect_keys(keys) -> bool:
 
 def match_sd3_architecture(sd: dict, dual: bool) -> Architecture:
     width, joint = sd["context_embedder.weight"].shape
-    fits = [a for a in known_architectures() if a.family == FAMILY
-            and a.config("transformer")["caption_projection_dim"] == width
-            and a.config("transformer")["joint_attention_dim"] == joint]
-    if not fits:
-        raise CheckpointError(f"an SD3 MMDiT of width {width} matches none of the known configs "
-                              f"({', '.join(a.name for a in known_architectures() if a.family == FAMILY)}).")
-    fits.sort(key=lambda a: bool(a.config("transformer").get("dual_attention_layers")) != dual)
-    return fits[0]
+    return match_by_widths(FAMILY, "SD3", {"width": width, "text width": joint},
+                           lambda cfg: {"width": cfg["caption_projection_dim"], "text width": cfg["joint_attention_dim"]},
+                           prefer=lambda cfg: bool(cfg.get("dual_attention_layers")) == dual)
 
 
 def load(target: Path, *, vae=None, files: dict | None = None, dtype=torch.float32, config_dir=None,
          tokenizer_cache_dir=None):
-    files = {k: v for k, v in (files or {}).items() if v}
-    if target.is_dir():
-        comps, arch, how = _from_folder(target, dtype), read_architecture(target), "diffusers folder"
-    else:
-        comps, arch, how = _from_single_file(target, files, vae, dtype, config_dir, tokenizer_cache_dir)
+    comps, arch, how, files = read_parts(target, files, from_folder=_from_folder, from_single_file=_from_single_file,
+                                         label="SD3", vae=vae, dtype=dtype, config_dir=config_dir,
+                                         tokenizer_cache_dir=tokenizer_cache_dir)
     _replace_text_encoders(comps, files, dtype)
     if vae is not None and target.is_dir():
         _fresh(comps, "vae", arch)
@@ -60,8 +53,6 @@ def _from_folder(folder: Path, dtype) -> dict:
 
     from trainer.models.loader import _folder_tokenizer, _from_pretrained
 
-    if not (folder / "model_index.json").is_file() or not (folder / "transformer").is_dir():
-        raise CheckpointError(f"{folder} is not a diffusers SD3 folder (model_index.json and transformer/ expected).")
     return {"transformer": _from_pretrained(SD3Transformer2DModel, folder, "transformer", {"torch_dtype": dtype}),
             "vae": _from_pretrained(AutoencoderKL, folder, "vae", {"torch_dtype": dtype}),
             "text_encoder": _from_pretrained(CLIPTextModelWithProjection, folder, "text_encoder", {"dtype": dtype}),

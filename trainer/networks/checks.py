@@ -66,6 +66,8 @@ def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
     version = (metadata or {}).get("ss_base_model_version", "")
     if version.startswith("flux"):
         return "flux"
+    if version.startswith("chroma"):
+        return "chroma"
     if version.startswith("sd3"):
         return "sd3"
     if version.startswith("sdxl"):

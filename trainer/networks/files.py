@@ -21,13 +21,15 @@ SAVE_DTYPES = {
 }
 
 # ss_base_model_version / modelspec.architecture per family (sd-scripts values)
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1", "sd3": "sd3"}
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1", "sd3": "sd3",
+                      "chroma": "chroma"}
 _MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
-                   "flux": "flux-1-dev", "sd3": "stable-diffusion-3.5-medium"}
+                   "flux": "flux-1-dev", "sd3": "stable-diffusion-3.5-medium", "chroma": "chroma"}
 # the sd-scripts network module that writes each family's files
-NETWORK_MODULE = {"flux": "networks.lora_flux", "sd3": "networks.lora_sd3"}
+NETWORK_MODULE = {"flux": "networks.lora_flux", "sd3": "networks.lora_sd3", "chroma": "networks.lora_flux"}
 _MODELSPEC_IMPL = {"sdxl": "https://github.com/Stability-AI/generative-models",
-                   "flux": "https://github.com/black-forest-labs/flux", "sd3": "https://github.com/Stability-AI/sd3.5"}
+                   "flux": "https://github.com/black-forest-labs/flux", "sd3": "https://github.com/Stability-AI/sd3.5",
+                   "chroma": "https://huggingface.co/lodestones/Chroma"}
 _MODELSPEC_IMPL_SAI = "https://github.com/Stability-AI/generative-models"
 
 # header keys sd-scripts keeps even with --no_metadata

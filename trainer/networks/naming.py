@@ -22,7 +22,7 @@ from torch import nn
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 # DiT families: their own naming module (trainer/models/dit.py names it) provides all_targets / target_filter
-DIT_FAMILIES = ("flux", "sd3")
+DIT_FAMILIES = ("flux", "sd3", "chroma")
 
 UNET_TRANSFORMER_CLASSES = ("Transformer2DModel",)
 UNET_CONV_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")

@@ -24,10 +24,11 @@ T5_BLOCKS = ("T5Attention", "T5DenseGatedActDense", "T5DenseActDense")
 TE_PREFIXES = {"te1": PREFIX_CLIP, "te3": PREFIX_T5}
 
 
-def transformer_targets(transformer: nn.Module) -> list[Target]:
+def transformer_targets(transformer: nn.Module, mapping: dict[str, list[str]] | None = None) -> list[Target]:
+    """Block Linears named by ``mapping`` (original module path → diffusers paths; default FLUX.1's)."""
     modules = dict(transformer.named_modules())
     targets = []
-    for bfl, paths in module_map(dict(transformer.config)).items():
+    for bfl, paths in (mapping or module_map(dict(transformer.config))).items():
         if not bfl.startswith(("double_blocks.", "single_blocks.")):
             continue
         members = [modules[p] for p in paths]

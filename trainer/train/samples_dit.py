@@ -29,6 +29,11 @@ def build_dit_pipeline(base):
 
 def sample_dit(base, p, default_size: tuple[int, int], generator, t5_length: int | None = None):
     """One image for prompt ``p`` (trainer.train.samples.SamplePrompt)."""
+    from trainer.models.dit import dit_family
+
+    fam = dit_family(base.family)
+    if fam is not None and fam.samples:
+        return fam.module("samples").sample(base, p, default_size, generator, t5_length)
     pipe = build_dit_pipeline(base)
     width = max(16, (p.width or default_size[0]) // 16 * 16)
     height = max(16, (p.height or default_size[1]) // 16 * 16)
