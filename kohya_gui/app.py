@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import atexit
 import sys
+import threading
 
 import gradio as gr
 
-from . import __version__
+from . import __version__, envcheck
 from .cli import access_problems, build_parser
 from .context import AppContext
 from .jobqueue import JobQueue
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None, args=None) -> int:
     queue = JobQueue(settings.workspace, cwd=settings.project_root)
     atexit.register(queue.shutdown)
     stop_jobs_on_signals(queue)
+    # the GPU's memory for the VRAM check before Start: the environment check imports torch (seconds), so early
+    threading.Thread(target=envcheck.cached_check, args=(settings.python,), daemon=True).start()
     ctx = AppContext(settings, queue)
     app = build_app(ctx)
     auth = RateLimitedLogin(args.username, args.password) if args.username else None

@@ -130,6 +130,18 @@ def describe_changes(preset_name: str, changes: list[tuple], labels: dict[str, s
     return text
 
 
+def column_note(preset: Preset, family: str | None) -> str:
+    """Which column of a VRAM preset applied: the chosen family's own, or the general one."""
+    from trainer.families import FAMILY_NAMES
+
+    if family and family in preset.family_values:
+        return f"Applied the **{FAMILY_NAMES.get(family, family)} column** of this preset (the chosen base model)."
+    others = ", ".join(FAMILY_NAMES.get(f, f) for f in preset.family_values)
+    name = FAMILY_NAMES.get(family, "this") if family else "an undetected"
+    return (f"Applied the general column of this preset ({name} model)"
+            + (f"; it also has columns for {others}." if others else "."))
+
+
 def _show(value) -> str:
     return "empty" if value in (None, "") else str(value)
 

@@ -177,6 +177,10 @@ class AccelerateOptions(Options):
     num_processes: int = opt(1, "Training processes (one per GPU); more than 1 runs `accelerate launch` (DDP).",
                              section="accelerate", ge=1, le=64)
     gpu_ids: str = opt("", 'GPUs to use, e.g. "0,1" (empty = all visible).', section="accelerate")
+    card_vram_gb: float = opt(0.0, "Memory of your GPU in GB, for the check before Start that the run's VRAM estimate "
+                              "fits; 0 = the memory of the detected CUDA card. Set it when the studio runs on another "
+                              "machine than the training or no GPU is found.", section="accelerate", ge=0, le=1024,
+                              label="GPU memory (GB)")
     main_process_port: int = opt(0, "Port for the DDP rendezvous (0 = accelerate's default).",
                                  section="accelerate", ge=0, le=65535)
     num_cpu_threads_per_process: int = opt(2, "CPU threads per training process.", section="accelerate",
