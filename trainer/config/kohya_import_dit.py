@@ -3,7 +3,7 @@
 Most FLUX keys keep kohya's names here (clip_l, t5xxl, ae, guidance_scale, timestep_sampling …) and are
 imported as they are; this maps the rest before the general import runs:
 * ``LoRA_type`` "Flux1" is kohya's plain FLUX LoRA (networks.lora_flux) = our "Standard" on a FLUX base;
-* ``flux1_/sd3_cache_text_encoder_outputs[_to_disk]`` → ``cache_text_encoder_outputs``;
+* ``flux1_/sd3_cache_text_encoder_outputs[_to_disk]`` → ``cache_text_encoder_outputs[_to_disk]``;
 * settings with no counterpart yet are named in a note when they would change the run.
 """
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Any
 SUPPORTED_FAMILY_FLAGS = ("flux1_checkbox", "sd3_checkbox")
 LORA_TYPES = {"Flux1": "Standard"}
 RENAMED = {"flux1_cache_text_encoder_outputs": "cache_text_encoder_outputs",
-           "sd3_cache_text_encoder_outputs": "cache_text_encoder_outputs"}
+           "sd3_cache_text_encoder_outputs": "cache_text_encoder_outputs",
+           "flux1_cache_text_encoder_outputs_to_disk": "cache_text_encoder_outputs_to_disk",
+           "sd3_cache_text_encoder_outputs_to_disk": "cache_text_encoder_outputs_to_disk"}
 NOT_YET = ("split_mode", "cpu_offload_checkpointing", "split_qkv", "train_lora_ggpo",
            "flux_fused_backward_pass", "single_blocks_to_swap", "double_blocks_to_swap")
 
@@ -35,8 +37,7 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
             value = out.pop(src)
             if value not in (None, "") and dst not in data:
                 out[dst] = value
-    for key in ("flux1_cache_text_encoder_outputs_to_disk", "sd3_cache_text_encoder_outputs_to_disk",
-                "sd3_text_encoder_batch_size", "sd3_fused_backward_pass"):
+    for key in ("sd3_text_encoder_batch_size", "sd3_fused_backward_pass"):
         out.pop(key, None)
     if str(out.get("model_type", "flux")).lower() == "chroma":
         notes.append("model_type chroma: Chroma is not trained by this build yet; the model loads as FLUX.1 "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from trainer.families import SD_FAMILIES
 
@@ -113,6 +113,17 @@ class DatasetOptions(Options):
     cache_text_encoder_outputs: bool = opt(
         False, "Encode captions once (saves VRAM on SDXL). Needs frozen text encoders and fixed captions "
         "(no shuffle or dropout).", section="dataset")
+    @model_validator(mode="before")
+    @classmethod
+    def _disk_text_cache_caches(cls, data):
+        """cache_text_encoder_outputs_to_disk turns cache_text_encoder_outputs on, as sd-scripts does."""
+        if isinstance(data, dict) and data.get("cache_text_encoder_outputs_to_disk") is True:
+            data = {**data, "cache_text_encoder_outputs": True}
+        return data
+    cache_text_encoder_outputs_to_disk: bool = opt(
+        False, "Also keep the text-encoder outputs on disk (folder .text_encoder_cache in train_data_dir, or "
+        "text_encoder_outputs in latent_cache_dir) so the next run skips encoding; recomputed when a caption, the T5 "
+        "max token length or mask, or an encoder changes. Implies cache_text_encoder_outputs.", section="dataset")
     max_data_loader_n_workers: int = opt(0, "Loader worker processes (0 = load in the training process).",
                                          section="dataset", ge=0, le=64)
     persistent_data_loader_workers: bool = opt(False, "Keep loader workers between epochs (faster epochs, "
