@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from trainer.config import CONFIG_TYPES, SECTIONS, FieldSpec, field_specs
-from trainer.families import FAMILY_FLAGS, chosen_family
+from trainer.families import FAMILY_FLAGS, FAMILY_NAMES, chosen_family
 
 from . import modelinfo
 
@@ -305,15 +305,22 @@ class TrainingForm:
                                          show_progress="hidden", queue=False)
 
     def _family_text(self, values: dict) -> str:
-        _, text = modelinfo.detect_family(str(values.get("pretrained_model_name_or_path") or ""))
+        detected, text = modelinfo.detect_family(str(values.get(MODEL_FIELD) or ""))
+        family = chosen_family(values, detected)
+        if family is not None and family != detected:
+            text += f" Trained as **{FAMILY_NAMES[family]}** (its checkbox is ticked)."
+        if family is not None:
+            text += f" The page shows the options that apply to {FAMILY_NAMES[family]}."
         return f"**Base model:** {text}"
 
     def _wire_family(self) -> None:
-        model = self.components.get("pretrained_model_name_or_path")
-        if model is None or self.family_md is None:
+        names = [n for n in FAMILY_INPUTS if n in self.components]
+        if MODEL_FIELD not in names or self.family_md is None:
             return
-        model.change(lambda v: self._family_text({"pretrained_model_name_or_path": v}), inputs=model,
-                     outputs=self.family_md, show_progress="hidden")
+        for name in names:
+            self.components[name].change(
+                lambda *raw: self._family_text({n: to_python(self.by_name[n], r) for n, r in zip(names, raw)}),
+                inputs=[self.components[n] for n in names], outputs=self.family_md, show_progress="hidden")
 
     def family(self, values: dict) -> str | None:
         """The family these values train: a ticked family checkbox, else the one detected from the model."""

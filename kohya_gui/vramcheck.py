@@ -14,7 +14,7 @@ from pathlib import Path
 from trainer.families import FAMILY_NAMES
 from trainer.vram import PARAMS, config_family, estimate_vram
 
-from . import envcheck
+from . import envcheck, modelinfo
 
 FIELD = "card_vram_gb"
 # a base model file with under this share of its family's parameters is a test/tiny model: the full-size
@@ -75,6 +75,8 @@ def check_vram(config, python: str) -> VramCheck | None:
         family, variant = config_family(config)
     except (OSError, ValueError, struct.error):  # not a readable safetensors header: the model check says why
         return None
+    if family is None:  # a diffusers folder or a hub id: the page's own detection (model_index.json, the name)
+        family = modelinfo.detect_family(config.pretrained_model_name_or_path)[0]
     estimate = estimate_vram(family, config, variant) if family else None
     if estimate is None:
         return None

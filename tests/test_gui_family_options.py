@@ -118,6 +118,14 @@ def test_loading_a_flux_config_shows_its_options_and_hidden_values_are_saved(tab
     assert fields["clip_skip"]["visible"] is True
 
 
+def test_the_model_note_names_the_family_whose_options_show(tab, models):
+    form = tab.form
+    values = form.initial_values() | {"pretrained_model_name_or_path": str(models["sd1"])}
+    assert "Detected: SD1.x" in form._family_text(values)
+    forced = form._family_text(values | {"flux1_checkbox": True})
+    assert "Trained as **FLUX.1**" in forced and "options that apply to FLUX.1" in forced
+
+
 def test_hub_ids_and_diffusers_folders_of_flux_and_sd3_are_recognised(tmp_path):
     from kohya_gui.modelinfo import detect_family
 

@@ -18,7 +18,8 @@ def tab(tmp_path):
 
 @pytest.fixture
 def flux_run(tmp_path):
-    """A FLUX.1 diffusers folder (only its index: the page reads no weights) and a one-image dataset."""
+    """A FLUX.1 diffusers folder (only its index: the page reads no weights, and knows the family from it) and a
+    one-image dataset."""
     from PIL import Image
 
     model = tmp_path / "FLUX.1-dev"
@@ -28,7 +29,7 @@ def flux_run(tmp_path):
     images.mkdir(parents=True)
     Image.new("RGB", (64, 64), "red").save(images / "a.png")
     (tmp_path / "out").mkdir()
-    return dict(pretrained_model_name_or_path=str(model), flux1_checkbox=True, train_data_dir=str(images.parent),
+    return dict(pretrained_model_name_or_path=str(model), train_data_dir=str(images.parent),
                 output_dir=str(tmp_path / "out"), output_name="toy", resolution="1024", enable_bucket=False,
                 optimizer="AdamW", gradient_checkpointing=True)
 
