@@ -24,6 +24,7 @@ from .tabs.monitor_panel import MonitorPanel
 from .tabs.training import TrainingTab
 from .tabs.utilities import render_utilities
 
+ENVCHECK_DELAY_S = 30
 TABS = [("dreambooth", "Dreambooth"), ("lora", "LoRA"), ("textual_inversion", "Textual Inversion"),
         ("finetune", "Finetuning")]
 
@@ -64,8 +65,11 @@ def main(argv: list[str] | None = None, args=None) -> int:
     queue = JobQueue(settings.workspace, cwd=settings.project_root)
     atexit.register(queue.shutdown)
     stop_jobs_on_signals(queue)
-    # the GPU's memory for the VRAM check before Start: the environment check imports torch (seconds), so early
-    threading.Thread(target=envcheck.cached_check, args=(settings.python,), daemon=True).start()
+    # the GPU's memory for the VRAM check before Start: the environment check imports torch (seconds), so it runs
+    # ahead of the first Check — but after launch(), whose own page check gives up when the CPU is busy
+    warm = threading.Timer(ENVCHECK_DELAY_S, envcheck.cached_check, args=(settings.python,))
+    warm.daemon = True
+    warm.start()
     ctx = AppContext(settings, queue)
     app = build_app(ctx)
     auth = RateLimitedLogin(args.username, args.password) if args.username else None
