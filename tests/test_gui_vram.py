@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from kohya_gui import envcheck, vramcheck
+from kohya_gui import envcheck, presets, vramcheck
 from trainer.config import CONFIG_TYPES
+from trainer.vram import estimate_vram
 from gui_tab import make_tab, raw_values, split_output
 
 
@@ -91,3 +92,18 @@ def test_a_tiny_test_model_gets_no_full_size_estimate(tmp_path):
     garbage.write_bytes(b"x")
     assert vramcheck.check_vram(config.model_copy(update={"pretrained_model_name_or_path": str(garbage)}),
                                 "unused") is None, "an unreadable file is the model check's to report"
+
+
+def test_each_family_column_of_a_preset_fits_its_own_tier_by_the_estimate(tab):
+    """The presets and the estimate agree: a family's column of the N GB preset is estimated at N GB or less, so
+    applying your card's preset silences the warning (both unmeasured until a GPU is lent)."""
+    variants = {"flux": "", "sd3": "large", "sdxl": ""}
+    for preset in tab._presets():
+        for family in preset.family_values:
+            values = tab.form.initial_values() | preset.values_for(family)
+            kept = {k: v for k, v in values.items() if v is not None and k in tab.form.by_name}
+            config = CONFIG_TYPES["lora"](**kept)
+            estimate = estimate_vram(family, config, variants[family])
+            assert estimate.total_gb <= preset.vram_gb, (preset.name, family, estimate)
+    eight = next(p for p in tab._presets() if p.vram_gb == 8)
+    assert "no SD3.5 column" in presets.column_note(eight, "sd3")

@@ -183,8 +183,9 @@ def _train_t5xxl(c):
     if c.training_type != "lora" or not c.train_t5xxl:
         return
     if c.cache_text_encoder_outputs or c.cache_text_encoder_outputs_to_disk:
-        yield Problem("train_t5xxl", "train_t5xxl trains T5-XXL, so its outputs change every step and cannot be cached; "
-                      "untick cache_text_encoder_outputs (and cache_text_encoder_outputs_to_disk) or untick train_t5xxl")
+        yield Problem("train_t5xxl", "train_t5xxl trains T5-XXL, so its outputs change every step and cannot be "
+                      "cached; untick cache_text_encoder_outputs (and cache_text_encoder_outputs_to_disk) or untick "
+                      "train_t5xxl")
     elif c.network_train_unet_only:
         yield Problem("train_t5xxl", "train_t5xxl puts a LoRA on the T5-XXL text encoder, but network_train_unet_only "
                       "trains the transformer only; untick network_train_unet_only or untick train_t5xxl")
