@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import atexit
 import sys
+import threading
 
 import gradio as gr
 
-from . import __version__
+from . import __version__, envcheck
 from .cli import access_problems, build_parser
 from .context import AppContext
 from .jobqueue import JobQueue
@@ -23,6 +24,7 @@ from .tabs.monitor_panel import MonitorPanel
 from .tabs.training import TrainingTab
 from .tabs.utilities import render_utilities
 
+ENVCHECK_DELAY_S = 30
 TABS = [("dreambooth", "Dreambooth"), ("lora", "LoRA"), ("textual_inversion", "Textual Inversion"),
         ("finetune", "Finetuning")]
 
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None, args=None) -> int:
     queue = JobQueue(settings.workspace, cwd=settings.project_root)
     atexit.register(queue.shutdown)
     stop_jobs_on_signals(queue)
+    # the GPU's memory for the VRAM check before Start: the environment check imports torch (seconds), so it runs
+    # ahead of the first Check — but after launch(), whose own page check gives up when the CPU is busy
+    warm = threading.Timer(ENVCHECK_DELAY_S, envcheck.cached_check, args=(settings.python,))
+    warm.daemon = True
+    warm.start()
     ctx = AppContext(settings, queue)
     app = build_app(ctx)
     auth = RateLimitedLogin(args.username, args.password) if args.username else None

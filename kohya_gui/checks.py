@@ -16,7 +16,7 @@ from typing import Any
 from trainer.config import CONFIG_TYPES, check_paths, looks_like_hub_id, save_config_json, validate_values
 from trainer.problems import Problem
 
-from . import modelcheck
+from . import modelcheck, vramcheck
 from .picker import PathRefused, confine
 
 PREFLIGHT_TIMEOUT = 300
@@ -32,6 +32,7 @@ class CheckResult:
     plan: dict | None = None
     preflight_ran: bool = False
     preflight_note: str = ""
+    vram: vramcheck.VramCheck | None = None  # the estimate against the card (with the preflight)
 
     @property
     def errors(self) -> list[Problem]:
@@ -119,6 +120,14 @@ def check_all(training_type: str, values: dict, specs, *, python: str, workspace
         result.problems = _merge(result.problems, issues)
         result.preflight_ran, result.preflight_note = True, note
         result.plan = plan if result.config is not None else None   # a plan from stand-in values would mislead
+        if result.config is not None:
+            result.vram = vramcheck.check_vram(result.config, python)
+            if result.vram is not None and result.vram.too_big:
+                result.problems = _merge(result.problems, [Issue(
+                    vramcheck.FIELD, f"the run's VRAM estimate ({result.vram.estimate_gb} GB, unmeasured) is above "
+                    f"the card's {result.vram.card_gb:g} GB ({result.vram.card_source})", "warning",
+                    "choose the VRAM preset of your card, or turn on fp8_base, cached text-encoder outputs, "
+                    "gradient checkpointing or blocks_to_swap")])
     return result
 
 
@@ -248,9 +257,9 @@ def repeats_text(plan: dict) -> str:
         (" …" if len(concepts) > 6 else "") + ")"
 
 
-def plan_markdown(plan: dict | None) -> str:
+def plan_markdown(plan: dict | None, vram: vramcheck.VramCheck | None = None) -> str:
     if not plan:
-        return ""
+        return vram.line if vram else ""
     images = plan.get("images", "?")
     repeats_total = plan.get("repeats_total", plan.get("train_samples_per_epoch", plan.get("train_samples", "?")))
     steps_per_epoch = plan.get("steps_per_epoch", "?")
@@ -263,4 +272,4 @@ def plan_markdown(plan: dict | None) -> str:
     if isinstance(buckets, dict) and buckets:
         shown = ", ".join(f"{k}: {v}" for k, v in list(buckets.items())[:12])
         text += f"  \nBuckets: {shown}" + (" …" if len(buckets) > 12 else "")
-    return text
+    return f"{text}  \n{vram.line}" if vram else text

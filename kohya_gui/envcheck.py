@@ -10,6 +10,7 @@ import json
 import platform
 import subprocess
 import sys
+import threading
 
 
 def _version(module: str) -> str | None:
@@ -65,6 +66,18 @@ def run_check(python: str = sys.executable, timeout: float = 180.0) -> dict:
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         return {"error": f"The environment check failed (exit code {proc.returncode}). {tail}"}
     return json.loads(lines[-1])
+
+
+_cache: dict[str, dict] = {}
+_lock = threading.Lock()
+
+
+def cached_check(python: str = sys.executable, refresh: bool = False) -> dict:
+    """run_check once per studio process and interpreter (it imports torch: seconds); refresh = run again."""
+    with _lock:
+        if refresh or python not in _cache:
+            _cache[python] = run_check(python)
+        return _cache[python]
 
 
 def to_markdown(info: dict) -> str:

@@ -1,7 +1,9 @@
 """Training forms generated from the option schema (trainer.config): no parameter is listed here.
 
 Each schema section becomes an accordion in Kohya's order; basic options are shown, advanced ones
-fold into an inner "Advanced" accordion; options whose `visible_if` rule does not hold are hidden.
+fold into an inner "Advanced" accordion; options whose `visible_if` rule does not hold are hidden, and so
+are options declared for other model families (`families=`) than the chosen one (a ticked family checkbox,
+else the family detected from the base model). Hidden fields keep their values: saving writes them.
 Problems from validation are shown in place of the field's help text (and styled as errors).
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from trainer.config import CONFIG_TYPES, SECTIONS, FieldSpec, field_specs
+from trainer.families import FAMILY_FLAGS, FAMILY_NAMES, chosen_family
 
 from . import modelinfo
 
@@ -19,6 +22,8 @@ PICKABLE = ("path", "dir", "file")
 ERROR_CLASS = "field-error"
 WARNING_CLASS = "field-warning"
 ROW_WIDTH = 3
+MODEL_FIELD = "pretrained_model_name_or_path"
+FAMILY_INPUTS = (MODEL_FIELD, *(flag for flag, _ in FAMILY_FLAGS))  # what decides the chosen family
 
 
 def specs_for(training_type: str) -> list[FieldSpec]:
@@ -89,6 +94,30 @@ def is_visible(spec: FieldSpec, values: dict) -> bool:
     return all(values.get(name) in allowed for name, allowed in spec.visible_if.items())
 
 
+def applies_to(spec: FieldSpec, family: str | None) -> bool:
+    """An option declared for other families is hidden; with no family known (no model chosen, or not
+    detected) every option shows."""
+    return family is None or not spec.families or family in spec.families
+
+
+def visibility(specs: list[FieldSpec], values: dict, family: str | None) -> dict[str, bool]:
+    """{option: shown}: its family applies, its visible_if holds, and every field that rule names is itself
+    shown (logit_mean hides with weighting_scheme when an SD model is chosen)."""
+    by_name = {s.name: s for s in specs}
+    shown: dict[str, bool] = {}
+
+    def visible(spec: FieldSpec) -> bool:
+        if spec.name not in shown:
+            shown[spec.name] = True  # a rule naming itself (directly or not) cannot recurse forever
+            shown[spec.name] = applies_to(spec, family) and is_visible(spec, values) and all(
+                visible(by_name[name]) for name in (spec.visible_if or {}) if name in by_name)
+        return shown[spec.name]
+
+    for spec in specs:
+        visible(spec)
+    return shown
+
+
 def problems_by_field(problems) -> dict[str, list]:
     grouped: dict[str, list] = {}
     for problem in problems:
@@ -156,14 +185,18 @@ class TrainingForm:
         """Widget values in `inputs` order → {option: python value}."""
         return {s.name: to_python(s, raw) for s, raw in zip(self.specs, raw_values)}
 
+    def shown(self, values: dict) -> dict[str, bool]:
+        """Which fields the page shows for these (complete) values."""
+        return visibility(self.specs, values, self.family(values))
+
     def updates(self, values: dict, problems=(), *, set_values: bool = True) -> list:
         """One gr.update per input: value (optional), visibility and the problem note."""
         grouped = problems_by_field(problems)
-        merged = {**self.initial_values(), **values}
+        shown = self.shown({**self.initial_values(), **values})
         out = []
         for spec in self.specs:
             info, classes = field_note(spec, grouped.get(spec.name, []))
-            kwargs = {"visible": is_visible(spec, merged), "info": info, "elem_classes": classes}
+            kwargs = {"visible": shown[spec.name], "info": info, "elem_classes": classes}
             if set_values and spec.name in values:
                 kwargs["value"] = to_widget(spec, values[spec.name])
             out.append(gr.update(**kwargs))
@@ -173,6 +206,7 @@ class TrainingForm:
     def render(self) -> None:
         """Create the section accordions inside the current Blocks context."""
         values = self.initial_values()
+        self._shown = self.shown(values)
         for key, title in SECTIONS:
             section_specs = [s for s in self.specs if s.section == key]
             if not section_specs:
@@ -198,7 +232,7 @@ class TrainingForm:
 
     def _render_field(self, spec: FieldSpec, values: dict) -> None:
         value = to_widget(spec, values.get(spec.name, spec.default))
-        common = dict(label=spec.label, info=spec.help, visible=is_visible(spec, values),
+        common = dict(label=spec.label, info=spec.help, visible=self._shown[spec.name],
                       elem_id=f"{self.training_type}-{spec.name}", interactive=True)
         if spec.kind in PICKABLE:
             with gr.Column(min_width=280):
@@ -242,41 +276,53 @@ class TrainingForm:
 
     # ---- events ---------------------------------------------------------------------------------
     def controllers(self) -> dict[str, list[FieldSpec]]:
-        """Fields that other fields' visibility depends on → those dependents."""
+        """Fields that other fields' visibility depends on → those dependents (the family inputs → every
+        option declared for some families)."""
         deps: dict[str, list[FieldSpec]] = {}
         for spec in self.specs:
-            for name in (spec.visible_if or {}):
+            names = list(spec.visible_if or {}) + (list(FAMILY_INPUTS) if spec.families else [])
+            for name in dict.fromkeys(names):
                 if name in self.by_name:
                     deps.setdefault(name, []).append(spec)
         return deps
 
+    def visibility_updates(self, names: list[str], targets: list[FieldSpec], *raw) -> list:
+        """The change handler: controller widget values (in `names` order) → visibility of `targets`.
+        Visibility depends on the controllers alone, so the other fields' values are not needed."""
+        values = {**self.initial_values(), **{n: to_python(self.by_name[n], r) for n, r in zip(names, raw)}}
+        shown = self.shown(values)
+        return [gr.update(visible=shown[t.name]) for t in targets]
+
     def _wire_visibility(self) -> None:
-        for name, dependents in self.controllers().items():
-            ctrl_spec = self.by_name[name]
-
-            def toggle(raw, _deps=dependents, _ctrl=ctrl_spec):
-                value = to_python(_ctrl, raw)
-                return [gr.update(visible=is_visible(d, {_ctrl.name: value})) for d in _deps]
-
-            self.components[name].change(toggle, inputs=self.components[name],
-                                         outputs=[self.components[d.name] for d in dependents],
+        deps = self.controllers()
+        names = list(deps)
+        targets = list({d.name: d for dependents in deps.values() for d in dependents}.values())
+        # one handler for every controller: a family switch also hides what a hidden field controls
+        for name in names:
+            self.components[name].change(lambda *raw: self.visibility_updates(names, targets, *raw),
+                                         inputs=[self.components[n] for n in names],
+                                         outputs=[self.components[t.name] for t in targets],
                                          show_progress="hidden", queue=False)
 
     def _family_text(self, values: dict) -> str:
-        _, text = modelinfo.detect_family(str(values.get("pretrained_model_name_or_path") or ""))
+        detected, text = modelinfo.detect_family(str(values.get(MODEL_FIELD) or ""))
+        family = chosen_family(values, detected)
+        if family is not None and family != detected:
+            text += f" Trained as **{FAMILY_NAMES[family]}** (its checkbox is ticked)."
+        if family is not None:
+            text += f" The page shows the options that apply to {FAMILY_NAMES[family]}."
         return f"**Base model:** {text}"
 
     def _wire_family(self) -> None:
-        model = self.components.get("pretrained_model_name_or_path")
-        if model is None or self.family_md is None:
+        names = [n for n in FAMILY_INPUTS if n in self.components]
+        if MODEL_FIELD not in names or self.family_md is None:
             return
-        model.change(lambda v: self._family_text({"pretrained_model_name_or_path": v}), inputs=model,
-                     outputs=self.family_md, show_progress="hidden")
+        for name in names:
+            self.components[name].change(
+                lambda *raw: self._family_text({n: to_python(self.by_name[n], r) for n, r in zip(names, raw)}),
+                inputs=[self.components[n] for n in names], outputs=self.family_md, show_progress="hidden")
 
     def family(self, values: dict) -> str | None:
-        family, _ = modelinfo.detect_family(str(values.get("pretrained_model_name_or_path") or ""))
-        if values.get("sdxl"):
-            return "sdxl"
-        if values.get("v2"):
-            return "sd2"
-        return family
+        """The family these values train: a ticked family checkbox, else the one detected from the model."""
+        detected, _ = modelinfo.detect_family(str(values.get(MODEL_FIELD) or ""))
+        return chosen_family(values, detected)

@@ -89,7 +89,7 @@ def overwrite_message(paths: list[Path]) -> str:
     shown = "\n".join(f"- `{p}`" for p in paths[:8])
     more = f"\n- … and {len(paths) - 8} more" if len(paths) > 8 else ""
     return (f"### ⚠ This run would replace {len(paths)} existing file(s)\n{shown}{more}\n\n"
-            "Press **Overwrite and start** to move them into a `NAME.replaced-<time>` folder beside them "
+            "Press **Confirm and start** to move them into a `NAME.replaced-<time>` folder beside them "
             "(nothing is deleted) and train again, or **Cancel** and change the output name or folder.")
 
 

@@ -42,7 +42,16 @@ def _safetensors_keys(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
+PIPELINE_FAMILIES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+
+
 def _family_from_diffusers(folder: Path) -> str | None:
+    try:
+        pipeline = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        pipeline = None
+    if pipeline in PIPELINE_FAMILIES:
+        return PIPELINE_FAMILIES[pipeline]
     transformer = folder / "transformer" / "config.json"
     if transformer.is_file():  # a DiT family (FLUX.1, SD3, Chroma …)
         try:
@@ -76,7 +85,8 @@ def detect_family(value: str) -> tuple[str | None, str]:
             return None, "Family not detected from this file type (.ckpt); it is detected when training starts."
         elif looks_like_hub_id(text):
             lower = text.lower()
-            family = "sdxl" if "xl" in lower else "sd2" if "stable-diffusion-2" in lower else "sd1"
+            family = ("flux" if "flux" in lower else "sd3" if "stable-diffusion-3" in lower else
+                      "sdxl" if "xl" in lower else "sd2" if "stable-diffusion-2" in lower else "sd1")
             return family, f"Hub id: {FAMILY_NAMES[family]} (guessed from the name; downloaded at start)."
         else:
             return None, f"'{text}' does not exist and is not a hub id like org/name."

@@ -130,6 +130,19 @@ def describe_changes(preset_name: str, changes: list[tuple], labels: dict[str, s
     return text
 
 
+def column_note(preset: Preset, family: str | None) -> str:
+    """Which column of a VRAM preset applied: the chosen family's own, or the general one."""
+    from trainer.families import FAMILY_NAMES
+
+    name = FAMILY_NAMES.get(family or "", family)
+    if family and family in preset.family_values:
+        return f"Applied the **{name} column** of this preset (the chosen base model's family)."
+    if family and preset.family_values:
+        columns = ", ".join(FAMILY_NAMES.get(f, f) for f in preset.family_values)
+        return f"This preset has no {name} column (it has {columns}): applied its general column, for SD1.x / SD2.x."
+    return "Applied the general column of this preset."
+
+
 def _show(value) -> str:
     return "empty" if value in (None, "") else str(value)
 

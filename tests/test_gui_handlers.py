@@ -111,7 +111,7 @@ def test_overwrite_guard_lists_existing_files(tmp_path):
     (tmp_path / "other.safetensors").write_bytes(b"x")
     found = [p.name for p in launching.existing_outputs(config)]
     assert found == ["mychar.safetensors", "mychar-000001.safetensors"]
-    assert "Overwrite and start" in launching.overwrite_message(launching.existing_outputs(config))
+    assert "Confirm and start" in launching.overwrite_message(launching.existing_outputs(config))
 
 
 def test_summary_says_ready_when_everything_passes():

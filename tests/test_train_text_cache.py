@@ -69,7 +69,8 @@ def test_fixed_captions_are_all_encoded_before_the_first_step_and_the_encoders_t
         tmp_path, tiny_model_dir, monkeypatch, fresh_accelerator_state):
     data = make_dataset(tmp_path / "data", images=4)
     config = lora_config(tiny_model_dir("sd1"), data, tmp_path / "out", epoch=2, network_train_unet_only=True,
-                         reg_data_dir=str(add_class_images(tmp_path / "reg")), caption_prefix="photo of")
+                         reg_data_dir=str(add_class_images(tmp_path / "reg")), caption_prefix="photo of",
+                         cache_text_encoder_outputs_to_disk=True)
     events, seen, forwards = run_in_process(monkeypatch, config)
 
     types = [e["type"] for e in events]
@@ -82,6 +83,9 @@ def test_fixed_captions_are_all_encoded_before_the_first_step_and_the_encoders_t
     cached = set(seen["text"].cache.rows)
     assert set(seen["captions"]) == cached and "photo of shape" in cached
     assert len(seen["text"].encoders) == 0, "the encoders are no longer part of the trained model"
+    # ...and were written to the image folder's cache for the next run (test_text_cache_disk.py: their reuse)
+    assert len(list((data / ".text_encoder_cache").glob("*.te.safetensors"))) == 5
+    assert seen["text"].cache.stats == {"reused": 0, "computed": 5}
 
 
 def test_with_shuffle_caption_the_conditioner_still_encodes_per_step(

@@ -5,9 +5,16 @@ Torch-free, so the GUI can show the detected family from a safetensors header al
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3.5", "chroma": "Chroma"}
+# which families an option applies to (opt(families=...)): a new family joins the group it behaves like
+SD_FAMILIES = ("sd1", "sd2", "sdxl")     # U-Net, DDPM noise schedule, CLIP text encoders
+FLUX_FAMILIES = ("flux", "chroma")       # FLUX.1-style transformer (timestep_sampling, AE); Chroma is FLUX-derived
+SD3_FAMILIES = ("sd3",)                  # SD3-style MMDiT (CLIP-L + CLIP-G + T5)
+DIT_FAMILIES = FLUX_FAMILIES + SD3_FAMILIES  # rectified flow with T5-XXL
+# Kohya_ss's checkboxes that force a family, in the order they win when several are ticked
+FAMILY_FLAGS = (("flux1_checkbox", "flux"), ("sd3_checkbox", "sd3"), ("sdxl", "sdxl"), ("v2", "sd2"))
 # DiT families: a key only their transformer has, bare (BFL/SAI files) or under UNET (ComfyUI checkpoints)
 # (first match wins: Chroma's files also have FLUX.1's double blocks, so its own marker is tried first)
 DIT_MARKERS = {"chroma": "distilled_guidance_layer.in_proj.weight", "flux": "double_blocks.0.img_attn.qkv.weight",
@@ -20,6 +27,14 @@ SDXL_TE2 = "conditioner.embedders.1.model."  # OpenCLIP bigG
 SD2_TE = "cond_stage_model.model."           # OpenCLIP ViT-H
 SD1_TE = "cond_stage_model.transformer."     # CLIP ViT-L
 SDXL_ADM = UNET + "label_emb.0.0.weight"     # SDXL's size/pooled-text embedding
+
+
+def chosen_family(values: Mapping, detected: str | None) -> str | None:
+    """The family a config trains: a ticked Kohya_ss checkbox forces it, else the one detected from the weights."""
+    for flag, family in FAMILY_FLAGS:
+        if values.get(flag):
+            return family
+    return detected
 
 
 def family_from_keys(keys: Iterable[str]) -> str | None:

@@ -2,22 +2,14 @@
 from __future__ import annotations
 
 import platform
-import threading
 
 import gradio as gr
 
 from .. import __version__, envcheck
 from ..context import AppContext
 
-_cache: dict = {}
-_lock = threading.Lock()
-
-
 def environment_markdown(python: str, refresh: bool = False) -> str:
-    with _lock:
-        if refresh or "info" not in _cache:
-            _cache["info"] = envcheck.run_check(python)
-        return envcheck.to_markdown(_cache["info"])
+    return envcheck.to_markdown(envcheck.cached_check(python, refresh))
 
 
 def render_about(ctx: AppContext) -> None:

@@ -62,7 +62,7 @@ class TrainingTab:
                 with gr.Group(visible=False, elem_id=f"{p}-confirm") as self.confirm_group:
                     self.confirm_md = gr.Markdown()
                     with gr.Row():
-                        self.confirm_btn = gr.Button("Overwrite and start", variant="stop",
+                        self.confirm_btn = gr.Button("Confirm and start", variant="stop",
                                                      elem_id=f"{p}-confirm-overwrite")
                         self.cancel_btn = gr.Button("Cancel", elem_id=f"{p}-confirm-cancel")
                 self.status = gr.Markdown(elem_id=f"{p}-status")
@@ -101,7 +101,7 @@ class TrainingTab:
         problems = result.problems if result else []
         ups = self.form.updates(values, problems, set_values=set_values)
         summary = checks.summary_markdown(result, self.form.labels) if result else ""
-        plan = checks.plan_markdown(result.plan) if result else ""
+        plan = checks.plan_markdown(result.plan, result.vram) if result else ""
         return [*ups, summary, plan, gr.update(visible=confirm is not None), confirm or "", status]
 
     def _load_into_form(self, path: str) -> tuple[dict, str]:
@@ -139,12 +139,14 @@ class TrainingTab:
         preset = presets.find_preset(self._presets(), label or "")
         if preset is None:
             return self._result(current, None, status="Choose a preset first.")
-        chosen = preset.values_for(self.form.family(current))
+        family = self.form.family(current)
+        chosen = preset.values_for(family)
         known = set(self.form.by_name)
         new, changes, kept = presets.apply_checked(
             current, chosen, known, lambda v: checks.check_values(self.type, v, self.form.specs).problems)
         skipped = [k for k in chosen if k not in known]
         text = presets.describe_changes(preset.name, changes, self.form.labels, skipped, kept)
+        text = f"{presets.column_note(preset, family)}\n\n{text}"
         if preset.description:
             text = f"{preset.description}\n\n{text}"
         return self._result(new, self._checked(new, preflight=False), set_values=True, status=text)
@@ -200,8 +202,14 @@ class TrainingTab:
                                                         "below (they are also shown next to each field).")
         # resuming continues the files of the stopped run: the trainer knows they are its own
         existing = [] if result.config.resume else launching.existing_outputs(result.config)
-        if existing and not confirmed:
-            return self._result(values, result, confirm=launching.overwrite_message(existing),
+        too_big = result.vram is not None and result.vram.too_big
+        if (existing or too_big) and not confirmed:
+            reasons = [launching.overwrite_message(existing)] if existing else []
+            if too_big:  # an estimate, not a measurement: the user decides
+                reasons.append(f"### VRAM\n{result.vram.line}\n\nPress **Confirm and start** to train anyway (the "
+                               "run stops with an out-of-memory error if it does not fit), or **Cancel** and change "
+                               "the settings.")
+            return self._result(values, result, confirm="\n\n".join(reasons),
                                 status="Waiting for your confirmation.")
         moved = ""
         if existing:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from trainer.families import FAMILY_NAMES
+
 from .spec import SECTIONS, field_specs
 from .types import CONFIG_TYPES
 
@@ -35,6 +37,8 @@ def options_markdown() -> str:
             default = "(empty)" if spec.default in ("", None) else repr(spec.default)
             where = "all" if len(types) == len(CONFIG_TYPES) else ", ".join(types)
             help_text = spec.help.replace("|", "\\|").replace("\n", " ")
+            if spec.families:  # the page shows it only for these base-model families
+                help_text = f"*({', '.join(FAMILY_NAMES[f] for f in spec.families)} only)* {help_text}"
             lines.append(f"| `{spec.name}` | {default} | {_range(spec)} | {spec.level} | {where} | {help_text} |")
         lines.append("")
     return "\n".join(lines + _kohya_markdown())

@@ -3,7 +3,7 @@
 Most FLUX keys keep kohya's names here (clip_l, t5xxl, ae, guidance_scale, timestep_sampling …) and are
 imported as they are; this maps the rest before the general import runs:
 * ``LoRA_type`` "Flux1" is kohya's plain FLUX LoRA (networks.lora_flux) = our "Standard" on a FLUX base;
-* ``flux1_/sd3_cache_text_encoder_outputs[_to_disk]`` → ``cache_text_encoder_outputs``;
+* ``flux1_/sd3_cache_text_encoder_outputs[_to_disk]`` → ``cache_text_encoder_outputs[_to_disk]``;
 * ``flux_fused_backward_pass`` / ``sd3_fused_backward_pass`` (kohya_ss's per-family checkboxes) →
   ``fused_backward_pass`` for the ticked family, as kohya_ss routes them to the script;
 * ``cpu_offload_checkpointing`` turns ``gradient_checkpointing`` on, as sd-scripts' flux_train does;
@@ -17,7 +17,9 @@ from typing import Any
 SUPPORTED_FAMILY_FLAGS = ("flux1_checkbox", "sd3_checkbox")
 LORA_TYPES = {"Flux1": "Standard"}
 RENAMED = {"flux1_cache_text_encoder_outputs": "cache_text_encoder_outputs",
-           "sd3_cache_text_encoder_outputs": "cache_text_encoder_outputs"}
+           "sd3_cache_text_encoder_outputs": "cache_text_encoder_outputs",
+           "flux1_cache_text_encoder_outputs_to_disk": "cache_text_encoder_outputs_to_disk",
+           "sd3_cache_text_encoder_outputs_to_disk": "cache_text_encoder_outputs_to_disk"}
 NOT_YET = ("split_mode", "split_qkv", "train_lora_ggpo", "single_blocks_to_swap", "double_blocks_to_swap")
 FUSED_BACKWARD_KEYS = {"flux1_checkbox": "flux_fused_backward_pass", "sd3_checkbox": "sd3_fused_backward_pass"}
 
@@ -45,8 +47,7 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     if _true(out.get("cpu_offload_checkpointing")) and not _true(out.get("gradient_checkpointing")):
         out["gradient_checkpointing"] = True
         notes.append("cpu_offload_checkpointing is on, so gradient_checkpointing is on too (as sd-scripts does)")
-    for key in ("flux1_cache_text_encoder_outputs_to_disk", "sd3_cache_text_encoder_outputs_to_disk",
-                "sd3_text_encoder_batch_size"):
+    for key in ("sd3_text_encoder_batch_size",):
         out.pop(key, None)
     if str(out.get("model_type", "")).lower() not in ("flux", "chroma"):
         out.pop("model_type", None)  # kohya_ss writes "" when the dropdown was never touched (= flux)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from trainer.families import SD_FAMILIES
 
 from .spec import opt
 
@@ -23,19 +25,19 @@ class ModelOptions(Options):
         "such as stable-diffusion-v1-5/stable-diffusion-v1-5 (Kohya's old runwayml id was removed from the hub).",
         section="model", level="basic", kind="path", label="Pretrained model name or path")
     v2: bool = opt(False, "Force SD2.x. Normally detected from the weights; tick only if detection is wrong.",
-                   section="model", label="SD2.x (v2)")
+                   section="model", label="SD2.x (v2)", families=SD_FAMILIES)
     v_parameterization: bool = opt(
         False, "Force v-prediction (SD2.x 768-v models). Detected where the file tells; tick to override.",
-        section="model", label="v-parameterization")
+        section="model", label="v-parameterization", families=SD_FAMILIES)
     sdxl: bool = opt(False, "Force SDXL. Normally detected from the weights; tick only if detection is wrong.",
-                     section="model", label="SDXL")
+                     section="model", label="SDXL", families=SD_FAMILIES)
     vae: str = opt("", "Optional VAE to use instead of the checkpoint's own (file, diffusers folder or hub id).",
                    section="model", kind="path", label="VAE path")
     no_half_vae: bool = opt(False, "Keep the VAE in fp32 (the SDXL VAE produces NaNs in fp16).",
-                            section="model", label="No half VAE")
+                            section="model", label="No half VAE", families=SD_FAMILIES)
     clip_skip: int = opt(1, "Use the output of the n-th last text-encoder layer (2 for anime/NovelAI-style "
                          "models). SD1.x/SD2.x only; SDXL always uses the penultimate layer.",
-                         section="model", ge=1, le=12)
+                         section="model", ge=1, le=12, families=SD_FAMILIES)
     save_model_as: Literal["safetensors", "ckpt", "pt"] = opt(
         "safetensors", "File format of the trained weights. safetensors loads everywhere and cannot carry code.",
         section="model", level="basic", label="Save trained model as")
@@ -94,7 +96,7 @@ class DatasetOptions(Options):
                                           section="dataset", ge=0, le=1)
     max_token_length: Literal[75, 150, 225] = opt(
         75, "Caption length in tokens; 150/225 encode longer captions in 75-token chunks as Kohya does.",
-        section="dataset")
+        section="dataset", families=SD_FAMILIES)
     flip_aug: bool = opt(False, "Randomly mirror images (doubles the cached latents). Avoid for asymmetric "
                          "subjects.", section="dataset")
     color_aug: bool = opt(False, "Random hue shifts. Incompatible with cache_latents.", section="dataset")
@@ -111,6 +113,17 @@ class DatasetOptions(Options):
     cache_text_encoder_outputs: bool = opt(
         False, "Encode captions once (saves VRAM on SDXL). Needs frozen text encoders and fixed captions "
         "(no shuffle or dropout).", section="dataset")
+    @model_validator(mode="before")
+    @classmethod
+    def _disk_text_cache_caches(cls, data):
+        """cache_text_encoder_outputs_to_disk turns cache_text_encoder_outputs on, as sd-scripts does."""
+        if isinstance(data, dict) and data.get("cache_text_encoder_outputs_to_disk") is True:
+            data = {**data, "cache_text_encoder_outputs": True}
+        return data
+    cache_text_encoder_outputs_to_disk: bool = opt(
+        False, "Also keep the text-encoder outputs on disk (folder .text_encoder_cache in train_data_dir, or "
+        "text_encoder_outputs in latent_cache_dir) so the next run skips encoding; recomputed when a caption, the T5 "
+        "max token length or mask, or an encoder changes. Implies cache_text_encoder_outputs.", section="dataset")
     max_data_loader_n_workers: int = opt(0, "Loader worker processes (0 = load in the training process).",
                                          section="dataset", ge=0, le=64)
     persistent_data_loader_workers: bool = opt(False, "Keep loader workers between epochs (faster epochs, "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from trainer.families import SD_FAMILIES
+
 from .options_data import Options
 from .spec import opt
 
@@ -75,26 +77,28 @@ class TrainingOptions(Options):
         "GPU. Steps that cannot be captured (several GPUs, module_dropout, a capture error, a captured step "
         "that does not match the normal one) run normally and the log says why.", section="training")
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting γ (5 recommended; 0 = off).", section="training",
-                               ge=0, le=20)
+                               ge=0, le=20, families=SD_FAMILIES)
     noise_offset: float = opt(0.0, "Noise offset (0.05–0.1 helps very dark/bright images; 0 = off).",
-                              section="training", ge=0, le=1)
+                              section="training", ge=0, le=1, families=SD_FAMILIES)
     noise_offset_type: Literal["Original", "Multires"] = opt(
         "Original", "Which extra noise applies, as in Kohya_ss: Original = noise_offset, Multires = "
         "multi-resolution noise (multires_noise_iterations/discount); the other one's values are not used.",
-        section="training")
+        section="training", families=SD_FAMILIES)
     multires_noise_iterations: int = opt(0, "Multi-resolution (pyramid) noise iterations (6–10; 0 = off).",
-                                         section="training", ge=0, le=64)
+                                         section="training", ge=0, le=64, families=SD_FAMILIES)
     multires_noise_discount: float = opt(0.3, "Multi-resolution noise discount per level.", section="training",
-                                         ge=0, le=1)
-    min_timestep: int = opt(0, "Lowest noise timestep sampled.", section="training", ge=0, le=1000)
-    max_timestep: int = opt(1000, "Highest noise timestep sampled (exclusive).", section="training", ge=1, le=1000)
+                                         ge=0, le=1, families=SD_FAMILIES)
+    min_timestep: int = opt(0, "Lowest noise timestep sampled.", section="training", ge=0, le=1000,
+                            families=SD_FAMILIES)
+    max_timestep: int = opt(1000, "Highest noise timestep sampled (exclusive).", section="training", ge=1, le=1000,
+                            families=SD_FAMILIES)
     loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = opt("l2", "Loss function.", section="training")
     huber_c: float = opt(0.1, "Huber/smooth-L1 threshold.", section="training", ge=0,
                          visible_if={"loss_type": ["huber", "smooth_l1"]})
     debiased_estimation_loss: bool = opt(False, "Weight the loss by 1/√SNR (debiased estimation).",
-                                         section="training")
+                                         section="training", families=SD_FAMILIES)
     scale_v_pred_loss_like_noise_pred: bool = opt(False, "Scale v-prediction loss like noise prediction.",
-                                                  section="training")
+                                                  section="training", families=SD_FAMILIES)
 
 
 class FrozenBaseOptions(Options):
@@ -187,6 +191,10 @@ class AccelerateOptions(Options):
     num_processes: int = opt(1, "Training processes (one per GPU); more than 1 runs `accelerate launch` (DDP).",
                              section="accelerate", ge=1, le=64)
     gpu_ids: str = opt("", 'GPUs to use, e.g. "0,1" (empty = all visible).', section="accelerate")
+    card_vram_gb: float = opt(0.0, "Memory of your GPU in GB, for the check before Start that the run's VRAM estimate "
+                              "fits; 0 = the memory of the detected CUDA card. Set it when the studio runs on another "
+                              "machine than the training or no GPU is found.", section="accelerate", ge=0, le=1024,
+                              label="GPU memory (GB)")
     main_process_port: int = opt(0, "Port for the DDP rendezvous (0 = accelerate's default).",
                                  section="accelerate", ge=0, le=65535)
     num_cpu_threads_per_process: int = opt(2, "CPU threads per training process.", section="accelerate",

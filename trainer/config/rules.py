@@ -182,7 +182,7 @@ def _latent_cache(c):
 
 @rule
 def _text_encoder_cache(c):
-    if not c.cache_text_encoder_outputs:
+    if not (c.cache_text_encoder_outputs or c.cache_text_encoder_outputs_to_disk):
         return
     if trains_text_encoder(c):
         fix = {"lora": "tick network_train_unet_only", "dreambooth": "set learning_rate_te to 0",
@@ -196,6 +196,20 @@ def _text_encoder_cache(c):
         yield Problem.at("cache_text_encoder_outputs", f"captions change every step with {', '.join(changing)}, "
                       "so cached text-encoder outputs would be wrong; turn those off or untick "
                       "cache_text_encoder_outputs")
+
+
+@rule
+def _train_t5xxl(c):
+    """kohya: a T5-XXL LoRA needs T5's outputs at every step (no text cache) and text-encoder training."""
+    if c.training_type != "lora" or not c.train_t5xxl:
+        return
+    if c.cache_text_encoder_outputs or c.cache_text_encoder_outputs_to_disk:
+        yield Problem("train_t5xxl", "train_t5xxl trains T5-XXL, so its outputs change every step and cannot be "
+                      "cached; untick cache_text_encoder_outputs (and cache_text_encoder_outputs_to_disk) or untick "
+                      "train_t5xxl")
+    elif c.network_train_unet_only:
+        yield Problem("train_t5xxl", "train_t5xxl puts a LoRA on the T5-XXL text encoder, but network_train_unet_only "
+                      "trains the transformer only; untick network_train_unet_only or untick train_t5xxl")
 
 
 def trains_text_encoder(c) -> bool:

@@ -1,7 +1,7 @@
 """How an option is declared, and how the GUI, docs and CLI read the declarations back.
 
 Every option is one pydantic field made with :func:`opt`; its metadata (section, level, help,
-choices, range, visibility) rides in ``json_schema_extra`` so that nothing else has to repeat it.
+choices, range, visibility, the model families it applies to) rides in ``json_schema_extra`` so that nothing else has to repeat it.
 """
 from __future__ import annotations
 
@@ -41,11 +41,14 @@ def opt(
     kind: Kind | None = None,
     label: str | None = None,
     visible_if: dict[str, list[Any]] | None = None,
+    families: tuple[str, ...] | None = None,
 ) -> Any:
-    """Declare one option. `kind` refines the widget for strings (path, dir, file, text)."""
+    """Declare one option. `kind` refines the widget for strings (path, dir, file, text); `families` names the
+    base-model families (trainer.families ids) the option means something for — None = every family."""
     if section not in SECTION_KEYS:
         raise ValueError(f"unknown section {section!r}")
-    extra = {"section": section, "level": level, "kind": kind, "label": label, "visible_if": visible_if}
+    extra = {"section": section, "level": level, "kind": kind, "label": label, "visible_if": visible_if,
+             "families": list(families) if families else None}
     return Field(default, description=help, ge=ge, le=le, json_schema_extra=extra)
 
 
@@ -64,7 +67,8 @@ class FieldSpec:
     level: str
     label: str
     visible_if: dict[str, list[Any]] | None
-    optional: bool  # None is allowed (e.g. unet_lr: empty = use learning_rate)
+    optional: bool
+    families: tuple[str, ...] | None = None  # None: applies to every model family  # None is allowed (e.g. unet_lr: empty = use learning_rate)
 
 
 def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
@@ -113,6 +117,7 @@ def field_specs(config_cls: type[BaseModel]) -> list[FieldSpec]:
                 label=extra.get("label") or name.replace("_", " ").capitalize(),
                 visible_if=extra.get("visible_if"),
                 optional=optional,
+                families=tuple(extra["families"]) if extra.get("families") else None,
             )
         )
     return specs

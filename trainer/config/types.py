@@ -10,6 +10,7 @@ from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, 
 from .options_train import (AccelerateOptions, FrozenBaseOptions, FullTrainingOptions, LoggingOptions,
                             OptimizerOptions, SamplingOptions, SavingOptions, TrainingOptions)
 from .spec import opt
+from trainer.families import SD_FAMILIES
 from trainer.networks.registry import LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
 
 CONFIG_VERSION = 1
@@ -81,22 +82,30 @@ class NetworkOptions(Options):
                                     "exceeds this (1 is typical; 0 = off).", section="network", ge=0)
     block_dims: str = opt("", "Rank per U-Net block, 25 comma-separated values for SD1/SD2 (IN00-11, MID, "
                           "OUT00-11), 23 for SDXL; 0 leaves a block out. Empty = network_dim everywhere.",
-                          section="network", visible_if={"LoRA_type": KOHYA_LORA})
+                          section="network", visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
     block_alphas: str = opt("", "Alpha per U-Net block (as block_dims); empty = network_alpha.", section="network",
-                            visible_if={"LoRA_type": KOHYA_LORA})
+                            visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
     conv_block_dims: str = opt("", "Rank of the 3×3 convolutions per block (as block_dims).", section="network",
-                               visible_if={"LoRA_type": KOHYA_LORA})
+                               visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
     conv_block_alphas: str = opt("", "Alpha of the 3×3 convolutions per block.", section="network",
-                                 visible_if={"LoRA_type": KOHYA_LORA})
+                                 visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
     down_lr_weight: str = opt("", "Learning-rate multiplier per down (IN) block: 12 values (SDXL 9) or sine, "
                               "cosine, linear, reverse_linear, zeros (+offset, e.g. cosine+.25).",
-                              section="network", visible_if={"LoRA_type": KOHYA_LORA})
+                              section="network", visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
     mid_lr_weight: str = opt("", "Learning-rate multiplier of the middle block(s).", section="network",
-                             visible_if={"LoRA_type": KOHYA_LORA})
+                             visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
     up_lr_weight: str = opt("", "Learning-rate multiplier per up (OUT) block, as down_lr_weight.",
-                            section="network", visible_if={"LoRA_type": KOHYA_LORA})
+                            section="network", visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
     block_lr_zero_threshold: str = opt("", "Blocks whose lr multiplier is at or below this are not trained "
-                                       "(and not saved).", section="network", visible_if={"LoRA_type": KOHYA_LORA})
+                                       "(and not saved).", section="network", visible_if={"LoRA_type": KOHYA_LORA},
+                            families=SD_FAMILIES)
 
     @field_validator("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                      "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", mode="before")
@@ -144,7 +153,8 @@ class DreamboothConfig(BaseConfig, RegularizationOptions, FullTrainingOptions):
                                   label="Text encoder learning rate")
     learning_rate_te2: Optional[float] = opt(None, "SDXL only: learning rate of the second text encoder "
                                              "(OpenCLIP bigG); empty = learning_rate_te, 0 = keep it frozen.",
-                                             section="optimizer", ge=0, le=10, label="Text encoder 2 learning rate")
+                                             section="optimizer", ge=0, le=10, label="Text encoder 2 learning rate",
+                                             families=("sdxl",))
     stop_text_encoder_training: int = opt(0, "Stop training the text encoder after this many steps "
                                           "(0 = train it the whole run).", section="training", ge=0)
     save_model_as: Literal["safetensors", "ckpt", "diffusers", "diffusers_safetensors"] = opt(
@@ -171,7 +181,8 @@ class FinetuneConfig(BaseConfig, FullTrainingOptions):
                                   section="optimizer", ge=0, le=10)
     learning_rate_te2: Optional[float] = opt(None, "SDXL only: learning rate of the second text encoder "
                                              "(OpenCLIP bigG); empty = learning_rate_te, 0 = keep it frozen.",
-                                             section="optimizer", ge=0, le=10, label="Text encoder 2 learning rate")
+                                             section="optimizer", ge=0, le=10, label="Text encoder 2 learning rate",
+                                             families=("sdxl",))
 
 
 class TextualInversionConfig(BaseConfig, RegularizationOptions, FrozenBaseOptions):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+from pathlib import Path
+
 import torch
 
 from trainer.kinds.base import cast_module
@@ -221,11 +223,20 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
     progress = None if events is None else (
         lambda done, total: events.emit("cache", what="text", done=done, total=total))
     cached = text.cache_outputs(captions, TEXT_BATCH_SIZE, progress,
-                                limit_bytes=None if wanted else AUTO_TEXT_CACHE_BYTES)
+                                limit_bytes=None if wanted else AUTO_TEXT_CACHE_BYTES,
+                                disk_dir=text_cache_dir(config) if config.cache_text_encoder_outputs_to_disk else None)
     if cached and accelerator.device.type == "cuda":
         text.offload("cpu")  # sampling brings them back (TrainingRun.sample)
         torch.cuda.empty_cache()  # hand their memory back, not only to this process's allocator
     return text
+
+
+def text_cache_dir(config) -> Path:
+    """Where cache_text_encoder_outputs_to_disk keeps its files: beside the latent caches when they have a folder,
+    else in the image folder (a dot folder: never read as a concept), else the output folder."""
+    if config.latent_cache_dir:
+        return Path(config.latent_cache_dir) / "text_encoder_outputs"
+    return Path(config.train_data_dir or config.output_dir) / ".text_encoder_cache"
 
 
 def describe_optimizer(optimizer, config) -> str:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from trainer.data.te_cache import TextEncoderOutputCache
+from trainer.data.te_cache import TextCacheFolder, TextEncoderOutputCache, weights_fingerprint
 from trainer.models.text import encode_prompt, tokenize_long
 
 logger = logging.getLogger(__name__)
@@ -85,9 +85,11 @@ class TextConditioner(nn.Module):
 
     # ---- the up-front cache -----------------------------------------------------------------------
     def cache_outputs(self, captions: list[str], batch_size: int = 16, on_progress=None,
-                      limit_bytes: int | None = None) -> bool:
+                      limit_bytes: int | None = None, disk_dir=None) -> bool:
         """Encode every caption now; forward() then only looks them up. Only for frozen encoders.
-        With `limit_bytes`, nothing is cached (False) when the outputs would need more memory than that."""
+        With `limit_bytes`, nothing is cached (False) when the outputs would need more memory than that.
+        With `disk_dir`, outputs made earlier for the same caption ids and encoders are read from there and
+        new ones written there (te_cache.TextCacheFolder)."""
         captions = list(dict.fromkeys(captions))
         if not captions:
             return False
@@ -100,8 +102,11 @@ class TextConditioner(nn.Module):
                 logger.info("not caching text-encoder outputs: %d captions need %.1f GiB", len(captions),
                             need / 2**30)
                 return False
-        cache = TextEncoderOutputCache(self._encode_rows, batch_size, on_progress)
+        cache = TextEncoderOutputCache(self._encode_rows, batch_size, on_progress, disk=self._disk(disk_dir))
         cache.prepare(captions)
+        if cache.disk is not None:
+            logger.info("text-encoder outputs on disk (%s): %d reused, %d computed", cache.disk.folder,
+                        cache.stats["reused"], cache.stats["computed"])
         cache.on_progress = None  # a caption met later is encoded silently (see _from_cache)
         if cache.nbytes <= DEVICE_SHARE * sum(module_bytes(e) for e in self._encoders):
             cache.to(self.device)
@@ -111,6 +116,13 @@ class TextConditioner(nn.Module):
         logger.info("cached text-encoder outputs of %d captions (%.1f MiB, kept on %s)", len(captions),
                     cache.nbytes / 2**20, cache.device)
         return True
+
+    def _disk(self, folder) -> TextCacheFolder | None:
+        if not folder:
+            return None
+        dtypes = [str(next(e.parameters()).dtype) for e in self._encoders]
+        fingerprint = weights_fingerprint(self.family, self.clip_skip, dtypes, modules=self._encoders)
+        return TextCacheFolder(folder, fingerprint, lambda caption: self.tokenize([caption]))
 
     def offload(self, device="cpu") -> None:
         """Move the encoders off the training device (after cache_outputs)."""
