@@ -15,7 +15,8 @@ from trainer.config.rules import validate_values
 TRAINER = Path(__file__).resolve().parents[1] / "trainer"
 OPTIONS = {name for cls in CONFIG_TYPES.values() for name in cls.model_fields}
 # getattr(<receiver>, "<schema option name>", default) on objects that are not configs, which happen to share a name
-NOT_CONFIGS = {"optimizer", "ctx.optimizer", "ctx.accelerator"}  # accelerate's wrapped optimizer / Accelerator
+# (accelerate's wrapped optimizer and Accelerator; a transformers model's config)
+NOT_CONFIGS = {"optimizer", "ctx.optimizer", "ctx.accelerator", "module.config"}
 
 
 def call_site_defaults(source: str, filename: str) -> list[str]:
