@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from trainer.models.registry import get_architecture
+from trainer.models.tiny_dit import new_tiny_folder, save_diffusers_folder
 
-LAYOUTS = ("kohya", "bundled", "diffusers")
 ARCH = "tiny-chroma"
 
 
@@ -45,20 +45,11 @@ def write_tiny_chroma(out: Path, layout: str = "kohya", seed: int = 0) -> dict[s
     from trainer.models.chroma_keys import diffusers_to_original
     from trainer.models.ldm_keys import VAE_PREFIX, vae_to_ldm
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new folder (tiny models never overwrite files)")
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_tiny_folder(out, layout)
     comps = build_tiny_chroma(seed)
     if layout == "diffusers":
-        folder = out / "tiny-chroma"
-        folder.mkdir()
-        for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
-            comps[part].save_pretrained(folder / part)
-        (folder / "model_index.json").write_text((get_architecture(ARCH).path / "model_index.json").read_text())
-        return {"model": folder}
+        parts = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+        return {"model": save_diffusers_folder(comps, out / "tiny-chroma", parts, ARCH)}
     tr = comps["transformer"]
     original = diffusers_to_original(tr.state_dict(), dict(tr.config))
     t5 = dict(comps["text_encoder"].state_dict())

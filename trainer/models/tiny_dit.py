@@ -17,6 +17,26 @@ from trainer.models.registry import get_architecture
 LAYOUTS = ("kohya", "bundled", "diffusers")
 
 
+def new_tiny_folder(out, layout: str) -> Path:
+    """The new (or empty) folder a tiny model is written into; tiny models never overwrite files."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose a new folder (tiny models never overwrite files)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_diffusers_folder(comps: dict, folder: Path, parts, architecture: str) -> Path:
+    """A diffusers folder: each part's save_pretrained + the architecture's model_index.json."""
+    folder.mkdir()
+    for part in parts:
+        comps[part].save_pretrained(folder / part)
+    (folder / "model_index.json").write_text((get_architecture(architecture).path / "model_index.json").read_text())
+    return folder
+
+
 def build_tiny_flux(seed: int = 0, variant: str = "dev") -> dict:
     """Modules (transformer, vae, text_encoder, text_encoder_2) + tokenizers + scheduler, seeded."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -51,12 +71,7 @@ def write_tiny_flux(out: Path, layout: str = "kohya", seed: int = 0, variant: st
     from trainer.models.flux_keys import diffusers_to_bfl
     from trainer.models.ldm_keys import VAE_PREFIX, vae_to_ldm
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new folder (tiny models never overwrite files)")
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_tiny_folder(out, layout)
     comps = build_tiny_flux(seed, variant)
     if layout == "diffusers":
         return {"model": save_flux_diffusers(comps, out / f"tiny-flux-{variant}")}
@@ -127,21 +142,12 @@ def write_tiny_sd3(out: Path, layout: str = "kohya", seed: int = 0) -> dict[str,
     from trainer.models.ldm_keys import vae_to_ldm
     from trainer.models.sd3_keys import diffusers_to_sai
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new folder (tiny models never overwrite files)")
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_tiny_folder(out, layout)
     comps = build_tiny_sd3(seed)
     if layout == "diffusers":
-        folder = out / "tiny-sd3"
-        folder.mkdir()
-        for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
-                     "tokenizer_2", "tokenizer_3", "scheduler"):
-            comps[part].save_pretrained(folder / part)
-        (folder / "model_index.json").write_text((get_architecture("tiny-sd3").path / "model_index.json").read_text())
-        return {"model": folder}
+        parts = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+                 "tokenizer_3", "scheduler")
+        return {"model": save_diffusers_folder(comps, out / "tiny-sd3", parts, "tiny-sd3")}
     tr = comps["transformer"]
     sd = {"model.diffusion_model." + k: v for k, v in diffusers_to_sai(tr.state_dict(), dict(tr.config)).items()}
     sd.update(vae_to_ldm(comps["vae"].state_dict(), dict(comps["vae"].config)))  # first_stage_model.*
