@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from trainer.models.registry import get_architecture
-from trainer.models.tiny_dit import new_tiny_folder, save_diffusers_folder
+from trainer.models.tiny_dit import every_weight_counts, new_tiny_folder, save_diffusers_folder
 
 ARCH = "tiny-chroma"
 
@@ -28,12 +28,7 @@ def build_tiny_chroma(seed: int = 0) -> dict:
         comps = {"transformer": ChromaTransformer2DModel.from_config(arch.config("transformer")),
                  "vae": AutoencoderKL.from_config(arch.config("vae")),
                  "text_encoder": build_t5_encoder(arch.config("text_encoder"))}
-        for m in comps.values():  # diffusers zero-initialises some output layers: make every weight count
-            for p in m.parameters():
-                if p.abs().sum() == 0:
-                    p.data.normal_(0, 0.02)
-    for m in comps.values():
-        m.eval().requires_grad_(False)
+        every_weight_counts(comps)
     comps["tokenizer"] = load_t5_tokenizer(arch.path / "tokenizer")
     comps["scheduler"] = FlowMatchEulerDiscreteScheduler.from_config(arch.config("scheduler"))
     return comps

@@ -17,6 +17,15 @@ from trainer.models.registry import get_architecture
 LAYOUTS = ("kohya", "bundled", "diffusers")
 
 
+def every_weight_counts(comps: dict) -> None:
+    """diffusers zero-initialises some output layers: give them random weights too, then freeze every part."""
+    for m in comps.values():
+        for p in m.parameters():
+            if p.abs().sum() == 0:
+                p.data.normal_(0, 0.02)
+        m.eval().requires_grad_(False)
+
+
 def new_tiny_folder(out, layout: str) -> Path:
     """The new (or empty) folder a tiny model is written into; tiny models never overwrite files."""
     if layout not in LAYOUTS:
@@ -53,12 +62,7 @@ def build_tiny_flux(seed: int = 0, variant: str = "dev") -> dict:
                  "vae": AutoencoderKL.from_config(arch.config("vae")),
                  "text_encoder": build_text_encoder(arch.config("text_encoder")),
                  "text_encoder_2": build_t5_encoder(arch.config("text_encoder_2"))}
-        for m in comps.values():  # diffusers zero-initialises some output layers: make every weight count
-            for p in m.parameters():
-                if p.abs().sum() == 0:
-                    p.data.normal_(0, 0.02)
-    for m in comps.values():
-        m.eval().requires_grad_(False)
+        every_weight_counts(comps)
     comps["tokenizer"] = load_tokenizer(arch.path / "tokenizer")
     comps["tokenizer_2"] = load_t5_tokenizer(arch.path / "tokenizer_2")
     comps["scheduler"] = FlowMatchEulerDiscreteScheduler.from_config(arch.config("scheduler"))
