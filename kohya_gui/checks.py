@@ -123,7 +123,7 @@ def check_all(training_type: str, values: dict, specs, *, python: str, workspace
         if result.config is not None:
             result.vram = vramcheck.check_vram(result.config, python)
             if result.vram is not None and result.vram.too_big:
-                result.problems = _merge(result.problems, [Issue(
+                result.problems = _merge(result.problems, [Problem.at(
                     vramcheck.FIELD, f"the run's VRAM estimate ({result.vram.estimate_gb} GB, unmeasured) is above "
                     f"the card's {result.vram.card_gb:g} GB ({result.vram.card_source})", "warning",
                     "choose the VRAM preset of your card, or turn on fp8_base, cached text-encoder outputs, "

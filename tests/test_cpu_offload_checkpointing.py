@@ -15,6 +15,7 @@ def transformer_gradients(family: str, cpu_offload: bool) -> dict:
     """Every weight's gradient of the tiny transformer, fully fine-tuned, under checkpointing."""
     from types import SimpleNamespace
 
+    from trainer.config import config_for
     from trainer.models import flux_forward, sd3_forward
     from trainer.models.tiny_dit import build_tiny_flux, build_tiny_sd3
     from trainer.train.precision import enable_gradient_checkpointing
@@ -22,7 +23,7 @@ def transformer_gradients(family: str, cpu_offload: bool) -> dict:
     torch.set_num_threads(1)
     tr = (build_tiny_flux if family == "flux" else build_tiny_sd3)(0)["transformer"].requires_grad_(True)
     enable_gradient_checkpointing(tr, [], False, mode="full", random_inside=False, cpu_offload=cpu_offload)
-    call = (flux_forward if family == "flux" else sd3_forward).make_denoise(SimpleNamespace(extra={}), None)
+    call = (flux_forward if family == "flux" else sd3_forward).make_denoise(SimpleNamespace(extra={}), config_for("lora"))
     g = torch.Generator().manual_seed(2)
     channels = tr.config.in_channels // (4 if family == "flux" else 1)
     x = torch.randn(1, channels, 8, 8, generator=g)

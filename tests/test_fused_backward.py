@@ -23,7 +23,7 @@ def steps_of_a_run(model_files: dict, family: str, fused: bool, n_steps: int = 2
     """The trained weights after `n_steps` DreamBooth steps, and each step's leftover gradients."""
     from trainer.train import setup as S
     from trainer.train.graphs import make_step_fn
-    from trainer.train.lora import create_training_kind
+    from trainer.kinds import create_kind as create_training_kind
 
     torch.set_num_threads(1)
     flags = {"flux": {"flux1_checkbox": True, "t5xxl_max_token_length": 16}, "sd1": {}}[family]

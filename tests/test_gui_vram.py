@@ -97,7 +97,7 @@ def test_a_tiny_test_model_gets_no_full_size_estimate(tmp_path):
 def test_each_family_column_of_a_preset_fits_its_own_tier_by_the_estimate(tab):
     """The presets and the estimate agree: a family's column of the N GB preset is estimated at N GB or less, so
     applying your card's preset silences the warning (both unmeasured until a GPU is lent)."""
-    variants = {"flux": "", "sd3": "large", "sdxl": ""}
+    variants = {"flux": "", "chroma": "", "sd3": "large", "sdxl": ""}
     for preset in tab._presets():
         for family in preset.family_values:
             values = tab.form.initial_values() | preset.values_for(family)

@@ -24,7 +24,7 @@ class DitModelOptions(Options):
     model_type: Literal["flux", "chroma"] = opt(
         "flux", "FLUX.1-based model type (kohya's --model_type): flux (dev / schnell) or chroma (Chroma: T5-XXL only, "
         "no CLIP-L, the T5 attention mask always applied). Detected from the weights anyway.", section="model",
-        visible_if=FLUX, label="Model type")
+        families=FLUX, label="Model type")
     clip_l: str = opt("", "FLUX.1 / SD3: CLIP-L text-encoder file (clip_l.safetensors) for a model file that holds "
                       "only the transformer (as BFL publishes flux1-dev.safetensors).", section="model", kind="file",
                       label="CLIP-L", families=DIT)

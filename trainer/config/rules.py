@@ -147,27 +147,27 @@ def _memory_savers(c):
 
     if isinstance(c, FullTrainingOptions) and c.fused_backward_pass:
         if c.optimizer != "Adafactor":
-            yield Problem("fused_backward_pass", f"fused_backward_pass works with the Adafactor optimizer only (it is "
+            yield Problem.at("fused_backward_pass", f"fused_backward_pass works with the Adafactor optimizer only (it is "
                           f"{c.optimizer}); choose Adafactor or untick fused_backward_pass")
         if c.gradient_accumulation_steps != 1:
-            yield Problem("fused_backward_pass", "fused_backward_pass updates the weights inside each backward pass, "
+            yield Problem.at("fused_backward_pass", "fused_backward_pass updates the weights inside each backward pass, "
                           f"so gradients cannot be summed over {c.gradient_accumulation_steps} batches; set "
                           "gradient_accumulation_steps to 1 or untick fused_backward_pass")
         if c.mixed_precision == "fp16":
-            yield Problem("fused_backward_pass", "fused_backward_pass cannot use fp16 loss scaling (the scaler must "
+            yield Problem.at("fused_backward_pass", "fused_backward_pass cannot use fp16 loss scaling (the scaler must "
                           "see every gradient before any weight changes); set mixed_precision to bf16 (or no)")
         if c.num_processes > 1:
-            yield Problem("fused_backward_pass", "fused_backward_pass updates each weight before the GPUs average "
+            yield Problem.at("fused_backward_pass", "fused_backward_pass updates each weight before the GPUs average "
                           "their gradients; set num_processes to 1 or untick fused_backward_pass")
     if c.cpu_offload_checkpointing:
         if not c.gradient_checkpointing:
-            yield Problem("cpu_offload_checkpointing", "cpu_offload_checkpointing offloads what gradient "
+            yield Problem.at("cpu_offload_checkpointing", "cpu_offload_checkpointing offloads what gradient "
                           "checkpointing keeps; tick gradient_checkpointing too")
         elif c.gradient_checkpointing_mode != "full":
-            yield Problem("cpu_offload_checkpointing", "cpu_offload_checkpointing works with "
+            yield Problem.at("cpu_offload_checkpointing", "cpu_offload_checkpointing works with "
                           "gradient_checkpointing_mode full (selective keeps activations on the GPU)")
         if c.blocks_to_swap:
-            yield Problem("cpu_offload_checkpointing", "cpu_offload_checkpointing cannot be used with blocks_to_swap "
+            yield Problem.at("cpu_offload_checkpointing", "cpu_offload_checkpointing cannot be used with blocks_to_swap "
                           "(as in sd-scripts); set blocks_to_swap to 0 or untick cpu_offload_checkpointing")
 
 
@@ -204,11 +204,11 @@ def _train_t5xxl(c):
     if c.training_type != "lora" or not c.train_t5xxl:
         return
     if c.cache_text_encoder_outputs or c.cache_text_encoder_outputs_to_disk:
-        yield Problem("train_t5xxl", "train_t5xxl trains T5-XXL, so its outputs change every step and cannot be "
+        yield Problem.at("train_t5xxl", "train_t5xxl trains T5-XXL, so its outputs change every step and cannot be "
                       "cached; untick cache_text_encoder_outputs (and cache_text_encoder_outputs_to_disk) or untick "
                       "train_t5xxl")
     elif c.network_train_unet_only:
-        yield Problem("train_t5xxl", "train_t5xxl puts a LoRA on the T5-XXL text encoder, but network_train_unet_only "
+        yield Problem.at("train_t5xxl", "train_t5xxl puts a LoRA on the T5-XXL text encoder, but network_train_unet_only "
                       "trains the transformer only; untick network_train_unet_only or untick train_t5xxl")
 
 

@@ -91,7 +91,12 @@ def split_renamed(sd: dict, cfg: dict, renames, norm_renames) -> dict:
             key = f"{src}.{suffix}"
             if key not in sd:
                 continue
-            parts = torch.split(sd.pop(key), split_sizes(cfg, len(dsts)), 0) if len(dsts) > 1 else [sd.pop(key)]
+            # each part gets its own memory: views of one fused tensor would share a version counter, and updating
+            # one in place (fused_backward_pass) would invalidate the others
+            fused = sd.pop(key)
+            parts = [fused]
+            if len(dsts) > 1:
+                parts = [p.clone() for p in torch.split(fused, split_sizes(cfg, len(dsts)), 0)]
             out.update({f"{d}.{suffix}": p for d, p in zip(dsts, parts)})
     for src, dst in norm_renames:
         if src in sd:

@@ -84,7 +84,8 @@ def sai_to_diffusers(state_dict: dict, cfg: dict) -> dict:
             value = sd.pop(key)
             if swap:
                 value = _swap(value)
-            parts = value.chunk(len(dsts), 0) if len(dsts) > 1 else [value]
+            # own memory per part (see flux_keys: in-place updates of views would invalidate their siblings)
+            parts = [p.clone() for p in value.chunk(len(dsts), 0)] if len(dsts) > 1 else [value]
             out.update({f"{d}.{suffix}": p for d, p in zip(dsts, parts)})
     for src, dst in _norm_renames(cfg):
         if src in sd:

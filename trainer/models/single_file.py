@@ -70,15 +70,9 @@ def assign_weights(module: torch.nn.Module, state_dict: dict, dtype, path: Path,
             f"(e.g. {missing[:3]}), unexpected {len(unexpected)} (e.g. {unexpected[:3]}), wrong shape {len(wrong)} "
             f"(e.g. {wrong[:2]}). The file is incomplete, or it is a model variant this loader does not know: "
             "load its diffusers version, or pass its diffusers config folder as config_dir.")
-    cast = {k: _own_storage((v.to(dtype) if v.is_floating_point() else v).contiguous()) for k, v in state_dict.items()}
+    cast = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
     module.load_state_dict(cast, strict=True, assign=True)
     module.eval().requires_grad_(False)
-
-
-def _own_storage(t: torch.Tensor) -> torch.Tensor:
-    """A part split from a fused tensor (BFL/SAI qkv) gets its own memory: as views of one tensor the parameters
-    would share a version counter, and updating one in place (fused_backward_pass) would invalidate the others."""
-    return t.clone() if t._base is not None else t
 
 
 def _normalize_text_keys(module, state_dict: dict) -> dict:
