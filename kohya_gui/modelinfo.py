@@ -33,13 +33,17 @@ def list_models(models_dir: Path, sub: str = "checkpoints") -> list[str]:
     return found
 
 
-def _safetensors_keys(path: Path) -> list[str]:
+def safetensors_header(path: Path) -> dict:
+    """A .safetensors file's JSON header (names, dtypes, shapes; no tensor read); {} for an absurd length."""
     with open(path, "rb") as fh:
         (length,) = struct.unpack("<Q", fh.read(8))
         if length > 100_000_000:
-            return []
-        header = json.loads(fh.read(length))
-    return [k for k in header if k != "__metadata__"]
+            return {}
+        return json.loads(fh.read(length))
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    return [k for k in safetensors_header(path) if k != "__metadata__"]
 
 
 PIPELINE_FAMILIES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}

@@ -6,7 +6,6 @@ first (the estimate is not a measurement, so it never refuses).
 """
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,10 @@ def header_params(path: str) -> int | None:
     if p.suffix.lower() != ".safetensors" or not p.is_file():
         return None
     try:
-        with p.open("rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
+        header = modelinfo.safetensors_header(p)
     except (OSError, ValueError, struct.error):
+        return None
+    if not header:  # a header too long to be real: unknown, as before
         return None
     total = 0
     for key, entry in header.items():
