@@ -38,6 +38,8 @@ from torch.utils._pytree import tree_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.table import print_table  # noqa: E402
+
 MODES = ("none", "selective", "full")
 MIB = 2**20
 aten = torch.ops.aten
@@ -235,12 +237,11 @@ def main(argv=None) -> int:
     for shape, batch, steps in shapes:
         memory = measure_memory(shape, batch)
         rows += report(shape, batch, memory, measure_time(shape, batch, steps) if steps else None)
-    print(f"\n{'shape':5} {'b':>2} {'mode':9} {'act MiB':>8} {'x none':>6} {'peak MiB':>8} {'x none':>6} "
-          f"{'TFLOP':>6} {'GB':>6} {'kernels':>7} {'est GPU':>7} {'CPU ms':>8} {'x none':>6}")
-    for r in rows:
-        print(f"{r['shape']:5} {r['batch']:>2} {r['mode']:9} {r['act_mib']:8} {r['act_vs_none']:6} "
-              f"{r['peak_mib']:8} {r['peak_vs_none']:6} {r['tflop']:6} {r['gb']:6} {r['kernels']:7} "
-              f"{r['est_gpu_vs_none']:7} {str(r.get('cpu_ms', '-')):>8} {str(r.get('cpu_vs_none', '-')):>6}")
+    print_table([("shape", "shape", "5"), ("b", "batch", ">2"), ("mode", "mode", "9"), ("act MiB", "act_mib", ">8"),
+                 ("x none", "act_vs_none", ">6"), ("peak MiB", "peak_mib", ">8"), ("x none", "peak_vs_none", ">6"),
+                 ("TFLOP", "tflop", ">6"), ("GB", "gb", ">6"), ("kernels", "kernels", ">7"),
+                 ("est GPU", "est_gpu_vs_none", ">7"), ("CPU ms", "cpu_ms", ">8"), ("x none", "cpu_vs_none", ">6")],
+                rows)
     return 0
 
 

@@ -42,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.table import print_table  # noqa: E402
 from trainer.config import LoraConfig  # noqa: E402  (the option schema: the bench's defaults are the trainer's)
 
 DEFAULTS = LoraConfig()
@@ -340,15 +341,11 @@ def main(argv=None) -> int:
             row = dict(name=wanted_name, error=repr(exc)[:300])
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n{'config':26} {'ref ms':>8} {'ours ms':>8} {'ratio':>6} {'ref smp/s':>9} {'our smp/s':>9} "
-          f"{'ref GiB':>7} {'our GiB':>7} {'ref res':>7} {'our res':>7}  target")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['name']:26} error: {r['error']}")
-            continue
-        print(f"{r['name']:26} {str(r['ref_ms']):>8} {r['ours_ms']:8} {str(r['ratio']):>6} "
-              f"{str(r['ref_samples_s']):>9} {r['ours_samples_s']:9} {str(r['ref_peak_gib']):>7} {str(r['ours_peak_gib']):>7} "
-              f"{str(r['ref_reserved_gib']):>7} {str(r['ours_reserved_gib']):>7}  {r['target'] or ''}")
+    print_table([("config", "name", "26"), ("ref ms", "ref_ms", ">8"), ("ours ms", "ours_ms", ">8"),
+                 ("ratio", "ratio", ">6"), ("ref smp/s", "ref_samples_s", ">9"), ("our smp/s", "ours_samples_s", ">9"),
+                 ("ref GiB", "ref_peak_gib", ">7"), ("our GiB", "ours_peak_gib", ">7"),
+                 ("ref res", "ref_reserved_gib", ">7"), ("our res", "ours_reserved_gib", ">7"), ("target", "target", "")],
+                rows)
     return 0
 
 

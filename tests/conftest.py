@@ -36,3 +36,13 @@ def tiny_model_dir(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+# Modules whose tests build on each other or share an expensive module fixture run whole in one worker
+# (`--dist loadfile`, without reordering). The longest goes first so the other worker takes everything else
+# meanwhile: the browser suite is a day in the studio, its steps in order.
+FIRST = ("test_e2e_browser.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the rest keeps its order

@@ -20,6 +20,9 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 RUN_TIMEOUT_S = 240
+# wait_for_function polls every animation frame by default: ~60 innerText reads a second that compete with
+# Gradio's own rendering for the page's one thread; 10 a second answer as soon
+POLL_MS = 100
 
 needs_chromium = [
     pytest.mark.browser,
@@ -86,11 +89,17 @@ def stop_studio(proc, log) -> None:
 
 def open_browser(pw, url: str):
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    return browser, open_page(browser, url)
+
+
+def open_page(browser, url: str):
+    """A new tab on the studio: only the LoRA tab is built until another is opened (Gradio renders a tab
+    on its first visit, and every built tab makes each later update of the page slower)."""
     pg = browser.new_page(viewport={"width": 1440, "height": 1800})
     pg.set_default_timeout(60_000)
     pg.goto(url)
     pg.wait_for_selector("#lora-output_name")
-    return browser, pg
+    return pg
 
 
 # ---- small helpers over Gradio's DOM ---------------------------------------------------------------
@@ -129,7 +138,8 @@ def choose(pg, elem_id: str, option: str) -> None:
 
 def wait_text(pg, elem_id: str, needle: str, timeout_s: float = 60) -> str:
     pg.wait_for_function(
-        f"([id, needle]) => ({TEXT_OF_JS})(id).includes(needle)", arg=[elem_id, needle], timeout=timeout_s * 1000)
+        f"([id, needle]) => ({TEXT_OF_JS})(id).includes(needle)", arg=[elem_id, needle], timeout=timeout_s * 1000,
+        polling=POLL_MS)
     return text_of(pg, elem_id)
 
 
@@ -138,7 +148,7 @@ def wait_new_text(pg, elem_id: str, before: str, needle: str, timeout_s: float =
     message box keeps its last answer, so its old text may already hold the needle)."""
     pg.wait_for_function(
         f"([id, before, needle]) => {{ const t = ({TEXT_OF_JS})(id); return t !== before && t.includes(needle); }}",
-        arg=[elem_id, before, needle], timeout=timeout_s * 1000)
+        arg=[elem_id, before, needle], timeout=timeout_s * 1000, polling=POLL_MS)
     return text_of(pg, elem_id)
 
 
@@ -149,16 +159,31 @@ def click_and_wait(pg, button: str, elem_id: str, needle: str, timeout_s: float 
     return wait_new_text(pg, elem_id, before, needle, timeout_s)
 
 
+def watch_text(pg, elem_id: str, needle: str) -> None:
+    """Remember whether `needle` ever shows in the element, however briefly (see `was_shown`)."""
+    pg.evaluate("""([id, needle]) => { window.__shown = window.__shown || {}; window.__shown[id + needle] = false;
+        const el = document.getElementById(id);
+        new MutationObserver(() => { if ((el.innerText || '').includes(needle)) window.__shown[id + needle] = true; })
+            .observe(el, {subtree: true, childList: true, characterData: true}); }""", [elem_id, needle])
+
+
+def was_shown(pg, elem_id: str, needle: str, timeout_s: float = 60) -> bool:
+    pg.wait_for_function("(key) => window.__shown[key]", arg=elem_id + needle, timeout=timeout_s * 1000,
+                         polling=POLL_MS)
+    return True
+
+
 def wait_running(pg, timeout_s: float = 60) -> None:
     pg.wait_for_function("() => document.querySelector('#monitor-progress .ks-progress')?.dataset.status "
-                         "=== 'running'", timeout=timeout_s * 1000)
+                         "=== 'running'", timeout=timeout_s * 1000, polling=POLL_MS)
 
 
 def wait_value(pg, elem_id: str, predicate_js: str, timeout_s: float = 60) -> None:
     """Wait until the box's value satisfies `predicate_js` (a JS expression over `v`)."""
     pg.wait_for_function(
         f"(id) => {{ const e = document.querySelector('#' + id + ' input, #' + id + ' textarea');"
-        f" const v = e ? e.value : ''; return {predicate_js}; }}", arg=elem_id, timeout=timeout_s * 1000)
+        f" const v = e ? e.value : ''; return {predicate_js}; }}", arg=elem_id, timeout=timeout_s * 1000,
+        polling=POLL_MS)
 
 
 def open_accordion(pg, elem_id: str) -> None:

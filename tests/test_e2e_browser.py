@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from e2e_browser_helpers import (DURATION, ROOT, choose, click_and_wait, error_badges, fill, needs_chromium,
-                                 open_accordion, open_browser, queue_row, run_until_finished, shot, start_studio,
-                                 stop_studio, text_of, tracebacks, value_of, wait_new_text, wait_running,
-                                 wait_text, wait_value)
+from e2e_browser_helpers import (DURATION, POLL_MS, ROOT, choose, click_and_wait, error_badges, fill, needs_chromium,
+                                 open_accordion, open_browser, open_page, queue_row, run_until_finished, shot,
+                                 start_studio, stop_studio, text_of, tracebacks, value_of, wait_new_text, wait_running,
+                                 wait_text, wait_value, was_shown, watch_text)
 
 pytestmark = needs_chromium
 KOHYA_PRESET = ROOT / "tests" / "data" / "kohya_lora_v26.json"
@@ -34,13 +34,27 @@ def studio(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(studio):
+def browser_and_page(studio):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser, pg = open_browser(pw, studio["url"])
-        yield pg
+        yield browser, pg
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser_and_page):
+    """The user's tab, used all day."""
+    return browser_and_page[1]
+
+
+@pytest.fixture
+def new_tab(studio, browser_and_page):
+    """A second tab on the same studio, as a user opens one for another task."""
+    pg = open_page(browser_and_page[0], studio["url"])
+    yield pg
+    pg.close()
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +169,8 @@ def test_demo_trains_twice_in_a_row_the_second_run_confirmed(studio, page, demo)
 
 def test_stop_then_resume_from_the_saved_state(studio, page, demo):
     pg, tmp = page, studio["tmp"]
-    pg.wait_for_function("() => document.getElementById('monitor-stop').disabled", timeout=30_000)  # nothing runs
+    pg.wait_for_function("() => document.getElementById('monitor-stop').disabled", timeout=30_000,
+                         polling=POLL_MS)  # nothing runs
     click_and_wait(pg, "lora-demo", "lora-config-msg", "press Start")
     fill(pg, "lora-output_name", "long")
     fill(pg, "lora-output_dir", str(tmp / "long_out"))
@@ -163,13 +178,14 @@ def test_stop_then_resume_from_the_saved_state(studio, page, demo):
     click_and_wait(pg, "lora-start", "lora-status", "Started")
     wait_running(pg)
     pg.wait_for_function("() => /Step [1-9]/.test(document.getElementById('monitor-progress')?.innerText || '')",
-                         timeout=180_000)
+                         timeout=180_000, polling=POLL_MS)
     assert text_of(pg, "monitor-stop").strip().endswith("Stop training")
+    watch_text(pg, "monitor-stop-msg", "Stopping")   # shown until the trainer has saved: maybe only a moment
     pg.click("#monitor-stop")
-    wait_text(pg, "monitor-stop-msg", "Stopping")
+    assert was_shown(pg, "monitor-stop-msg", "Stopping")
     assert run_until_finished(pg, "long") == "stopped"
     wait_text(pg, "queue-table", "stopped", timeout_s=30)
-    pg.wait_for_function("() => document.getElementById('monitor-stop').disabled", timeout=30_000)
+    pg.wait_for_function("() => document.getElementById('monitor-stop').disabled", timeout=30_000, polling=POLL_MS)
     assert "Kill now" not in text_of(pg, "monitor-stop")
     final = text_of(pg, "monitor-final")
     assert "Stopped" in final and "long-stopped-state" in final
@@ -221,8 +237,8 @@ def test_two_queued_jobs_one_fails_with_words_one_trains(studio, page, demo):
 
 # ---- 6. utilities: caption a folder, verify the LoRA ---------------------------------------------------
 
-def test_captioning_reports_what_it_did_and_fails_fast_offline(studio, page, demo):
-    pg, tmp = page, studio["tmp"]
+def test_captioning_reports_what_it_did_and_fails_fast_offline(studio, new_tab, demo):
+    pg, tmp = new_tab, studio["tmp"]
     folder = tmp / "to_caption"
     shutil.copytree(next(p for p in Path(demo["train_data_dir"]).iterdir() if p.is_dir()), folder)
     pg.locator("button[role=tab]", has_text="Utilities").first.click()
@@ -237,8 +253,9 @@ def test_captioning_reports_what_it_did_and_fails_fast_offline(studio, page, dem
     shot(pg, "e2e_11_caption_offline")
 
 
-def test_verify_the_trained_lora(studio, page, demo):
-    pg = page
+def test_verify_the_trained_lora(studio, new_tab, demo):
+    pg = new_tab
+    pg.locator("button[role=tab]", has_text="Utilities").first.click()
     pg.locator("button[role=tab]", has_text="Verify LoRA").click()
     lora = str(Path(demo["output_dir"]) / "toy.safetensors")
     fill(pg, "util-verify-lora", lora)
@@ -280,8 +297,8 @@ def test_paths_outside_the_allowed_folders_are_refused_in_words(studio, page):
 
 @pytest.mark.parametrize("tab,title", [("dreambooth", "Dreambooth"), ("textual_inversion", "Textual Inversion"),
                                        ("finetune", "Finetuning")])
-def test_every_training_tab_has_its_demo(studio, page, demo, tab, title):
-    pg = page
+def test_every_training_tab_has_its_demo(studio, new_tab, demo, tab, title):
+    pg = new_tab
     pg.locator("button[role=tab]", has_text=title).first.click()
     click_and_wait(pg, f"{tab}-demo", f"{tab}-config-msg", "press Start")
     click_and_wait(pg, f"{tab}-check", f"{tab}-summary", "Ready to train")

@@ -3,12 +3,11 @@ written as a config the user can open — and it trains on a CPU."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from kohya_gui import demo
+from test_train_support import trainer_cli
 from trainer.config import load_config_file
 
 
@@ -38,7 +37,7 @@ def test_each_tab_gets_a_valid_demo_config_beside_the_lora_one(lora_demo, traini
 @pytest.mark.parametrize("training_type", ["textual_inversion", "finetune"])
 def test_the_demo_trains_on_a_cpu(lora_demo, training_type):
     path = demo.write_type_demo(lora_demo, training_type)
-    proc = subprocess.run([sys.executable, "-m", "trainer", "run", str(path)], capture_output=True, text=True)
+    proc = trainer_cli("run", str(path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     done = json.loads(proc.stdout.strip().splitlines()[-1])
     assert done["type"] == "done" and done["outputs"]

@@ -231,11 +231,11 @@ def test_stop_with_the_real_trainer_saves_a_usable_lora(tmp_path):
     import subprocess
 
     from kohya_gui.launching import trainer_argv
+    from test_train_support import trainer_cli
     from trainer.config import load_config_file
 
     demo = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "trainer", "demo", str(demo)], check=True, capture_output=True,
-                   timeout=300)
+    assert trainer_cli("demo", str(demo), timeout=300).returncode == 0
     cfg_path = demo / "demo_lora.json"
     data = json.loads(cfg_path.read_text())
     data.update(epoch=200, sample_every_n_epochs=0, save_every_n_epochs=0)   # long enough to stop it

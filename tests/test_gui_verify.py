@@ -2,7 +2,6 @@
 page shows the verdict — ✔ with module counts, the list of problems, or why a file could not be read."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from kohya_gui.context import AppContext
 from kohya_gui.jobqueue import JobQueue
 from kohya_gui.settings import PROJECT_ROOT, GuiSettings
 from kohya_gui.tabs import verify as v
+from test_train_support import trainer_cli
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,7 @@ def demo(tmp_path_factory):
     from trainer.networks import create_network
 
     root = tmp_path_factory.mktemp("verify")
-    subprocess.run([sys.executable, "-m", "trainer", "demo", str(root / "demo")], cwd=PROJECT_ROOT, check=True,
-                   capture_output=True, timeout=300)
+    assert trainer_cli("demo", str(root / "demo"), timeout=300).returncode == 0
     sd1 = build_tiny_components("sd1", seed=0)
     sd1["family"] = "sd1"
     net = create_network(sd1, network_dim=4, network_alpha=4)

@@ -3,15 +3,13 @@ on a tiny model and gets files that the project's loader and diffusers read."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from test_train_support import trainer_cli
 from test_kinds_helpers import one_thread, unet_probe  # noqa: F401  (one_thread: autouse fixture)
 from trainer.config import parse_config, save_config_json
 from trainer.models import load_base_model
@@ -51,9 +49,7 @@ def make_images(folder: Path, n: int = 3, tint: int = 0) -> Path:
 def run(training_type: str, values: dict, tmp_path: Path) -> list[dict]:
     config = parse_config(training_type, {**COMMON, **values})
     path = save_config_json(config, tmp_path / f"{training_type}.json")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "trainer", "run", str(path)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    done = trainer_cli("run", str(path), timeout=300)
     events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert done.returncode == 0 and events[-1]["type"] == "done", done.stderr[-3000:]
     return events

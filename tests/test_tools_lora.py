@@ -25,6 +25,7 @@ from trainer.tools.svd_merge import svd_merge_loras
 
 from test_networks_clients import (_TE_MODULE, a1111_compvis_name, assert_sd1_names_place_in_a1111,
                                    load_in_diffusers, original_unet_layers)
+from test_train_support import trainer_cli
 
 
 def base(family="sd1"):
@@ -322,8 +323,7 @@ def test_the_cli_refuses_to_replace_a_file_and_says_how(loras, tmp_path):
 
     out = tmp_path / "exists.safetensors"
     out.write_bytes(b"keep me")
-    proc = subprocess.run([sys.executable, "-m", "trainer", "lora", "resize", "--model", str(loras["a"]),
-                           "--save_to", str(out), "--new_rank", "2"], cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = trainer_cli("lora", "resize", "--model", str(loras["a"]), "--save_to", str(out), "--new_rank", "2",
+                       timeout=300)
     assert proc.returncode == 2 and "already exists" in proc.stderr and "--overwrite" in proc.stderr
     assert out.read_bytes() == b"keep me"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import subprocess
 
 import pytest
 import torch
 from torch import nn
-from test_train_support import PYTHON, ROOT, env, lora_config, make_dataset, run_trainer, write_config
+from test_train_support import lora_config, make_dataset, run_trainer, trainer_cli, write_config
 
 from trainer.models.fp8 import FP8, fp8_weight, quantize, to_fp8, widen
 from trainer.models.tiny import build_tiny_components
@@ -203,8 +202,7 @@ def test_a_lora_run_with_fp8_base_finishes_and_writes_a_lora_verify_accepts(tmp_
     (saved,) = [e for e in events if e["type"] == "saved"]
     assert saved["verified"]
     assert len(list((tmp_path / "out" / "sample").glob("*.png"))) == 1
-    verify = subprocess.run([PYTHON, "-m", "trainer", "verify", saved["path"], "--base", str(model)], cwd=ROOT,
-                            env=env(), capture_output=True, text=True, timeout=120)
+    verify = trainer_cli("verify", saved["path"], "--base", str(model), timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

@@ -15,7 +15,7 @@ def test_demo_folder_trains_two_epochs_into_files_diffusers_loads(tmp_path):
     made = subprocess.run([PYTHON, "-m", "trainer", "demo", str(demo)], cwd=ROOT, env=env(), capture_output=True,
                           text=True, timeout=120)
     assert made.returncode == 0, made.stderr
-    rc, events, err = run_trainer(demo / "demo_lora.json", "--events", str(tmp_path / "events.jsonl"))
+    rc, events, err = run_trainer(demo / "demo_lora.json", "--events", str(tmp_path / "events.jsonl"), fresh=True)
     assert rc == 0, err[-3000:]
 
     types = [e["type"] for e in events]

@@ -54,11 +54,23 @@ def env() -> dict:
     return e
 
 
-def run_trainer(config_path: Path, *extra: str, timeout: float = 180) -> tuple[int, list[dict], str]:
+def run_trainer(config_path: Path, *extra: str, timeout: float = 180,
+                fresh: bool = False) -> tuple[int, list[dict], str]:
     """Run `python -m trainer run` to the end: (exit code, events, stderr)."""
-    proc = subprocess.run([PYTHON, "-m", "trainer", "run", str(config_path), *extra], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = trainer_cli("run", str(config_path), *extra, timeout=timeout, fresh=fresh)
     return proc.returncode, parse_events(proc.stdout), proc.stderr
+
+
+def trainer_cli(*args: str, timeout: float = 180, fresh: bool = False) -> subprocess.CompletedProcess:
+    """`python -m trainer ARGS` to the end: a forked child of this worker's pre-imported trainer
+    (tests/trainer_forks.py), or with `fresh` a new interpreter, as the studio starts it."""
+    if fresh or not hasattr(os, "fork"):
+        return subprocess.run([PYTHON, "-m", "trainer", *args], cwd=ROOT, env=env(), capture_output=True,
+                              text=True, timeout=timeout)
+    from trainer_forks import trainer_forks
+
+    code, out, err = trainer_forks(env()).run(list(args), timeout)
+    return subprocess.CompletedProcess(["python", "-m", "trainer", *args], code, out, err)
 
 
 def parse_events(stdout: str) -> list[dict]:

@@ -3,16 +3,11 @@
 Full-size folders hold the public diffusers configs of SD1.5, SD2.1 and SDXL base 1.0 (configs only, no
 weights). Tiny folders define the test architectures used by trainer.models.tiny, including a small CLIP
 BPE vocabulary learned deterministically from a fixed word list."""
-import json, sys
+import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from trainer.models.clip_bpe import learn_merges, write_tokenizer_folder
-
-ROOT = Path(__file__).resolve().parent
-
-def dump(p, d):
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(d, indent=2) + "\n")
+from _common import ROOT, WORDS, clip_cfg as te_cfg, dump
 
 def unet_cfg(**kw):
     base = {"_class_name": "UNet2DConditionModel", "act_fn": "silu", "center_input_sample": False,
@@ -28,15 +23,6 @@ def vae_cfg(**kw):
             "block_out_channels": [128, 256, 512, 512],
             "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
             "sample_size": 512, "scaling_factor": 0.18215, "force_upcast": True}
-    base.update(kw); return base
-
-def te_cfg(arch="CLIPTextModel", **kw):
-    base = {"architectures": [arch], "model_type": "clip_text_model", "attention_dropout": 0.0,
-            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "hidden_act": "quick_gelu",
-            "hidden_size": 768, "initializer_factor": 1.0, "initializer_range": 0.02,
-            "intermediate_size": 3072, "layer_norm_eps": 1e-05, "max_position_embeddings": 77,
-            "num_attention_heads": 12, "num_hidden_layers": 12, "projection_dim": 768,
-            "vocab_size": 49408, "torch_dtype": "float32"}
     base.update(kw); return base
 
 SCHED = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
@@ -102,11 +88,6 @@ write_arch("sdxl-base", {"family": "sdxl", "prediction_type": "epsilon", "descri
                                       "timestep_spacing": "leading", "use_karras_sigmas": False})
 
 # ---- tiny architectures for tests and the demo: same block structure, tiny widths
-WORDS = ("a an the of and with in on at photo picture painting drawing portrait style sks ohwx dog cat man woman "
-         "person girl boy 1girl 1boy solo smiling smile looking at viewer masterpiece best quality high low lowres "
-         "bad hands blurry red blue green yellow black white hair eyes sky tree house city street night day light "
-         "outdoors indoors standing sitting full body upper close up simple background detailed realistic anime art "
-         "by artist cute beautiful wearing dress shirt hat glasses flower forest mountain water ocean beach snow").split()
 merges = learn_merges(WORDS, 400)
 tiny_te = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3, projection_dim=32,
                vocab_size=512 + len(merges) + 2)

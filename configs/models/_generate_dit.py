@@ -5,27 +5,12 @@ Medium/Large; tiny folders
 define the test architectures used by trainer.models.tiny_dit: the real block structure (double and
 single stream blocks, 16-channel VAE, CLIP-L + T5 encoder) at tiny widths, with a CLIP BPE and a T5
 tokenizer generated offline."""
-import json, sys
+import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from trainer.models.clip_bpe import learn_merges, write_tokenizer_folder
 from trainer.models.t5_tokenizer import write_t5_tokenizer
-
-ROOT = Path(__file__).resolve().parent
-
-
-def dump(p, d):
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(d, indent=2) + "\n")
-
-
-def clip_cfg(**kw):
-    base = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "attention_dropout": 0.0,
-            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "hidden_act": "quick_gelu", "hidden_size": 768,
-            "initializer_factor": 1.0, "initializer_range": 0.02, "intermediate_size": 3072, "layer_norm_eps": 1e-05,
-            "max_position_embeddings": 77, "num_attention_heads": 12, "num_hidden_layers": 12, "projection_dim": 768,
-            "vocab_size": 49408, "torch_dtype": "float32"}
-    base.update(kw); return base
+from _common import ROOT, WORDS, clip_cfg, dump
 
 
 def t5_cfg(**kw):
@@ -87,11 +72,6 @@ for variant, sched, guidance in (("dev", SCHED_DEV, True), ("schnell", SCHED_SCH
                            "text_encoder": clip_cfg(), "text_encoder_2": t5_cfg()}, sched)
 
 # ---- tiny architectures for tests: real block structure, tiny widths
-WORDS = ("a an the of and with in on at photo picture painting drawing portrait style sks ohwx dog cat man woman "
-         "person girl boy 1girl 1boy solo smiling smile looking at viewer masterpiece best quality high low lowres "
-         "bad hands blurry red blue green yellow black white hair eyes sky tree house city street night day light "
-         "outdoors indoors standing sitting full body upper close up simple background detailed realistic anime art "
-         "by artist cute beautiful wearing dress shirt hat glasses flower forest mountain water ocean beach snow").split()
 merges = learn_merges(WORDS, 400)
 tiny_clip = clip_cfg(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
                      projection_dim=32, vocab_size=512 + len(merges) + 2)

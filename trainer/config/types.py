@@ -23,6 +23,11 @@ OFT = ["LyCORIS/BOFT", "LyCORIS/Diag-OFT"]
 KOHYA_LORA = ["Standard", "Kohya LoCon"]
 
 
+def block_opt(help_text: str):
+    """A per-block string option (kohya's block_dims, down_lr_weight…): kohya's own LoRA on the U-Net families."""
+    return opt("", help_text, section="network", visible_if={"LoRA_type": KOHYA_LORA}, families=SD_FAMILIES)
+
+
 class NetworkOptions(Options):
     LoRA_type: Literal[LORA_TYPES] = opt(
         "Standard", "Network type, kohya_ss's list: Standard (attention/MLP layers), Kohya LoCon (+3×3 "
@@ -80,32 +85,17 @@ class NetworkOptions(Options):
                                                 label="LoRA+ text encoder LR ratio")
     scale_weight_norms: float = opt(0.0, "Max-norm regularisation: after each step shrink modules whose ΔW norm "
                                     "exceeds this (1 is typical; 0 = off).", section="network", ge=0)
-    block_dims: str = opt("", "Rank per U-Net block, 25 comma-separated values for SD1/SD2 (IN00-11, MID, "
-                          "OUT00-11), 23 for SDXL; 0 leaves a block out. Empty = network_dim everywhere.",
-                          section="network", visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
-    block_alphas: str = opt("", "Alpha per U-Net block (as block_dims); empty = network_alpha.", section="network",
-                            visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
-    conv_block_dims: str = opt("", "Rank of the 3×3 convolutions per block (as block_dims).", section="network",
-                               visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
-    conv_block_alphas: str = opt("", "Alpha of the 3×3 convolutions per block.", section="network",
-                                 visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
-    down_lr_weight: str = opt("", "Learning-rate multiplier per down (IN) block: 12 values (SDXL 9) or sine, "
-                              "cosine, linear, reverse_linear, zeros (+offset, e.g. cosine+.25).",
-                              section="network", visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
-    mid_lr_weight: str = opt("", "Learning-rate multiplier of the middle block(s).", section="network",
-                             visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
-    up_lr_weight: str = opt("", "Learning-rate multiplier per up (OUT) block, as down_lr_weight.",
-                            section="network", visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
-    block_lr_zero_threshold: str = opt("", "Blocks whose lr multiplier is at or below this are not trained "
-                                       "(and not saved).", section="network", visible_if={"LoRA_type": KOHYA_LORA},
-                            families=SD_FAMILIES)
+    block_dims: str = block_opt("Rank per U-Net block, 25 comma-separated values for SD1/SD2 (IN00-11, MID, "
+                                "OUT00-11), 23 for SDXL; 0 leaves a block out. Empty = network_dim everywhere.")
+    block_alphas: str = block_opt("Alpha per U-Net block (as block_dims); empty = network_alpha.")
+    conv_block_dims: str = block_opt("Rank of the 3×3 convolutions per block (as block_dims).")
+    conv_block_alphas: str = block_opt("Alpha of the 3×3 convolutions per block.")
+    down_lr_weight: str = block_opt("Learning-rate multiplier per down (IN) block: 12 values (SDXL 9) or sine, "
+                                    "cosine, linear, reverse_linear, zeros (+offset, e.g. cosine+.25).")
+    mid_lr_weight: str = block_opt("Learning-rate multiplier of the middle block(s).")
+    up_lr_weight: str = block_opt("Learning-rate multiplier per up (OUT) block, as down_lr_weight.")
+    block_lr_zero_threshold: str = block_opt("Blocks whose lr multiplier is at or below this are not trained "
+                                             "(and not saved).")
 
     @field_validator("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                      "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", mode="before")

@@ -62,20 +62,16 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+# sd-scripts' ss_base_model_version values begin with these (flux1, chroma, sd3_5_large, sdxl_base_v1-0, sd_v2…)
+VERSION_PREFIXES = (("flux", "flux"), ("chroma", "chroma"), ("sd3", "sd3"), ("sdxl", "sdxl"), ("sd_v2", "sd2"),
+                    ("sd_v1", "sd1"))
+
+
 def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
     version = (metadata or {}).get("ss_base_model_version", "")
-    if version.startswith("flux"):
-        return "flux"
-    if version.startswith("chroma"):
-        return "chroma"
-    if version.startswith("sd3"):
-        return "sd3"
-    if version.startswith("sdxl"):
-        return "sdxl"
-    if version.startswith("sd_v2"):
-        return "sd2"
-    if version.startswith("sd_v1"):
-        return "sd1"
+    for prefix, family in VERSION_PREFIXES:
+        if version.startswith(prefix):
+            return family
     if (metadata or {}).get("ss_v2") == "True":
         return "sd2"
     return None

@@ -72,24 +72,11 @@ class FusedLoRAModule(LoRAModule):
         self._member_forwards, self._had_instance = [], []
 
     def _part_forward(self, org_forward, rows: torch.Tensor):
+        def up_part(lx):  # this member's rows of the fused up matrix
+            return nn.functional.linear(lx, self.lora_up.weight.index_select(0, rows.to(lx.device)))
+
         def forward(x, *args, **kwargs):
-            out = org_forward(x, *args, **kwargs)
-            if self.merged_multiplier is not None or self.multiplier == 0:
-                return out
-            if self.training and self.module_dropout is not None and torch.rand(1).item() < self.module_dropout:
-                return out
-            weight = self.lora_down.weight
-            if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-                x = x.to(weight.dtype)
-            lx = self.lora_down(x)
-            if self.training and self.dropout is not None:
-                lx = nn.functional.dropout(lx, p=self.dropout)
-            scale = self.scale
-            if self.training and self.rank_dropout is not None:
-                lx = lx * self._rank_mask(lx)
-                scale = scale / (1.0 - self.rank_dropout)
-            lx = nn.functional.linear(lx, self.lora_up.weight.index_select(0, rows.to(lx.device)))
-            return out + (lx * (self.multiplier * scale)).to(out.dtype)
+            return self.add_change(org_forward(x, *args, **kwargs), x, up_part)
 
         return forward
 

@@ -100,7 +100,10 @@ class LoRAModule(nn.Module):
         self._org_forward = None
 
     def forward(self, x, *args, **kwargs):
-        out = self._org_forward(x, *args, **kwargs)
+        return self.add_change(self._org_forward(x, *args, **kwargs), x, self.lora_up)
+
+    def add_change(self, out, x, up):
+        """`out` (the base layer's output for `x`) plus this module's change; `up` maps the rank to out's features."""
         if self.merged_multiplier is not None or self.multiplier == 0:
             return out  # already inside the base weights, or switched off
         if self.training and self.module_dropout is not None and torch.rand(1).item() < self.module_dropout:
@@ -118,7 +121,7 @@ class LoRAModule(nn.Module):
             lx = lx * self._rank_mask(lx)
             scale = scale / (1.0 - self.rank_dropout)  # as if the rank were smaller
 
-        lx = self.lora_up(lx)
+        lx = up(lx)
         return out + (lx * (self.multiplier * scale)).to(out.dtype)
 
     def _rank_mask(self, lx: torch.Tensor) -> torch.Tensor:
