@@ -244,7 +244,7 @@ def test_captioning_reports_what_it_did_and_fails_fast_offline(studio, new_tab, 
     pg.locator("button[role=tab]", has_text="Utilities").first.click()
     fill(pg, "util-wd14-train_data_dir", str(folder))
     fill(pg, "util-wd14-model_dir", str(tmp / "taggers"))          # no tagger here, and the hub is offline
-    out = click_and_wait(pg, "util-wd14-run", "util-output", "captions written")
+    out = click_and_wait(pg, "util-wd14-run", "util-output", "⚠ 0 captions written")  # the verdict under the output
     assert "⚠ 0 captions written: all 4 images already have one" in out and "Overwrite or Append" in out
     shot(pg, "e2e_10_caption_nothing_to_do")
     pg.locator("#util-wd14-overwrite input").first.check()

@@ -69,7 +69,7 @@ def trainer_cli(*args: str, timeout: float = 180, fresh: bool = False) -> subpro
                               text=True, timeout=timeout)
     from trainer_forks import trainer_forks
 
-    code, out, err = trainer_forks(env()).run(list(args), timeout)
+    code, out, err = trainer_forks(env()).run(list(args), timeout, env())
     return subprocess.CompletedProcess(["python", "-m", "trainer", *args], code, out, err)
 
 

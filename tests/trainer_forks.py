@@ -46,14 +46,18 @@ class TrainerForks:
         line = self.proc.stdout.readline()
         return json.loads(line) if line else None
 
-    def run(self, args: list[str], timeout: float, env: dict | None = None) -> tuple[int, str, str]:
-        """(exit code, stdout, stderr) of `python -m trainer *args`; TimeoutExpired after `timeout` s."""
+    def run(self, args: list[str], timeout: float, env: dict) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) of `python -m trainer *args` in environment `env`; TimeoutExpired after
+        `timeout` s (the child is killed)."""
         proc = self._helper()
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "out", Path(tmp) / "err"
-            proc.stdin.write(json.dumps({"args": args, "out": str(out), "err": str(err), "env": env or {}}) + "\n")
+            proc.stdin.write(json.dumps({"args": args, "out": str(out), "err": str(err), "env": env}) + "\n")
             proc.stdin.flush()
-            pid = self._line(60)["pid"]
+            started = self._line(60)
+            if started is None:
+                raise RuntimeError("the trainer fork helper stopped answering (its errors are in the test's stderr)")
+            pid = started["pid"]
             done = self._line(timeout)
             if done is None:
                 os.kill(pid, signal.SIGKILL)
@@ -76,6 +80,7 @@ def _child(request: dict) -> None:
             opened = os.open(path, flags, 0o644)
             os.dup2(opened, fd)
             os.close(opened)
+        os.environ.clear()
         os.environ.update(request["env"])
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

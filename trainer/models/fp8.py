@@ -164,6 +164,18 @@ def _remember(ctx, x, stored, scale, bias, dtype) -> None:
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
+def _gradients(ctx, grad, input_grad, bias_grad) -> tuple:
+    """(gradient of x, gradient of the bias), each only where needed: the frozen 8-bit weight gets none."""
+    stored, scale = ctx.saved_tensors
+    grad_x = grad_bias = None
+    with _no_autocast(grad.device.type):
+        if ctx.needs_input_grad[0]:
+            grad_x = input_grad(grad.to(ctx.dtype), widen(stored, scale, ctx.dtype)).to(ctx.x_dtype)
+        if ctx.needs_input_grad[3]:
+            grad_bias = bias_grad(grad).to(ctx.bias_dtype)
+    return grad_x, grad_bias
+
+
 class _Fp8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stored, scale, bias, dtype):
@@ -173,13 +185,8 @@ class _Fp8Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        stored, scale = ctx.saved_tensors
-        grad_x = grad_bias = None
-        with _no_autocast(grad.device.type):
-            if ctx.needs_input_grad[0]:
-                grad_x = grad.to(ctx.dtype).matmul(widen(stored, scale, ctx.dtype)).to(ctx.x_dtype)
-            if ctx.needs_input_grad[3]:
-                grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+        grad_x, grad_bias = _gradients(ctx, grad, lambda g, weight: g.matmul(weight),
+                                       lambda g: g.reshape(-1, g.shape[-1]).sum(0))
         return grad_x, None, None, grad_bias, None
 
 
@@ -193,13 +200,7 @@ class _Fp8Conv2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        stored, scale = ctx.saved_tensors
-        grad_x = grad_bias = None
-        with _no_autocast(grad.device.type):
-            if ctx.needs_input_grad[0]:
-                weight = widen(stored, scale, ctx.dtype)
-                grad_x = torch.nn.grad.conv2d_input(ctx.x_shape, weight, grad.to(ctx.dtype), *ctx.geometry)
-                grad_x = grad_x.to(ctx.x_dtype)
-            if ctx.needs_input_grad[3]:
-                grad_bias = grad.sum((0, 2, 3)).to(ctx.bias_dtype)
+        grad_x, grad_bias = _gradients(
+            ctx, grad, lambda g, weight: torch.nn.grad.conv2d_input(ctx.x_shape, weight, g, *ctx.geometry),
+            lambda g: g.sum((0, 2, 3)))
         return grad_x, None, None, grad_bias, None, None
