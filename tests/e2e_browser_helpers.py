@@ -23,6 +23,7 @@ RUN_TIMEOUT_S = 240
 # wait_for_function polls every animation frame by default: ~60 innerText reads a second that compete with
 # Gradio's own rendering for the page's one thread; 10 a second answer as soon
 POLL_MS = 100
+BUSY_JS = r"/processing \||queue: \d/"  # Gradio's progress text on a component while its answer is pending
 
 needs_chromium = [
     pytest.mark.browser,
@@ -144,19 +145,29 @@ def wait_text(pg, elem_id: str, needle: str, timeout_s: float = 60) -> str:
 
 
 def wait_new_text(pg, elem_id: str, before: str, needle: str, timeout_s: float = 120) -> str:
-    """Wait for a fresh answer: the element's text changed from `before` and holds `needle` (a
-    message box keeps its last answer, so its old text may already hold the needle)."""
+    """Wait for a fresh answer: the element's text changed from `before`, holds `needle` and no longer shows
+    Gradio's progress ("processing | 1.2s" also changes the text while the old answer, maybe holding the
+    needle, is still there)."""
     pg.wait_for_function(
-        f"([id, before, needle]) => {{ const t = ({TEXT_OF_JS})(id); return t !== before && t.includes(needle); }}",
+        f"([id, before, needle]) => {{ const t = ({TEXT_OF_JS})(id); return t !== before && t.includes(needle)"
+        f" && !{BUSY_JS}.test(t); }}",
         arg=[elem_id, before, needle], timeout=timeout_s * 1000, polling=POLL_MS)
     return text_of(pg, elem_id)
 
 
 def click_and_wait(pg, button: str, elem_id: str, needle: str, timeout_s: float = 120) -> str:
-    """Click `#button` and wait for a fresh text holding `needle` in `#elem_id`."""
-    before = text_of(pg, elem_id)
+    """Click `#button` and wait for its answer in `#elem_id`: the element has changed since the click (its
+    progress indicator or its text: an answer may repeat the last one word for word), shows no progress any
+    more, and holds `needle`."""
+    pg.evaluate("""(id) => { window.__changed = window.__changed || {}; window.__changed[id] = false;
+        new MutationObserver(() => { window.__changed[id] = true; })
+            .observe(document.getElementById(id), {subtree: true, childList: true, characterData: true,
+                                                   attributes: true}); }""", elem_id)
     pg.click(f"#{button}")
-    return wait_new_text(pg, elem_id, before, needle, timeout_s)
+    pg.wait_for_function(
+        f"([id, needle]) => {{ const t = ({TEXT_OF_JS})(id); return window.__changed[id] && t.includes(needle)"
+        f" && !{BUSY_JS}.test(t); }}", arg=[elem_id, needle], timeout=timeout_s * 1000, polling=POLL_MS)
+    return text_of(pg, elem_id)
 
 
 def watch_text(pg, elem_id: str, needle: str) -> None:

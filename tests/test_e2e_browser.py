@@ -301,7 +301,7 @@ def test_every_training_tab_has_its_demo(studio, new_tab, demo, tab, title):
     pg = new_tab
     pg.locator("button[role=tab]", has_text=title).first.click()
     click_and_wait(pg, f"{tab}-demo", f"{tab}-config-msg", "press Start")
-    click_and_wait(pg, f"{tab}-check", f"{tab}-summary", "Ready to train")
+    click_and_wait(pg, f"{tab}-check", f"{tab}-summary", "Ready to train (values, paths and dataset checked)")
     shot(pg, f"e2e_14_demo_{tab}")
 
 

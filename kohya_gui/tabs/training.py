@@ -235,28 +235,30 @@ class TrainingTab:
         f = self.form
         outs = self._outputs()
         cfg_outs = self._outputs(self.config_msg)
-        self.load_btn.click(self.load, inputs=[self.config_path, *f.inputs], outputs=cfg_outs)
-        self.config_path.submit(self.load, inputs=[self.config_path, *f.inputs], outputs=cfg_outs)
+        # one progress indicator per answer, on its message box: not one timer on each of ~250 fields
+        on_cfg, on_summary = {"show_progress_on": self.config_msg}, {"show_progress_on": self.summary}
+        self.load_btn.click(self.load, inputs=[self.config_path, *f.inputs], outputs=cfg_outs, **on_cfg)
+        self.config_path.submit(self.load, inputs=[self.config_path, *f.inputs], outputs=cfg_outs, **on_cfg)
         self.save_btn.click(self.save, inputs=[self.config_path, self.save_overwrite, *f.inputs],
                             outputs=self.config_msg)
         # the dropdown shows a preset only while it is the last thing applied to the form
-        self.apply_btn.click(self.apply_preset, inputs=[self.preset, *f.inputs], outputs=cfg_outs)
+        self.apply_btn.click(self.apply_preset, inputs=[self.preset, *f.inputs], outputs=cfg_outs, **on_cfg)
         self.preset.input(lambda label: (DEMO_WAIT if label == DEMO_LABEL else "Applying…"),
                           inputs=self.preset, outputs=self.config_msg, queue=False).then(
-            self.apply_preset, inputs=[self.preset, *f.inputs], outputs=cfg_outs)
+            self.apply_preset, inputs=[self.preset, *f.inputs], outputs=cfg_outs, **on_cfg)
         self.demo_btn.click(lambda: DEMO_WAIT, outputs=self.config_msg, queue=False).then(
-            self.apply_demo, inputs=f.inputs, outputs=cfg_outs).then(
+            self.apply_demo, inputs=f.inputs, outputs=cfg_outs, **on_cfg).then(
             lambda: gr.update(value=DEMO_LABEL), outputs=self.preset)
         for trigger in (self.load_btn.click, self.config_path.submit):
             trigger(lambda: gr.update(value=None), outputs=self.preset, queue=False)
         self.user_preset_btn.click(self.save_user_preset,
                                    inputs=[self.user_preset_name, self.user_preset_overwrite, *f.inputs],
                                    outputs=[self.config_msg, self.preset])
-        self.check_btn.click(self.check, inputs=f.inputs, outputs=outs)
+        self.check_btn.click(self.check, inputs=f.inputs, outputs=outs, **on_summary)
         self.print_btn.click(self.print_command, inputs=f.inputs,
-                             outputs=[*outs, self.command_group, self.command_code, self.toml_code])
-        self.start_btn.click(lambda *raw: self.start(False, *raw), inputs=f.inputs, outputs=outs)
-        self.confirm_btn.click(lambda *raw: self.start(True, *raw), inputs=f.inputs, outputs=outs)
+                             outputs=[*outs, self.command_group, self.command_code, self.toml_code], **on_summary)
+        self.start_btn.click(lambda *raw: self.start(False, *raw), inputs=f.inputs, outputs=outs, **on_summary)
+        self.confirm_btn.click(lambda *raw: self.start(True, *raw), inputs=f.inputs, outputs=outs, **on_summary)
         self.cancel_btn.click(lambda: (gr.update(visible=False), "Not started."),
                               outputs=[self.confirm_group, self.status])
         # every 📂 button (and the config file's) opens the shared in-page browser
