@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,21 +31,31 @@ class TrainerForks:
     def __init__(self, env: dict):
         self.env = env
         self.proc: subprocess.Popen | None = None
+        self._pending = b""  # bytes read from the helper after the last complete line
 
     def _helper(self) -> subprocess.Popen:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen([sys.executable, "-u", __file__], cwd=ROOT, env=self.env, text=True,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=1)
+            self._pending = b""
             if self._line(600) != {"ready": True}:
                 raise RuntimeError("the trainer fork helper did not start")
         return self.proc
 
     def _line(self, timeout: float) -> dict | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        return json.loads(line) if line else None
+        """The helper's next answer, or None after `timeout` s or when it has exited. Read from the pipe's
+        descriptor (a buffered reader could hold the next answer where select() does not see it)."""
+        fd, end = self.proc.stdout.fileno(), time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return json.loads(line)
 
     def run(self, args: list[str], timeout: float, env: dict) -> tuple[int, str, str]:
         """(exit code, stdout, stderr) of `python -m trainer *args` in environment `env`; TimeoutExpired after
