@@ -159,23 +159,22 @@ def click_and_wait(pg, button: str, elem_id: str, needle: str, timeout_s: float 
     """Click `#button` and wait for its answer in `#elem_id`: the element has changed since the click (its
     progress indicator or its text: an answer may repeat the last one word for word), shows no progress any
     more, and holds `needle`."""
-    pg.evaluate("""(id) => { window.__changed = window.__changed || {}; window.__changed[id] = false;
-        new MutationObserver(() => { window.__changed[id] = true; })
-            .observe(document.getElementById(id), {subtree: true, childList: true, characterData: true,
-                                                   attributes: true}); }""", elem_id)
+    watch_text(pg, elem_id)
     pg.click(f"#{button}")
     pg.wait_for_function(
-        f"([id, needle]) => {{ const t = ({TEXT_OF_JS})(id); return window.__changed[id] && t.includes(needle)"
+        f"([id, needle]) => {{ const t = ({TEXT_OF_JS})(id); return window.__shown[id] && t.includes(needle)"
         f" && !{BUSY_JS}.test(t); }}", arg=[elem_id, needle], timeout=timeout_s * 1000, polling=POLL_MS)
     return text_of(pg, elem_id)
 
 
-def watch_text(pg, elem_id: str, needle: str) -> None:
-    """Remember whether `needle` ever shows in the element, however briefly (see `was_shown`)."""
+def watch_text(pg, elem_id: str, needle: str = "") -> None:
+    """Remember whether the element changes from now on showing `needle` (any change when empty), however
+    briefly: `window.__shown[elem_id + needle]` (see `was_shown`)."""
     pg.evaluate("""([id, needle]) => { window.__shown = window.__shown || {}; window.__shown[id + needle] = false;
         const el = document.getElementById(id);
         new MutationObserver(() => { if ((el.innerText || '').includes(needle)) window.__shown[id + needle] = true; })
-            .observe(el, {subtree: true, childList: true, characterData: true}); }""", [elem_id, needle])
+            .observe(el, {subtree: true, childList: true, characterData: true, attributes: true}); }""",
+                [elem_id, needle])
 
 
 def was_shown(pg, elem_id: str, needle: str, timeout_s: float = 60) -> bool:
