@@ -54,7 +54,6 @@ NEUTRAL = {
 }
 # Keys that only matter when another key has one of some values (else they are quiet).
 RELEVANT_IF = {
-    "huber_schedule": ("loss_type", {"huber", "smooth_l1"}),
     "train_on_input": ("LoRA_type", {"LyCORIS/iA3"}),
     "factor": ("LoRA_type", {"LyCORIS/LoKr", "Kohya LoKr"}),
     "unit": ("LoRA_type", {"LyCORIS/DyLoRA", "Kohya DyLoRA"}),

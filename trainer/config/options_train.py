@@ -93,8 +93,16 @@ class TrainingOptions(Options):
     max_timestep: int = opt(1000, "Highest noise timestep sampled (exclusive).", section="training", ge=1, le=1000,
                             families=SD_FAMILIES)
     loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = opt("l2", "Loss function.", section="training")
-    huber_c: float = opt(0.1, "Huber/smooth-L1 threshold.", section="training", ge=0,
+    huber_schedule: Literal["snr", "exponential", "constant"] = opt(
+        "snr", "How the Huber/smooth-L1 threshold follows the noise level (sd-scripts' scheduled Huber loss): snr "
+        "= (1 − huber_c)/(1 + σ)² + huber_c, near 1 on lightly noised samples and huber_c on noisy ones; "
+        "exponential = huber_scale · huber_c^(t/1000); constant = huber_c · huber_scale.", section="training",
+        visible_if={"loss_type": ["huber", "smooth_l1"]})
+    huber_c: float = opt(0.1, "Huber/smooth-L1 threshold: the value on the noisiest samples (snr, exponential) "
+                         "or throughout (constant).", section="training", ge=0,
                          visible_if={"loss_type": ["huber", "smooth_l1"]})
+    huber_scale: float = opt(1.0, "Multiplies the threshold of the exponential and constant schedules.",
+                             section="training", ge=0, le=100, visible_if={"loss_type": ["huber", "smooth_l1"]})
     debiased_estimation_loss: bool = opt(False, "Weight the loss by 1/√SNR (debiased estimation).",
                                          section="training", families=SD_FAMILIES)
     scale_v_pred_loss_like_noise_pred: bool = opt(False, "Scale v-prediction loss like noise prediction.",

@@ -142,8 +142,7 @@ def _noise(c, data: dict) -> None:
         data["multires_noise_iterations"] = c.multires_noise_iterations
         data["multires_noise_discount"] = c.multires_noise_discount
     if c.loss_type in ("huber", "smooth_l1"):
-        data["huber_c"] = c.huber_c
-        data["huber_schedule"] = "constant"  # this trainer's c does not vary with the timestep
+        data.update(huber_c=c.huber_c, huber_schedule=c.huber_schedule, huber_scale=c.huber_scale)
 
 
 def _optimizer(c, data: dict) -> None:

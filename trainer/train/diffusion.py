@@ -58,17 +58,45 @@ def training_target(noise_scheduler, latents, noise, timesteps, v_prediction: bo
     return noise
 
 
-def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2", huber_c: float = 0.1):
-    """Loss per sample, computed in fp32 and averaged over channels and pixels."""
+HUBER_LOSSES = ("huber", "smooth_l1")  # the losses with a threshold huber_c
+
+
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
+                    huber_c: float | torch.Tensor = 0.1):
+    """Loss per sample, computed in fp32 and averaged over channels and pixels. `huber_c`: one threshold, or
+    one per sample (the scheduled Huber loss, huber_threshold)."""
     pred, target = pred.float(), target.float()
     if loss_type == "l1":
         loss = (pred - target).abs()
-    elif loss_type in ("huber", "smooth_l1"):  # sd-scripts' pseudo-Huber with a constant c
+    elif loss_type in HUBER_LOSSES:  # sd-scripts' pseudo-Huber
+        if torch.is_tensor(huber_c):
+            huber_c = huber_c.float().view(-1, *([1] * (pred.dim() - 1)))
         scale = 2 * huber_c if loss_type == "huber" else 2
         loss = scale * (torch.sqrt((pred - target) ** 2 + huber_c ** 2) - huber_c)
     else:
         loss = F.mse_loss(pred, target, reduction="none")
     return loss.mean(dim=list(range(1, loss.dim())))
+
+
+def huber_threshold(schedule: str, huber_c: float, huber_scale: float, t_fraction: torch.Tensor,
+                    clean_share: torch.Tensor) -> torch.Tensor:
+    """sd-scripts' scheduled Huber threshold per sample, from the timestep as a fraction of the schedule
+    (t / 1000) and 1/(1 + σ)² with σ = 1/√SNR the noise level: snr → (1 − c)/(1 + σ)² + c (near 1 on clean
+    samples, c on noisy ones; huber_scale unused, as in sd-scripts), exponential → scale · c^(t/1000),
+    constant → c · scale."""
+    if schedule == "snr":
+        return (1 - huber_c) * clean_share.float() + huber_c
+    if schedule == "exponential":
+        return huber_scale * huber_c ** t_fraction.float()
+    return torch.full(t_fraction.shape, huber_c * huber_scale, device=t_fraction.device)
+
+
+def ddpm_huber_c(noise_scheduler, timesteps: torch.Tensor, cfg) -> torch.Tensor:
+    """The scheduled Huber threshold for DDPM timesteps (σ² = (1 − ᾱ)/ᾱ)."""
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return huber_threshold(cfg.huber_schedule, float(cfg.huber_c), float(cfg.huber_scale),
+                           timesteps.float() / noise_scheduler.config.num_train_timesteps,
+                           1 / (1 + ((1 - alphas) / alphas) ** 0.5) ** 2)
 
 
 def snr_loss_weights(noise_scheduler, timesteps, cfg, v_prediction: bool) -> torch.Tensor | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import per_sample_loss
+from .diffusion import HUBER_LOSSES, huber_threshold, per_sample_loss
 
 SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift")
 PREDICTIONS = ("raw", "additive", "sigma_scaled")
@@ -43,6 +43,8 @@ class FlowMatchingObjective:
     mode_scale: float = 1.29
     loss_type: str = "l2"
     huber_c: float = 0.1
+    huber_schedule: str = "snr"
+    huber_scale: float = 1.0
     num_train_timesteps: int = 1000
     target: str = "velocity"  # ε − x₀ (sd-scripts' FLUX); "latents": x₀ (sd-scripts' SD3, with sigma_scaled)
 
@@ -118,8 +120,16 @@ class FlowMatchingObjective:
                 pred = pred * (-sigma) + noisy
                 weighting = self.loss_weighting(sigma.flatten())
         target = latents.float() if self.target == "latents" else noise.float() - latents.float()
-        loss = per_sample_loss(pred, target, self.loss_type, self.huber_c)
+        loss = per_sample_loss(pred, target, self.loss_type, self.huber_threshold(sigma.flatten()))
         return loss if weighting is None else loss * weighting
+
+    def huber_threshold(self, sigma: torch.Tensor) -> torch.Tensor | float:
+        """The scheduled Huber c per sample. Flow matching has no ᾱ: its SNR is ((1 − σ)/σ)², so 1/(1 + 1/√SNR)²
+        is (1 − σ)² (sd-scripts refuses the snr schedule for FLUX/SD3; this is the same curve over the noise
+        level)."""
+        if self.loss_type not in HUBER_LOSSES:
+            return 0.0
+        return huber_threshold(self.huber_schedule, self.huber_c, self.huber_scale, sigma, (1 - sigma) ** 2)
 
     def loss_weighting(self, sigma: torch.Tensor) -> torch.Tensor | None:
         """diffusers' compute_loss_weighting_for_sd3 (sigma_sqrt, cosmap; else 1)."""
