@@ -46,7 +46,13 @@ def _safetensors_keys(path: Path) -> list[str]:
     return [k for k in safetensors_header(path) if k != "__metadata__"]
 
 
-PIPELINE_FAMILIES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+PIPELINE_FAMILIES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3", "ChromaPipeline": "chroma",
+                     "StableDiffusionXLPipeline": "sdxl"}
+# What a hub id's name tells of its family, first match wins (Chroma is FLUX-based; "xl" after the DiTs).
+# A name that tells nothing leaves the family unknown until the download at start: every option shows.
+HUB_NAME_HINTS = (("chroma", "chroma"), ("flux", "flux"), ("stable-diffusion-3", "sd3"), ("sd3", "sd3"),
+                  ("xl", "sdxl"), ("stable-diffusion-2", "sd2"), ("sd2", "sd2"), ("stable-diffusion-v1", "sd1"),
+                  ("v1-5", "sd1"), ("sd15", "sd1"), ("sd-1", "sd1"))
 
 
 def _family_from_diffusers(folder: Path) -> str | None:
@@ -88,10 +94,7 @@ def detect_family(value: str) -> tuple[str | None, str]:
         elif path.exists():
             return None, "Family not detected from this file type (.ckpt); it is detected when training starts."
         elif looks_like_hub_id(text):
-            lower = text.lower()
-            family = ("flux" if "flux" in lower else "sd3" if "stable-diffusion-3" in lower else
-                      "sdxl" if "xl" in lower else "sd2" if "stable-diffusion-2" in lower else "sd1")
-            return family, f"Hub id: {FAMILY_NAMES[family]} (guessed from the name; downloaded at start)."
+            return _hub_family(text)
         else:
             return None, f"'{text}' does not exist and is not a hub id like org/name."
     except (OSError, ValueError, struct.error) as exc:
@@ -99,3 +102,27 @@ def detect_family(value: str) -> tuple[str | None, str]:
     if family is None:
         return None, "Family not recognised from the weights."
     return family, f"Detected: {FAMILY_NAMES[family]}"
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The hub cache's snapshot folder of `repo_id` when an earlier download left its model_index.json (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except (ImportError, ValueError, OSError):  # ValueError: not a valid repo id for huggingface_hub
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _hub_family(repo_id: str) -> tuple[str | None, str]:
+    snapshot = _hub_snapshot(repo_id)
+    family = _family_from_diffusers(snapshot) if snapshot else None
+    if family:
+        return family, f"Hub id: {FAMILY_NAMES[family]} (read from the downloaded copy in the hub cache)."
+    lower = repo_id.lower()
+    family = next((fam for hint, fam in HUB_NAME_HINTS if hint in lower), None)
+    if family:
+        return family, f"Hub id: {FAMILY_NAMES[family]} (guessed from the name; downloaded at start)."
+    return None, ("Hub id: its name does not tell the family, so every option shows; the trainer detects it "
+                  "from the download at start (or tick sdxl / v2 / flux1_checkbox / sd3_checkbox).")
