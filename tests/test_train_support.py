@@ -54,22 +54,25 @@ def env() -> dict:
     return e
 
 
-def run_trainer(config_path: Path, *extra: str, timeout: float = 180,
-                fresh: bool = False) -> tuple[int, list[dict], str]:
+def run_trainer(config_path: Path, *extra: str, timeout: float = 180, fresh: bool = False,
+                env_extra: dict | None = None) -> tuple[int, list[dict], str]:
     """Run `python -m trainer run` to the end: (exit code, events, stderr)."""
-    proc = trainer_cli("run", str(config_path), *extra, timeout=timeout, fresh=fresh)
+    proc = trainer_cli("run", str(config_path), *extra, timeout=timeout, fresh=fresh, env_extra=env_extra)
     return proc.returncode, parse_events(proc.stdout), proc.stderr
 
 
-def trainer_cli(*args: str, timeout: float = 180, fresh: bool = False) -> subprocess.CompletedProcess:
+def trainer_cli(*args: str, timeout: float = 180, fresh: bool = False,
+                env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m trainer ARGS` to the end: a forked child of this worker's pre-imported trainer
-    (tests/trainer_forks.py), or with `fresh` a new interpreter, as the studio starts it."""
+    (tests/trainer_forks.py), or with `fresh` a new interpreter, as the studio starts it. `env_extra`:
+    variables added to the child's environment (e.g. KOHYA_STUDIO_CRASH_AT)."""
+    child_env = {**env(), **(env_extra or {})}
     if fresh or not hasattr(os, "fork"):
-        return subprocess.run([PYTHON, "-m", "trainer", *args], cwd=ROOT, env=env(), capture_output=True,
+        return subprocess.run([PYTHON, "-m", "trainer", *args], cwd=ROOT, env=child_env, capture_output=True,
                               text=True, timeout=timeout)
     from trainer_forks import trainer_forks
 
-    code, out, err = trainer_forks(env()).run(list(args), timeout, env())
+    code, out, err = trainer_forks(env()).run(list(args), timeout, child_env)
     return subprocess.CompletedProcess(["python", "-m", "trainer", *args], code, out, err)
 
 
