@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import torch
 
-PREFIX = "model.diffusion_model."  # ComfyUI full checkpoints put the transformer under this prefix
-
-
-def strip_prefix(state_dict: dict) -> dict:
-    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in state_dict.items()}
+from trainer.models.dit_keys import own_parts, strip_prefix
 
 
 def _renames(cfg: dict) -> list[tuple[str, list[str]]]:
@@ -91,12 +87,8 @@ def split_renamed(sd: dict, cfg: dict, renames, norm_renames) -> dict:
             key = f"{src}.{suffix}"
             if key not in sd:
                 continue
-            # each part gets its own memory: views of one fused tensor would share a version counter, and updating
-            # one in place (fused_backward_pass) would invalidate the others
             fused = sd.pop(key)
-            parts = [fused]
-            if len(dsts) > 1:
-                parts = [p.clone() for p in torch.split(fused, split_sizes(cfg, len(dsts)), 0)]
+            parts = own_parts(fused, split_sizes(cfg, len(dsts))) if len(dsts) > 1 else [fused]
             out.update({f"{d}.{suffix}": p for d, p in zip(dsts, parts)})
     for src, dst in norm_renames:
         if src in sd:

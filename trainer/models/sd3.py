@@ -137,7 +137,8 @@ def save_single_file(base, path: Path, dtype=None, *, title=None, metadata=None)
     sd3_train saves without --save_clip / --save_t5xxl (the text encoders stay in their own files)."""
     from trainer.models.checkpoint_io import write_checkpoint
     from trainer.models.ldm_keys import vae_to_ldm
-    from trainer.models.sd3_keys import PREFIX, diffusers_to_sai
+    from trainer.models.dit_keys import PREFIX
+    from trainer.models.sd3_keys import diffusers_to_sai
 
     tr = base.unet
     sd = {PREFIX + k: v for k, v in diffusers_to_sai(tr.state_dict(), dict(tr.config)).items()}

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import torch
 
-PREFIX = "model.diffusion_model."
-
-
-def strip_prefix(state_dict: dict) -> dict:
-    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in state_dict.items()}
+from trainer.models.dit_keys import own_parts, strip_prefix
 
 
 def _renames(cfg: dict) -> list[tuple[str, list[str], bool]]:
@@ -84,8 +80,7 @@ def sai_to_diffusers(state_dict: dict, cfg: dict) -> dict:
             value = sd.pop(key)
             if swap:
                 value = _swap(value)
-            # own memory per part (see flux_keys: in-place updates of views would invalidate their siblings)
-            parts = [p.clone() for p in value.chunk(len(dsts), 0)] if len(dsts) > 1 else [value]
+            parts = own_parts(value, [value.shape[0] // len(dsts)] * len(dsts)) if len(dsts) > 1 else [value]
             out.update({f"{d}.{suffix}": p for d, p in zip(dsts, parts)})
     for src, dst in _norm_renames(cfg):
         if src in sd:
