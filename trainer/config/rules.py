@@ -33,7 +33,7 @@ def config_class(training_type: str) -> type[BaseConfig]:
         return CONFIG_TYPES[training_type]
     except KeyError:
         raise ConfigError([Problem.at("training_type", f"unknown training type {training_type!r}; choose one of "
-                                   f"{', '.join(CONFIG_TYPES)}")]) from None
+                                      f"{', '.join(CONFIG_TYPES)}")]) from None
 
 
 MAX_UNKNOWN_LISTED = 20  # beyond this a file is not a config with typos: one line counts the rest
@@ -51,7 +51,7 @@ def unknown_key_problems(cls: type[BaseConfig], values: dict) -> list[Problem]:
         rest = unknown[MAX_UNKNOWN_LISTED:]
         problems.append(Problem.at("config", f"{len(rest)} more unknown options "
                                    f"({', '.join(map(str, rest[:3]))}, …); "
-                                f"only the first {MAX_UNKNOWN_LISTED} are listed — is this the right file?"))
+                                   f"only the first {MAX_UNKNOWN_LISTED} are listed — is this the right file?"))
     return problems
 
 
@@ -134,10 +134,10 @@ def _precision(c):
         yield Problem.at("full_bf16", "full_fp16 and full_bf16 cannot both be on; untick one of them")
     if c.full_fp16 and c.mixed_precision != "fp16":
         yield Problem.at("full_fp16", f"full_fp16 needs mixed_precision fp16 (it is {c.mixed_precision}); set "
-                      "mixed_precision to fp16 or untick full_fp16")
+                         "mixed_precision to fp16 or untick full_fp16")
     if c.full_bf16 and c.mixed_precision != "bf16":
         yield Problem.at("full_bf16", f"full_bf16 needs mixed_precision bf16 (it is {c.mixed_precision}); set "
-                      "mixed_precision to bf16 or untick full_bf16")
+                         "mixed_precision to bf16 or untick full_bf16")
 
 
 @rule
@@ -147,28 +147,29 @@ def _memory_savers(c):
 
     if isinstance(c, FullTrainingOptions) and c.fused_backward_pass:
         if c.optimizer != "Adafactor":
-            yield Problem.at("fused_backward_pass", f"fused_backward_pass works with the Adafactor optimizer only (it is "
-                          f"{c.optimizer}); choose Adafactor or untick fused_backward_pass")
+            yield Problem.at("fused_backward_pass", "fused_backward_pass works with the Adafactor optimizer only "
+                             f"(it is {c.optimizer}); choose Adafactor or untick fused_backward_pass")
         if c.gradient_accumulation_steps != 1:
-            yield Problem.at("fused_backward_pass", "fused_backward_pass updates the weights inside each backward pass, "
-                          f"so gradients cannot be summed over {c.gradient_accumulation_steps} batches; set "
-                          "gradient_accumulation_steps to 1 or untick fused_backward_pass")
+            yield Problem.at("fused_backward_pass", "fused_backward_pass updates the weights inside each backward "
+                             f"pass, so gradients cannot be summed over {c.gradient_accumulation_steps} batches; "
+                             "set gradient_accumulation_steps to 1 or untick fused_backward_pass")
         if c.mixed_precision == "fp16":
             yield Problem.at("fused_backward_pass", "fused_backward_pass cannot use fp16 loss scaling (the scaler must "
-                          "see every gradient before any weight changes); set mixed_precision to bf16 (or no)")
+                             "see every gradient before any weight changes); set mixed_precision to bf16 (or no)")
         if c.num_processes > 1:
             yield Problem.at("fused_backward_pass", "fused_backward_pass updates each weight before the GPUs average "
-                          "their gradients; set num_processes to 1 or untick fused_backward_pass")
+                             "their gradients; set num_processes to 1 or untick fused_backward_pass")
     if c.cpu_offload_checkpointing:
         if not c.gradient_checkpointing:
             yield Problem.at("cpu_offload_checkpointing", "cpu_offload_checkpointing offloads what gradient "
-                          "checkpointing keeps; tick gradient_checkpointing too")
+                             "checkpointing keeps; tick gradient_checkpointing too")
         elif c.gradient_checkpointing_mode != "full":
             yield Problem.at("cpu_offload_checkpointing", "cpu_offload_checkpointing works with "
-                          "gradient_checkpointing_mode full (selective keeps activations on the GPU)")
+                             "gradient_checkpointing_mode full (selective keeps activations on the GPU)")
         if c.blocks_to_swap:
-            yield Problem.at("cpu_offload_checkpointing", "cpu_offload_checkpointing cannot be used with blocks_to_swap "
-                          "(as in sd-scripts); set blocks_to_swap to 0 or untick cpu_offload_checkpointing")
+            yield Problem.at("cpu_offload_checkpointing", "cpu_offload_checkpointing cannot be used with "
+                             "blocks_to_swap (as in sd-scripts); set blocks_to_swap to 0 or untick "
+                             "cpu_offload_checkpointing")
 
 
 @rule
@@ -177,7 +178,7 @@ def _latent_cache(c):
         for name in ("color_aug", "random_crop"):
             if getattr(c, name):
                 yield Problem.at(name, f"{name} changes the image every step, so cached latents would be stale; "
-                              "untick cache_latents (and cache_latents_to_disk) or untick " + name)
+                                 "untick cache_latents (and cache_latents_to_disk) or untick " + name)
 
 
 @rule
@@ -189,13 +190,13 @@ def _text_encoder_cache(c):
                "finetune": "untick train_text_encoder",
                "textual_inversion": "Textual Inversion trains text-encoder embeddings, so"}[c.training_type]
         yield Problem.at("cache_text_encoder_outputs", "caching text-encoder outputs needs frozen text encoders "
-                      f"(UNet-only training); {fix} or untick cache_text_encoder_outputs")
+                         f"(UNet-only training); {fix} or untick cache_text_encoder_outputs")
     changing = [n for n in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
                             "caption_dropout_every_n_epochs") if getattr(c, n)]
     if changing:
         yield Problem.at("cache_text_encoder_outputs", f"captions change every step with {', '.join(changing)}, "
-                      "so cached text-encoder outputs would be wrong; turn those off or untick "
-                      "cache_text_encoder_outputs")
+                         "so cached text-encoder outputs would be wrong; turn those off or untick "
+                         "cache_text_encoder_outputs")
 
 
 @rule
@@ -205,11 +206,12 @@ def _train_t5xxl(c):
         return
     if c.cache_text_encoder_outputs or c.cache_text_encoder_outputs_to_disk:
         yield Problem.at("train_t5xxl", "train_t5xxl trains T5-XXL, so its outputs change every step and cannot be "
-                      "cached; untick cache_text_encoder_outputs (and cache_text_encoder_outputs_to_disk) or untick "
-                      "train_t5xxl")
+                         "cached; untick cache_text_encoder_outputs (and cache_text_encoder_outputs_to_disk) or untick "
+                         "train_t5xxl")
     elif c.network_train_unet_only:
-        yield Problem.at("train_t5xxl", "train_t5xxl puts a LoRA on the T5-XXL text encoder, but network_train_unet_only "
-                      "trains the transformer only; untick network_train_unet_only or untick train_t5xxl")
+        yield Problem.at("train_t5xxl", "train_t5xxl puts a LoRA on the T5-XXL text encoder, but "
+                         "network_train_unet_only trains the transformer only; untick network_train_unet_only or "
+                         "untick train_t5xxl")
 
 
 def trains_text_encoder(c) -> bool:
@@ -230,11 +232,11 @@ def _learning_rates(c):
         te = c.learning_rate if c.text_encoder_lr is None else c.text_encoder_lr
         if c.network_train_unet_only and c.network_train_text_encoder_only:
             yield Problem.at("network_train_text_encoder_only", "network_train_unet_only and "
-                          "network_train_text_encoder_only exclude each other; untick one")
+                             "network_train_text_encoder_only exclude each other; untick one")
         trained = (0 if c.network_train_text_encoder_only else unet) + (0 if c.network_train_unet_only else te)
         if trained <= 0:
             yield Problem.at("learning_rate", "no part would be trained: every learning rate that applies is 0; "
-                          "set unet_lr (or learning_rate) above 0, e.g. 1e-4")
+                             "set unet_lr (or learning_rate) above 0, e.g. 1e-4")
     elif c.learning_rate <= 0 and not (c.training_type == "dreambooth" and c.learning_rate_te > 0):
         yield Problem.at("learning_rate", "learning_rate must be above 0 (e.g. 1e-5 for a full fine-tune)")
 
@@ -251,24 +253,24 @@ def _resolution_and_buckets(c):
         return
     if max(w, h) > MAX_RESOLUTION_SIDE:
         yield Problem.at("resolution", f"{c.resolution!r}: a side of at most {MAX_RESOLUTION_SIDE} (the largest "
-                      "bucket side); SDXL trains at 1024, SD1.x at 512")
+                         "bucket side); SDXL trains at 1024, SD1.x at 512")
         return
     if w % 8 or h % 8 or w < 64 or h < 64:
         yield Problem.at("resolution", f"{c.resolution!r}: each side must be a multiple of 8 and at least 64, e.g. "
-                      f'"{max(64, w // 8 * 8)},{max(64, h // 8 * 8)}"')
+                         f'"{max(64, w // 8 * 8)},{max(64, h // 8 * 8)}"')
     if c.bucket_reso_steps % 8:
         yield Problem.at("bucket_reso_steps", f"{c.bucket_reso_steps} is not a multiple of 8; use 64 (or 32 for SDXL)")
     if c.enable_bucket:
         if c.min_bucket_reso > min(w, h):
             yield Problem.at("min_bucket_reso", f"min_bucket_reso {c.min_bucket_reso} is above the resolution's "
-                          f"smaller side {min(w, h)}; lower it to {min(w, h)} or less")
+                             f"smaller side {min(w, h)}; lower it to {min(w, h)} or less")
         if c.max_bucket_reso < max(w, h):
             yield Problem.at("max_bucket_reso", f"max_bucket_reso {c.max_bucket_reso} is below the resolution's "
-                          f"larger side {max(w, h)}; raise it to {max(w, h)} or more")
+                             f"larger side {max(w, h)}; raise it to {max(w, h)} or more")
         for name in ("min_bucket_reso", "max_bucket_reso"):
             if getattr(c, name) % c.bucket_reso_steps:
                 yield Problem.at(name, f"{getattr(c, name)} is not a multiple of bucket_reso_steps "
-                              f"({c.bucket_reso_steps})", level="warning")
+                                 f"({c.bucket_reso_steps})", level="warning")
 
 
 UNSAFE_NAME = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
@@ -279,33 +281,33 @@ def _output_name(c):
     name = c.output_name
     if not name.strip():
         yield Problem.at("output_name", "output_name is empty; give the result a file name such as mychar"
-                      + (" (or set token_string)" if c.training_type == "textual_inversion" else ""))
+                         + (" (or set token_string)" if c.training_type == "textual_inversion" else ""))
     elif UNSAFE_NAME.search(name) or name.strip() in (".", "..") or name != name.strip():
         yield Problem.at("output_name", f"{name!r} has characters that are unsafe in file names "
-                      '(< > : " / \\ | ? * or leading/trailing spaces); use letters, digits, - and _')
+                         '(< > : " / \\ | ? * or leading/trailing spaces); use letters, digits, - and _')
 
 
 @rule
 def _misc(c):
     if c.caption_extension and not c.caption_extension.startswith("."):
         yield Problem.at("caption_extension", f"{c.caption_extension!r} must start with a dot, e.g. "
-                      f"'.{c.caption_extension}'")
+                         f"'.{c.caption_extension}'")
     if c.lr_scheduler == "constant" and (c.lr_warmup > 0 or c.lr_warmup_steps > 0):
         yield Problem.at("lr_warmup", "the 'constant' scheduler has no warm-up; set lr_warmup and lr_warmup_steps "
-                      "to 0 or choose constant_with_warmup", level="warning")
+                         "to 0 or choose constant_with_warmup", level="warning")
     if c.min_timestep >= c.max_timestep:
         yield Problem.at("min_timestep", f"min_timestep {c.min_timestep} must be below max_timestep {c.max_timestep}")
     if c.optimizer_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.optimizer_args):
         yield Problem.at("optimizer_args", f"{c.optimizer_args!r} is not a list of key=value pairs separated by "
-                      'spaces, e.g. "weight_decay=0.01 betas=0.9,0.999"')
+                         'spaces, e.g. "weight_decay=0.01 betas=0.9,0.999"')
     if c.lr_scheduler_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.lr_scheduler_args):
         yield Problem.at("lr_scheduler_args", f"{c.lr_scheduler_args!r} is not a list of key=value pairs separated "
-                      'by spaces, e.g. "min_lr_rate=0.1"')
+                         'by spaces, e.g. "min_lr_rate=0.1"')
     if c.sdxl and c.v2:
         yield Problem.at("sdxl", "sdxl and v2 exclude each other; tick the one that matches the checkpoint")
     if option(c, "dim_from_weights") and not c.network_weights:
         yield Problem.at("dim_from_weights", "dim_from_weights needs network_weights (the LoRA to read the ranks "
-                      "from); choose the file or untick dim_from_weights")
+                         "from); choose the file or untick dim_from_weights")
     if c.training_type == "textual_inversion":
         if not c.token_string.strip():
             yield Problem.at("token_string", "token_string is empty; choose the new token, e.g. mychar")
@@ -313,7 +315,7 @@ def _misc(c):
             yield Problem.at("token_string", "token_string must be one word without spaces or commas, e.g. mychar")
         if c.embedding_format == "a1111" and c.save_model_as != "pt":
             yield Problem.at("save_model_as", "the A1111 embedding format is a .pt file; set save_model_as to pt or "
-                          "choose embedding_format kohya")
+                             "choose embedding_format kohya")
         if not c.init_word.strip():
             yield Problem.at("init_word", "init_word is empty; use a word close to the concept, e.g. woman or *")
 
@@ -323,10 +325,10 @@ def _noise_type(c):
     """Kohya_ss applies only the extra noise noise_offset_type names; the other one's value is unused."""
     if c.noise_offset_type == "Original" and c.multires_noise_iterations:
         yield Problem.at("multires_noise_iterations", "multires noise is not used with noise_offset_type Original; "
-                      "choose Multires or set it to 0", level="warning")
+                         "choose Multires or set it to 0", level="warning")
     if c.noise_offset_type == "Multires" and c.noise_offset:
         yield Problem.at("noise_offset", "noise_offset is not used with noise_offset_type Multires; choose Original "
-                      "or set it to 0", level="warning")
+                         "or set it to 0", level="warning")
 
 
 @rule
