@@ -322,3 +322,18 @@ def test_a_whole_run_with_captured_steps_saves_the_lora_a_normal_run_saves(
     difference = torch.cat([(normal[k].float() - captured[k].float()).flatten() for k in ups]).norm()
     # the same float drift as assert_same_training, over a whole run: 6.1 % of the update on torch 2.14
     assert update > 0 and difference <= 0.1 * update, (float(difference), float(update))
+
+
+def test_steps_with_input_perturbation_and_an_adaptive_offset_are_captured_exactly_like_normal_steps():
+    """The noise that depends on the latents is finished outside the graph; the perturbed input is a graph input.
+    The update stays eager here (SGD with Nesterov momentum), so captured micro-batches must match normal ones bit for bit."""
+    noise = dict(ip_noise_gamma=0.1, noise_offset=0.1, adaptive_noise_scale=0.05)
+    schedule = bucket_schedule()
+    ctx_eager, net_eager = build(optimizer="SGDNesterov", lr=1e-1, **noise)
+    eager_losses = train(lambda m, s: train_step(ctx_eager, m, s), schedule)
+    ctx, net = build(optimizer="SGDNesterov", lr=1e-1, **noise)
+    steps = make_step_fn(ctx, config_for("lora", cuda_graphs="on", **noise), [].append, backend=Rerun())
+    losses = train(steps, schedule)
+    assert steps.off_reason is None and steps.captures == 4 and steps.update_reason
+    assert losses == eager_losses
+    assert all(torch.equal(v, weights(net)[k]) for k, v in weights(net_eager).items())

@@ -168,7 +168,7 @@ def test_noise_offset_type_applies_only_the_noise_it_names():
         torch.manual_seed(3)
         cfg = config_for("lora", noise_offset_type=kind, noise_offset=0.5, multires_noise_iterations=4,
                          multires_noise_discount=0.3)
-        return sample_noise((4, 16, 16), "cpu", cfg)
+        return sample_noise((4, 16, 16), "cpu", cfg)["noise"]
 
     torch.manual_seed(3)
     plain = torch.randn(4, 16, 16)

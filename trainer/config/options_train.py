@@ -84,10 +84,23 @@ class TrainingOptions(Options):
         "Original", "Which extra noise applies, as in Kohya_ss: Original = noise_offset, Multires = "
         "multi-resolution noise (multires_noise_iterations/discount); the other one's values are not used.",
         section="training", families=SD_FAMILIES)
+    noise_offset_random_strength: bool = opt(
+        False, "Draw each sample's noise offset uniformly between 0 and noise_offset instead of always using "
+        "noise_offset.", section="training", families=SD_FAMILIES, visible_if={"noise_offset_type": ["Original"]})
+    adaptive_noise_scale: float = opt(
+        0.0, "Adds this × the latent's mean absolute value (per channel) to noise_offset, so images far from "
+        "mid-grey get more offset (0.01 or so; 0 = off; needs noise_offset).", section="training", ge=-1, le=1,
+        families=SD_FAMILIES, visible_if={"noise_offset_type": ["Original"]})
     multires_noise_iterations: int = opt(0, "Multi-resolution (pyramid) noise iterations (6–10; 0 = off).",
                                          section="training", ge=0, le=64, families=SD_FAMILIES)
     multires_noise_discount: float = opt(0.3, "Multi-resolution noise discount per level.", section="training",
                                          ge=0, le=1, families=SD_FAMILIES)
+    ip_noise_gamma: float = opt(
+        0.0, "Input perturbation noise: the model's input gets this much extra noise that the loss does not ask "
+        "it to predict, which reduces exposure bias (0.1 recommended; 0 = off).", section="training", ge=0, le=1)
+    ip_noise_gamma_random_strength: bool = opt(
+        False, "Draw each sample's input perturbation strength uniformly between 0 and ip_noise_gamma.",
+        section="training")
     min_timestep: int = opt(0, "Lowest noise timestep sampled.", section="training", ge=0, le=1000,
                             families=SD_FAMILIES)
     max_timestep: int = opt(1000, "Highest noise timestep sampled (exclusive).", section="training", ge=1, le=1000,
@@ -103,6 +116,9 @@ class TrainingOptions(Options):
                          visible_if={"loss_type": ["huber", "smooth_l1"]})
     huber_scale: float = opt(1.0, "Multiplies the threshold of the exponential and constant schedules.",
                              section="training", ge=0, le=100, visible_if={"loss_type": ["huber", "smooth_l1"]})
+    v_pred_like_loss: float = opt(
+        0.0, "Adds a v-prediction-like loss: the loss is also counted × this / (SNR/(SNR+1)), which weights "
+        "noisy timesteps more (0 = off).", section="training", ge=0, le=10, families=SD_FAMILIES)
     debiased_estimation_loss: bool = opt(False, "Weight the loss by 1/√SNR (debiased estimation).",
                                          section="training", families=SD_FAMILIES)
     scale_v_pred_loss_like_noise_pred: bool = opt(False, "Scale v-prediction loss like noise prediction.",

@@ -138,6 +138,16 @@ def _noise(c, data: dict) -> None:
     data.pop("multires_noise_discount", None)
     if c.noise_offset_type == "Original" and c.noise_offset:
         data["noise_offset"] = c.noise_offset
+        if c.noise_offset_random_strength:
+            data["noise_offset_random_strength"] = True
+        if c.adaptive_noise_scale:
+            data["adaptive_noise_scale"] = c.adaptive_noise_scale
+    if c.ip_noise_gamma:
+        data["ip_noise_gamma"] = c.ip_noise_gamma
+        if c.ip_noise_gamma_random_strength:
+            data["ip_noise_gamma_random_strength"] = True
+    if c.v_pred_like_loss:
+        data["v_pred_like_loss"] = c.v_pred_like_loss
     if c.noise_offset_type == "Multires" and c.multires_noise_iterations:
         data["multires_noise_iterations"] = c.multires_noise_iterations
         data["multires_noise_discount"] = c.multires_noise_discount

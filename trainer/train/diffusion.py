@@ -19,18 +19,48 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def sample_noise(shape: tuple, device, cfg) -> torch.Tensor:
-    """Gaussian noise for one sample [C, H, W], plus the extra noise `noise_offset_type` names:
-    Original = noise_offset, Multires = multi-resolution noise (Kohya_ss passes only that one's values)."""
+def sample_noise(shape: tuple, device, cfg) -> dict[str, torch.Tensor]:
+    """One sample's random draws for a step ([C, H, W]), made before its latents are read:
+    "noise": Gaussian noise plus the extra noise `noise_offset_type` names (Original = noise_offset,
+    Multires = multi-resolution noise; Kohya_ss passes only that one's values); "offset_dir" / "offset" when
+    adaptive_noise_scale needs the latents to finish the offset; "input_noise" (ip_noise_gamma), noise that
+    enters the model's input only. Draws that are off take no random numbers."""
     noise = torch.randn(shape, device=device)
+    draws = {}
     kind = cfg.noise_offset_type
     offset = float(cfg.noise_offset)
     if kind == "Original" and offset:
-        noise = noise + offset * torch.randn((shape[0], 1, 1), device=device)
+        direction = torch.randn((shape[0], 1, 1), device=device)
+        strength = offset * torch.rand((), device=device) if cfg.noise_offset_random_strength else offset
+        if cfg.adaptive_noise_scale:
+            draws.update(offset_dir=direction, offset=torch.as_tensor(strength, device=device).reshape(1, 1, 1))
+        else:
+            noise = noise + strength * direction
     iterations = int(cfg.multires_noise_iterations)
     if kind == "Multires" and iterations:
         noise = pyramid_noise(noise, iterations, float(cfg.multires_noise_discount))
-    return noise
+    gamma = float(cfg.ip_noise_gamma)
+    if gamma:
+        extra = torch.randn(shape, device=device)
+        if cfg.ip_noise_gamma_random_strength:
+            gamma = gamma * torch.rand((), device=device)
+        draws["input_noise"] = noise + gamma * extra
+    draws["noise"] = noise
+    return draws
+
+
+def finish_noise(draws: dict[str, torch.Tensor], latents: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's (noise the loss targets, noise in the model's input) from its stacked draws. The adaptive
+    noise offset (sd-scripts' apply_noise_offset) grows with each channel's mean |latent|, never below 0."""
+    noise = draws["noise"]
+    if "offset_dir" in draws:
+        mean = latents.float().mean(dim=(2, 3), keepdim=True).abs()
+        strength = (draws["offset"] + float(cfg.adaptive_noise_scale) * mean).clamp_min(0)
+        offset = strength * draws["offset_dir"]
+        noise = noise + offset
+        if "input_noise" in draws:
+            draws = {**draws, "input_noise": draws["input_noise"] + offset}
+    return noise, draws.get("input_noise", noise)
 
 
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float) -> torch.Tensor:
@@ -100,11 +130,12 @@ def ddpm_huber_c(noise_scheduler, timesteps: torch.Tensor, cfg) -> torch.Tensor:
 
 
 def snr_loss_weights(noise_scheduler, timesteps, cfg, v_prediction: bool) -> torch.Tensor | None:
-    """Min-SNR-γ, debiased estimation and v-pred scaling weights (None when none is on)."""
+    """Min-SNR-γ, v-pred scaling, v-pred-like loss and debiased estimation weights (None when none is on)."""
     gamma = float(cfg.min_snr_gamma)
     debiased = bool(cfg.debiased_estimation_loss)
     v_like = bool(cfg.scale_v_pred_loss_like_noise_pred) and v_prediction
-    if not (gamma or debiased or v_like):
+    v_like_added = float(cfg.v_pred_like_loss)
+    if not (gamma or debiased or v_like or v_like_added):
         return None
     snr = compute_snr(noise_scheduler, timesteps)
     weight = torch.ones_like(snr)
@@ -113,6 +144,9 @@ def snr_loss_weights(noise_scheduler, timesteps, cfg, v_prediction: bool) -> tor
         weight = weight * (clipped / (snr + 1) if v_prediction else clipped / snr)
     if v_like:
         weight = weight * snr / (snr + 1)
+    if v_like_added:  # sd-scripts' add_v_prediction_like_loss: loss + loss / (SNR/(SNR+1)) · v_pred_like_loss
+        snr_c = torch.clamp(snr, max=1000)
+        weight = weight * (1 + v_like_added * (snr_c + 1) / snr_c)
     if debiased:
         snr_c = torch.clamp(snr, max=1000)
         weight = weight * (1 / (snr_c + 1) if v_prediction else 1 / torch.sqrt(snr_c))

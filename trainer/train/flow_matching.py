@@ -107,13 +107,15 @@ class FlowMatchingObjective:
         return (1 - s) * latents + s * noise
 
     # --- loss ----------------------------------------------------------------------------------------
-    def loss(self, pred: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss [B] (fp32)."""
+    def loss(self, pred: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+             noisy: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss [B] (fp32). `noisy`: the model's input (differs from latents + noise with
+        ip_noise_gamma); the additive / sigma_scaled predictions are offsets from it."""
         pred = pred.float()
         sigma = self.sigmas(t, pred.dim())
         weighting = None
         if self.model_prediction_type != "raw":
-            noisy = self.add_noise(latents.float(), noise.float(), t)
+            noisy = self.add_noise(latents.float(), noise.float(), t) if noisy is None else noisy.float()
             if self.model_prediction_type == "additive":
                 pred = pred + noisy
             else:

@@ -35,6 +35,7 @@ import torch
 from trainer.models.text import encode_prompt
 from trainer.config.defaults import option
 
+from .diffusion import finish_noise
 from .faults import is_out_of_memory
 from .loop import (StepContext, add_noise, batch_latents, clip_gradients, latent_shape, micro_loss, sdxl_time_ids,
                    step_noise, train_step)
@@ -196,12 +197,12 @@ class CapturedSteps:
         ctx = self.ctx
         shapes = [latent_shape(b, ctx.latent_channels) for b in micro_batches]
         n = sum(s[0] for s in shapes)
-        timesteps, noises = step_noise(ctx, shapes, step)
+        timesteps, draws = step_noise(ctx, shapes, step)
         te_grad = self.text_grad()
         total = torch.zeros((), device=ctx.device)
         try:
-            for batch, noise, t in zip(micro_batches, noises, timesteps):
-                x = self.inputs(batch, noise, t)
+            for batch, draw, t in zip(micro_batches, draws, timesteps):
+                x = self.inputs(batch, draw, t)
                 key = (tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(x.items())), n, te_grad)
                 total += self.micro_step(key, x, n, te_grad)
         except Exception as exc:  # noqa: BLE001
@@ -223,12 +224,15 @@ class CapturedSteps:
         grad = getattr(self.text, "grad_enabled", None)
         return bool(grad()) if callable(grad) else True
 
-    def inputs(self, batch: dict, noise: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    def inputs(self, batch: dict, draw: dict, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything a micro-batch graph reads, as device tensors (copied into its static buffers)."""
         ctx = self.ctx
         latents = batch_latents(ctx, batch)
+        noise, input_noise = finish_noise(draw, latents, ctx.cfg)
         x = {"latents": latents, "noise": noise, "t": t,
              "weights": batch["loss_weights"].to(ctx.device, non_blocking=True)}
+        if input_noise is not noise:  # ip_noise_gamma
+            x["input_noise"] = input_noise
         if ctx.sdxl:
             x["time_ids"] = sdxl_time_ids(batch, ctx.device, latents.dtype)
         if getattr(self.text, "memoize", True):  # frozen text encoders: remembered outputs
@@ -245,7 +249,7 @@ class CapturedSteps:
     def forward_backward(self, x: dict, n: int, te_grad: bool, backward: bool = True) -> torch.Tensor:
         """The captured part: noising, denoiser, loss (and backward). Same functions as train_step."""
         ctx = self.ctx
-        noisy = add_noise(ctx, x["latents"], x["noise"], x["t"])
+        noisy = add_noise(ctx, x["latents"], x.get("input_noise", x["noise"]), x["t"])
         autocast = (torch.autocast(ctx.device.type, dtype=self.autocast_dtype, cache_enabled=False)
                     if self.autocast_dtype else nullcontext())
         with autocast:
@@ -256,7 +260,7 @@ class CapturedSteps:
                 with torch.set_grad_enabled(te_grad and torch.is_grad_enabled()):
                     hidden, pooled = encode_prompt(self.text, ids, self.text.clip_skip)
             pred = self.denoiser.denoise(noisy, x["t"], hidden, pooled, x.get("time_ids"))
-        loss = micro_loss(ctx, pred.float(), x["latents"], x["noise"], x["t"], x["weights"], n)
+        loss = micro_loss(ctx, pred.float(), x["latents"], x["noise"], x["t"], x["weights"], n, noisy)
         if backward:
             ctx.accelerator.backward(loss)
         return loss.detach()

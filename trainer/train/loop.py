@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diffusion import (HUBER_LOSSES, ddpm_huber_c, per_sample_loss, sample_noise, sample_timesteps,
-                        snr_loss_weights, step_seed, training_target)
+from .diffusion import (HUBER_LOSSES, ddpm_huber_c, finish_noise, per_sample_loss, sample_noise,
+                        sample_timesteps, snr_loss_weights, step_seed, training_target)
 
 
 class Denoiser(nn.Module):
@@ -96,9 +96,13 @@ def step_noise(ctx: StepContext, shapes: list[tuple[int, ...]], step: int):
         timesteps = ctx.objective.sample_timesteps(n, ctx.device, shapes)
     else:
         timesteps = sample_timesteps(n, ctx.device, ctx.cfg)
-    noises = [torch.stack([sample_noise(s[1:], ctx.device, ctx.cfg) for _ in range(s[0])]) for s in shapes]
+    draws = [stack_draws([sample_noise(s[1:], ctx.device, ctx.cfg) for _ in range(s[0])]) for s in shapes]
     sizes = [s[0] for s in shapes]
-    return list(torch.split(timesteps, sizes)), noises
+    return list(torch.split(timesteps, sizes)), draws
+
+
+def stack_draws(samples: list[dict]) -> dict[str, torch.Tensor]:
+    return {name: torch.stack([d[name] for d in samples]) for name in samples[0]}
 
 
 def add_noise(ctx: StepContext, latents, noise, t):
@@ -107,10 +111,10 @@ def add_noise(ctx: StepContext, latents, noise, t):
     return ctx.noise_scheduler.add_noise(latents, noise, t)
 
 
-def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int) -> torch.Tensor:
-    """This micro-batch's share of the step's mean loss (weighted per sample)."""
+def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int, noisy=None) -> torch.Tensor:
+    """This micro-batch's share of the step's mean loss (weighted per sample); `noisy`: the model's input."""
     if ctx.objective is not None:
-        return (ctx.objective.loss(pred, latents, noise, t) * loss_weights).sum() / n
+        return (ctx.objective.loss(pred, latents, noise, t, noisy) * loss_weights).sum() / n
     target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
     huber_c = ddpm_huber_c(ctx.noise_scheduler, t, ctx.cfg) if ctx.cfg.loss_type in HUBER_LOSSES else 0.0
     loss = per_sample_loss(pred, target, ctx.cfg.loss_type, huber_c)
@@ -140,16 +144,18 @@ def backward_passes(ctx: StepContext, micro_batches: list[dict], step: int) -> t
     """Forward and backward of each micro-batch (gradients accumulate); the step's mean loss."""
     shapes = [latent_shape(b, ctx.latent_channels) for b in micro_batches]
     n = sum(s[0] for s in shapes)
-    timesteps, noises = step_noise(ctx, shapes, step)
+    timesteps, draws = step_noise(ctx, shapes, step)
     total = torch.zeros((), device=ctx.device)
-    for i, (batch, noise, t) in enumerate(zip(micro_batches, noises, timesteps)):
+    for i, (batch, draw, t) in enumerate(zip(micro_batches, draws, timesteps)):
         last = i == len(micro_batches) - 1
         with nullcontext() if last else ctx.accelerator.no_sync(ctx.model):
             latents = batch_latents(ctx, batch)
-            noisy = add_noise(ctx, latents, noise, t)
+            noise, input_noise = finish_noise(draw, latents, ctx.cfg)
+            noisy = add_noise(ctx, latents, input_noise, t)
             time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
             pred = ctx.model(noisy, t, batch["captions"], time_ids)
-            loss = micro_loss(ctx, pred, latents, noise, t, batch["loss_weights"].to(ctx.device, non_blocking=True), n)
+            weights = batch["loss_weights"].to(ctx.device, non_blocking=True)
+            loss = micro_loss(ctx, pred, latents, noise, t, weights, n, noisy)
             ctx.accelerator.backward(loss)
         total += loss.detach()
     return total
