@@ -103,6 +103,30 @@ def test_save_last_n_epochs_removes_only_files_this_run_wrote(tmp_path):
                                                           "toy-000005.safetensors"]
 
 
+def test_state_folders_keep_their_own_count_as_in_kohya(tmp_path):
+    """save_last_n_epochs_state: states are gigabytes, model files megabytes — keep every LoRA, the last state."""
+    from trainer.train.saving import Retention, SavePolicy
+
+    policy = SavePolicy(tmp_path, "toy", every_n_epochs=1, last_n_epochs=0, last_n_epochs_state=1,
+                        every_n_steps=2, last_n_steps=4, save_state=True)
+    retention = Retention(policy)
+    for epoch in range(1, 4):
+        for path in (policy.path("epoch", epoch=epoch), policy.state_dir(policy.path("epoch", epoch=epoch))):
+            path.mkdir() if path.suffix != ".safetensors" else path.write_bytes(b"x")
+            retention.record(path)
+        retention.prune_epochs(epoch)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "toy-000001.safetensors", "toy-000002.safetensors", "toy-000003-state", "toy-000003.safetensors"]
+    for step in (2, 4, 6, 8):  # no state count for steps: the states follow save_last_n_steps
+        for path in (policy.path("step", step=step), policy.state_dir(policy.path("step", step=step))):
+            path.mkdir() if path.suffix != ".safetensors" else path.write_bytes(b"x")
+            retention.record(path)
+        retention.prune_steps(step)
+    assert sorted(p.name for p in tmp_path.iterdir() if "step" in p.name) == [  # the last 4 steps: 6 and 8
+        "toy-step00000006-state", "toy-step00000006.safetensors", "toy-step00000008-state",
+        "toy-step00000008.safetensors"]
+
+
 def test_launch_command_for_one_process_and_for_several_gpus():
     from trainer.config import config_for
     from trainer.train.launch import build_launch_command

@@ -177,6 +177,11 @@ class SavingOptions(Options):
                                   "Files from other runs are never removed.", section="saving", ge=0)
     save_last_n_steps: int = opt(0, "Keep only step files from the last N steps of this run (0 = keep all).",
                                  section="saving", ge=0)
+    save_last_n_epochs_state: int = opt(0, "Keep only the N newest epoch -state folders of this run (0 = as "
+                                        "save_last_n_epochs): states are large, model files small.",
+                                        section="saving", ge=0)
+    save_last_n_steps_state: int = opt(0, "Keep only step -state folders from the last N steps of this run (0 = as "
+                                       "save_last_n_steps).", section="saving", ge=0)
     save_state: bool = opt(False, "Save optimizer/scheduler/RNG state with each checkpoint so the run can be "
                            "resumed exactly.", section="saving")
     save_state_on_train_end: bool = opt(False, "Save the state folder at the end of the run.", section="saving")

@@ -29,6 +29,8 @@ class SavePolicy:
     every_n_steps: int = 0
     last_n_epochs: int = 0
     last_n_steps: int = 0
+    last_n_epochs_state: int = 0  # 0: the -state folders follow last_n_epochs / last_n_steps (sd-scripts)
+    last_n_steps_state: int = 0
     save_state: bool = False
     save_state_on_train_end: bool = False
 
@@ -42,6 +44,8 @@ class SavePolicy:
             every_n_steps=int(config.save_every_n_steps),
             last_n_epochs=int(config.save_last_n_epochs),
             last_n_steps=int(config.save_last_n_steps),
+            last_n_epochs_state=int(config.save_last_n_epochs_state),
+            last_n_steps_state=int(config.save_last_n_steps_state),
             save_state=bool(config.save_state),
             save_state_on_train_end=bool(config.save_state_on_train_end),
         )
@@ -117,28 +121,37 @@ class Retention:
             self.written.append(str(path))
 
     def prune_epochs(self, epoch: int) -> list[Path]:
-        """After saving epoch `epoch`, drop this run's epoch files older than the N newest."""
-        n, every = self.policy.last_n_epochs, self.policy.every_n_epochs
-        if n <= 0 or every <= 0:
-            return []
-        old = [e for e in range(every, epoch - n * every + 1, every)]
-        return self._remove([self.policy.path("epoch", epoch=e) for e in old])
+        """After saving epoch `epoch`, drop this run's epoch files older than the N newest (and -state folders
+        older than their own N)."""
+        every = self.policy.every_n_epochs
+
+        def older(n: int) -> list[Path]:
+            if n <= 0 or every <= 0:
+                return []
+            return [self.policy.path("epoch", epoch=e) for e in range(every, epoch - n * every + 1, every)]
+
+        p = self.policy
+        return self._remove(older(p.last_n_epochs), older(p.last_n_epochs_state or p.last_n_epochs))
 
     def prune_steps(self, step: int) -> list[Path]:
-        n, every = self.policy.last_n_steps, self.policy.every_n_steps
-        if n <= 0 or every <= 0:
-            return []
-        old = [s for s in range(every, step - n + 1, every) if s <= step - n]
-        return self._remove([self.policy.path("step", step=s) for s in old])
+        """After saving step `step`, drop this run's step files (and -state folders) from before the last N steps."""
+        every = self.policy.every_n_steps
 
-    def _remove(self, paths: list[Path]) -> list[Path]:
+        def older(n: int) -> list[Path]:
+            if n <= 0 or every <= 0:
+                return []
+            return [self.policy.path("step", step=s) for s in range(every, step - n + 1, every) if s <= step - n]
+
+        p = self.policy
+        return self._remove(older(p.last_n_steps), older(p.last_n_steps_state or p.last_n_steps))
+
+    def _remove(self, models: list[Path], states_of: list[Path]) -> list[Path]:
         removed = []
-        for path in paths:
-            for target in (path, self.policy.state_dir(path)):
-                if str(target) in self.written and target.exists():
-                    shutil.rmtree(target) if target.is_dir() else target.unlink()
-                    self.written.remove(str(target))
-                    removed.append(target)
+        for target in models + [self.policy.state_dir(path) for path in states_of]:
+            if str(target) in self.written and target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+                self.written.remove(str(target))
+                removed.append(target)
         return removed
 
 
