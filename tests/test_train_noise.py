@@ -117,3 +117,33 @@ def test_a_kohya_config_with_every_noise_option_trains_and_records_them(tmp_path
         meta = fh.metadata()
     assert (meta["ss_ip_noise_gamma"], meta["ss_ip_noise_gamma_random_strength"], meta["ss_adaptive_noise_scale"],
             meta["ss_noise_offset_random_strength"]) == ("0.1", "True", "0.01", "True")
+
+
+def test_zero_terminal_snr_trains_a_v_prediction_model_on_a_schedule_ending_in_pure_noise(tmp_path, tiny_model_dir):
+    """sd-scripts' --zero_terminal_snr (NoobAI-XL v-pred's recipe): ᾱ at t = 999 is 0, so the input is pure
+    noise and the v target is −x₀; Min-SNR weights stay finite there."""
+    from safetensors import safe_open
+    from test_train_support import lora_config, make_dataset, run_trainer, write_config
+
+    from trainer.models.components import build_noise_scheduler
+
+    base = build_noise_scheduler(True)
+    ztsnr = type(base).from_config(base.config, rescale_betas_zero_snr=True)
+    assert ztsnr.alphas_cumprod[-1] == 0 and base.alphas_cumprod[-1] > 0
+    latents, noise, t = torch.randn(1, *SHAPE), torch.randn(1, *SHAPE), torch.tensor([999])
+    assert torch.allclose(ztsnr.add_noise(latents, noise, t), noise)
+    assert torch.allclose(ztsnr.get_velocity(latents, noise, t), -latents)
+    for v_prediction in (True, False):
+        weights = snr_loss_weights(ztsnr, torch.tensor([10, 999]), config_for("lora", min_snr_gamma=5), v_prediction)
+        assert torch.isfinite(weights).all()
+
+    model, data = tiny_model_dir("sd1"), make_dataset(tmp_path / "data")
+    config = lora_config(model, data, tmp_path / "out", epoch=1, zero_terminal_snr=True, v_parameterization=True,
+                         min_snr_gamma=5)
+    rc, events, err = run_trainer(write_config(config, tmp_path / "run.json"))
+    assert rc == 0, err[-3000:]
+    with safe_open(str(tmp_path / "out" / "toy.safetensors"), framework="pt") as fh:
+        assert fh.metadata()["ss_zero_terminal_snr"] == "True"
+    config = lora_config(model, data, tmp_path / "eps", epoch=1, zero_terminal_snr=True)
+    rc, events, err = run_trainer(write_config(config, tmp_path / "eps.json"))
+    assert rc == 0 and any("meant for v-prediction" in e.get("message", "") for e in events if e["type"] == "warning")

@@ -116,6 +116,10 @@ class TrainingOptions(Options):
                          visible_if={"loss_type": ["huber", "smooth_l1"]})
     huber_scale: float = opt(1.0, "Multiplies the threshold of the exponential and constant schedules.",
                              section="training", ge=0, le=100, visible_if={"loss_type": ["huber", "smooth_l1"]})
+    zero_terminal_snr: bool = opt(
+        False, "Rescale the noise schedule so the last timestep is pure noise (zero terminal SNR, arXiv 2305.08891): "
+        "lets a v-prediction model reach very dark or bright images. For v-prediction models (NoobAI-XL v-pred, "
+        "SD2 768-v); samples keep the usual schedule, as in sd-scripts.", section="training", families=SD_FAMILIES)
     v_pred_like_loss: float = opt(
         0.0, "Adds a v-prediction-like loss: the loss is also counted × this / (SNR/(SNR+1)), which weights "
         "noisy timesteps more (0 = off).", section="training", ge=0, le=10, families=SD_FAMILIES)

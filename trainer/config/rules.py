@@ -329,6 +329,9 @@ def _noise_type(c):
     if c.noise_offset_type == "Multires" and c.noise_offset:
         yield Problem.at("noise_offset", "noise_offset is not used with noise_offset_type Multires; choose Original "
                          "or set it to 0", level="warning")
+    if c.zero_terminal_snr and c.v_pred_like_loss:
+        yield Problem.at("v_pred_like_loss", "v_pred_like_loss divides the loss by SNR/(SNR+1), which is 0 at the last "
+                         "timestep with zero_terminal_snr; set v_pred_like_loss to 0 or untick zero_terminal_snr")
     if c.adaptive_noise_scale and c.noise_offset_type == "Original" and not c.noise_offset:
         yield Problem.at("adaptive_noise_scale", "adaptive_noise_scale adds to noise_offset, which is 0 (sd-scripts "
                          "stops with an error here); set noise_offset (0.05–0.1) or set adaptive_noise_scale to 0")

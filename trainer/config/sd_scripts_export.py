@@ -149,6 +149,8 @@ def _noise(c, data: dict) -> None:
             data["ip_noise_gamma_random_strength"] = True
     if c.v_pred_like_loss:
         data["v_pred_like_loss"] = c.v_pred_like_loss
+    if c.zero_terminal_snr:
+        data["zero_terminal_snr"] = True
     if c.noise_offset_type == "Multires" and c.multires_noise_iterations:
         data["multires_noise_iterations"] = c.multires_noise_iterations
         data["multires_noise_discount"] = c.multires_noise_discount

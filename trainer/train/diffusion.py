@@ -141,7 +141,8 @@ def snr_loss_weights(noise_scheduler, timesteps, cfg, v_prediction: bool) -> tor
     weight = torch.ones_like(snr)
     if gamma:
         clipped = torch.clamp(snr, max=gamma)
-        weight = weight * (clipped / (snr + 1) if v_prediction else clipped / snr)
+        # ε: min(SNR, γ)/SNR → 1 as SNR → 0 (the last timestep under zero_terminal_snr), not 0/0
+        weight = weight * (clipped / (snr + 1) if v_prediction else torch.where(snr > 0, clipped / snr, 1.0))
     if v_like:
         weight = weight * snr / (snr + 1)
     if v_like_added:  # sd-scripts' add_v_prediction_like_loss: loss + loss / (SNR/(SNR+1)) · v_pred_like_loss

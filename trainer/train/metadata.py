@@ -19,7 +19,6 @@ STUDIO_REVISION = "kohya-studio"
 NOT_OPTIONS_HERE = {
     "ss_fp8_base_unet": False,
     "ss_lowram": False,
-    "ss_zero_terminal_snr": False,
     "ss_face_crop_aug_range": None,
     "ss_validation_seed": None,
     "ss_validation_split": 0.0,
@@ -69,6 +68,7 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_adaptive_noise_scale": c.adaptive_noise_scale or None,
         "ss_ip_noise_gamma": c.ip_noise_gamma or None,
         "ss_ip_noise_gamma_random_strength": bool(c.ip_noise_gamma_random_strength),
+        "ss_zero_terminal_snr": bool(c.zero_terminal_snr),
         "ss_min_snr_gamma": c.min_snr_gamma,
         "ss_scale_weight_norms": option(c, "scale_weight_norms"),
         "ss_debiased_estimation": bool(c.debiased_estimation_loss),

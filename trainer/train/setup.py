@@ -180,13 +180,26 @@ def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, 
     vae_cfg = base.vae.config
     return StepContext(
         accelerator=accelerator, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-        params=kind.trainable_parameters(), noise_scheduler=base.noise_scheduler, cfg=config,
+        params=kind.trainable_parameters(), cfg=config,
+        noise_scheduler=training_noise_scheduler(base, config, warn),
         v_prediction=base.v_prediction, vae=None if cached else base.vae,
         vae_scale=float(vae_cfg.scaling_factor), vae_shift=float(getattr(vae_cfg, "shift_factor", None) or 0.0),
         sdxl=base.family == "sdxl", objective=objective_for(base, config),
         latent_channels=int(getattr(vae_cfg, "latent_channels", 4) or 4), max_grad_norm=float(config.max_grad_norm),
         seed=seed,
         rank=accelerator.process_index)
+
+
+def training_noise_scheduler(base, config, warn):
+    """The base's DDPM schedule, rescaled to zero terminal SNR when asked (arXiv 2305.08891, sd-scripts'
+    --zero_terminal_snr: the last timestep is pure noise). Samples keep the base's schedule, as in sd-scripts."""
+    if not option(config, "zero_terminal_snr") or not hasattr(base.noise_scheduler, "alphas_cumprod"):
+        return base.noise_scheduler  # (the flow-matching families have no ᾱ schedule to rescale)
+    if not base.v_prediction:
+        warn("zero_terminal_snr with an ε-prediction model: at the last timestep the input is pure noise and "
+             "the model only learns to copy it; this option is meant for v-prediction models "
+             "(tick v_parameterization if the model is one).")
+    return type(base.noise_scheduler).from_config(base.noise_scheduler.config, rescale_betas_zero_snr=True)
 
 
 TEXT_BATCH_SIZE = 16  # captions per text-encoder call while caching
