@@ -103,6 +103,10 @@ class TrainingOptions(Options):
                          visible_if={"loss_type": ["huber", "smooth_l1"]})
     huber_scale: float = opt(1.0, "Multiplies the threshold of the exponential and constant schedules.",
                              section="training", ge=0, le=100, visible_if={"loss_type": ["huber", "smooth_l1"]})
+    masked_loss: bool = opt(
+        False, "Learn only where each image's mask says (Kohya_ss's Masked loss): the loss of every latent pixel "
+        "is weighted by the mask, shrunk to the latent size. The masks here are the images' transparency, so "
+        "tick alpha_mask too (or set alpha_mask in the dataset TOML's subsets).", section="training")
     debiased_estimation_loss: bool = opt(False, "Weight the loss by 1/√SNR (debiased estimation).",
                                          section="training", families=SD_FAMILIES)
     scale_v_pred_loss_like_noise_pred: bool = opt(False, "Scale v-prediction loss like noise prediction.",
