@@ -245,3 +245,34 @@ def test_a_tiny_flux_lora_trains_with_alpha_masks(tmp_path):
     assert (data / "1_toy" / "c_half.png.64x64.alpha.latents.safetensors").is_file()
     losses = [e["loss"] for e in events if e["type"] == "step"]
     assert losses and all(np.isfinite(v) for v in losses)
+
+
+def test_captured_steps_mask_the_loss_as_normal_steps_do():
+    """CUDA-graph steps take the mask as one more input (no GPU here: the Rerun backend replays by calling)."""
+    from accelerate.state import AcceleratorState
+    from test_train_step import batch, build
+
+    from trainer.config import config_for
+    from trainer.train.graphs import CapturedSteps, Rerun, make_step_fn
+    from trainer.train.loop import train_step
+
+    g = torch.Generator().manual_seed(3)
+    plain = batch(torch.randn(2, 4, 8, 8, generator=g) * 4, ["toy, red", "toy, blue"])
+    masked = dict(plain, alpha_masks=torch.zeros(2, 8, 8))
+    masked["alpha_masks"][0, :, :4] = 1.0  # a quarter of the step's latent pixels count
+
+    def losses(captured: bool, schedule):
+        AcceleratorState._reset_state(True)
+        ctx, _ = build(optimizer="AdamW", lr=1e-3)
+        step = (make_step_fn(ctx, config_for("lora", cuda_graphs="on"), print, backend=Rerun()) if captured
+                else (lambda m, s: train_step(ctx, m, s)))
+        assert isinstance(step, CapturedSteps) == captured
+        out = [float(step(m, i)) for i, m in enumerate(schedule)]
+        assert not captured or (step.captures == 1 and step.off_reason is None)
+        AcceleratorState._reset_state(True)
+        return out
+
+    eager = losses(False, [[masked]] * 4)
+    assert losses(True, [[masked]] * 4) == pytest.approx(eager, rel=2e-3)  # steps 3-4 replay a captured graph
+    unmasked = losses(False, [[plain]])
+    assert eager[0] == pytest.approx(unmasked[0] / 4, rel=0.5)  # same weights, noise and timesteps at step 0
