@@ -32,9 +32,6 @@ NOT_OPTIONS_HERE = {
     "ss_validate_every_n_steps": None,
     "ss_resize_interpolation": None,
 }
-# Keys sd-scripts' train_network.py does not write but LoRA metadata viewers read (the sd-scripts
-# metadata viewer shows ss_masked_loss): written beside its keys, never instead of one.
-EXTRA_KEYS = ("ss_masked_loss",)
 
 
 def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: str, started_at: float,
@@ -81,6 +78,7 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_huber_c": c.huber_c,
         "ss_huber_schedule": c.huber_schedule,
         "ss_huber_scale": c.huber_scale,
+        # not written by sd-scripts' train_network.py, but shown by LoRA metadata viewers when present
         "ss_masked_loss": bool(c.masked_loss or c.alpha_mask) if masked is None else bool(masked),
         "ss_prior_loss_weight": option(c, "prior_loss_weight"),
         "ss_resolution": (width, height),
