@@ -102,6 +102,11 @@ class DatasetOptions(Options):
     color_aug: bool = opt(False, "Random hue shifts. Incompatible with cache_latents.", section="dataset")
     random_crop: bool = opt(False, "Random instead of centre crop. Incompatible with cache_latents.",
                             section="dataset")
+    alpha_mask: bool = opt(
+        False, "Use each image's transparency (alpha channel) as its loss mask, as sd-scripts' --alpha_mask: "
+        "transparent parts are not learned, half-transparent ones count half; an image without alpha counts "
+        "everywhere. The colours under the transparency are fed to the model as stored (not put on white). "
+        "Turns masked loss on; a dataset TOML can set it per subset.", section="dataset")
     cache_latents: bool = opt(True, "Encode images with the VAE once and keep the latents (much faster, "
                               "less VRAM).", section="dataset", level="basic")
     cache_latents_to_disk: bool = opt(False, "Keep latent caches on disk so the next run skips encoding; "

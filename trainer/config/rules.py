@@ -181,6 +181,19 @@ def _latent_cache(c):
                                  "untick cache_latents (and cache_latents_to_disk) or untick " + name)
 
 
+MASK_SOURCE_FIX = ("tick alpha_mask (use each image's transparency as the mask), or untick masked_loss. sd-scripts "
+                   "can also read masks from conditioning_data_dir folders, which this studio does not have")
+
+
+@rule
+def _masked_loss(c):
+    """sd-scripts' --masked_loss needs masks: here the images' alpha (a dataset TOML can set it per subset,
+    which the scan checks)."""
+    if c.masked_loss and not c.alpha_mask and not c.dataset_config:
+        yield Problem.at("masked_loss", "masked_loss weighs the loss by a mask per image, but no image has one: "
+                         + MASK_SOURCE_FIX)
+
+
 @rule
 def _text_encoder_cache(c):
     if not (c.cache_text_encoder_outputs or c.cache_text_encoder_outputs_to_disk):

@@ -50,6 +50,7 @@ SAME_NAME = (
     "train_text_encoder", "network_weights", "dim_from_weights", "network_dropout", "network_train_unet_only",
     "network_train_text_encoder_only", "network_alpha", "network_dim", "token_string", "init_word",
     "num_vectors_per_token", "weights", "stop_text_encoder_training", "scale_weight_norms", "fused_backward_pass",
+    "masked_loss", "alpha_mask",
 )
 # written even when 0 / False: sd-scripts' default is not what 0 means here
 ALWAYS = {"max_grad_norm", "max_data_loader_n_workers", "caption_extension"}

@@ -14,29 +14,47 @@ def render(image: Image.Image, placement: Placement, *, flip: bool = False, rand
            color_aug: bool = False, rng: random.Random | None = None) -> tuple[torch.Tensor, tuple]:
     """RGB image -> float tensor [3, H, W] in [-1, 1] at the bucket size, and the crop (l, t, r, b) used
     (in resized-image coordinates, mirrored when flipped, as SDXL's crop conditioning expects)."""
+    tensor, crop, _ = render_masked(image, None, placement, flip=flip, random_crop=random_crop,
+                                    color_aug=color_aug, rng=rng)
+    return tensor, crop
+
+
+def render_masked(image: Image.Image, alpha: Image.Image | None, placement: Placement, *, flip: bool = False,
+                  random_crop: bool = False, color_aug: bool = False, rng: random.Random | None = None
+                  ) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """`render`, plus the alpha channel ("L", or None: opaque) as a loss mask [H, W] in 0..1 that went
+    through the same resize, crop and flip as the pixels (colour jitter leaves it alone)."""
     rng = rng or random.Random(0)
-    if image.size != placement.resized:
-        upscale = placement.resized[0] > image.size[0]
-        # Area averaging when shrinking (Kohya uses cv2 INTER_AREA), Lanczos when enlarging (as Kohya).
-        method = Image.Resampling.LANCZOS if upscale else Image.Resampling.BOX
-        image = image.resize(placement.resized, method)
     left, top, right, bottom = placement.crop_ltrb
     if random_crop:
         bw, bh = placement.bucket
         left = rng.randint(0, placement.resized[0] - bw)
         top = rng.randint(0, placement.resized[1] - bh)
         right, bottom = left + bw, top + bh
-    image = image.crop((left, top, right, bottom))
     crop = (left, top, right, bottom)
+    image = _place(image, placement, crop, flip)
     if flip:
-        image = ImageOps.mirror(image)
         width = placement.resized[0]
         crop = (width - right, top, width - left, bottom)
     array = np.asarray(image, dtype=np.float32)
     if color_aug:
         array = color_jitter(array, rng)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1) / 127.5 - 1.0
-    return tensor, crop
+    if alpha is None:
+        return tensor, crop, torch.ones(tensor.shape[1:])
+    mask = np.asarray(_place(alpha, placement, (left, top, right, bottom), flip), dtype=np.float32) / 255.0
+    return tensor, crop, torch.from_numpy(np.ascontiguousarray(mask))
+
+
+def _place(image: Image.Image, placement: Placement, box: tuple, flip: bool) -> Image.Image:
+    """Resize to the placement, cut out `box` (resized-image coordinates), mirror when flipped."""
+    if image.size != placement.resized:
+        upscale = placement.resized[0] > image.size[0]
+        # Area averaging when shrinking (Kohya uses cv2 INTER_AREA), Lanczos when enlarging (as Kohya).
+        method = Image.Resampling.LANCZOS if upscale else Image.Resampling.BOX
+        image = image.resize(placement.resized, method)
+    image = image.crop(box)
+    return ImageOps.mirror(image) if flip else image
 
 
 def color_jitter(array: np.ndarray, rng: random.Random) -> np.ndarray:

@@ -8,10 +8,10 @@ import torch
 from torch.utils.data import Dataset
 from trainer.config.defaults import option
 
-from .augment import render
+from .augment import render_masked
 from .epochs import BatchKey, EpochPlan
 from .errors import DatasetError
-from .images import load_rgb
+from .images import load_rgb, load_rgb_and_alpha
 from .latent_cache import LatentCache
 from .captions import process_caption
 from .rng import derive_rng, derive_seed
@@ -73,11 +73,14 @@ class TrainDataset(EpochPlan, Dataset):
         flip = subset.flip_aug and rng.random() < 0.5
         row = {"item": item, "caption": caption, "flip": flip}
         if self.latents is not None:
-            if item not in self.latents:  # its file broke after the scan: leave it out of this batch
+            if not self.latents.has(item, subset.alpha_mask):  # its file broke after the scan: leave it out
                 return None
             generator = torch.Generator().manual_seed(derive_seed(self.seed, "latent", key.epoch, key.index,
                                                                   rng.random()))
-            row["latents"] = self.latents.get(item).sample(flip, generator)
+            entry = self.latents.get(item, subset.alpha_mask)
+            row["latents"] = entry.sample(flip, generator)
+            if subset.alpha_mask:
+                row["alpha_mask"] = entry.mask_for(flip)
             crop = item.placement.crop_ltrb
             if flip:
                 w = item.placement.resized[0]
@@ -85,12 +88,15 @@ class TrainDataset(EpochPlan, Dataset):
             row["crop"] = crop
             return row
         try:
-            image = load_rgb(item.path)
+            image, alpha = load_rgb_and_alpha(item.path) if subset.alpha_mask else (load_rgb(item.path), None)
         except Exception as exc:  # never die mid-run on one file
             log.warning("skipping %s in this batch: %s", item.path, exc)
             return None
-        row["images"], row["crop"] = render(image, item.placement, flip=flip, random_crop=subset.random_crop,
-                                            color_aug=subset.color_aug, rng=rng)
+        row["images"], row["crop"], mask = render_masked(image, alpha, item.placement, flip=flip,
+                                                         random_crop=subset.random_crop,
+                                                         color_aug=subset.color_aug, rng=rng)
+        if subset.alpha_mask:
+            row["alpha_mask"] = mask
         return row
 
     def _collate(self, rows: list[dict], key: BatchKey) -> dict:
@@ -117,10 +123,26 @@ class TrainDataset(EpochPlan, Dataset):
                                "cache latents for every image (prepare the cache before training)")
         else:
             batch["images"] = torch.stack([r["images"] for r in rows])
+        if any("alpha_mask" in r for r in rows):
+            batch["alpha_masks"] = batch_masks(rows)
         return batch
+
+
+def batch_masks(rows: list[dict]) -> torch.Tensor:
+    """The rows' alpha masks [B, H, W]; a row of a subset without alpha_mask counts everywhere (ones), as in
+    sd-scripts when only some subsets have masks."""
+    shape = next(r["alpha_mask"].shape for r in rows if "alpha_mask" in r)
+    return torch.stack([r.get("alpha_mask", torch.ones(shape)) for r in rows])
 
 
 def needs_flip_cache(dataset: TrainDataset) -> Callable[[object], bool]:
     def need(item) -> bool:
         return dataset.scan.datasets[item.dataset].subsets[item.subset].spec.flip_aug
+    return need
+
+
+def needs_mask_cache(scan: ScanResult) -> Callable[[object], bool]:
+    """Whether an item's latents are cached with its alpha mask (its subset has alpha_mask)."""
+    def need(item) -> bool:
+        return scan.datasets[item.dataset].subsets[item.subset].spec.alpha_mask
     return need

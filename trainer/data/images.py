@@ -120,6 +120,23 @@ def load_rgb(path: Path) -> Image.Image:
         return to_rgb(im)
 
 
+def load_rgb_and_alpha(path: Path) -> tuple[Image.Image, Image.Image | None]:
+    """For alpha masks: the RGB as stored (transparent pixels keep their own colour, as sd-scripts reads
+    them) and the alpha channel ("L"), or None when the image has no transparency."""
+    with Image.open(path) as im:
+        im.load()
+        return split_alpha(ImageOps.exif_transpose(im))
+
+
+def split_alpha(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+        im = im.convert("RGBA")  # a palette or colour-key transparency is an alpha channel too
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        return rgba.convert("RGB"), rgba.getchannel("A")
+    return to_rgb(im), None
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im

@@ -6,6 +6,10 @@ On disk each image gets `<image name>.<W>x<H>.latents.safetensors` beside it (or
 latent_cache_dir), whose header records what it was made from: the image (size + mtime, and a
 content hash used when those differ), the bucket, resize and crop, whether flipped latents are in
 it, and the VAE (config + weight fingerprint + dtype). Anything different -> re-encoded.
+
+With alpha masks an image is encoded from its colours as stored (not put on white) and its mask is
+kept beside the latents, shrunk to the latent grid: such entries are `<name>.<W>x<H>.alpha.latents.safetensors`,
+so the two kinds never stand in for each other (and switching masks off and on again re-encodes nothing).
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from trainer.atomic import atomic_path
-from .augment import render
-from .images import load_rgb
+import torch.nn.functional as F
+
+from .augment import render, render_masked
+from .images import load_rgb, load_rgb_and_alpha
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,7 @@ class LatentEntry:
     logvar: torch.Tensor
     mean_flipped: torch.Tensor | None = None
     logvar_flipped: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # alpha mask [h, w] at the latent size (mirrored on use when flipped)
 
     def sample(self, flip: bool, generator: torch.Generator | None) -> torch.Tensor:
         mean, logvar = (self.mean_flipped, self.logvar_flipped) if flip else (self.mean, self.logvar)
@@ -75,10 +82,17 @@ class LatentEntry:
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         return mean + torch.exp(0.5 * logvar) * noise
 
+    def mask_for(self, flip: bool) -> torch.Tensor:
+        if self.mask is None:
+            raise KeyError("alpha masks were not cached")
+        return torch.flip(self.mask, dims=[-1]) if flip else self.mask
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"mean": self.mean, "logvar": self.logvar}
         if self.mean_flipped is not None:
             out.update(mean_flipped=self.mean_flipped, logvar_flipped=self.logvar_flipped)
+        if self.mask is not None:
+            out["mask"] = self.mask
         return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -93,8 +107,9 @@ class LatentCache:
         self.batch_size = max(1, int(batch_size))
         self.on_progress = on_progress
         self.fingerprint = vae_fingerprint(vae)
-        self.memory: dict[tuple[str, tuple[int, int]], LatentEntry] = {}
-        self.files: dict[tuple[str, tuple[int, int]], Path] = {}
+        # keyed by (image path, bucket, alpha masked?)
+        self.memory: dict[tuple[str, tuple[int, int], bool], LatentEntry] = {}
+        self.files: dict[tuple[str, tuple[int, int], bool], Path] = {}
         self.stats = {"total": 0, "reused": 0, "computed": 0, "failed": 0}
 
     def __getstate__(self):  # loader workers need the entries, not the VAE
@@ -104,25 +119,25 @@ class LatentCache:
         return state
 
     # ---- where and what -------------------------------------------------------------------------
-    def cache_file(self, item) -> Path:
+    def cache_file(self, item, masked: bool = False) -> Path:
         w, h = item.placement.bucket
-        name = f"{item.path.name}.{w}x{h}{CACHE_SUFFIX}"
+        name = f"{item.path.name}.{w}x{h}{'.alpha' if masked else ''}{CACHE_SUFFIX}"
         if self.cache_dir is None:
             return item.path.with_name(name)
         folder = item.path.parent.resolve()
         tag = hashlib.blake2b(str(folder).encode("utf-8"), digest_size=4).hexdigest()
         return self.cache_dir / f"{folder.name}-{tag}" / name
 
-    def _key(self, item, digest: str, flipped: bool) -> dict:
+    def _key(self, item, digest: str, flipped: bool, masked: bool) -> dict:
         p = item.placement
         return {"format": FORMAT, "vae": self.fingerprint, "bucket": list(p.bucket), "resized": list(p.resized),
-                "crop": list(p.crop_ltrb), "flip": flipped,
+                "crop": list(p.crop_ltrb), "flip": flipped, "alpha_mask": masked,
                 "image": {"digest": digest, "bytes": item.facts.file_size, "mtime_ns": item.facts.mtime_ns,
                           "size": list(item.facts.size)}}
 
-    def is_valid(self, item, need_flip: bool) -> bool:
-        """True when the on-disk entry was made from this image, placement, flip setting and VAE."""
-        path = self.cache_file(item)
+    def is_valid(self, item, need_flip: bool, masked: bool = False) -> bool:
+        """True when the on-disk entry was made from this image, placement, flip setting, mask setting and VAE."""
+        path = self.cache_file(item, masked)
         try:
             with safe_open(str(path), "pt") as fh:
                 meta = json.loads((fh.metadata() or {}).get(META_KEY, "{}"))
@@ -131,7 +146,8 @@ class LatentCache:
         p = item.placement
         if (meta.get("format") != FORMAT or meta.get("vae") != self.fingerprint
                 or meta.get("bucket") != list(p.bucket) or meta.get("resized") != list(p.resized)
-                or meta.get("crop") != list(p.crop_ltrb) or (need_flip and not meta.get("flip"))):
+                or meta.get("crop") != list(p.crop_ltrb) or (need_flip and not meta.get("flip"))
+                or bool(meta.get("alpha_mask")) != masked):
             return False
         image = meta.get("image", {})
         if image.get("bytes") == item.facts.file_size and image.get("mtime_ns") == item.facts.mtime_ns:
@@ -139,26 +155,30 @@ class LatentCache:
         return image.get("digest") == file_digest(item.path)  # touched but maybe unchanged: compare content
 
     # ---- building -------------------------------------------------------------------------------
-    def prepare(self, items: list, need_flip: Callable[[object], bool]) -> dict:
-        """Make sure every item has an up-to-date entry. need_flip(item): cache flipped latents too."""
+    def prepare(self, items: list, need_flip: Callable[[object], bool],
+                need_mask: Callable[[object], bool] | None = None) -> dict:
+        """Make sure every item has an up-to-date entry. need_flip(item): cache flipped latents too;
+        need_mask(item): encode it with its alpha mask (an entry apart from the unmasked one)."""
+        need_mask = need_mask or (lambda item: False)
         unique = {}
         for item in items:
-            unique.setdefault((str(item.path), item.placement.bucket), item)
+            masked = bool(need_mask(item))
+            unique.setdefault(self._entry_key(item, masked), (item, masked))
         todo = []
-        for key, item in unique.items():
-            if self.to_disk and self.is_valid(item, need_flip(item)):
-                self.files[key] = self.cache_file(item)
+        for key, (item, masked) in unique.items():
+            if self.to_disk and self.is_valid(item, need_flip(item), masked):
+                self.files[key] = self.cache_file(item, masked)
                 self.stats["reused"] += 1
             elif key not in self.memory or (need_flip(item) and self.memory[key].mean_flipped is None):
-                todo.append(item)
+                todo.append((item, masked))
             else:
                 self.stats["reused"] += 1
         self.stats["total"] = len(unique)
         done = len(unique) - len(todo)
         self._progress(done)
         by_bucket: dict[tuple[int, int], list] = {}
-        for item in sorted(todo, key=lambda it: str(it.path)):
-            by_bucket.setdefault(item.placement.bucket, []).append(item)
+        for item, masked in sorted(todo, key=lambda pair: (str(pair[0].path), pair[1])):
+            by_bucket.setdefault(item.placement.bucket, []).append((item, masked))
         # one VAE call per vae_batch_size images of one bucket size
         chunks = [group[i:i + self.batch_size] for _, group in sorted(by_bucket.items())
                   for i in range(0, len(group), self.batch_size)]
@@ -180,13 +200,17 @@ class LatentCache:
         return dict(self.stats)
 
     def _load_chunk(self, chunk: list) -> list[tuple]:
-        """(item, pixels, digest) for each image that still decodes; a file that broke after the scan is
-        left out (the dataset then fills its slot) instead of stopping the run."""
+        """(item, pixels, digest, mask or None) for each (item, masked) whose image still decodes; a file that
+        broke after the scan is left out (the dataset then fills its slot) instead of stopping the run."""
         out = []
-        for item in chunk:
+        for item, masked in chunk:
             try:
                 digest = file_digest(item.path) if self.to_disk else ""
-                out.append((item, render(load_rgb(item.path), item.placement)[0], digest))
+                if masked:
+                    pixels, _, mask = render_masked(*load_rgb_and_alpha(item.path), item.placement)
+                else:
+                    pixels, mask = render(load_rgb(item.path), item.placement)[0], None
+                out.append((item, pixels, digest, mask))
             except Exception as exc:
                 log.warning("not caching %s: %s", item.path, exc)
         return out
@@ -196,19 +220,21 @@ class LatentCache:
             self.on_progress(done, self.stats["total"])
 
     def _encode_and_store(self, loaded: list[tuple], need_flip: Callable[[object], bool]) -> None:
-        batch = [item for item, _, _ in loaded]
-        plain = torch.stack([pixels for _, pixels, _ in loaded])
+        batch = [item for item, _, _, _ in loaded]
+        plain = torch.stack([pixels for _, pixels, _, _ in loaded])
         mean, logvar = self._encode(plain)
         flip_rows = [i for i, it in enumerate(batch) if need_flip(it)]
         fmean = flogvar = None
         if flip_rows:
             flipped = torch.flip(plain[flip_rows], dims=[3])  # the crop is centred, so mirroring commutes
             fmean, flogvar = self._encode(flipped)
-        for i, (item, _, digest) in enumerate(loaded):
+        for i, (item, _, digest, mask) in enumerate(loaded):
             entry = LatentEntry(mean[i].clone(), logvar[i].clone())
             if i in flip_rows:
                 j = flip_rows.index(i)
                 entry.mean_flipped, entry.logvar_flipped = fmean[j].clone(), flogvar[j].clone()
+            if mask is not None:  # the loss needs it at the latent size only: 1/64 of the pixels to keep
+                entry.mask = F.interpolate(mask[None, None], size=tuple(mean.shape[-2:]), mode="area")[0, 0]
             self._store(item, entry, digest)
             self.stats["computed"] += 1
 
@@ -219,25 +245,33 @@ class LatentCache:
         return dist.mean.float().cpu(), dist.logvar.float().cpu()
 
     def _store(self, item, entry: LatentEntry, digest: str) -> None:
-        key = (str(item.path), item.placement.bucket)
+        masked = entry.mask is not None
+        key = self._entry_key(item, masked)
         if not self.to_disk:
             self.memory[key] = entry
             return
-        path = self.cache_file(item)
-        meta = {META_KEY: json.dumps(self._key(item, digest, entry.mean_flipped is not None))}
+        path = self.cache_file(item, masked)
+        meta = {META_KEY: json.dumps(self._key(item, digest, entry.mean_flipped is not None, masked))}
         with atomic_path(path) as tmp:  # a crash never leaves a half-written cache file
             save_file(entry.tensors(), str(tmp), metadata=meta)
         self.files[key] = path
 
     # ---- serving --------------------------------------------------------------------------------
-    def get(self, item) -> LatentEntry:
-        key = (str(item.path), item.placement.bucket)
+    @staticmethod
+    def _entry_key(item, masked: bool) -> tuple[str, tuple[int, int], bool]:
+        return str(item.path), item.placement.bucket, bool(masked)
+
+    def get(self, item, masked: bool = False) -> LatentEntry:
+        key = self._entry_key(item, masked)
         if key in self.memory:
             return self.memory[key]
         tensors = load_file(str(self.files[key]))
         return LatentEntry(tensors["mean"], tensors["logvar"], tensors.get("mean_flipped"),
-                           tensors.get("logvar_flipped"))
+                           tensors.get("logvar_flipped"), tensors.get("mask"))
+
+    def has(self, item, masked: bool = False) -> bool:
+        key = self._entry_key(item, masked)
+        return key in self.memory or key in self.files
 
     def __contains__(self, item) -> bool:
-        key = (str(item.path), item.placement.bucket)
-        return key in self.memory or key in self.files
+        return self.has(item)

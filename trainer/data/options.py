@@ -19,7 +19,8 @@ TOML_ONLY_SUBSET_DEFAULTS: dict[str, Any] = {"num_repeats": 1, "class_tokens": "
 SUBSET_KEYS: tuple[str, ...] = (
     *TOML_ONLY_SUBSET_DEFAULTS, "caption_extension", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
     "secondary_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
-    "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive")
+    "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive",
+    "alpha_mask")
 # Per-dataset keys: the TOML name → the option that gives its value when no TOML layer sets it.
 DATASET_OPTIONS: dict[str, str] = {
     "resolution": "resolution",
@@ -65,6 +66,7 @@ class SubsetSpec:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+    alpha_mask: bool = False  # the image's transparency is its loss mask (sd-scripts' subset alpha_mask)
     caption: CaptionOptions = field(default_factory=CaptionOptions)
     label: str = ""  # what reports call it: the folder name, e.g. "10_sks dog"
 
@@ -102,8 +104,8 @@ def make_subset(image_dir: Path, values: dict[str, Any], *, is_reg: bool, label:
         image_dir=image_dir, num_repeats=int(values["num_repeats"]), class_tokens=str(values["class_tokens"]),
         is_reg=is_reg, caption_extension=ext if ext.startswith(".") else "." + ext,
         recursive=bool(values["recursive"]), flip_aug=bool(values["flip_aug"]),
-        color_aug=bool(values["color_aug"]), random_crop=bool(values["random_crop"]), caption=caption,
-        label=label)
+        color_aug=bool(values["color_aug"]), random_crop=bool(values["random_crop"]),
+        alpha_mask=bool(values["alpha_mask"]), caption=caption, label=label)
 
 
 def make_dataset_spec(layers: list[dict], cfg) -> DatasetSpec:

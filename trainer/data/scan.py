@@ -81,6 +81,7 @@ def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) ->
             scanned.subsets.append(_scan_subset(subset, scanned.buckets, d_index, s_index, items, problems,
                                                 max_workers))
         datasets.append(scanned)
+    problems.extend(mask_problems(specs, cfg))
     if not any(not item.is_reg for item in items):
         if not any(p.level == "error" for p in problems):
             problems.append(Problem("error", "no usable training image was found",
@@ -90,6 +91,19 @@ def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) ->
     if strict and result.of("error"):
         raise DatasetError(result.of("error"))
     return result
+
+
+def mask_problems(specs: list[DatasetSpec], cfg) -> list[Problem]:
+    """masked_loss with a dataset TOML none of whose subsets has alpha_mask: no image would have a mask
+    (without a TOML the config's own rule says so)."""
+    if not (option(cfg, "masked_loss") and cfg.dataset_config):
+        return []
+    if any(subset.alpha_mask for spec in specs for subset in spec.subsets):
+        return []
+    return [Problem("error", "masked_loss is on but no subset of the dataset config has alpha_mask, so no image "
+                    "has a mask", "set alpha_mask = true in the [[datasets.subsets]] to train masked (or tick "
+                    "alpha_mask for every subset), or untick masked_loss; conditioning_data_dir mask folders (the "
+                    "other source sd-scripts reads) are not supported here", str(cfg.dataset_config), "masked_loss")]
 
 
 def bucket_problems(spec: DatasetSpec) -> list[Problem]:

@@ -134,7 +134,7 @@ def build_bucket_metadata(train_data_dir, in_json, out_json, cfg, *, vae=None, o
 
         cache = LatentCache(vae, to_disk=True, cache_dir=cfg.latent_cache_dir,
                             batch_size=int(cfg.vae_batch_size), on_progress=on_progress)
-        flip = bool(cfg.flip_aug)
-        cache.prepare(scan.items, lambda item: flip)
+        flip, masked = bool(cfg.flip_aug), bool(cfg.alpha_mask)
+        cache.prepare(scan.items, lambda item: flip, lambda item: masked)
     write_metadata(metadata, out_json, protect=in_json)
     return metadata

@@ -91,10 +91,18 @@ def training_target(noise_scheduler, latents, noise, timesteps, v_prediction: bo
 HUBER_LOSSES = ("huber", "smooth_l1")  # the losses with a threshold huber_c
 
 
+def mask_at(mask: torch.Tensor, size) -> torch.Tensor:
+    """A batch of loss masks [B, H, W] (0..1, image or latent size) as weights [B, 1, h, w] of a latent pixel:
+    the mean of the mask over the pixels each latent covers (sd-scripts' apply_masked_loss, mode "area")."""
+    return F.interpolate(mask[:, None].float(), size=tuple(size), mode="area")
+
+
 def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
-                    huber_c: float | torch.Tensor = 0.1):
+                    huber_c: float | torch.Tensor = 0.1, mask: torch.Tensor | None = None):
     """Loss per sample, computed in fp32 and averaged over channels and pixels. `huber_c`: one threshold, or
-    one per sample (the scheduled Huber loss, huber_threshold)."""
+    one per sample (the scheduled Huber loss, huber_threshold). `mask` [B, H, W]: each pixel's loss weight
+    (masked loss); the mean still divides by every pixel, as sd-scripts does, so a half-masked image
+    weighs half."""
     pred, target = pred.float(), target.float()
     if loss_type == "l1":
         loss = (pred - target).abs()
@@ -105,6 +113,8 @@ def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "
         loss = scale * (torch.sqrt((pred - target) ** 2 + huber_c ** 2) - huber_c)
     else:
         loss = F.mse_loss(pred, target, reduction="none")
+    if mask is not None:
+        loss = loss * mask_at(mask, loss.shape[2:])
     return loss.mean(dim=list(range(1, loss.dim())))
 
 

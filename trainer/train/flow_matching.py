@@ -108,9 +108,11 @@ class FlowMatchingObjective:
 
     # --- loss ----------------------------------------------------------------------------------------
     def loss(self, pred: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-             noisy: torch.Tensor | None = None) -> torch.Tensor:
+             noisy: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample loss [B] (fp32). `noisy`: the model's input (differs from latents + noise with
-        ip_noise_gamma); the additive / sigma_scaled predictions are offsets from it."""
+        ip_noise_gamma); the additive / sigma_scaled predictions are offsets from it. `mask` [B, H, W]: the
+        masked-loss weights (pred is already unpacked to [B, C, h, w], so the mask shrinks to the latent grid as
+        for the SD families)."""
         pred = pred.float()
         sigma = self.sigmas(t, pred.dim())
         weighting = None
@@ -122,7 +124,7 @@ class FlowMatchingObjective:
                 pred = pred * (-sigma) + noisy
                 weighting = self.loss_weighting(sigma.flatten())
         target = latents.float() if self.target == "latents" else noise.float() - latents.float()
-        loss = per_sample_loss(pred, target, self.loss_type, self.huber_threshold(sigma.flatten()))
+        loss = per_sample_loss(pred, target, self.loss_type, self.huber_threshold(sigma.flatten()), mask)
         return loss if weighting is None else loss * weighting
 
     def huber_threshold(self, sigma: torch.Tensor) -> torch.Tensor | float:

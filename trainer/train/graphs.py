@@ -37,8 +37,8 @@ from trainer.config.defaults import option
 
 from .diffusion import finish_noise
 from .faults import is_out_of_memory
-from .loop import (StepContext, add_noise, batch_latents, clip_gradients, latent_shape, micro_loss, sdxl_time_ids,
-                   step_noise, train_step)
+from .loop import (StepContext, add_noise, batch_latents, batch_mask, clip_gradients, latent_shape, micro_loss,
+                   sdxl_time_ids, step_noise, train_step)
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +235,8 @@ class CapturedSteps:
             x["input_noise"] = input_noise
         if ctx.sdxl:
             x["time_ids"] = sdxl_time_ids(batch, ctx.device, latents.dtype)
+        if batch.get("alpha_masks") is not None:
+            x["mask"] = batch_mask(ctx, batch)
         if getattr(self.text, "memoize", True):  # frozen text encoders: remembered outputs
             with torch.no_grad():
                 hidden, pooled = self.text(batch["captions"])
@@ -260,7 +262,7 @@ class CapturedSteps:
                 with torch.set_grad_enabled(te_grad and torch.is_grad_enabled()):
                     hidden, pooled = encode_prompt(self.text, ids, self.text.clip_skip)
             pred = self.denoiser.denoise(noisy, x["t"], hidden, pooled, x.get("time_ids"))
-        loss = micro_loss(ctx, pred.float(), x["latents"], x["noise"], x["t"], x["weights"], n, noisy)
+        loss = micro_loss(ctx, pred.float(), x["latents"], x["noise"], x["t"], x["weights"], n, noisy, x.get("mask"))
         if backward:
             ctx.accelerator.backward(loss)
         return loss.detach()

@@ -88,6 +88,12 @@ def latent_shape(batch: dict, channels: int = 4) -> tuple[int, ...]:
     return (b, channels, h // 8, w // 8)
 
 
+def batch_mask(ctx: StepContext, batch: dict):
+    """The batch's loss masks [B, H, W] on the device (None: every pixel counts)."""
+    masks = batch.get("alpha_masks")
+    return None if masks is None else masks.to(ctx.device, non_blocking=True)
+
+
 def step_noise(ctx: StepContext, shapes: list[tuple[int, ...]], step: int):
     """The step's timesteps and noise, one tensor per micro-batch, from the step's own seed."""
     torch.manual_seed(step_seed(ctx.seed, ctx.rank, step))
@@ -111,13 +117,15 @@ def add_noise(ctx: StepContext, latents, noise, t):
     return ctx.noise_scheduler.add_noise(latents, noise, t)
 
 
-def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int, noisy=None) -> torch.Tensor:
-    """This micro-batch's share of the step's mean loss (weighted per sample); `noisy`: the model's input."""
+def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int, noisy=None,
+               mask=None) -> torch.Tensor:
+    """This micro-batch's share of the step's mean loss (weighted per sample; per pixel by `mask`, the
+    batch's alpha masks, when it has them); `noisy`: the model's input."""
     if ctx.objective is not None:
-        return (ctx.objective.loss(pred, latents, noise, t, noisy) * loss_weights).sum() / n
+        return (ctx.objective.loss(pred, latents, noise, t, noisy, mask) * loss_weights).sum() / n
     target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
     huber_c = ddpm_huber_c(ctx.noise_scheduler, t, ctx.cfg) if ctx.cfg.loss_type in HUBER_LOSSES else 0.0
-    loss = per_sample_loss(pred, target, ctx.cfg.loss_type, huber_c)
+    loss = per_sample_loss(pred, target, ctx.cfg.loss_type, huber_c, mask)
     loss = loss * loss_weights
     weights = snr_loss_weights(ctx.noise_scheduler, t, ctx.cfg, ctx.v_prediction)
     if weights is not None:
@@ -155,7 +163,7 @@ def backward_passes(ctx: StepContext, micro_batches: list[dict], step: int) -> t
             time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
             pred = ctx.model(noisy, t, batch["captions"], time_ids)
             weights = batch["loss_weights"].to(ctx.device, non_blocking=True)
-            loss = micro_loss(ctx, pred, latents, noise, t, weights, n, noisy)
+            loss = micro_loss(ctx, pred, latents, noise, t, weights, n, noisy, batch_mask(ctx, batch))
             ctx.accelerator.backward(loss)
         total += loss.detach()
     return total

@@ -31,7 +31,9 @@ NOT_OPTIONS_HERE = {
 
 def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: str, started_at: float,
                       mixed_precision: str, dataset_dirs: dict, tag_frequency: dict,
-                      reg_dataset_dirs: dict | None = None, bucket_info: dict | None = None) -> dict[str, str]:
+                      reg_dataset_dirs: dict | None = None, bucket_info: dict | None = None,
+                      masked: bool | None = None) -> dict[str, str]:
+    """`masked`: whether the loss was masked (some subset had alpha masks); None = as the options say."""
     c = config
     width, height = parse_resolution(c.resolution)
     meta = {
@@ -76,6 +78,8 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_huber_c": c.huber_c,
         "ss_huber_schedule": c.huber_schedule,
         "ss_huber_scale": c.huber_scale,
+        # not written by sd-scripts' train_network.py, but shown by LoRA metadata viewers when present
+        "ss_masked_loss": bool(c.masked_loss or c.alpha_mask) if masked is None else bool(masked),
         "ss_prior_loss_weight": option(c, "prior_loss_weight"),
         "ss_resolution": (width, height),
         "ss_cache_latents": bool(c.cache_latents),

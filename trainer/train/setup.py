@@ -149,9 +149,11 @@ def build_data(config, base, accelerator, events, scan=None):
 
 
 def cache_latents(latents, scan, need_flip, accelerator) -> None:
+    from trainer.data.dataset import needs_mask_cache
+
     # the main process writes disk caches first; the others then find them valid and only read
     with accelerator.main_process_first():
-        latents.prepare(scan.items, need_flip)
+        latents.prepare(scan.items, need_flip, needs_mask_cache(scan))
 
 
 def build_step_context(config, base, kind, groups, accelerator, mp, seed, warn, total_steps, cached: bool,
