@@ -71,7 +71,7 @@ def test_flow_matching_masks_the_unpacked_latents_the_same_way(loss_type):
     obj = FlowMatchingObjective(loss_type=loss_type)
     off = pred.clone()
     off[:, :, :4] += 3.0  # wrong only in the masked-out upper half
-    assert torch.equal(obj.loss(off, latents, noise, t, mask), obj.loss(pred, latents, noise, t, mask))
+    assert torch.equal(obj.loss(off, latents, noise, t, mask=mask), obj.loss(pred, latents, noise, t, mask=mask))
     assert not torch.equal(obj.loss(off, latents, noise, t), obj.loss(pred, latents, noise, t))
 
 
