@@ -128,9 +128,9 @@ class FlowMatchingObjective:
         return loss if weighting is None else loss * weighting
 
     def huber_threshold(self, sigma: torch.Tensor) -> torch.Tensor | float:
-        """The scheduled Huber c per sample. Flow matching has no ᾱ: its SNR is ((1 − σ)/σ)², so 1/(1 + 1/√SNR)²
-        is (1 − σ)² (sd-scripts refuses the snr schedule for FLUX/SD3; this is the same curve over the noise
-        level)."""
+        """The scheduled Huber c per sample. Flow matching has no ᾱ: its SNR is ((1 − σ)/σ)², so
+        1/(1 + 1/√SNR)² is (1 − σ)² (sd-scripts refuses the snr schedule for FLUX/SD3; this is the same curve
+        over the noise level)."""
         if self.loss_type not in HUBER_LOSSES:
             return 0.0
         return huber_threshold(self.huber_schedule, self.huber_c, self.huber_scale, sigma, (1 - sigma) ** 2)
