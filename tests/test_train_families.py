@@ -12,14 +12,17 @@ def test_a_lora_run_on_each_base_family_saves_a_verified_file(tmp_path, tiny_mod
     data = make_dataset(tmp_path / "images", images=2)
     config = lora_config(tiny_model_dir(family), data, tmp_path / "out", epoch=1, enable_bucket=True,
                          resolution="64", min_bucket_reso=64, max_bucket_reso=128, bucket_reso_steps=32,
-                         sample_every_n_epochs=1, sample_prompts="toy, red circle --w 64 --h 64 --s 2")
+                         sample_every_n_epochs=1, sample_prompts="toy, red circle --w 64 --h 64 --s 2",
+                         sample_at_first=True)
     rc, events, err = run_trainer(write_config(config, tmp_path / "cfg.json"))
     assert rc == 0, err[-3000:]
     plan = events[0]
     assert plan["type"] == "plan" and plan["family"] == family and plan["total_steps"] == 2
     saved = [e for e in events if e["type"] == "saved"]
     assert [e["kind"] for e in saved] == ["final"] and saved[0]["verified"] is True
-    assert [e["type"] for e in events if e["type"] == "sample"] == ["sample"]
+    # sample_at_first: the base model's picture before the first step, then the epoch's
+    assert [(e["step"], e["epoch"]) for e in events if e["type"] == "sample"] == [(0, None), (2, 1)]
+    assert [e["type"] for e in events].index("sample") < [e["type"] for e in events].index("step")
     assert events[-1]["type"] == "done"
 
     from trainer.networks.files import read_lora_file

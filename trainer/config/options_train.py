@@ -203,6 +203,9 @@ class SamplingOptions(Options):
                                      ge=0)
     sample_every_n_steps: int = opt(0, "Generate sample images every N steps (0 = off).", section="sampling",
                                     ge=0)
+    sample_at_first: bool = opt(False, "Also generate the sample images once before the first step: the base "
+                                "model's pictures, to compare the trained ones against (not again on resume).",
+                                section="sampling")
     sample_sampler: Literal[SAMPLERS] = opt("euler_a", "Sampler for sample images.", section="sampling")
     sample_prompts: str = opt(
         "", "One prompt per line, Kohya syntax: a photo of mychar --n blurry --w 512 --h 512 --s 20 --l 7 --d 1.",

@@ -149,6 +149,8 @@ class TrainingRun:
                       "state); writing it now from the state.")
             with evaluation_weights(self.ctx.optimizer):
                 self.write_model(Path(m["path"]), m["kind"], m["epoch"], m["step"])
+        if self.config.sample_at_first and self.state.global_step == 0:
+            self.sample(0, None)
         try:
             while self.state.global_step < total:
                 epoch, skip = self.state.epoch, self.state.step_in_epoch
