@@ -129,10 +129,11 @@ def weight_tokens(hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.T
 
     sd-scripts' get_weighted_text_embeddings (and A1111): the mean over tokens and channels of each caption,
     taken in fp32, is restored, so weights shift emphasis between tokens rather than the conditioning's overall
-    level. All weights 1 leave the states bit for bit as they were. (sd-scripts' newer strategy classes
-    multiply without restoring the mean.)"""
-    if weights is None:
-        return hidden
+    level. (sd-scripts' newer strategy classes multiply without restoring the mean.)
+    A batch whose weights are all 1 is returned as it is: the same values, and, with a training text encoder,
+    the same gradients bit for bit (the mean ratio's backward would add rounding noise)."""
+    if weights is None or (weights.device.type == "cpu" and bool((weights == 1).all())):
+        return hidden  # (weights already on a GPU, e.g. a CUDA graph's inputs, are not read back: no sync)
     weights = weights.to(hidden.device, hidden.dtype)
     before = hidden.float().mean(dim=(-2, -1)).to(hidden.dtype)
     weighted = hidden * weights.unsqueeze(-1)
