@@ -102,6 +102,31 @@ def test_the_encoder_reads_the_caption_without_the_syntax(parts):
     assert weights[0, len(expected):].eq(1).all()  # EOS and padding weigh 1
 
 
+def test_weight_tokens_restores_each_captions_mean_as_sd_scripts_does():
+    from trainer.models.text import weight_tokens
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 77, 16, generator=g) + 0.5           # a clear mean, as trained CLIP states have
+    weights = torch.ones(2, 77)
+    weights[0, 3:6] = 1.5
+    weights[1, 10] = 0.5
+    out = weight_tokens(hidden, weights)
+    torch.testing.assert_close(out.mean(dim=(1, 2)), hidden.mean(dim=(1, 2)))
+    scale = hidden.mean(dim=(1, 2)) / (hidden * weights[..., None]).mean(dim=(1, 2))   # sd-scripts' factor
+    torch.testing.assert_close(out, hidden * weights[..., None] * scale[:, None, None])
+    assert weight_tokens(hidden, torch.ones(2, 77)) is hidden
+
+    # a mean of ~0 (a bias-free final layer norm): nothing to restore, the weights simply multiply
+    centred = hidden - hidden.mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(weight_tokens(centred, weights), centred * weights[..., None])
+    # a factor beyond 1/max .. 1/min weight (a mean that nearly cancels) is held at the bound
+    tilted = centred + 0.01
+    tilted[:, 3:6] -= 0.3                                          # the weighted tokens pull the mean across 0
+    raw = tilted[0].mean() / (tilted[0] * weights[0, :, None]).mean()
+    assert raw < 1 / 1.5
+    torch.testing.assert_close(weight_tokens(tilted, weights)[0], tilted[0] * weights[0, :, None] / 1.5)
+
+
 @pytest.mark.parametrize("max_token_length", [150, 225])
 def test_a_weight_past_the_first_75_tokens_lands_on_its_token_in_a_later_chunk(parts, max_token_length):
     """The joined conditioning is BOS, 75 tokens per chunk, last token: the weight of the caption's 80th token

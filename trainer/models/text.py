@@ -22,6 +22,7 @@ from trainer.prompt_weights import parse_weights
 
 log = logging.getLogger(__name__)
 CHUNK_IDS = 77  # BOS + 75 tokens + EOS
+MEAN_EPS = 1e-3  # weight_tokens: a caption's mean under this share of its mean magnitude counts as 0
 
 
 def tokenize_long(tokenizer, captions: list[str], max_token_length: int | None = 75) -> torch.Tensor:
@@ -131,14 +132,27 @@ def weight_tokens(hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.T
     taken in fp32, is restored, so weights shift emphasis between tokens rather than the conditioning's overall
     level. (sd-scripts' newer strategy classes multiply without restoring the mean.)
     A batch whose weights are all 1 is returned as it is: the same values, and, with a training text encoder,
-    the same gradients bit for bit (the mean ratio's backward would add rounding noise)."""
+    the same gradients bit for bit (the mean ratio's backward would add rounding noise).
+
+    Guards sd-scripts lacks, for a mean near 0 (random tiny models whose final layer norm has no bias, a drifting
+    text-encoder LoRA), where the ratio of two near-zero means would be noise with a huge gradient, a huge or
+    sign-flipping factor and soon NaN losses: a mean under 1e-3 of the states' mean magnitude is left alone
+    (factor 1), and the factor is held between 1/max(weight) and 1/min(weight), the range it has whenever the
+    states share a sign (BOS, EOS and padding weigh 1, so the range holds 1). Trained CLIP encoders, whose
+    states have a clear mean, are not expected to meet either."""
     if weights is None or (weights.device.type == "cpu" and bool((weights == 1).all())):
         return hidden  # (weights already on a GPU, e.g. a CUDA graph's inputs, are not read back: no sync)
     weights = weights.to(hidden.device, hidden.dtype)
-    before = hidden.float().mean(dim=(-2, -1)).to(hidden.dtype)
     weighted = hidden * weights.unsqueeze(-1)
-    after = weighted.float().mean(dim=(-2, -1)).to(hidden.dtype)
-    scale = torch.where(after != 0, before / after, torch.ones_like(after))  # a zero mean: nothing to restore
+    before = hidden.float().mean(dim=(-2, -1))
+    after = weighted.float().mean(dim=(-2, -1))
+    scale = before / torch.where(after != 0, after, torch.ones_like(after))
+    negligible = before.abs() < MEAN_EPS * hidden.float().abs().mean(dim=(-2, -1))
+    scale = torch.where(negligible | (after == 0), torch.ones_like(scale), scale)
+    w = weights.float()
+    low = 1 / w.amax(dim=-1)  # max >= 1 (BOS)
+    high = torch.where(w.amin(dim=-1) > 0, 1 / w.amin(dim=-1), torch.full_like(low, torch.inf))
+    scale = torch.minimum(torch.maximum(scale, low), high).to(hidden.dtype)
     return weighted * scale[:, None, None]
 
 
