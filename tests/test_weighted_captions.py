@@ -257,6 +257,7 @@ def test_a_caption_weighted_1_trains_exactly_as_the_plain_caption_and_other_weig
     assert all(torch.equal(plain[k], one[k]) for k in plain)
     te_keys = [k for k in plain if k.startswith("lora_te")]
     assert te_keys and any(not torch.equal(plain[k], more[k]) for k in te_keys)
+    assert all(torch.isfinite(t).all() for t in more.values())
 
 
 def test_a_tiny_sdxl_lora_trains_on_weighted_shuffled_long_captions(tmp_path, tiny_model_dir):
