@@ -110,17 +110,22 @@ def test_the_learning_rate_reaches_a_captured_update_every_step():
     assert_same_training(net_eager, net, start)
 
 
-def test_text_encoder_lora_training_is_captured_with_token_ids_as_the_input():
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted-captions"])
+def test_text_encoder_lora_training_is_captured_with_token_ids_as_the_input(weighted):
+    """With weighted captions the token weights are graph inputs beside the ids."""
     from trainer.train.text import TextConditioner
 
     def te_build():
         ctx, net = build(optimizer="AdamW", lr=1e-2)
         old = ctx.model.text
         ctx.model.text = TextConditioner("sd1", list(old.encoders), old.tokenizers, memoize=False,
-                                         grad_enabled=lambda: True)
+                                         grad_enabled=lambda: True, weighted=weighted)
         return ctx, net
 
     schedule = bucket_schedule()[:6]
+    if weighted:  # the schedule repeats two batch dicts
+        for b in {id(b): b for micro_batches in schedule for b in micro_batches}.values():
+            b["captions"] = [c.replace("toy", "(toy:1.4)") for c in b["captions"]]
     ctx_eager, net_eager = te_build()
     train(lambda m, s: train_step(ctx_eager, m, s), schedule)
     ctx, net = te_build()

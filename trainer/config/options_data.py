@@ -94,6 +94,11 @@ class DatasetOptions(Options):
                                               section="dataset", ge=0)
     caption_tag_dropout_rate: float = opt(0.0, "Probability of dropping each tag (not the kept ones).",
                                           section="dataset", ge=0, le=1)
+    weighted_captions: bool = opt(
+        False, "Read captions in A1111 prompt-weight syntax: (word) x1.1, [word] /1.1, (word:1.3), \\( for a "
+        "literal bracket. The text encoder sees the words without the syntax; each token's output is scaled by "
+        "its weight. Shuffling keeps a bracketed group such as (red hair, blue eyes:1.2) whole.",
+        section="dataset", label="Weighted captions", families=SD_FAMILIES)
     max_token_length: Literal[75, 150, 225] = opt(
         75, "Caption length in tokens; 150/225 encode longer captions in 75-token chunks as Kohya does.",
         section="dataset", families=SD_FAMILIES)

@@ -213,6 +213,17 @@ def _text_encoder_cache(c):
 
 
 @rule
+def _weighted_captions(c):
+    """sd-scripts reads weighted captions with the SD1/SD2/SDXL CLIP encoders only (FLUX.1 and SD3 refuse it)."""
+    if not c.weighted_captions:
+        return
+    family = "FLUX.1" if c.flux1_checkbox else "SD3" if c.sd3_checkbox else None
+    if family:
+        yield Problem.at("weighted_captions", f"weighted_captions works with SD1.x, SD2.x and SDXL models only, not "
+                         f"{family}; untick weighted_captions (and write the captions without (word:1.2) weights)")
+
+
+@rule
 def _train_t5xxl(c):
     """kohya: a T5-XXL LoRA needs T5's outputs at every step (no text cache) and text-encoder training."""
     if c.training_type != "lora" or not c.train_t5xxl:

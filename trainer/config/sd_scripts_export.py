@@ -126,6 +126,7 @@ def sd_scripts_export(config) -> Export:
             data["cpu_offload_checkpointing"] = True
         else:
             notes.append(f"cpu_offload_checkpointing is left out: {SCRIPTS[(kind, sdxl)]} has no such option")
+    _weighted_captions(c, data, notes, sdxl)
     if kind == "lora":
         _network(c, data, notes)
     elif kind in ("dreambooth", "finetune"):
@@ -157,6 +158,19 @@ def _noise(c, data: dict) -> None:
         data["multires_noise_discount"] = c.multires_noise_discount
     if c.loss_type in ("huber", "smooth_l1"):
         data.update(huber_c=c.huber_c, huber_schedule=c.huber_schedule, huber_scale=c.huber_scale)
+
+
+def _weighted_captions(c, data: dict, notes: list[str], sdxl: bool) -> None:
+    if not option(c, "weighted_captions"):
+        return
+    script = SCRIPTS[(c.training_type, sdxl)]
+    if c.training_type == "textual_inversion":  # add_custom_train_arguments(parser, False) there
+        notes.append(f"weighted_captions is left out: {script} has no such option (captions are read as plain text)")
+        return
+    data["weighted_captions"] = True
+    if sdxl and c.training_type != "lora" and data.get("cache_text_encoder_outputs"):
+        notes.append(f"{script} refuses weighted_captions with cache_text_encoder_outputs (this trainer caches the "
+                     "weighted outputs); untick one of them there")
 
 
 def _optimizer(c, data: dict) -> None:

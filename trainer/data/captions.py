@@ -5,6 +5,8 @@ import random
 import re
 from pathlib import Path
 
+from trainer.prompt_weights import bracket_spans
+
 from .options import CaptionOptions
 
 # Real Japanese text has kana or runs of kanji; Latin accents mis-read as Shift-JIS give lone kanji.
@@ -120,16 +122,37 @@ def split_tags(caption: str, opts: CaptionOptions) -> tuple[list[str], list[str]
     """(fixed prefix tags, shuffle-able tags, fixed suffix tags) per keep_tokens / keep_tokens_separator."""
     sep = opts.caption_separator or ","
     marker = opts.keep_tokens_separator
+    weighted = opts.weighted_captions
     if marker and marker in caption:
         fixed_part, flex_part = caption.split(marker, 1)
         suffix_part = ""
         if marker in flex_part:
             flex_part, suffix_part = flex_part.split(marker, 1)
-        return _tags(fixed_part, sep), _tags(flex_part, sep), _tags(suffix_part, sep)
-    tags = [t.strip() for t in caption.strip().split(sep)]
+        return _tags(fixed_part, sep, weighted), _tags(flex_part, sep, weighted), _tags(suffix_part, sep, weighted)
+    tags = [t.strip() for t in split_outside_brackets(caption.strip(), sep, weighted)]
     keep = max(0, opts.keep_tokens)
     return tags[:keep], tags[keep:], []
 
 
-def _tags(text: str, sep: str) -> list[str]:
-    return [t.strip() for t in text.split(sep) if t.strip()]
+def _tags(text: str, sep: str, weighted: bool = False) -> list[str]:
+    return [t.strip() for t in split_outside_brackets(text, sep, weighted) if t.strip()]
+
+
+def split_outside_brackets(text: str, sep: str, weighted: bool) -> list[str]:
+    """text.split(sep); with weighted captions a separator inside a weighted group such as
+    "(red hair, blue eyes:1.2)" does not split it, so shuffling and tag dropout move or drop the group whole
+    (sd-scripts splits there and leaves the brackets unbalanced)."""
+    spans = bracket_spans(text) if weighted else []
+    if not spans:
+        return text.split(sep)
+    inside = [False] * len(text)
+    for start, end in spans:
+        inside[start:end + 1] = [True] * (end + 1 - start)
+    parts, start, i = [], 0, 0
+    while i <= len(text) - len(sep):
+        if not inside[i] and text.startswith(sep, i):
+            parts.append(text[start:i])
+            i = start = i + len(sep)
+        else:
+            i += 1
+    return parts + [text[start:]]

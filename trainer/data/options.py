@@ -21,6 +21,8 @@ SUBSET_KEYS: tuple[str, ...] = (
     "secondary_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
     "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive",
     "alpha_mask")
+# Caption settings of the whole run (sd-scripts' command line only, no dataset TOML key) that subsets still read.
+RUN_CAPTION_KEYS: tuple[str, ...] = ("weighted_captions",)
 # Per-dataset keys: the TOML name → the option that gives its value when no TOML layer sets it.
 DATASET_OPTIONS: dict[str, str] = {
     "resolution": "resolution",
@@ -45,6 +47,7 @@ class CaptionOptions:
     caption_dropout_rate: float = 0.0
     caption_dropout_every_n_epochs: int = 0
     caption_tag_dropout_rate: float = 0.0
+    weighted_captions: bool = False  # "(red hair, blue eyes:1.2)" is one tag: its commas do not split it
 
     @property
     def is_fixed(self) -> bool:
@@ -94,7 +97,8 @@ def lookup(name: str, layers: list[dict], cfg):
 
 
 def subset_values(layers: list[dict], cfg) -> dict[str, Any]:
-    return {name: lookup(name, layers, cfg) for name in SUBSET_KEYS}
+    values = {name: lookup(name, layers, cfg) for name in SUBSET_KEYS}
+    return values | {name: option(cfg, name) for name in RUN_CAPTION_KEYS}
 
 
 def make_subset(image_dir: Path, values: dict[str, Any], *, is_reg: bool, label: str) -> SubsetSpec:

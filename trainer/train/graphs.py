@@ -243,9 +243,12 @@ class CapturedSteps:
             x["hidden"] = hidden
             if pooled is not None:
                 x["pooled"] = pooled
-        else:  # the text encoders run (and may train) inside the graph: their token ids are the input
-            for i, ids in enumerate(self.text.tokenize(list(batch["captions"]))):
-                x[f"ids{i}"] = ids.to(ctx.device, non_blocking=True)
+        else:  # the text encoders run (and may train) inside the graph: their token ids (and weights) are the input
+            ids, weights = self.text.tokens(list(batch["captions"]))
+            for i, tensor in enumerate(ids):
+                x[f"ids{i}"] = tensor.to(ctx.device, non_blocking=True)
+            for i, tensor in enumerate(weights or []):
+                x[f"token_weights{i}"] = tensor.to(ctx.device, non_blocking=True)
         return x
 
     def forward_backward(self, x: dict, n: int, te_grad: bool, backward: bool = True) -> torch.Tensor:
@@ -259,8 +262,9 @@ class CapturedSteps:
                 hidden, pooled = x["hidden"], x.get("pooled")
             else:
                 ids = [x[f"ids{i}"] for i in range(len(self.text.tokenizers))]
+                weights = [x[f"token_weights{i}"] for i in range(len(ids))] if "token_weights0" in x else None
                 with torch.set_grad_enabled(te_grad and torch.is_grad_enabled()):
-                    hidden, pooled = encode_prompt(self.text, ids, self.text.clip_skip)
+                    hidden, pooled = encode_prompt(self.text, ids, self.text.clip_skip, token_weights=weights)
             pred = self.denoiser.denoise(noisy, x["t"], hidden, pooled, x.get("time_ids"))
         loss = micro_loss(ctx, pred.float(), x["latents"], x["noise"], x["t"], x["weights"], n, noisy, x.get("mask"))
         if backward:

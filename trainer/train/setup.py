@@ -216,10 +216,14 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
     from trainer.models.text import family_tokenize
 
     frozen = not kind.text_encoder_trains
+    weighted = bool(option(config, "weighted_captions"))
+    if weighted and family_tokenize(base, config) is not None:  # a DiT family detected from the weights
+        raise TrainingFault(f"weighted_captions works with SD1.x, SD2.x and SDXL models only, not this "
+                            f"{base.family} model.", "Untick weighted_captions.")
     text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=config.clip_skip,
                            max_token_length=config.max_token_length,
                            memoize=frozen, grad_enabled=kind.text_encoder_grad,
-                           tokenize=family_tokenize(base, config))
+                           tokenize=family_tokenize(base, config), weighted=weighted)
     wanted = bool(config.cache_text_encoder_outputs)
     if not frozen:
         if wanted:

@@ -4,6 +4,9 @@ SD1/SD2: the last hidden state, or with clip_skip N the N-th last layer + the fi
 SDXL: both encoders' penultimate layers concatenated, plus text encoder 2's pooled projection.
 Long captions (max_token_length 150/225) are encoded as 77-token chunks and joined (BOS, 75 × n, EOS).
 The encoding itself is trainer.models.text's; this module adds remembering the outputs.
+With weighted captions ("(red hair:1.2)") each caption's tokens carry weights that scale its hidden states
+(trainer.models.text.weight_tokens); the weights come from the caption text itself, so a remembered or cached
+output is keyed by that text, and on disk by its token ids and weights (see _disk).
 
 When the text encoders are frozen their output for a caption never changes, so it is computed once:
 * cache_outputs(captions): every caption the dataset can yield is encoded up front, in batches; the
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 from trainer.data.te_cache import TextCacheFolder, TextEncoderOutputCache, weights_fingerprint
-from trainer.models.text import encode_prompt, tokenize_long
+from trainer.models.text import encode_prompt, tokenize_long, tokenize_weighted
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +35,12 @@ DEVICE_SHARE = 0.25
 
 class TextConditioner(nn.Module):
     def __init__(self, family: str, text_encoders, tokenizers, clip_skip: int = 1, max_token_length: int = 75,
-                 memoize: bool = True, tokenize=None, grad_enabled=None):
+                 memoize: bool = True, tokenize=None, grad_enabled=None, weighted: bool = False):
         super().__init__()
+        if weighted and tokenize is not None:  # a DiT family's own tokenization (T5 ...)
+            raise ValueError(f"weighted_captions is not supported for {family}: SD1, SD2 and SDXL only")
         self.family = family
+        self.weighted = weighted  # captions in A1111 prompt-weight syntax
         self.encoders = nn.ModuleList(text_encoders)  # part of the trained model until cache_outputs
         self._encoders = list(text_encoders)
         self.tokenizers = list(tokenizers)
@@ -51,9 +57,17 @@ class TextConditioner(nn.Module):
             logger.warning("clip_skip is ignored for SDXL (it always uses the penultimate layers)")
 
     def tokenize(self, captions: list[str]) -> list[torch.Tensor]:
+        """Token ids per encoder (of the text without the weight syntax, with weighted captions)."""
+        return self.tokens(captions)[0]
+
+    def tokens(self, captions: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """(ids per encoder, token weights per encoder or None when captions are not weighted)."""
         if self._tokenize is not None:
-            return self._tokenize(captions)
-        return [tokenize_long(tok, captions, self.max_token_length) for tok in self.tokenizers]
+            return self._tokenize(captions), None
+        if not self.weighted:
+            return [tokenize_long(tok, captions, self.max_token_length) for tok in self.tokenizers], None
+        pairs = [tokenize_weighted(tok, captions, self.max_token_length) for tok in self.tokenizers]
+        return [ids for ids, _ in pairs], [weights for _, weights in pairs]
 
     @property
     def text_encoders(self) -> list[nn.Module]:  # what encode_prompt reads, as on a BaseModel
@@ -61,7 +75,11 @@ class TextConditioner(nn.Module):
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden states [B, L, D] and (SDXL) pooled embeddings [B, 1280]."""
-        return encode_prompt(self, self.tokenize(captions), self.clip_skip)
+        return self.encode_tokens(*self.tokens(captions))
+
+    def encode_tokens(self, ids: list[torch.Tensor], weights: list[torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return encode_prompt(self, ids, self.clip_skip, token_weights=weights)
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cache is not None:
@@ -121,8 +139,15 @@ class TextConditioner(nn.Module):
         if not folder:
             return None
         dtypes = [str(next(e.parameters()).dtype) for e in self._encoders]
-        fingerprint = weights_fingerprint(self.family, self.clip_skip, dtypes, modules=self._encoders)
-        return TextCacheFolder(folder, fingerprint, lambda caption: self.tokenize([caption]))
+        # weighted: the same words weigh differently, so the file name also hashes the token weights (and the
+        # fingerprint says so: plain "(red:1.2)" reads the brackets as text and must never share a file with it)
+        settings = (self.family, self.clip_skip, dtypes) + (("weighted_captions",) if self.weighted else ())
+        fingerprint = weights_fingerprint(*settings, modules=self._encoders)
+        return TextCacheFolder(folder, fingerprint, self._cache_key_tensors)
+
+    def _cache_key_tensors(self, caption: str) -> list[torch.Tensor]:
+        ids, weights = self.tokens([caption])
+        return ids + (weights or [])
 
     def offload(self, device="cpu") -> None:
         """Move the encoders off the training device (after cache_outputs)."""
