@@ -121,3 +121,36 @@ def test_a_huge_caption_is_cut_once_with_a_warning_naming_the_limit(tmp_path):
     text, warning = read_caption(path)
     assert len(text) <= MAX_CAPTION_CHARS and text.startswith("tag, tag")
     assert f"{MAX_CAPTION_CHARS}" in warning and "max_token_length" in warning
+
+
+def test_with_wildcards_each_use_draws_one_line_of_a_multi_line_caption_file(tmp_path):
+    """sd-scripts' enable_wildcard: several captions per image, one per use; without it the first line."""
+    p = tmp_path / "a.txt"
+    p.write_text("a red dog\n\n  a dog on grass \na {sitting|running} dog\n", encoding="utf-8")
+    assert read_caption(p) == ("a red dog", None)
+    text, _ = read_caption(p, all_lines=True)
+    assert text == "a red dog\na dog on grass\na {sitting|running} dog"
+    drawn = {run(text, seed=s, enable_wildcard=True, caption_prefix="photo,") for s in range(60)}
+    assert drawn == {"photo, a red dog", "photo, a dog on grass", "photo, a sitting dog", "photo, a running dog"}
+    assert run(text) == "a red dog", "without enable_wildcard only the first line counts"
+    assert run("{a|b}") == "{a|b}", "and braces are plain text"
+
+
+def test_wildcards_come_from_the_seeded_draws_and_caption_dropout_still_wins():
+    text = "{red|green|blue} ball, {big|small}"
+    assert run(text, seed=3, enable_wildcard=True) == run(text, seed=3, enable_wildcard=True)
+    assert all(run(text, seed=s, enable_wildcard=True, caption_dropout_every_n_epochs=1) == "" for s in range(5))
+    shuffled = run(text, seed=4, enable_wildcard=True, shuffle_caption=True)
+    assert "{" not in shuffled and len(tags(shuffled)) == 2
+
+
+def test_wildcard_captions_cannot_be_cached_as_text_encoder_outputs():
+    from trainer.config import ConfigError, parse_config
+
+    try:
+        parse_config("lora", {"enable_wildcard": True, "cache_text_encoder_outputs": True,
+                              "network_train_unet_only": True})
+    except ConfigError as err:
+        assert "enable_wildcard" in str(err) and "cache_text_encoder_outputs" in str(err)
+    else:
+        raise AssertionError("wildcards with cached text-encoder outputs must be refused")

@@ -160,3 +160,18 @@ def test_dataset_toml_syntax_error_is_reported_with_the_file(tmp_path):
     toml = write_toml(tmp_path / "bad.toml", "[[datasets]\n")
     with pytest.raises(DatasetError, match="cannot be parsed"):
         scan_dataset(make_cfg(dataset_config=str(toml)))
+
+
+def test_a_dataset_toml_subset_turns_wildcards_on_and_reads_every_caption_line(tmp_path):
+    make_concept(tmp_path, "1_dog", 1, captions={0: "one\ntwo\n"})
+    toml = write_toml(tmp_path / "dataset.toml", """
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = "1_dog"
+  enable_wildcard = true
+""")
+    result = scan_dataset(make_cfg(dataset_config=str(toml), train_data_dir="ignored"))
+    assert result.datasets[0].subsets[0].spec.caption.enable_wildcard
+    assert result.items[0].caption == "one\ntwo"
+    plain = scan_dataset(make_cfg(train_data_dir=str(tmp_path)))
+    assert plain.items[0].caption == "one"

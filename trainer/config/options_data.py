@@ -94,6 +94,10 @@ class DatasetOptions(Options):
                                               section="dataset", ge=0)
     caption_tag_dropout_rate: float = opt(0.0, "Probability of dropping each tag (not the kept ones).",
                                           section="dataset", ge=0, le=1)
+    enable_wildcard: bool = opt(
+        False, "Captions may vary: a caption file with several lines gives one line, drawn at random each time the "
+        "image is used, and {red|blue|green} in a caption is replaced by one of its choices (sd-scripts' "
+        "enable_wildcard). Not with cached text-encoder outputs.", section="dataset")
     weighted_captions: bool = opt(
         False, "Read captions in A1111 prompt-weight syntax: (word) x1.1, [word] /1.1, (word:1.3), \\( for a "
         "literal bracket. The text encoder sees the words without the syntax; each token's output is scaled by "

@@ -205,7 +205,7 @@ def _text_encoder_cache(c):
         yield Problem.at("cache_text_encoder_outputs", "caching text-encoder outputs needs frozen text encoders "
                          f"(UNet-only training); {fix} or untick cache_text_encoder_outputs")
     changing = [n for n in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
-                            "caption_dropout_every_n_epochs") if getattr(c, n)]
+                            "caption_dropout_every_n_epochs", "enable_wildcard") if getattr(c, n)]
     if changing:
         yield Problem.at("cache_text_encoder_outputs", f"captions change every step with {', '.join(changing)}, "
                          "so cached text-encoder outputs would be wrong; turn those off or untick "

@@ -37,7 +37,7 @@ SAME_NAME = (
     "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale",
     "shuffle_caption", "keep_tokens", "keep_tokens_separator", "secondary_separator", "caption_prefix",
     "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
-    "flip_aug", "color_aug", "random_crop", "cache_latents", "cache_latents_to_disk", "vae_batch_size",
+    "enable_wildcard", "flip_aug", "color_aug", "random_crop", "cache_latents", "cache_latents_to_disk", "vae_batch_size",
     "persistent_data_loader_workers", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
     "full_fp16", "full_bf16", "gradient_checkpointing", "min_snr_gamma", "min_timestep", "loss_type",
     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "fp8_base", "learning_rate",

@@ -1,4 +1,5 @@
-"""Caption files and Kohya's per-step caption transforms (prefix/suffix, dropout, keep/shuffle, tag dropout)."""
+"""Caption files and Kohya's per-step caption transforms (prefix/suffix, dropout, wildcards, keep/shuffle, tag
+dropout)."""
 from __future__ import annotations
 
 import random
@@ -18,14 +19,16 @@ _GLUED_TO_LATIN = re.compile(r"[A-Za-z][\u3040-\u9fff]|[\u3040-\u9fff][A-Za-z]")
 # is rarely over 16 characters, so the cut never changes what is trained, while a 10 MB caption was
 # tokenized again at every step (minutes a step, gigabytes of memory).
 MAX_CAPTION_CHARS = 225 * 16
+WILDCARD = re.compile(r"\{([^}]+)\}")  # {red|blue|green}
 
 
 def caption_path(image: Path, extension: str) -> Path:
     return image.with_name(image.stem + extension)
 
 
-def read_caption(path: Path) -> tuple[str, str | None]:
-    """The first non-empty line of a caption file, and a warning when it was not UTF-8.
+def read_caption(path: Path, all_lines: bool = False) -> tuple[str, str | None]:
+    """The first non-empty line of a caption file (with `all_lines`, enable_wildcard: every non-empty line,
+    joined by newlines), and a warning when it was not UTF-8.
 
     Kohya errors on non-UTF-8 captions; Windows Notepad still writes ANSI (cp1252) or Shift-JIS,
     so decode with a guess and tell the user instead.
@@ -34,16 +37,19 @@ def read_caption(path: Path) -> tuple[str, str | None]:
     text, warning = decode_caption_bytes(data)
     if warning:
         warning = f"{warning}; re-save it as UTF-8 to be sure the caption is read as you wrote it"
-    for line in text.splitlines():
-        if line.strip():
-            line = line.strip()
-            if len(line) > MAX_CAPTION_CHARS:
-                cut = (f"is {len(line):,} characters long; only the first {MAX_CAPTION_CHARS} are used (the text "
-                       "encoder reads at most max_token_length = 225 tokens, about 1000 characters)")
-                warning = f"{warning}; it {cut}" if warning else cut
-                line = line[:MAX_CAPTION_CHARS]
-            return line, warning
-    return "", warning
+    lines = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line:
+            continue
+        if len(line) > MAX_CAPTION_CHARS:
+            cut = (f"has a line {len(line):,} characters long; only its first {MAX_CAPTION_CHARS} are used (the "
+                   "text encoder reads at most max_token_length = 225 tokens, about 1000 characters)")
+            warning = f"{warning}; it {cut}" if warning else cut
+            line = line[:MAX_CAPTION_CHARS]
+        lines.append(line)
+        if not all_lines:
+            break
+    return "\n".join(lines), warning
 
 
 def decode_caption_bytes(data: bytes) -> tuple[str, str | None]:
@@ -87,20 +93,23 @@ def _bomless_utf16(data: bytes) -> str | None:
 
 
 def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int) -> str:
-    """Kohya's BaseDataset.process_caption order: prefix/suffix -> whole-caption dropout ->
+    """Kohya's BaseDataset.process_caption order: whole-caption dropout -> wildcards -> prefix/suffix ->
     fixed part + shuffle + tag dropout -> join with ", " -> secondary separator -> plain text.
 
     `epoch` is 1-based as in Kohya, so caption_dropout_every_n_epochs=2 drops in epochs 2, 4, ...
     """
-    if opts.caption_prefix:
-        caption = opts.caption_prefix + " " + caption
-    if opts.caption_suffix:
-        caption = caption + " " + opts.caption_suffix
     # Draw the dropout number even when the rate is 0 would change other draws; Kohya draws only if > 0.
     dropped = opts.caption_dropout_rate > 0 and rng.random() < opts.caption_dropout_rate
     every = opts.caption_dropout_every_n_epochs
     if dropped or (every > 0 and epoch % every == 0):
         return ""
+    if opts.enable_wildcard:  # before prefix/suffix, so every line gets them (sd-scripts: the first and last)
+        caption = draw_wildcards(caption, rng)
+    caption = caption.split("\n")[0]
+    if opts.caption_prefix:
+        caption = opts.caption_prefix + " " + caption
+    if opts.caption_suffix:
+        caption = caption + " " + opts.caption_suffix
     sep = opts.caption_separator or ","
     marker = opts.keep_tokens_separator
     if opts.shuffle_caption or opts.caption_tag_dropout_rate > 0:
@@ -116,6 +125,13 @@ def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoc
     if opts.secondary_separator:
         caption = caption.replace(opts.secondary_separator, sep)
     return caption
+
+
+def draw_wildcards(caption: str, rng: random.Random) -> str:
+    """sd-scripts' enable_wildcard: one line of a multi-line caption, then each {a|b|c} → one of its choices."""
+    if "\n" in caption:
+        caption = rng.choice(caption.split("\n"))
+    return WILDCARD.sub(lambda m: rng.choice(m.group(1).split("|")), caption)
 
 
 def split_tags(caption: str, opts: CaptionOptions) -> tuple[list[str], list[str], list[str]]:

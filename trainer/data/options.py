@@ -20,7 +20,7 @@ SUBSET_KEYS: tuple[str, ...] = (
     *TOML_ONLY_SUBSET_DEFAULTS, "caption_extension", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
     "secondary_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
     "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive",
-    "alpha_mask")
+    "alpha_mask", "enable_wildcard")
 # Caption settings of the whole run (sd-scripts' command line only, no dataset TOML key) that subsets still read.
 RUN_CAPTION_KEYS: tuple[str, ...] = ("weighted_captions",)
 # Per-dataset keys: the TOML name → the option that gives its value when no TOML layer sets it.
@@ -48,11 +48,12 @@ class CaptionOptions:
     caption_dropout_every_n_epochs: int = 0
     caption_tag_dropout_rate: float = 0.0
     weighted_captions: bool = False  # "(red hair, blue eyes:1.2)" is one tag: its commas do not split it
+    enable_wildcard: bool = False  # a random line of the caption file, {a|b} → one of a, b
 
     @property
     def is_fixed(self) -> bool:
         """True when a caption is the same every epoch (needed for text-encoder output caching)."""
-        return not (self.shuffle_caption or self.caption_dropout_rate > 0
+        return not (self.shuffle_caption or self.caption_dropout_rate > 0 or self.enable_wildcard
                     or self.caption_dropout_every_n_epochs > 0 or self.caption_tag_dropout_rate > 0)
 
 

@@ -249,7 +249,7 @@ def _caption_for(path: Path, subset: SubsetSpec, problems: list[Problem]) -> tup
     cap = caption_path(path, subset.caption_extension)
     if cap.is_file():
         try:
-            text, warning = read_caption(cap)
+            text, warning = read_caption(cap, all_lines=subset.caption.enable_wildcard)
         except OSError as exc:
             problems.append(Problem("warning", f"caption cannot be read ({exc}); class tokens used instead",
                                     "check the file's permissions", str(cap)))
@@ -297,9 +297,9 @@ def cache_problems(scan: ScanResult) -> list[Problem]:
 
 
 def text_cache_problems(scan: ScanResult) -> list[Problem]:
-    """Cached text-encoder outputs need captions that never change (no shuffle, no caption dropout)."""
-    return [Problem("error", f"captions change between steps in {subset.spec.label!r} (shuffle_caption or caption "
-                    "dropout), so text-encoder outputs cannot be cached",
+    """Cached text-encoder outputs need captions that never change (no shuffle, caption dropout or wildcards)."""
+    return [Problem("error", f"captions change between steps in {subset.spec.label!r} (shuffle_caption, caption "
+                    "dropout or enable_wildcard), so text-encoder outputs cannot be cached",
                     "turn those options off for it or untick cache_text_encoder_outputs", str(subset.spec.image_dir),
                     "cache_text_encoder_outputs")
             for ds in scan.datasets for subset in ds.subsets if not subset.spec.caption.is_fixed]
