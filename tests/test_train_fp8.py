@@ -226,3 +226,27 @@ def test_a_textual_inversion_run_with_fp8_base_learns_its_embedding(tmp_path, ti
     tokenizer, encoder = base.tokenizers[0], base.text_encoders[0]
     start = encoder.get_input_embeddings().weight[tokenizer("toy", add_special_tokens=False).input_ids[0]]
     assert torch.isfinite(learned).all() and not torch.allclose(learned[0], start, atol=1e-3)
+
+
+def test_fp8_base_unet_keeps_the_text_encoders_wide_and_trains(tmp_path, tiny_model_dir):
+    """Kohya's "fp8 base unet": only the U-Net / transformer in 8 bits (FLUX's T5 loses more in 8 bits)."""
+    from safetensors import safe_open
+
+    from trainer.config import config_for
+    from trainer.models import load_base_model
+    from trainer.train.setup import fp8_modules
+
+    base = load_base_model(tiny_model_dir("sd1"))
+    assert fp8_modules(config_for("lora", fp8_base_unet=True), base) == [base.unet]
+    assert fp8_modules(config_for("lora", fp8_base=True, fp8_base_unet=True), base) == [base.unet]
+    assert fp8_modules(config_for("lora", fp8_base=True), base) == [base.unet, *base.text_encoders]
+    assert fp8_modules(config_for("lora"), base) == []
+
+    config = lora_config(tiny_model_dir("sd1"), make_dataset(tmp_path / "data"), tmp_path / "out",
+                         fp8_base_unet=True, mixed_precision="bf16", epoch=1)
+    rc, events, err = run_trainer(write_config(config, tmp_path / "c.json"))
+    assert rc == 0, err[-3000:]
+    assert "(the U-Net / transformer only)" in err
+    with safe_open(str(tmp_path / "out" / "toy.safetensors"), framework="pt") as fh:
+        meta = fh.metadata()
+    assert (meta["ss_fp8_base"], meta["ss_fp8_base_unet"]) == ("True", "True")

@@ -24,6 +24,9 @@ def test_fp8_cached_text_and_checkpointing_each_lower_the_flux_estimate():
     full = estimate_vram("flux", cfg())
     assert full.measured is False and "unmeasured" in full.note
     assert estimate_vram("flux", cfg(fp8_base=True)).weights_gb < full.weights_gb
+    unet_only = estimate_vram("flux", cfg(fp8_base_unet=True))  # the transformer in 8 bits, T5 stays bf16
+    assert unet_only.weights_gb == estimate_vram("flux", cfg(fp8_base=True)).weights_gb
+    assert unet_only.text_encoders_gb == full.text_encoders_gb > estimate_vram("flux", cfg(fp8_base=True)).text_encoders_gb
     assert estimate_vram("flux", cfg(cache_text_encoder_outputs=True)).text_encoders_gb == 0 < full.text_encoders_gb
     assert estimate_vram("flux", cfg(gradient_checkpointing=False)).activations_gb > full.activations_gb
     assert estimate_vram("flux", cfg(resolution="512")).activations_gb < full.activations_gb

@@ -48,11 +48,13 @@ def estimate_vram(family: str, cfg, variant: str = "") -> VramEstimate | None:
         return None
     denoiser, tes, ae = PARAMS[key]
     mixed = cfg.mixed_precision
-    wbytes = 1 if option(cfg, "fp8_base") else (4 if mixed == "no" else 2)
+    wide = 4 if mixed == "no" else 2
+    wbytes = 1 if option(cfg, "fp8_base") or option(cfg, "fp8_base_unet") else wide
+    te_bytes = 1 if option(cfg, "fp8_base") and not option(cfg, "fp8_base_unet") else wide
     swapped = min(int(cfg.blocks_to_swap), BLOCKS.get(key, 1) - 1) / BLOCKS.get(key, 1)
     weights = denoiser * 1e9 * wbytes * (1 - swapped) + ae * 1e9 * 2  # swapped blocks wait in host memory
     cached = bool(cfg.cache_text_encoder_outputs)
-    te = 0.0 if cached else sum(tes) * 1e9 * wbytes  # cached: the encoders leave the GPU before step 1
+    te = 0.0 if cached else sum(tes) * 1e9 * te_bytes  # cached: the encoders leave the GPU before step 1
     rank = int(option(cfg, "network_dim"))
     width, blocks_px = SHAPE[key]
     lora_params = rank * width * 6  # down + up over the targeted layers (~6 per block width unit)

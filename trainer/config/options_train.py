@@ -139,6 +139,9 @@ class FrozenBaseOptions(Options):
         False, "Store the frozen base model's linear and convolution weights as 8-bit floats (scaled per "
         "output channel) and widen them one layer at a time: the base weights take about half the VRAM "
         "(figures in docs/benchmarks.md) at a small quality cost.", section="training")
+    fp8_base_unet: bool = opt(
+        False, "fp8_base for the U-Net / transformer only: the text encoders stay in the mixed precision (Kohya's "
+        "fp8 base unet; for FLUX.1 / SD3, whose T5 loses more in 8 bits).", section="training")
 
 
 class FullTrainingOptions(Options):

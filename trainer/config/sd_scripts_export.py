@@ -40,8 +40,8 @@ SAME_NAME = (
     "enable_wildcard", "flip_aug", "color_aug", "random_crop", "cache_latents", "cache_latents_to_disk", "vae_batch_size",
     "persistent_data_loader_workers", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
     "full_fp16", "full_bf16", "gradient_checkpointing", "min_snr_gamma", "min_timestep", "loss_type",
-    "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "fp8_base", "learning_rate",
-    "lr_scheduler", "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_n_epochs",
+    "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "fp8_base", "fp8_base_unet",
+    "learning_rate", "lr_scheduler", "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_n_epochs",
     "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps", "save_last_n_epochs_state",
     "save_last_n_steps_state", "save_state", "save_state_on_train_end",
     "resume", "training_comment", "sample_every_n_epochs", "sample_every_n_steps", "sample_at_first",
@@ -126,6 +126,10 @@ def sd_scripts_export(config) -> Export:
             data["cpu_offload_checkpointing"] = True
         else:
             notes.append(f"cpu_offload_checkpointing is left out: {SCRIPTS[(kind, sdxl)]} has no such option")
+    if data.pop("fp8_base_unet", None) and kind != "lora":  # an argument of train_network.py only
+        data["fp8_base"] = True
+        notes.append(f"fp8_base_unet becomes fp8_base: {SCRIPTS[(kind, sdxl)]} has only that, which stores the "
+                     "text encoders in 8 bits too")
     _weighted_captions(c, data, notes, sdxl)
     if kind == "lora":
         _network(c, data, notes)

@@ -228,7 +228,7 @@ def build_from_config(base, config, kind) -> LycorisNetwork:
     if config.save_lora_format == "diffusers":
         raise ValueError(LYCORIS_NOT_PEFT)
     kw = module_kwargs(config, kind.algo)
-    if config.fp8_base and kind.algo in ("locon", "loha", "lokr", "ia3"):
+    if (config.fp8_base or config.fp8_base_unet) and kind.algo in ("locon", "loha", "lokr", "ia3"):
         # LyCORIS' rebuild reads (and casts ΔW to) the layer's weight, which fp8_base stores in 8 bits; its
         # bypass path adds the branch to the layer's own (widening) forward
         if kw.get("weight_decompose") or kind.algo == "ia3":

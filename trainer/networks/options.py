@@ -13,7 +13,7 @@ LYCORIS_NOT_PEFT = ("save_lora_format diffusers writes PEFT LoRA keys (lora_A/lo
                     "not have: choose kohya (ComfyUI, Forge and A1111 load LyCORIS files in that layout)")
 
 DORA_NOT_FP8 = ("dora_wd (DoRA) reads the base layers' weights, which fp8_base keeps in 8 bits: turn off dora_wd or "
-                "fp8_base")
+                "fp8_base (and fp8_base_unet)")
 IA3_NOT_FP8 = ("LyCORIS/iA3 scales the base layers' weights, which fp8_base keeps in 8 bits (LyCORIS' bypass path "
                "would scale their biases too): turn off fp8_base or pick another LoRA_type")
 
@@ -36,10 +36,11 @@ def network_option_problems(c) -> list[tuple[str, str]]:
         problems.append(("LoRA_type", dit_refusal(kind, "FLUX.1" if c.flux1_checkbox else "SD3")))
     if kind.builder == "lycoris" and c.save_lora_format == "diffusers":
         problems.append(("save_lora_format", LYCORIS_NOT_PEFT))
-    if kind.algo in ("locon", "loha", "lokr") and c.dora_wd and c.fp8_base:
+    fp8 = c.fp8_base or c.fp8_base_unet
+    if kind.algo in ("locon", "loha", "lokr") and c.dora_wd and fp8:
         problems.append(("dora_wd", DORA_NOT_FP8))
-    if kind.algo == "ia3" and c.fp8_base:
-        problems.append(("fp8_base", IA3_NOT_FP8))
+    if kind.algo == "ia3" and fp8:
+        problems.append(("fp8_base_unet" if c.fp8_base_unet else "fp8_base", IA3_NOT_FP8))
     if kind.lora_type in ("Kohya DyLoRA", "LyCORIS/DyLoRA") and c.network_dim % max(c.unit, 1):
         problems.append(("unit", f"network_dim {c.network_dim} must be a multiple of unit {c.unit}"))
     if kind.lora_type == "Kohya DyLoRA":

@@ -17,7 +17,6 @@ STUDIO_REVISION = "kohya-studio"
 
 # sd-scripts options this trainer does not have: the keys carry the value that matches what it does
 NOT_OPTIONS_HERE = {
-    "ss_fp8_base_unet": False,
     "ss_lowram": False,
     "ss_face_crop_aug_range": None,
     "ss_validation_seed": None,
@@ -55,7 +54,8 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_gradient_checkpointing": bool(c.gradient_checkpointing),
         "ss_mixed_precision": mixed_precision,
         "ss_full_fp16": bool(c.full_fp16),
-        "ss_fp8_base": bool(option(c, "fp8_base")),
+        "ss_fp8_base": bool(option(c, "fp8_base") or option(c, "fp8_base_unet")),  # sd-scripts sets both
+        "ss_fp8_base_unet": bool(option(c, "fp8_base_unet")),
         "ss_lr_scheduler": c.lr_scheduler,
         "ss_lr_warmup_steps": plan.get("warmup_steps", 0),
         "ss_optimizer": optimizer_desc,

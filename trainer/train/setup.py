@@ -84,13 +84,14 @@ def load_base(config, accelerator, mp: str):
     for te in base.text_encoders:
         cast_module(te, dtype, device).requires_grad_(False).eval()
     cast_module(base.vae, vae_dtype(config, mp), device).requires_grad_(False).eval()
-    if option(config, "fp8_base"):  # before any network wraps the base layers' forwards
+    modules = fp8_modules(config, base)
+    if modules:  # before any network wraps the base layers' forwards
         from trainer.models.fp8 import Fp8Report, to_fp8
 
-        report = sum((to_fp8(m, dtype) for m in (base.unet, *base.text_encoders)), Fp8Report())
-        logger.info("fp8_base: %d frozen base layers stored in 8-bit floats, %.2f → %.2f GiB (%.2f GiB saved)",
+        report = sum((to_fp8(m, dtype) for m in modules), Fp8Report())
+        logger.info("fp8_base: %d frozen base layers stored in 8-bit floats, %.2f → %.2f GiB (%.2f GiB saved)%s",
                     report.layers, report.bytes_before / 2**30, report.bytes_after / 2**30,
-                    report.saved_bytes / 2**30)
+                    report.saved_bytes / 2**30, "" if len(modules) > 1 else " (the U-Net / transformer only)")
     if n_swap:  # after fp8; before any network wraps the base layers' forwards
         from .block_swap import install_block_swap
 
@@ -98,6 +99,14 @@ def load_base(config, accelerator, mp: str):
                                                       bool(config.gradient_checkpointing))
         cast_module(base.unet, dtype, device)  # the other blocks; the swapped ones stay in host memory
     return base
+
+
+def fp8_modules(config, base) -> list:
+    """What fp8_base stores in 8 bits: the denoiser, and the text encoders unless fp8_base_unet keeps them wide
+    (sd-scripts: fp8_base_unet implies fp8_base for the U-Net / DiT)."""
+    if option(config, "fp8_base_unet"):
+        return [base.unet]
+    return [base.unet, *base.text_encoders] if option(config, "fp8_base") else []
 
 
 def plan_event(config, dataset, steps: StepBatches, base, accelerator) -> dict:
