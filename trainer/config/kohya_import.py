@@ -354,7 +354,17 @@ def _finish(data: dict, values: dict, training_type: str, notes: list[str]) -> N
                      "is used")
         values["save_model_as"] = "safetensors"
     _resolution(values, notes)
+    _block_lr(data, values, notes)
     warmup = _number(data.get("lr_warmup_steps"))
     if warmup is not None and 0 < warmup < 1:  # a ratio of the run, as sd-scripts reads it
         values["lr_warmup"] = warmup * 100
         values["lr_warmup_steps"] = 0
+
+
+def _block_lr(data: dict, values: dict, notes: list[str]) -> None:
+    """kohya_ss puts block_lr in every fine-tune TOML, but only sdxl_train.py reads it: fine_tune.py (and the
+    FLUX.1 / SD3 trainers) ran without it, and so does the import."""
+    if values.get("block_lr") and not values.get("sdxl"):
+        notes.append("block_lr is not used: it is an option of sdxl_train.py (SDXL) only, and this file trains "
+                     "another model family, whose sd-scripts trainer ignored it")
+        values.pop("block_lr")

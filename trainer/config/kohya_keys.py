@@ -112,4 +112,6 @@ SPECIAL = {
     "bucket_reso_steps not a multiple of 8": "refused with enable_bucket, as sd-scripts' buckets would not fit "
                                              "the VAE grid",
     "mixed_precision fp8": "refused: use bf16 and fp8_base",
+    "block_lr": "kept for SDXL (sdxl_train.py reads it); dropped with a note otherwise, as fine_tune.py never "
+                "read it",
 }

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import field_validator
+
 from trainer.families import SD_FAMILIES
 
 from .options_data import Options
@@ -151,6 +153,19 @@ class FullTrainingOptions(Options):
         "gradient at once: the model's full set of gradients never exists (kohya's option for SDXL / FLUX.1 / SD3 "
         "full fine-tuning on 24 GB). Needs the Adafactor optimizer and gradient_accumulation_steps 1; "
         "max_grad_norm then clips each weight's gradient on its own.", section="optimizer")
+    block_lr: str = opt(
+        "", "A learning rate per U-Net block (sd-scripts' sdxl_train.py --block_lr), 23 comma-separated "
+        "values in sd-scripts' order: embeddings, IN0–IN8, MID0–MID2, OUT0–OUT8, out. They replace learning_rate "
+        "for the U-Net (the text encoders keep theirs); 0 freezes that block. Empty = learning_rate everywhere.",
+        section="optimizer", label="Block LR (SDXL)", families=("sdxl",))
+
+    @field_validator("block_lr", mode="before")
+    @classmethod
+    def _rates_as_text(cls, value):
+        """A TOML list of numbers is the same rates (sd-scripts' own TOML holds the string)."""
+        if isinstance(value, (list, tuple)):
+            return ",".join(format(v, "g") if isinstance(v, (int, float)) else str(v) for v in value)
+        return value
 
 
 class OptimizerOptions(Options):

@@ -173,6 +173,35 @@ def _memory_savers(c):
 
 
 @rule
+def _block_lr(c):
+    """sdxl_train.py's --block_lr: 23 rates ≥ 0; SDXL's U-Net only (train_db.py / fine_tune.py have no such option)."""
+    from trainer.families import FAMILY_NAMES, chosen_family
+
+    from .block_lr import parse_block_lr
+
+    text = option(c, "block_lr")
+    if not str(text).strip():
+        return
+    try:
+        rates = parse_block_lr(text)
+    except ValueError as exc:
+        yield Problem.at("block_lr", str(exc))
+        return
+    family = chosen_family(c.model_dump(include={"flux1_checkbox", "sd3_checkbox", "sdxl", "v2"}), None)
+    if family not in (None, "sdxl"):
+        yield Problem.at("block_lr", f"block_lr splits the SDXL U-Net into its 23 blocks (sd-scripts has it in "
+                         f"sdxl_train.py only); this config trains {FAMILY_NAMES[family]}: clear block_lr")
+    if not any(rates) and not trains_text_encoder(c):
+        yield Problem.at("block_lr", "every block_lr value is 0, so nothing would train; give the blocks to train "
+                         "a rate above 0 (e.g. 1e-6) or clear block_lr")
+    if c.optimizer == "Adafactor" and not re.search(r"relative_step=false", c.optimizer_args, re.IGNORECASE):
+        yield Problem.at("block_lr", "Adafactor with relative_step (its default) finds its own step size and "
+                         "ignores every group's learning rate, so block_lr only freezes the blocks set to 0; add "
+                         "relative_step=False scale_parameter=False to optimizer_args to use the rates",
+                         level="warning")
+
+
+@rule
 def _latent_cache(c):
     if c.cache_latents or c.cache_latents_to_disk:
         for name in ("color_aug", "random_crop"):

@@ -19,6 +19,7 @@ from trainer import tomlio as toml
 from trainer.atomic import atomic_write_text
 from trainer.networks.options import sd_scripts_network
 
+from .block_lr import block_lr_text, parse_block_lr
 from .defaults import option
 from .spec import parse_resolution
 
@@ -135,6 +136,7 @@ def sd_scripts_export(config) -> Export:
         _network(c, data, notes)
     elif kind in ("dreambooth", "finetune"):
         _full_model_rates(c, data, sdxl)
+        _block_lr(c, data, notes, sdxl)
     elif kind == "textual_inversion":
         if c.template != "caption":
             data["use_object_template" if c.template == "object template" else "use_style_template"] = True
@@ -218,6 +220,18 @@ def _full_model_rates(c, data: dict, sdxl: bool) -> None:
             data["stop_text_encoder_training"] = -1  # train_db.py: a negative step count freezes it
     elif te > 0:
         data["learning_rate_te"] = te
+
+
+def _block_lr(c, data: dict, notes: list[str], sdxl: bool) -> None:
+    """sdxl_train.py reads --block_lr as one string of 23 comma-separated rates."""
+    rates = parse_block_lr(c.block_lr)
+    if rates is None:
+        return
+    if sdxl:
+        data["block_lr"] = block_lr_text(rates)
+    else:
+        notes.append(f"block_lr is left out: {SCRIPTS[(c.training_type, sdxl)]} has no such option (tick sdxl for an "
+                     "SDXL model, which sdxl_train.py trains)")
 
 
 def _launch_args(c) -> list[str]:

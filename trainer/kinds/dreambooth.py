@@ -15,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from trainer.config.block_lr import parse_block_lr
 from trainer.config.defaults import option
+from trainer.families import FAMILY_NAMES
 
 from trainer.output_names import model_ext
 
@@ -60,8 +62,7 @@ class DreamboothKind(TrainingKind):
         self.base = base
         base.vae.requires_grad_(False)
         cast_module(base.unet, train_dtype).requires_grad_(True)
-        self.param_groups = [{"params": [p for p in base.unet.parameters()], "lr": self.learning_rate,
-                              "name": "unet"}]
+        self.param_groups = self._unet_groups(base)
         for index, encoder in enumerate(base.text_encoders):
             encoder.requires_grad_(False)
             lr = self.text_encoder_lr(index)
@@ -77,13 +78,26 @@ class DreamboothKind(TrainingKind):
                        "the transformer only, as sd-scripts'); learning_rate_te is ignored")
             for encoder in base.text_encoders:
                 encoder.requires_grad_(False)
-            self.param_groups = self.param_groups[:1]
+            self.param_groups = [g for g in self.param_groups if g["name"].startswith("unet")]
             self.train_te = False
         self.te_training = self.train_te
         if base.family == "sdxl" and self.train_te:
             self._warn("training both SDXL text encoders: sd-scripts recommends keeping them frozen "
                        "(learning_rate_te 0) because their training is unpredictable")
         return self.param_groups
+
+    def _unet_groups(self, base) -> list[dict]:
+        """One group at learning_rate, or with block_lr (SDXL) one per U-Net block at its own rate."""
+        rates = parse_block_lr(option(self.config, "block_lr"))
+        if rates is None:
+            return [{"params": list(base.unet.parameters()), "lr": self.learning_rate, "name": "unet"}]
+        if base.family != "sdxl":
+            raise KindError(f"block_lr splits the SDXL U-Net into its 23 blocks (sd-scripts has it in sdxl_train.py "
+                            f"only), but the model is {FAMILY_NAMES.get(base.family, base.family)}; clear block_lr "
+                            "or train an SDXL model")
+        from .block_lr import block_lr_param_groups
+
+        return block_lr_param_groups(base.unet, rates)
 
     def trained_modules(self) -> list[torch.nn.Module]:
         if self.base is None:

@@ -57,11 +57,12 @@ def unet_to_ldm(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, 
     blocks = unet_block_map(config)
     out = {}
     for key, value in state_dict.items():
-        out[UNET_PREFIX + _unet_key(key, blocks)] = value
+        out[UNET_PREFIX + unet_ldm_key(key, blocks)] = value
     return out
 
 
-def _unet_key(key: str, blocks) -> str:
+def unet_ldm_key(key: str, blocks) -> str:
+    """A diffusers U-Net parameter name in the original layout (without model.diffusion_model.)."""
     for src, dst in UNET_TOP.items():
         if key.startswith(src + "."):
             return dst + key[len(src):]
