@@ -222,3 +222,20 @@ def test_the_sd_scripts_export_writes_block_lr_for_sdxl_train_py():
     assert export.script == "sdxl_train.py" and export.toml_data["block_lr"] == text(rates())
     sd1 = sd_scripts_export(tc.DreamboothConfig(block_lr=text(rates()), learning_rate_te=0.0))
     assert "block_lr" not in sd1.toml_data and any("train_db.py has no such option" in n for n in sd1.notes)
+
+
+def test_a_whole_sdxl_dreambooth_run_with_block_lr_saves_a_checkpoint_and_learning_rate_0_keeps_the_unet(
+        tmp_path, tiny_model_dir):
+    """Through `python -m trainer run`: the rates reach the run; learning_rate 0 (text encoder only) leaves the
+    U-Net untrained even with block_lr, as sd-scripts' train_unet = learning_rate != 0."""
+    from test_kinds_end_to_end import run, make_images
+
+    data = make_images(tmp_path / "img" / "2_sks toy")
+    values = dict(pretrained_model_name_or_path=str(tiny_model_dir("sdxl")), train_data_dir=str(data.parent),
+                  output_name="db", epoch=1, block_lr=text(rates()))
+    events = run("dreambooth", {**values, "output_dir": str(tmp_path / "out"), "learning_rate": 1e-4,
+                                "learning_rate_te": 0.0}, tmp_path)
+    assert [e["kind"] for e in events if e["type"] == "saved"] == ["final"]
+    events = run("dreambooth", {**values, "output_dir": str(tmp_path / "te"), "learning_rate": 0.0,
+                                "learning_rate_te": 1e-5}, tmp_path)
+    assert any("block_lr is not used" in e.get("message", "") for e in events if e["type"] == "warning")

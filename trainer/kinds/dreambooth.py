@@ -89,6 +89,9 @@ class DreamboothKind(TrainingKind):
     def _unet_groups(self, base) -> list[dict]:
         """One group at learning_rate, or with block_lr (SDXL) one per U-Net block at its own rate."""
         rates = parse_block_lr(option(self.config, "block_lr"))
+        if rates is not None and self.learning_rate == 0:  # sd-scripts: learning_rate 0 = the U-Net does not train
+            self._warn("block_lr is not used: learning_rate is 0, so the U-Net does not train (as in sd-scripts)")
+            rates = None
         if rates is None:
             return [{"params": list(base.unet.parameters()), "lr": self.learning_rate, "name": "unet"}]
         if base.family != "sdxl":
