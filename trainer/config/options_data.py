@@ -145,9 +145,17 @@ class DatasetOptions(Options):
 
 
 class RegularizationOptions(Options):
-    """DreamBooth-style class images (LoRA, DreamBooth, Textual Inversion; fine-tuning has none)."""
+    """What DreamBooth-style concept folders add (LoRA, DreamBooth, Textual Inversion; fine-tuning has none): class
+    images and mask folders."""
 
     reg_data_dir: str = opt(
         "", "Optional regularization (class) images, same <repeats>_<name> layout.",
         section="folders", level="basic", kind="dir", label="Regularisation folder")
     prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", section="dataset", ge=0, le=10)
+    conditioning_data_dir: str = opt(
+        "", "Optional folder of mask images for masked loss (sd-scripts' conditioning_data_dir): each training image "
+        "learns where its mask, the image with the same name (any image extension), is white and ignores where it is "
+        "black (the red channel / 255). Holds one sub-folder per concept folder, named alike (10_mychar/ with "
+        "image001.png), or the masks directly when there is no such sub-folder. Regularisation images count "
+        "everywhere. Turns masked loss on; not with alpha_mask. A dataset TOML sets it per [[datasets.subsets]].",
+        section="folders", kind="dir", label="Mask folder (conditioning_data_dir)")

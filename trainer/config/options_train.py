@@ -127,8 +127,9 @@ class TrainingOptions(Options):
         "noisy timesteps more (0 = off).", section="training", ge=0, le=10, families=SD_FAMILIES)
     masked_loss: bool = opt(
         False, "Learn only where each image's mask says (Kohya_ss's Masked loss): the loss of every latent pixel "
-        "is weighted by the mask, shrunk to the latent size. The masks here are the images' transparency, so "
-        "tick alpha_mask too (or set alpha_mask in the dataset TOML's subsets).", section="training")
+        "is weighted by the mask, shrunk to the latent size. The masks are the images' transparency (tick "
+        "alpha_mask) or mask images named like them (set conditioning_data_dir); a dataset TOML sets either per "
+        "subset.", section="training")
     debiased_estimation_loss: bool = opt(False, "Weight the loss by 1/√SNR (debiased estimation).",
                                          section="training", families=SD_FAMILIES)
     scale_v_pred_loss_like_noise_pred: bool = opt(False, "Scale v-prediction loss like noise prediction.",

@@ -70,6 +70,10 @@ def check_paths(c) -> list[Problem]:
                                 "your <repeats>_<name> folders, e.g. dataset/images"))
     if option(c, "reg_data_dir") and not Path(c.reg_data_dir).is_dir():
         problems.append(Problem.at("reg_data_dir", f"{c.reg_data_dir!r} is not a folder; fix it or clear the field"))
+    masks = option(c, "conditioning_data_dir")
+    if masks and not c.dataset_config and not Path(masks).is_dir():
+        problems.append(Problem.at("conditioning_data_dir", f"{masks!r} is not a folder; choose the folder of mask "
+                                   "images or clear the field"))
     if c.logging_dir:
         problems.append(_writable_dir_problem("logging_dir", c.logging_dir))
     for field in ("network_weights", "weights", "in_json"):

@@ -210,17 +210,29 @@ def _latent_cache(c):
                                  "untick cache_latents (and cache_latents_to_disk) or untick " + name)
 
 
-MASK_SOURCE_FIX = ("tick alpha_mask (use each image's transparency as the mask), or untick masked_loss. sd-scripts "
-                   "can also read masks from conditioning_data_dir folders, which this studio does not have")
+def mask_source_fix(c) -> str:
+    """The ways to give images masks, for the training types that have them (fine-tuning has no mask folders)."""
+    folder = ("set conditioning_data_dir (a folder of mask images named like the training images: white learns, "
+              "black is ignored), " if "conditioning_data_dir" in type(c).model_fields else "")
+    return f"tick alpha_mask (use each image's transparency as the mask), {folder}or untick masked_loss"
 
 
 @rule
 def _masked_loss(c):
-    """sd-scripts' --masked_loss needs masks: here the images' alpha (a dataset TOML can set it per subset,
-    which the scan checks)."""
-    if c.masked_loss and not c.alpha_mask and not c.dataset_config:
+    """sd-scripts' --masked_loss needs masks: the images' alpha or a mask folder (a dataset TOML can set either per
+    subset, which the scan checks)."""
+    folder = option(c, "conditioning_data_dir")
+    if c.masked_loss and not c.alpha_mask and not folder and not c.dataset_config:
         yield Problem.at("masked_loss", "masked_loss weighs the loss by a mask per image, but no image has one: "
-                         + MASK_SOURCE_FIX)
+                         + mask_source_fix(c))
+    if folder and c.alpha_mask and not c.dataset_config:
+        yield Problem.at("conditioning_data_dir", "alpha_mask and conditioning_data_dir are two sources of the same "
+                         "loss mask; untick alpha_mask to use the mask folder, or clear conditioning_data_dir to use "
+                         "the images' transparency")
+    if folder and c.dataset_config:
+        yield Problem.at("conditioning_data_dir", "conditioning_data_dir is for the concept folders of "
+                         "train_data_dir and is not used with a dataset_config (as in sd-scripts); set "
+                         "conditioning_data_dir in each [[datasets.subsets]] that has masks", level="warning")
 
 
 @rule

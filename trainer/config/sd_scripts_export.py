@@ -51,7 +51,7 @@ SAME_NAME = (
     "train_text_encoder", "network_weights", "dim_from_weights", "network_dropout", "network_train_unet_only",
     "network_train_text_encoder_only", "network_alpha", "network_dim", "token_string", "init_word",
     "num_vectors_per_token", "weights", "stop_text_encoder_training", "scale_weight_norms", "fused_backward_pass",
-    "masked_loss", "alpha_mask",
+    "masked_loss", "alpha_mask", "conditioning_data_dir",
 )
 # written even when 0 / False: sd-scripts' default is not what 0 means here
 ALWAYS = {"max_grad_norm", "max_data_loader_n_workers", "caption_extension"}
@@ -132,6 +132,7 @@ def sd_scripts_export(config) -> Export:
         notes.append(f"fp8_base_unet becomes fp8_base: {SCRIPTS[(kind, sdxl)]} has only that, which stores the "
                      "text encoders in 8 bits too")
     _weighted_captions(c, data, notes, sdxl)
+    _mask_folder(c, data, notes)
     if kind == "lora":
         _network(c, data, notes)
     elif kind in ("dreambooth", "finetune"):
@@ -141,6 +142,19 @@ def sd_scripts_export(config) -> Export:
         if c.template != "caption":
             data["use_object_template" if c.template == "object template" else "use_style_template"] = True
     return Export(data, SCRIPTS[(kind, sdxl)], _launch_args(c), prompts=c.sample_prompts, notes=notes)
+
+
+def _mask_folder(c, data: dict, notes: list[str]) -> None:
+    """A mask folder trains masked here; sd-scripts needs --masked_loss to read one (and to accept the subset key)."""
+    if not data.get("conditioning_data_dir"):
+        return
+    if c.dataset_config:  # sd-scripts ignores it then, as this trainer does
+        del data["conditioning_data_dir"]
+        return
+    data["masked_loss"] = True
+    notes.append("conditioning_data_dir: sd-scripts' training scripts read mask folders from a dataset config's "
+                 "[[datasets.subsets]] only, not for train_data_dir's concept folders; to train masked with them "
+                 "write a dataset TOML whose subsets name image_dir and conditioning_data_dir")
 
 
 def _noise(c, data: dict) -> None:

@@ -11,7 +11,7 @@ from trainer.config.defaults import option
 from .augment import render_masked
 from .epochs import BatchKey, EpochPlan
 from .errors import DatasetError
-from .images import load_rgb, load_rgb_and_alpha
+from .images import load_masked, load_rgb
 from .latent_cache import LatentCache
 from .captions import process_caption
 from .rng import derive_rng, derive_seed
@@ -73,13 +73,13 @@ class TrainDataset(EpochPlan, Dataset):
         flip = subset.flip_aug and rng.random() < 0.5
         row = {"item": item, "caption": caption, "flip": flip}
         if self.latents is not None:
-            if not self.latents.has(item, subset.alpha_mask):  # its file broke after the scan: leave it out
+            if not self.latents.has(item, subset.masked):  # its file broke after the scan: leave it out
                 return None
             generator = torch.Generator().manual_seed(derive_seed(self.seed, "latent", key.epoch, key.index,
                                                                   rng.random()))
-            entry = self.latents.get(item, subset.alpha_mask)
+            entry = self.latents.get(item, subset.masked)
             row["latents"] = entry.sample(flip, generator)
-            if subset.alpha_mask:
+            if subset.masked:
                 row["alpha_mask"] = entry.mask_for(flip)
             crop = item.placement.crop_ltrb
             if flip:
@@ -88,14 +88,14 @@ class TrainDataset(EpochPlan, Dataset):
             row["crop"] = crop
             return row
         try:
-            image, alpha = load_rgb_and_alpha(item.path) if subset.alpha_mask else (load_rgb(item.path), None)
+            image, alpha = load_masked(item.path, item.mask_path) if subset.masked else (load_rgb(item.path), None)
         except Exception as exc:  # never die mid-run on one file
             log.warning("skipping %s in this batch: %s", item.path, exc)
             return None
         row["images"], row["crop"], mask = render_masked(image, alpha, item.placement, flip=flip,
                                                          random_crop=subset.random_crop,
                                                          color_aug=subset.color_aug, rng=rng)
-        if subset.alpha_mask:
+        if subset.masked:
             row["alpha_mask"] = mask
         return row
 
@@ -129,8 +129,8 @@ class TrainDataset(EpochPlan, Dataset):
 
 
 def batch_masks(rows: list[dict]) -> torch.Tensor:
-    """The rows' alpha masks [B, H, W]; a row of a subset without alpha_mask counts everywhere (ones), as in
-    sd-scripts when only some subsets have masks."""
+    """The rows' loss masks [B, H, W] (from alpha channels or mask images); a row of a subset without masks counts
+    everywhere (ones), as in sd-scripts when only some subsets have masks."""
     shape = next(r["alpha_mask"].shape for r in rows if "alpha_mask" in r)
     return torch.stack([r.get("alpha_mask", torch.ones(shape)) for r in rows])
 
@@ -142,7 +142,7 @@ def needs_flip_cache(dataset: TrainDataset) -> Callable[[object], bool]:
 
 
 def needs_mask_cache(scan: ScanResult) -> Callable[[object], bool]:
-    """Whether an item's latents are cached with its alpha mask (its subset has alpha_mask)."""
+    """Whether an item's latents are cached with its loss mask (its subset has alpha_mask or a mask folder)."""
     def need(item) -> bool:
-        return scan.datasets[item.dataset].subsets[item.subset].spec.alpha_mask
+        return scan.datasets[item.dataset].subsets[item.subset].spec.masked
     return need

@@ -15,12 +15,12 @@ from .errors import DatasetError
 from .options import (DATASET_OPTIONS, SUBSET_KEYS as SUBSET_OPTION_KEYS, DatasetSpec, make_dataset_spec, make_subset,
                       subset_values)
 
-SUBSET_KEYS = set(SUBSET_OPTION_KEYS) | {"image_dir", "is_reg"}
+SUBSET_KEYS = set(SUBSET_OPTION_KEYS) | {"image_dir", "is_reg", "conditioning_data_dir"}
 DATASET_KEYS = set(DATASET_OPTIONS)
 # Kohya keys we read without acting on them: a warning says so instead of a schema error.
 IGNORED_KEYS = {"enable_wildcard", "token_warmup_min", "token_warmup_step", "face_crop_aug_range", "cache_info",
                 "custom_attributes", "resize_interpolation", "network_multiplier",
-                "validation_split", "validation_seed", "conditioning_data_dir"}
+                "validation_split", "validation_seed"}
 ALIASES = {"caption_extention": "caption_extension"}  # Kohya keeps its old misspelling working
 
 
@@ -47,11 +47,13 @@ def load_dataset_config(path: str | Path, cfg) -> tuple[list[DatasetSpec], list[
     general = _clean(doc.get("general", {}), SUBSET_KEYS | DATASET_KEYS, "[general]", path, problems)
     for key in set(doc) - {"general", "datasets"}:
         problems.append(_unknown(key, {"general", "datasets"}, "top level", path))
+    problems.extend(_not_per_subset(general, "[general]", path))
     datasets: list[DatasetSpec] = []
     for d_index, raw_dataset in enumerate(doc.get("datasets", [])):
         where = f"[[datasets]] #{d_index + 1}"
         dataset = _clean(raw_dataset, SUBSET_KEYS | DATASET_KEYS | {"subsets"}, where, path, problems)
         spec = make_dataset_spec([dataset, general], cfg)
+        problems.extend(_not_per_subset(dataset, where, path))
         seen: set[Path] = set()
         for s_index, raw_subset in enumerate(dataset.get("subsets", [])):
             s_where = f"{where} subset #{s_index + 1}"
@@ -62,17 +64,17 @@ def load_dataset_config(path: str | Path, cfg) -> tuple[list[DatasetSpec], list[
                 problems.append(_problem("error", f"{s_where} has no image_dir",
                                         'add image_dir = "path/to/images"', str(path)))
                 continue
-            image_dir = Path(subset["image_dir"]).expanduser()
-            if not image_dir.is_absolute():
-                image_dir = (path.parent / image_dir)
+            image_dir = _beside(path, subset["image_dir"])
             if image_dir.resolve() in seen:
                 problems.append(_problem("warning", f"{s_where} repeats image_dir {image_dir}; ignored as Kohya does",
                                         "remove the duplicate subset", str(path)))
                 continue
             seen.add(image_dir.resolve())
             values = subset_values([subset, dataset, general], cfg)
-            spec.subsets.append(make_subset(image_dir, values, is_reg=bool(subset.get("is_reg", False)),
-                                            label=image_dir.name))
+            made = make_subset(image_dir, values, is_reg=bool(subset.get("is_reg", False)), label=image_dir.name)
+            if subset.get("conditioning_data_dir"):  # a subset's own key, like image_dir (sd-scripts' mask folder)
+                made.conditioning_data_dir = _beside(path, subset["conditioning_data_dir"])
+            spec.subsets.append(made)
         if not spec.subsets:
             problems.append(_problem("error", f"{where} has no usable [[datasets.subsets]]",
                                     "add at least one subset with image_dir", str(path)))
@@ -81,6 +83,19 @@ def load_dataset_config(path: str | Path, cfg) -> tuple[list[DatasetSpec], list[
         problems.append(_problem("error", "dataset_config has no [[datasets]]",
                                 'add [[datasets]] with [[datasets.subsets]] image_dir = "..."', str(path)))
     return datasets, problems
+
+
+def _not_per_subset(layer: dict, where: str, path: Path) -> list[Problem]:
+    if not layer.get("conditioning_data_dir"):
+        return []
+    return [_problem("warning", f"{where}: conditioning_data_dir is read per subset only, so it is not used here",
+                     "move it into each [[datasets.subsets]] that has masks", str(path))]
+
+
+def _beside(config_file: Path, folder: str) -> Path:
+    """A folder the TOML names; a relative one is taken relative to the TOML file."""
+    folder = Path(folder).expanduser()
+    return folder if folder.is_absolute() else config_file.parent / folder
 
 
 def _clean(table: dict, allowed: set[str], where: str, path: Path, problems: list[Problem]) -> dict:

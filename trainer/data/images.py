@@ -128,6 +128,28 @@ def load_rgb_and_alpha(path: Path) -> tuple[Image.Image, Image.Image | None]:
         return split_alpha(ImageOps.exif_transpose(im))
 
 
+def load_masked(path: Path, mask_path: Path | None = None) -> tuple[Image.Image, Image.Image | None]:
+    """The image and its loss mask ("L", or None: counts everywhere): from a mask image when the image has one
+    (its subset has a mask folder), else from the image's own alpha channel."""
+    if mask_path is None:
+        return load_rgb_and_alpha(path)
+    image = load_rgb(path)
+    return image, load_mask_image(mask_path, image.size)
+
+
+def load_mask_image(path: Path, size: tuple[int, int]) -> Image.Image:
+    """A mask image's red channel ("L"; a greyscale image's own value), as sd-scripts reads conditioning masks
+    (R / 255 after its [-1, 1] round trip), at `size`: a mask saved smaller or larger is stretched to its image so
+    that it then goes through the same resize, crop and flip."""
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)  # oriented as it is displayed, like the training image
+        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            im = _high_bit_depth_to_l(im)
+        red = im.convert("RGB").getchannel("R")  # RGB(A) drops its alpha; L, 1 and P give their grey value
+    return red if red.size == size else red.resize(size, Image.Resampling.BILINEAR)
+
+
 def split_alpha(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
     if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
         im = im.convert("RGBA")  # a palette or colour-key transparency is an alpha channel too

@@ -10,6 +10,8 @@ it, and the VAE (config + weight fingerprint + dtype). Anything different -> re-
 With alpha masks an image is encoded from its colours as stored (not put on white) and its mask is
 kept beside the latents, shrunk to the latent grid: such entries are `<name>.<W>x<H>.alpha.latents.safetensors`,
 so the two kinds never stand in for each other (and switching masks off and on again re-encodes nothing).
+Masks from a mask folder (conditioning_data_dir) are kept the same way in `<name>.<W>x<H>.mask.latents.safetensors`,
+whose header also records the mask file (path, size + mtime, content hash): a changed mask is read again.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from trainer.atomic import atomic_path
 import torch.nn.functional as F
 
 from .augment import render, render_masked
-from .images import load_rgb, load_rgb_and_alpha
+from .images import load_masked, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,30 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _mask_tag(item, masked: bool) -> str:
+    """The cache file's mark of its mask source: the image's alpha channel or a mask image."""
+    if not masked:
+        return ""
+    return ".alpha" if mask_image(item) is None else ".mask"
+
+
+def mask_image(item) -> Path | None:
+    return getattr(item, "mask_path", None)
+
+
+def _same_file(recorded: dict, path: Path, facts) -> bool:
+    """Whether `recorded` (path-less or naming `path`) describes the file now at `path`: same size and mtime, or
+    touched but with the same content."""
+    if recorded.get("path", str(path)) != str(path):
+        return False
+    if recorded.get("bytes") == facts.file_size and recorded.get("mtime_ns") == facts.mtime_ns:
+        return True
+    try:
+        return recorded.get("digest") == file_digest(path)
+    except OSError:
+        return False
 
 
 @dataclass
@@ -121,19 +147,23 @@ class LatentCache:
     # ---- where and what -------------------------------------------------------------------------
     def cache_file(self, item, masked: bool = False) -> Path:
         w, h = item.placement.bucket
-        name = f"{item.path.name}.{w}x{h}{'.alpha' if masked else ''}{CACHE_SUFFIX}"
+        name = f"{item.path.name}.{w}x{h}{_mask_tag(item, masked)}{CACHE_SUFFIX}"
         if self.cache_dir is None:
             return item.path.with_name(name)
         folder = item.path.parent.resolve()
         tag = hashlib.blake2b(str(folder).encode("utf-8"), digest_size=4).hexdigest()
         return self.cache_dir / f"{folder.name}-{tag}" / name
 
-    def _key(self, item, digest: str, flipped: bool, masked: bool) -> dict:
+    def _key(self, item, digest: str, flipped: bool, masked: bool, mask_digest: str = "") -> dict:
         p = item.placement
-        return {"format": FORMAT, "vae": self.fingerprint, "bucket": list(p.bucket), "resized": list(p.resized),
-                "crop": list(p.crop_ltrb), "flip": flipped, "alpha_mask": masked,
-                "image": {"digest": digest, "bytes": item.facts.file_size, "mtime_ns": item.facts.mtime_ns,
-                          "size": list(item.facts.size)}}
+        key = {"format": FORMAT, "vae": self.fingerprint, "bucket": list(p.bucket), "resized": list(p.resized),
+               "crop": list(p.crop_ltrb), "flip": flipped, "alpha_mask": masked and mask_image(item) is None,
+               "image": {"digest": digest, "bytes": item.facts.file_size, "mtime_ns": item.facts.mtime_ns,
+                         "size": list(item.facts.size)}}
+        if masked and mask_image(item) is not None:
+            key["mask_image"] = {"path": str(item.mask_path), "digest": mask_digest,
+                                 "bytes": item.mask_facts.file_size, "mtime_ns": item.mask_facts.mtime_ns}
+        return key
 
     def is_valid(self, item, need_flip: bool, masked: bool = False) -> bool:
         """True when the on-disk entry was made from this image, placement, flip setting, mask setting and VAE."""
@@ -147,12 +177,12 @@ class LatentCache:
         if (meta.get("format") != FORMAT or meta.get("vae") != self.fingerprint
                 or meta.get("bucket") != list(p.bucket) or meta.get("resized") != list(p.resized)
                 or meta.get("crop") != list(p.crop_ltrb) or (need_flip and not meta.get("flip"))
-                or bool(meta.get("alpha_mask")) != masked):
+                or bool(meta.get("alpha_mask")) != (masked and mask_image(item) is None)):
             return False
-        image = meta.get("image", {})
-        if image.get("bytes") == item.facts.file_size and image.get("mtime_ns") == item.facts.mtime_ns:
-            return True
-        return image.get("digest") == file_digest(item.path)  # touched but maybe unchanged: compare content
+        if masked and mask_image(item) is not None and not _same_file(meta.get("mask_image", {}), item.mask_path,
+                                                                    item.mask_facts):
+            return False
+        return _same_file(meta.get("image", {}), item.path, item.facts)
 
     # ---- building -------------------------------------------------------------------------------
     def prepare(self, items: list, need_flip: Callable[[object], bool],
@@ -207,7 +237,7 @@ class LatentCache:
             try:
                 digest = file_digest(item.path) if self.to_disk else ""
                 if masked:
-                    pixels, _, mask = render_masked(*load_rgb_and_alpha(item.path), item.placement)
+                    pixels, _, mask = render_masked(*load_masked(item.path, mask_image(item)), item.placement)
                 else:
                     pixels, mask = render(load_rgb(item.path), item.placement)[0], None
                 out.append((item, pixels, digest, mask))
@@ -251,7 +281,8 @@ class LatentCache:
             self.memory[key] = entry
             return
         path = self.cache_file(item, masked)
-        meta = {META_KEY: json.dumps(self._key(item, digest, entry.mean_flipped is not None, masked))}
+        mask_digest = file_digest(item.mask_path) if masked and mask_image(item) is not None else ""
+        meta = {META_KEY: json.dumps(self._key(item, digest, entry.mean_flipped is not None, masked, mask_digest))}
         with atomic_path(path) as tmp:  # a crash never leaves a half-written cache file
             save_file(entry.tensors(), str(tmp), metadata=meta)
         self.files[key] = path

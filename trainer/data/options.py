@@ -71,8 +71,14 @@ class SubsetSpec:
     color_aug: bool = False
     random_crop: bool = False
     alpha_mask: bool = False  # the image's transparency is its loss mask (sd-scripts' subset alpha_mask)
+    conditioning_data_dir: Path | None = None  # mask images named like the images (sd-scripts' masked loss folder)
     caption: CaptionOptions = field(default_factory=CaptionOptions)
     label: str = ""  # what reports call it: the folder name, e.g. "10_sks dog"
+
+    @property
+    def masked(self) -> bool:
+        """Whether its images carry a loss mask (from their alpha channel or from a mask folder)."""
+        return self.alpha_mask or self.conditioning_data_dir is not None
 
 
 @dataclass

@@ -32,6 +32,8 @@ class ImageItem:
     dataset: int
     subset: int
     is_reg: bool
+    mask_path: Path | None = None  # its mask image, when its subset has a mask folder (conditioning_data_dir)
+    mask_facts: ImageFacts | None = None
 
 
 @dataclass
@@ -82,6 +84,7 @@ def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) ->
                                                 max_workers))
         datasets.append(scanned)
     problems.extend(mask_problems(specs, cfg))
+    problems.extend(unused_mask_problems(datasets, items))
     if not any(not item.is_reg for item in items):
         if not any(p.level == "error" for p in problems):
             problems.append(Problem("error", "no usable training image was found",
@@ -94,16 +97,38 @@ def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) ->
 
 
 def mask_problems(specs: list[DatasetSpec], cfg) -> list[Problem]:
-    """masked_loss with a dataset TOML none of whose subsets has alpha_mask: no image would have a mask
-    (without a TOML the config's own rule says so)."""
-    if not (option(cfg, "masked_loss") and cfg.dataset_config):
-        return []
-    if any(subset.alpha_mask for spec in specs for subset in spec.subsets):
-        return []
-    return [Problem("error", "masked_loss is on but no subset of the dataset config has alpha_mask, so no image "
-                    "has a mask", "set alpha_mask = true in the [[datasets.subsets]] to train masked (or tick "
-                    "alpha_mask for every subset), or untick masked_loss; conditioning_data_dir mask folders (the "
-                    "other source sd-scripts reads) are not supported here", str(cfg.dataset_config), "masked_loss")]
+    """A subset with two mask sources, and masked_loss with a dataset TOML none of whose subsets has a mask
+    (without a TOML the config's own rules say so)."""
+    subsets = [subset for spec in specs for subset in spec.subsets]
+    out = [Problem("error", f"{s.label!r} has both alpha_mask and conditioning_data_dir, two sources of the same "
+                   "loss mask", "use one: set alpha_mask = false for this subset (or untick alpha_mask) to use the "
+                   "mask folder, or remove its conditioning_data_dir to use the transparency", str(s.image_dir),
+                   "conditioning_data_dir")
+           for s in subsets if s.alpha_mask and s.conditioning_data_dir is not None and cfg.dataset_config]
+    # (without a TOML the config rule _masked_loss says so once)
+    if option(cfg, "masked_loss") and cfg.dataset_config and not any(s.masked for s in subsets):
+        out.append(Problem("error", "masked_loss is on but no subset of the dataset config has alpha_mask or "
+                           "conditioning_data_dir, so no image has a mask", "set alpha_mask = true (the images' "
+                           "transparency) or conditioning_data_dir = \"path/to/masks\" (mask images named like the "
+                           "images) in the [[datasets.subsets]] to train masked, or untick masked_loss",
+                           str(cfg.dataset_config), "masked_loss"))
+    return out
+
+
+def unused_mask_problems(datasets: list[ScannedDataset], items: list[ImageItem]) -> list[Problem]:
+    """Mask images that no training image uses: most often a misnamed mask (sd-scripts warns too)."""
+    used = {item.mask_path for item in items if item.mask_path is not None}
+    folders = {(s.spec.conditioning_data_dir, s.spec.recursive) for ds in datasets for s in ds.subsets
+               if s.spec.conditioning_data_dir is not None and s.spec.conditioning_data_dir.is_dir()}
+    out = []
+    for folder, recursive in sorted(folders, key=str):
+        unused = [p for p in list_images(folder, recursive) if p not in used]
+        if unused:
+            names = ", ".join(p.name for p in unused[:5]) + (", ..." if len(unused) > 5 else "")
+            out.append(Problem("warning", f"{len(unused)} mask images match no training image ({names})",
+                               "name each mask like its image (same name, any image extension) or move it away",
+                               str(folder), "conditioning_data_dir"))
+    return out
 
 
 def bucket_problems(spec: DatasetSpec) -> list[Problem]:
@@ -143,21 +168,32 @@ def dataset_specs(cfg, problems: list[Problem]) -> list[DatasetSpec]:
                                 "choose the parent folder of your concept folders\n" + EXPECTED_LAYOUT,
                                 field="train_data_dir"))
         return [spec]
-    skip = _cache_dir_to_skip(cfg)
-    spec.subsets += concept_folders(Path(train_dir), values, False, "train_data_dir", problems, skip)
+    skip = _folders_to_skip(cfg)
+    train = concept_folders(Path(train_dir), values, False, "train_data_dir", problems, skip)
+    masks = option(cfg, "conditioning_data_dir")
+    for subset in train if masks else ():
+        subset.conditioning_data_dir = mask_folder(Path(masks), subset.image_dir)
+    spec.subsets += train
     reg_dir = option(cfg, "reg_data_dir")
     if reg_dir:
         spec.subsets += concept_folders(Path(reg_dir), values, True, "reg_data_dir", problems, skip)
     return [spec]
 
 
-def _cache_dir_to_skip(cfg) -> Path | None:
-    cache_dir = cfg.latent_cache_dir
-    return Path(cache_dir).resolve() if cache_dir else None
+def mask_folder(masks: Path, concept: Path) -> Path:
+    """Where a concept folder's masks are: the mask folder's sub-folder of the same name (10_mychar/), or the mask
+    folder itself when it has none (one flat folder of masks)."""
+    mirrored = masks / concept.name
+    return mirrored if mirrored.is_dir() else masks
+
+
+def _folders_to_skip(cfg) -> set[Path]:
+    """Folders inside train_data_dir that are not concept folders: the latent cache and the mask folder."""
+    return {Path(p).resolve() for p in (cfg.latent_cache_dir, option(cfg, "conditioning_data_dir")) if p}
 
 
 def concept_folders(parent: Path, values: dict, is_reg: bool, field_name: str, problems: list[Problem],
-                    skip: Path | None = None) -> list[SubsetSpec]:
+                    skip: set[Path] = frozenset()) -> list[SubsetSpec]:
     """Kohya's N_name rule: N repeats (>= 1), the rest of the name is the class/instance tokens."""
     if not parent.is_dir():
         what = "does not exist" if not parent.exists() else "is not a folder"
@@ -166,7 +202,7 @@ def concept_folders(parent: Path, values: dict, is_reg: bool, field_name: str, p
         return []
     subsets, loose = [], []
     for entry in sorted(parent.iterdir(), key=lambda p: p.name):
-        if entry.name.startswith(".") or (skip is not None and entry.resolve() == skip):
+        if entry.name.startswith(".") or entry.resolve() in skip:
             continue
         if entry.is_file():
             if entry.suffix.lower() in IMAGE_EXTENSIONS:
@@ -216,9 +252,14 @@ def _scan_subset(subset: SubsetSpec, buckets: BucketManager, d_index: int, s_ind
     workers = max_workers or min(8, (os.cpu_count() or 1) + 1)
     with ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
         results = list(pool.map(_probe, paths))
+        masks = _match_masks(subset, paths, problems, pool) if subset.conditioning_data_dir is not None else {}
     for path, result in zip(paths, results):
         if isinstance(result, BadImage):
             problems.append(Problem("skipped", result.reason, result.hint, str(path)))
+            continue
+        mask_path, mask_facts = masks.get(path, (None, None))
+        if subset.conditioning_data_dir is not None and not _mask_fits(path, result, mask_path, mask_facts,
+                                                                       subset, problems):
             continue
         try:
             placement = buckets.place(*result.size)
@@ -233,9 +274,64 @@ def _scan_subset(subset: SubsetSpec, buckets: BucketManager, d_index: int, s_ind
         else:
             scanned.captions_missing += 1
         scanned.items.append(len(items))
-        items.append(ImageItem(path, result, caption, source, placement, d_index, s_index, subset.is_reg))
+        items.append(ImageItem(path, result, caption, source, placement, d_index, s_index, subset.is_reg,
+                               mask_path, mask_facts))
     _caption_extension_hint(subset, scanned, paths, problems)
     return scanned
+
+
+def _match_masks(subset: SubsetSpec, paths: list[Path], problems: list[Problem],
+                 pool: ThreadPoolExecutor) -> dict[Path, tuple[Path, ImageFacts | BadImage]]:
+    """Each image's mask: the file in the mask folder with the image's name (its path below image_dir when
+    recursive) and any image extension, probed like the images."""
+    folder = subset.conditioning_data_dir
+    if not folder.is_dir():
+        problems.append(Problem("error", "mask folder (conditioning_data_dir) does not exist", "fix the path",
+                                str(folder), "conditioning_data_dir"))
+        return {}
+    by_stem: dict[Path, list[Path]] = {}
+    for mask in list_images(folder, subset.recursive):
+        by_stem.setdefault(mask.relative_to(folder).with_suffix(""), []).append(mask)
+    found = {}
+    for path in paths:
+        candidates = by_stem.get(path.relative_to(subset.image_dir).with_suffix(""), [])
+        if len(candidates) > 1:
+            problems.append(Problem("warning", f"{len(candidates)} mask images for {path.name}: "
+                                    f"{', '.join(c.name for c in candidates)}; {candidates[0].name} is used",
+                                    "keep one mask per image", str(folder), "conditioning_data_dir"))
+        if candidates:
+            found[path] = candidates[0]
+    unique = list(dict.fromkeys(found.values()))  # images named alike in one folder (a.png, a.jpg) share a mask
+    probed = dict(zip(unique, pool.map(_probe, unique)))
+    return {path: (mask, probed[mask]) for path, mask in found.items()}
+
+
+def _mask_fits(path: Path, facts: ImageFacts, mask_path: Path | None, mask_facts, subset: SubsetSpec,
+               problems: list[Problem]) -> bool:
+    """An image of a subset with a mask folder trains only with a readable mask of its shape. A missing mask is an
+    error, not an all-ones mask: the image would silently teach what the masks hide elsewhere (sd-scripts refuses
+    too)."""
+    folder = subset.conditioning_data_dir
+    if not folder.is_dir():
+        return False  # said once by _match_masks
+    if mask_path is None:
+        stem = path.relative_to(subset.image_dir).with_suffix("")
+        problems.append(Problem("error", f"no mask image for {path.name} in {folder}",
+                                f"add {stem}.png (any image extension) to {folder}: white where the model learns, "
+                                "black where it does not; or move the image out of the concept folder",
+                                str(path), "conditioning_data_dir"))
+        return False
+    if isinstance(mask_facts, BadImage):
+        problems.append(Problem("error", f"mask image of {path.name}: {mask_facts.reason}", mask_facts.hint,
+                                str(mask_path), "conditioning_data_dir"))
+        return False
+    (w, h), (mw, mh) = facts.size, mask_facts.size
+    if abs(w * mh - h * mw) > max(w, h, mw, mh):  # more than a pixel of rounding: not this image's mask
+        problems.append(Problem("error", f"mask image {mask_path.name} is {mw}x{mh} but {path.name} is {w}x{h}",
+                                "save the mask at the image's size (or the same shape: it is stretched to the image)",
+                                str(mask_path), "conditioning_data_dir"))
+        return False
+    return True
 
 
 def _probe(path: Path):

@@ -116,7 +116,7 @@ class TrainingRun:
             optimizer_desc=S.describe_optimizer(self.ctx.optimizer, cfg), dataset_dirs=dataset_dirs(scan),
             tag_frequency=tag_frequency(scan), reg_dataset_dirs=dataset_dirs(scan, reg=True),
             bucket_info=bucket_info(self.dataset.bucket_counts(), [it.placement.ar_error for it in scan.items]),
-            masked=any(s.spec.alpha_mask for ds in scan.datasets for s in ds.subsets))
+            masked=any(s.spec.masked for ds in scan.datasets for s in ds.subsets))
         if self.state.session_id:  # a resumed run is the same session: its files say so
             self.meta["ss_session_id"] = self.state.session_id
         self.state.session_id = self.meta["ss_session_id"]
