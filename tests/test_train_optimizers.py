@@ -233,3 +233,30 @@ def test_preflight_names_the_extra_of_a_missing_optimizer_library(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "dadaptation" else real(m, *a))
     [problem] = _optimizer_library(cfg)
     assert problem.field == "optimizer" and "kohya-studio[dadaptation]" in problem.hint
+
+
+def test_tensorboard_names_each_learning_rate_after_its_group_and_the_bar_shows_the_unets():
+    """DreamBooth's groups are unet then text_encoder1; a LoRA's textencoder then unet: each rate is logged
+    under its own name (not "the last group is the U-Net"), and the step event shows the U-Net's."""
+    from trainer.train.progress import Progress
+
+    class Recorder:
+        def __init__(self):
+            self.scalars, self.emitted = {}, []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = value
+
+        def emit(self, kind, **fields):
+            self.emitted.append((kind, fields))
+
+    for names, lrs in ((["unet", "text_encoder1"], [1e-4, 1e-5]), (["textencoder", "unet"], [1e-5, 1e-4]),
+                       (["unet_IN0", "unet plus", ""], [1e-4, 2e-4, 3e-4])):
+        rec = Recorder()
+        progress = Progress(rec, total_steps=1, epochs=1, tracker=rec, enabled=False, lr_names=names)
+        progress.record(1, 1, torch.tensor(0.5), lrs)
+        progress.flush()
+        expected = {f"lr/{n.replace(' ', '_') or f'group{i}'}": lr for i, (n, lr) in enumerate(zip(names, lrs))}
+        assert {k: v for k, v in rec.scalars.items() if k.startswith("lr/")} == expected
+        (step,) = [f for kind, f in rec.emitted if kind == "step"]
+        assert step["lr"] == 1e-4

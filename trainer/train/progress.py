@@ -16,9 +16,10 @@ from .faults import NonFiniteLoss
 
 class Progress:
     def __init__(self, events, total_steps: int, epochs: int, start_step: int = 0, tracker=None,
-                 enabled: bool = True, interval_s: float = 0.1):
+                 enabled: bool = True, interval_s: float = 0.1, lr_names: list[str] | None = None):
         self.events, self.total, self.epochs = events, total_steps, epochs
         self.tracker = tracker
+        self.lr_names = lr_names or []  # the optimizer groups' names: TensorBoard's lr/<name> tags
         self.enabled = enabled
         self.interval = interval_s
         self.pending: list[tuple[int, int, torch.Tensor, list[float]]] = []
@@ -35,6 +36,14 @@ class Progress:
 
             self.bar = tqdm(total=total_steps, initial=start_step, file=sys.stderr, unit="step",
                             dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 5.0)
+
+    def group_name(self, index: int) -> str:
+        name = self.lr_names[index] if index < len(self.lr_names) else ""
+        return name.replace(" ", "_") if name else f"group{index}"
+
+    def main_group(self, count: int) -> int:
+        """The rate the step event shows: the U-Net's / transformer's first group, else the last group."""
+        return next((i for i, n in enumerate(self.lr_names[:count]) if n.startswith("unet")), count - 1)
 
     def record(self, step: int, epoch: int, loss: torch.Tensor, lrs: list[float]) -> None:
         # float(): Adafactor's relative-step schedule reports its rates as tensors
@@ -88,7 +97,7 @@ class Progress:
             if self.tracker is not None:
                 self.tracker.add_scalar("loss/current", loss, step)
                 for i, lr in enumerate(lrs):
-                    self.tracker.add_scalar("lr/unet" if i == len(lrs) - 1 else f"lr/group{i}", lr, step)
+                    self.tracker.add_scalar(f"lr/{self.group_name(i)}", lr, step)
         step, epoch, _, lrs = pending[-1]
         self._times.append((now, step))
         t0, s0 = self._times[0]
@@ -96,7 +105,7 @@ class Progress:
         avg = sum(self.epoch_losses) / len(self.epoch_losses)
         eta = (self.total - step) / it_s if it_s else None
         self.events.emit("step", step=step, total=self.total, epoch=epoch, epochs=self.epochs, loss=values[-1],
-                         avg_loss=avg, lr=lrs[-1] if lrs else None, it_s=round(it_s, 3),
+                         avg_loss=avg, lr=lrs[self.main_group(len(lrs))] if lrs else None, it_s=round(it_s, 3),
                          eta_s=None if eta is None else round(eta, 1))
         if self.tracker is not None:
             self.tracker.add_scalar("loss/average", avg, step)

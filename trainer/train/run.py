@@ -140,7 +140,8 @@ class TrainingRun:
     def train(self) -> str:
         total, epochs, per_epoch = self.plan["total_steps"], self.plan["epochs"], self.plan["steps_per_epoch"]
         self.progress = Progress(self.events, total, epochs, self.state.global_step,
-                                 tracker=open_tracker(self.config, self.main), enabled=self.main)
+                                 tracker=open_tracker(self.config, self.main), enabled=self.main,
+                                 lr_names=[str(g.get("name") or "") for g in self.ctx.optimizer.param_groups])
         for module in self.kind.trained_modules():
             module.train()
         if self.missing_result and self.main:

@@ -89,7 +89,7 @@ def load_state(folder: Path, trained, optimizer, lr_scheduler, scaler) -> TrainS
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
         raise TrainingFault(f"resume: the state in {folder} does not fit this run ({exc}).",
                             "Resume with the settings the state was saved with (network_dim, conv_dim, optimizer, "
-                            "train the same parts), or start a new run.") from exc
+                            "block_lr's zero blocks, train the same parts), or start a new run.") from exc
     return state
 
 
