@@ -14,7 +14,7 @@ PROG = "python -m trainer lora"
 
 
 def _usage() -> str:
-    rows = "\n".join(f"  {t.name:<14} {t.summary}" for t in TOOLS.values())
+    rows = "\n".join(f"  {t.name:<15} {t.summary}" for t in TOOLS.values())
     return f"usage: {PROG} <tool> [options]\n\ntools:\n{rows}\n\n{PROG} <tool> --help shows a tool's options."
 
 
