@@ -85,3 +85,21 @@ def test_show_reports_the_file_and_its_metadata(lora):
     messages = list(run_tool(sys.executable, "show", raw_for("show", model=str(lora)), [lora.parent], cwd=str(ROOT)))
     assert "Show LoRA done" in messages[-1] and "LoRA for sd1" in messages[-1]
     assert "ss\\_network\\_dim" in messages[-1] or "ss_network_dim" in messages[-1]
+
+
+def test_every_tool_has_a_tab_and_the_new_ones_become_kohyas_commands(tmp_path):
+    assert {"merge-lycoris", "extract-dylora"} <= set(TOOLS)  # the page draws a tab for each tool
+    raw = raw_for("merge-lycoris", base_model=f"{tmp_path}/base.safetensors",
+                  lycoris_model=f"{tmp_path}/loha.safetensors", output_name=str(tmp_path / "out.safetensors"),
+                  weight=0.8, is_sdxl=True)
+    argv = tool_command("py", "merge-lycoris", values_from_inputs("merge-lycoris", raw, [tmp_path]))
+    # kohya_ss' merge_lycoris.py: base_model lycoris_model output_name are positional, in that order
+    assert argv[5:8] == [f"{tmp_path}/base.safetensors", f"{tmp_path}/loha.safetensors",
+                         str(tmp_path / "out.safetensors")]
+    joined = " ".join(argv)
+    assert "--weight 0.8" in joined and "--is_sdxl" in joined and "--is_v2" not in joined
+    raw = raw_for("extract-dylora", model=f"{tmp_path}/dy.safetensors", save_to=str(tmp_path / "dy4.safetensors"),
+                  unit=2, new_rank=4)
+    joined = " ".join(tool_command("py", "extract-dylora", values_from_inputs("extract-dylora", raw, [tmp_path])))
+    assert f"--model {tmp_path}/dy.safetensors" in joined and "--unit 2" in joined and "--new_rank 4" in joined
+    assert "--save_precision" not in joined  # empty: the file's own precision

@@ -1,5 +1,5 @@
-"""LoRA ▸ LoRA tools: merge, SVD merge, resize, extract, show, convert — each runs as
-`python -m trainer lora <tool> … --json` in a child process (the GUI never loads torch); the page
+"""LoRA ▸ LoRA tools: merge, SVD merge, resize, extract, merge LyCORIS, extract DyLoRA, show, convert —
+each runs as `python -m trainer lora <tool> … --json` in a child process (the GUI never loads torch); the page
 shows the tool's progress bar while it runs and its report when it ends.
 
 The widgets are generated from the tools' option models (`trainer/tools/options.py`), the same
@@ -182,8 +182,8 @@ def render_lora_tools(ctx: AppContext) -> None:
     py, roots, cwd = ctx.python, ctx.settings.allowed_roots, str(ctx.settings.project_root)
     picker = PickerPanel(roots, "lora-tools")
     gr.Markdown("Work on LoRA files after training: merge into a checkpoint or into one LoRA, SVD-merge LoRAs "
-                "of any ranks, resize to a lower rank, extract a LoRA from a fine-tune, inspect a file, convert "
-                "a model. Each tool runs in the background, never replaces a file unless *Overwrite* is ticked, "
+                "of any ranks, resize to a lower rank, extract a LoRA from a fine-tune, bake a LyCORIS file into "
+                "a checkpoint, cut a DyLoRA to a rank, inspect a file, convert a model. Each tool runs in the background, never replaces a file unless *Overwrite* is ticked, "
                 "checks what it wrote, and reports below. Same tools from a shell: "
                 "`python -m trainer lora <tool> --help` (docs/lora_tools.md says which to use when).")
     for tool in TOOLS.values():

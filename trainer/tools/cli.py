@@ -14,7 +14,7 @@ PROG = "python -m trainer lora"
 
 
 def _usage() -> str:
-    rows = "\n".join(f"  {t.name:<10} {t.summary}" for t in TOOLS.values())
+    rows = "\n".join(f"  {t.name:<15} {t.summary}" for t in TOOLS.values())
     return f"usage: {PROG} <tool> [options]\n\ntools:\n{rows}\n\n{PROG} <tool> --help shows a tool's options."
 
 
@@ -48,6 +48,15 @@ def _run(name: str, o) -> "object":
 
         return extract_lora(o.model_org, o.model_tuned, o.save_to, o.dim, o.conv_dim, o.clamp_quantile,
                             o.min_diff, o.sdxl, o.v2, o.save_precision, o.device, o.overwrite)
+    if name == "merge-lycoris":
+        from .merge_lycoris import merge_lycoris
+
+        return merge_lycoris(o.base_model, o.lycoris_model, o.output_name, o.weight, o.dtype, o.device, o.is_sdxl,
+                             o.is_v2, o.overwrite)
+    if name == "extract-dylora":
+        from .extract_dylora import extract_dylora
+
+        return extract_dylora(o.model, o.save_to, o.unit, o.new_rank, o.save_precision, o.overwrite)
     if name == "show":
         from .show import show_lora
 

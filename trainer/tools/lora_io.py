@@ -31,7 +31,8 @@ def read_modules(path: str | Path) -> tuple[dict[str, ModuleWeights], dict[str, 
         if suffix not in ("lora_down.weight", "lora_up.weight", "alpha"):
             kind = "a LyCORIS (LoHa/LoKr/…) key" if any(m in key for m in LYCORIS_MARKERS) else "not a LoRA key"
             raise LoRAFileError(f"{path}: {key!r} is {kind}; these tools work on kohya LoRA/LoCon files "
-                                "(lora_down/lora_up/alpha). Use the file's own tool (LyCORIS) for it.")
+                                "(lora_down/lora_up/alpha); to bake a LyCORIS file into a checkpoint use "
+                                "merge-lycoris.")
         parts.setdefault(name, {})[suffix] = value
     modules = {}
     for name, t in parts.items():

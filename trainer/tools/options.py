@@ -1,7 +1,8 @@
 """The LoRA tools' options, declared once: the CLI (`python -m trainer lora <tool>`), the page's
 widgets and the docs are all read from these pydantic models. Names are those of kohya's own
 scripts (resize_lora.py, merge_lora.py, svd_merge_lora.py, extract_lora_from_models.py,
-convert_diffusers20_original_sd.py) so users' commands carry over. No torch here: the GUI reads it.
+convert_diffusers20_original_sd.py, kohya_ss' merge_lycoris.py,
+extract_lora_from_dylora.py) so users' commands carry over. No torch here: the GUI reads it.
 """
 from __future__ import annotations
 
@@ -102,6 +103,35 @@ class ConvertOptions(BaseModel):
     overwrite: bool = topt(False, _OVERWRITE, label="Overwrite")
 
 
+class MergeLycorisOptions(BaseModel):
+    base_model: str = topt(..., "the checkpoint to merge into: .safetensors/.ckpt file, diffusers folder or hub id",
+                           kind="model", label="Base model", positional=True)
+    lycoris_model: str = topt(..., "the LyCORIS file (LoHa, LoKr, LoCon, iA3, DoRA, full, …)", kind="file",
+                              label="LyCORIS file", positional=True)
+    output_name: str = topt(..., "the merged model: a .safetensors/.ckpt file, or a folder name without suffix for "
+                            "a diffusers folder", kind="save_model", label="Output", positional=True)
+    weight: float = topt(1.0, "strength (multiplier) of the LyCORIS file", label="Weight")
+    dtype: Literal["float", "fp16", "bf16", "float16", "bfloat16", "float32"] = topt(
+        "float", "precision of the saved model", label="Save precision")
+    device: str = topt("cpu", "where each module's weight change is computed", label="Device")
+    is_sdxl: bool = topt(False, "the base model is SDXL (normally detected)", label="SDXL")
+    is_v2: bool = topt(False, "the base model is SD2 (normally detected)", label="SD2 (v2)")
+    overwrite: bool = topt(False, _OVERWRITE, label="Overwrite")
+
+
+class ExtractDyloraOptions(BaseModel):
+    model: str = topt(..., "the DyLoRA file", kind="file", label="DyLoRA file")
+    save_to: str = topt(..., "the LoRA to write (.safetensors); without new_rank one file per rank, named "
+                        "<save_to>-0004.safetensors etc. as sd-scripts does", kind="save", label="Save to")
+    unit: Optional[int] = topt(None, "the DyLoRA unit (default: the file's, from its ss_network_args)",
+                               label="Unit")
+    new_rank: Optional[int] = topt(None, "the rank to keep, a multiple of unit (default: every multiple of unit "
+                                   "below the file's rank)", label="New rank")
+    save_precision: Optional[PRECISION] = topt(None, "precision of the saved tensors (default: the file's)",
+                                               label="Save precision")
+    overwrite: bool = topt(False, _OVERWRITE, label="Overwrite")
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -115,6 +145,10 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("svd-merge", "SVD merge", "LoRAs of any ranks into one LoRA of a chosen rank", SvdMergeOptions),
     Tool("resize", "Resize LoRA", "a LoRA to a lower rank (fixed or dynamic)", ResizeOptions),
     Tool("extract", "Extract LoRA", "a LoRA from a fine-tuned model and its base", ExtractOptions),
+    Tool("merge-lycoris", "Merge LyCORIS", "a LyCORIS file (LoHa, LoKr, LoCon, iA3, DoRA, full) into a checkpoint",
+         MergeLycorisOptions),
+    Tool("extract-dylora", "Extract DyLoRA", "a plain LoRA of a chosen rank from a DyLoRA file",
+         ExtractDyloraOptions),
     Tool("show", "Show LoRA", "a LoRA file's metadata, modules, ranks, family and hashes", ShowOptions),
     Tool("convert", "Convert model", "a checkpoint between single file and diffusers folder", ConvertOptions),
 )}
