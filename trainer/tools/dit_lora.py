@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .dit_checkpoint import (TEXT_ENCODERS, check_loads, open_checkpoint, text_encoder_keys_by_name,
+from .dit_checkpoint import (LABELS, TEXT_ENCODERS, check_loads, open_checkpoint, text_encoder_keys_by_name,
                              transformer_catalog, transformer_keys_by_name, write_safetensors)
 from .lora_io import rank_summary, state_dict
 from .lora_math import ModuleWeights, factorize, svd
@@ -26,7 +26,7 @@ def merge_into_dit(sd_model, family: str, loaded, out_path: Path, save_dtype: to
                    show_progress: bool = True) -> Report:
     """``loaded``: [(path, ratio, modules, metadata)] as svd_merge.read_many gives them."""
     if out_path.suffix.lower() != ".safetensors":
-        raise ToolError(f"--save_to {out_path}: a merged {family} model is written as one .safetensors file in the "
+        raise ToolError(f"--save_to {out_path}: a merged {LABELS[family]} model is written as one .safetensors file in the "
                         "original single-file layout (no diffusers folder or .ckpt); give a name ending in .safetensors")
     base = open_checkpoint(sd_model, family, "--sd_model")
     catalog = transformer_catalog(base)
