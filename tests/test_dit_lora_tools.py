@@ -249,3 +249,19 @@ def test_a_chroma_lora_merges_into_the_chroma_file(tmp_path):
     flux_files = write_tiny_flux(tmp_path / "flux", layout="kohya")
     with pytest.raises(ToolError, match="chroma.*FLUX.1"):
         merge_into_model(flux_files["model"], [lora], tmp_path / "x.safetensors", **QUIET)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_merging_into_a_diffusers_folder_writes_the_same_file_as_into_the_single_file(family, tmp_path):
+    from safetensors import safe_open
+
+    write = write_tiny_flux if family == "flux" else write_tiny_sd3
+    files, folder = write(tmp_path / "kohya", layout="kohya"), write(tmp_path / "folder", layout="diffusers")["model"]
+    lora = random_lora(load(files), tmp_path / "lora.safetensors")
+    a, b = tmp_path / "from_file.safetensors", tmp_path / "from_folder.safetensors"
+    merge_into_model(files["model"], [lora], a, save_precision="float", **QUIET)
+    merge_into_model(folder, [lora], b, save_precision="float", **QUIET)
+    with safe_open(a, "pt") as fa, safe_open(b, "pt") as fb:
+        assert set(fa.keys()) == set(fb.keys())
+        for k in fa.keys():
+            torch.testing.assert_close(fa.get_tensor(k), fb.get_tensor(k), atol=1e-6, rtol=0, msg=k)
