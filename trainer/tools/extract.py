@@ -42,6 +42,12 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
     if not 0 < clamp_quantile <= 1:
         raise ToolError(f"--clamp_quantile must be in (0, 1], got {clamp_quantile}")
     family = "sdxl" if sdxl else ("sd2" if v2 else None)
+    dit = _dit_family(org_path, tuned_path, family)
+    if dit is not None:  # FLUX.1 / Chroma / SD3.5: on the original (fused) tensors, as kohya's flux_extract_lora
+        from .dit_lora import extract_dit
+
+        return extract_dit(org_path, tuned_path, dit, save_to, dim, clamp_quantile, save_precision, device,
+                           overwrite, show_progress, conv_dim=conv_dim)
     org, tuned = _load(org_path, family), _load(tuned_path, family)
     if org.family != tuned.family:
         raise ToolError(f"--model_org is {org.family} but --model_tuned is {tuned.family}; extract needs a "
@@ -106,3 +112,19 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
 
 
 _RESOLUTION = {"sd1": "512x512", "sd2": "768x768", "sdxl": "1024x1024"}
+
+
+def _dit_family(org_path, tuned_path, family: str | None) -> str | None:
+    """The DiT family both models are (None: SD1/SD2/SDXL); refuses a DiT paired with anything else."""
+    from .dit_checkpoint import LABELS, family_of
+
+    fam_org, fam_tuned = family_of(org_path), family_of(tuned_path)
+    if fam_org is None and fam_tuned is None:
+        return None
+    if fam_org != fam_tuned:
+        what = lambda f: LABELS[f] if f else "not FLUX.1/Chroma/SD3.5"  # noqa: E731
+        raise ToolError(f"--model_org {org_path.name} is {what(fam_org)} but --model_tuned {tuned_path.name} is "
+                        f"{what(fam_tuned)}; extract needs a fine-tune and the model it was tuned from")
+    if family is not None:
+        raise ToolError(f"--sdxl/--v2 were given but the models are {LABELS[fam_org]}; leave them off")
+    return fam_org

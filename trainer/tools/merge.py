@@ -69,6 +69,12 @@ def merge_into_model(sd_model, models, save_to, ratios=None, save_precision: str
     out_path = check_output(save_to, overwrite)
     folder = out_path.suffix == ""
     loaded = read_many(models, ratios)
+    dit = _dit_family(sd_model, family)
+    if dit is not None:  # FLUX.1 / Chroma / SD3.5: merged on the original single-file tensors
+        from .dit_lora import merge_into_dit
+
+        return merge_into_dit(sd_model, dit, loaded, out_path, SAVE_DTYPES[save_precision], save_precision,
+                              show_progress)
     base = load_base_model(sd_model, family=family)
     catalog = all_targets_of(base)
     name_map = build_name_map(catalog, base.family)
@@ -116,3 +122,13 @@ def all_targets_of(base):
     from trainer.networks.naming import all_targets
 
     return all_targets(base.unet, base.text_encoders, base.family, include_conv_blocks=True)
+
+
+def _dit_family(sd_model, family: str | None) -> str | None:
+    """The DiT family of the base (from the file's keys / the folder's transformer), None for SD1/SD2/SDXL."""
+    from .dit_checkpoint import LABELS, family_of
+
+    dit = family_of(sd_model)
+    if dit is not None and family is not None and family != dit:
+        raise ToolError(f"--family {family} but --sd_model {sd_model} is a {LABELS[dit]} model; leave --family empty")
+    return dit

@@ -41,8 +41,9 @@ class ResizeOptions(BaseModel):
 
 
 class MergeOptions(BaseModel):
-    sd_model: Optional[str] = topt(None, "base checkpoint to merge the LoRAs into; leave empty to merge the LoRAs "
-                                   "into one LoRA", kind="model", label="Base model (merge into it)")
+    sd_model: Optional[str] = topt(None, "base checkpoint to merge the LoRAs into (SD1/SD2/SDXL, FLUX.1, Chroma, "
+                                   "SD3.5); leave empty to merge the LoRAs into one LoRA", kind="model",
+                                   label="Base model (merge into it)")
     models: list[str] = topt(..., "the LoRA files", kind="files", label="LoRA files")
     ratios: Optional[list[float]] = topt(None, "one ratio (strength) per LoRA, default 1 each", kind="floats",
                                          label="Ratios")
