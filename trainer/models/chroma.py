@@ -77,6 +77,26 @@ def build_empty(arch: Architecture, transformer_config: dict | None = None, *, t
     return comps
 
 
+FILE_PREFIX = ""
+BUNDLED_TEXT_ENCODERS = {"lora_te3": ("T5-XXL", T5_PREFIXES)}  # Chroma has no CLIP
+
+
+def modelspec_architecture(cfg: dict) -> str:
+    return "chroma"
+
+
+def original_transformer_config(sd: dict) -> dict:
+    """The diffusers config of an original-layout Chroma transformer, from its tensors' shapes."""
+    from trainer.models.chroma_keys import config_from_original
+
+    arch = match_by_widths(FAMILY, "Chroma", transformer_widths(sd), config_widths)
+    return config_from_original(sd, arch.config("transformer"))
+
+
+def folder_extras(folder: Path) -> dict:
+    return {}
+
+
 def _from_single_file(path: Path, files: dict, vae, dtype, config_dir, tokenizer_cache_dir):
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 

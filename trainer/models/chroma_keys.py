@@ -59,3 +59,7 @@ def config_from_original(state_dict: dict, template: dict) -> dict:
             "approximator_layers": count("distilled_guidance_layer.layers.", 2),
             "approximator_hidden_dim": state_dict["distilled_guidance_layer.in_proj.weight"].shape[0],
             "approximator_num_channels": state_dict["distilled_guidance_layer.in_proj.weight"].shape[1]}
+
+
+# the names every DiT family's key map offers (trainer/models/dit.py's "keys" seam)
+to_diffusers, to_original = original_to_diffusers, diffusers_to_original

@@ -8,7 +8,9 @@ record below — no ``if family == …`` across the tree:
 seam               what the module provides
 =================  ==========================================================================
 ``loader``         ``load(target, *, vae, files, dtype, config_dir, tokenizer_cache_dir) -> BaseModel``
-                   and ``detect_keys(keys) -> bool``
+                   and ``detect_keys(keys) -> bool``; for the LoRA tools ``FILE_PREFIX``,
+                   ``original_transformer_config(sd)``, ``modelspec_architecture(cfg)``, ``folder_extras(folder)``
+``keys``           ``to_diffusers(sd, cfg)`` / ``to_original(sd, cfg)``: the original (BFL/SAI) key map
 ``text``           ``tokenize(tokenizers, captions, cfg)`` / ``encode(base, ids)`` (hidden, pooled)
 ``forward``        ``make_denoise(base, cfg) -> fn(transformer, noisy, t, hidden, pooled, time_ids)``
 ``objective``      ``trainer.train.flow_matching.FlowMatchingObjective`` options (shared by every
@@ -33,6 +35,7 @@ class DitFamily:
     text: str
     forward: str
     naming: str
+    keys: str                 # original (BFL/SAI) ↔ diffusers key map: to_diffusers / to_original
     transformer_class: str    # diffusers class of the denoiser
     base_model_version: str   # sd-scripts' ss_base_model_version
     config_flag: str          # the Kohya_ss checkbox that forces this family (flux1_checkbox)
@@ -48,16 +51,18 @@ DIT_FAMILIES: dict[str, DitFamily] = {
     # Chroma first: its files also carry FLUX.1's double blocks (the loaders' detect_keys are tried in order)
     "chroma": DitFamily(name="chroma", label="Chroma", loader="trainer.models.chroma",
                         text="trainer.models.text_chroma", forward="trainer.models.chroma_forward",
-                        naming="trainer.networks.naming_chroma",
+                        naming="trainer.networks.naming_chroma", keys="trainer.models.chroma_keys",
                         transformer_class="ChromaTransformer2DModel", base_model_version="chroma",
                         config_flag="flux1_checkbox", config_match={"model_type": "chroma"},
                         samples="trainer.train.samples_chroma"),
     "flux": DitFamily(name="flux", label="FLUX.1", loader="trainer.models.flux", text="trainer.models.text_flux",
                       forward="trainer.models.flux_forward",
-                      naming="trainer.networks.naming_flux", transformer_class="FluxTransformer2DModel",
+                      naming="trainer.networks.naming_flux", keys="trainer.models.flux_keys",
+                      transformer_class="FluxTransformer2DModel",
                       base_model_version="flux1", config_flag="flux1_checkbox"),
     "sd3": DitFamily(name="sd3", label="SD3.5", loader="trainer.models.sd3", text="trainer.models.text_sd3",
                      forward="trainer.models.sd3_forward", naming="trainer.networks.naming_sd3",
+                     keys="trainer.models.sd3_keys",
                      transformer_class="SD3Transformer2DModel", base_model_version="sd3", config_flag="sd3_checkbox",
                      # sd-scripts' SD3 loss: σ by weighting_scheme, the output preconditioned to x0 and compared
                      # with x0 (sd3_train_network has no timestep_sampling / model_prediction_type options)

@@ -29,6 +29,28 @@ def detect_keys(keys) -> bool:
     return any(k.endswith(MARKER) and k[:-len(MARKER)] in ("", "model.diffusion_model.") for k in keys)
 
 
+FILE_PREFIX = ""  # BFL files hold the transformer's keys bare (ComfyUI's prefix is stripped on reading)
+# the text encoders a single file may bundle: kohya LoRA prefix → (label, key prefixes) — the LoRA tools' merge
+BUNDLED_TEXT_ENCODERS = {"lora_te1": ("CLIP-L", CLIP_PREFIXES), "lora_te3": ("T5-XXL", T5_PREFIXES)}
+
+
+def modelspec_architecture(cfg: dict) -> str:
+    return "flux-1-dev" if cfg.get("guidance_embeds") else "flux-1-schnell"
+
+
+def original_transformer_config(sd: dict) -> dict:
+    """The diffusers config of a BFL-layout transformer, from its tensors' shapes (meta tensors do)."""
+    from trainer.models.flux_keys import config_from_bfl
+
+    arch = match_flux_architecture(sd, any(k.startswith("guidance_in.") for k in sd))
+    return config_from_bfl(sd, arch.config("transformer"))
+
+
+def folder_extras(folder: Path) -> dict:
+    """What a single file holds beside the transformer when written from a diffusers folder: nothing."""
+    return {}
+
+
 def match_flux_architecture(sd: dict, guidance: bool) -> Architecture:
     """The registered FLUX architecture with this hidden size / text width (dev before schnell by guidance)."""
     return match_by_widths(FAMILY, "FLUX.1", transformer_widths(sd), config_widths,

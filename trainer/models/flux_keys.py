@@ -131,3 +131,7 @@ def config_from_bfl(state_dict: dict, template: dict) -> dict:
     single = {int(k.split(".")[1]) for k in sd if k.startswith("single_blocks.")}
     return {**template, "num_layers": len(double), "num_single_layers": len(single),
             "guidance_embeds": any(k.startswith("guidance_in.") for k in sd)}
+
+
+# the names every DiT family's key map offers (trainer/models/dit.py's "keys" seam)
+to_diffusers, to_original = bfl_to_diffusers, diffusers_to_bfl

@@ -10,7 +10,7 @@ import torch
 
 from trainer.models.checkpoint_io import CheckpointError, read_checkpoint
 from trainer.models.dit import dit_base_model, match_by_widths, read_parts
-from trainer.models.flux import _fresh, _load_ae, _sub, t5_encoder_state
+from trainer.models.flux import CLIP_PREFIXES, T5_PREFIXES, _fresh, _load_ae, _sub, t5_encoder_state
 from trainer.models.registry import Architecture, read_architecture
 
 FAMILY = "sd3"
@@ -23,6 +23,38 @@ VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 def detect_keys(keys) -> bool:
     return any(k.endswith(MARKER) and k[:-len(MARKER)] in ("", "model.diffusion_model.") for k in keys)
+
+
+FILE_PREFIX = "model.diffusion_model."  # SAI's files hold the MMDiT under this prefix, the VAE beside it
+BUNDLED_TEXT_ENCODERS = {"lora_te1": ("CLIP-L", CLIP_PREFIXES),
+                         "lora_te2": ("CLIP-G", ("text_encoders.clip_g.transformer.", "text_encoders.clip_g.")),
+                         "lora_te3": ("T5-XXL", T5_PREFIXES)}
+
+
+def modelspec_architecture(cfg: dict) -> str:
+    return "stable-diffusion-3.5-medium" if cfg.get("dual_attention_layers") else "stable-diffusion-3.5-large"
+
+
+def original_transformer_config(sd: dict) -> dict:
+    """The diffusers config of a SAI-layout MMDiT (prefix stripped), from its tensors' shapes."""
+    from trainer.models.sd3_keys import config_from_sai
+
+    arch = match_sd3_architecture(sd, any(".attn2." in k for k in sd))
+    return config_from_sai(sd, arch.config("transformer"))
+
+
+def folder_extras(folder: Path) -> dict:
+    """SAI's single file holds the VAE too: a diffusers folder's, in the original (LDM) keys."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from trainer.models.ldm_keys import vae_to_ldm
+
+    files = sorted((folder / "vae").glob("*.safetensors"))
+    if not files:
+        return {}
+    return vae_to_ldm(load_file(files[0]), json.loads((folder / "vae" / "config.json").read_text()))
 
 
 def match_sd3_architecture(sd: dict, dual: bool) -> Architecture:

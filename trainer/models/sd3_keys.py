@@ -116,3 +116,7 @@ def config_from_sai(sd: dict, template: dict) -> dict:
     dual = sorted({int(k.split(".")[1]) for k in sd if k.startswith("joint_blocks.") and ".attn2." in k})
     return {**template, "num_layers": len(layers), "dual_attention_layers": dual,
             "qk_norm": "rms_norm" if any(".ln_q." in k for k in sd) else None}
+
+
+# the names every DiT family's key map offers (trainer/models/dit.py's "keys" seam)
+to_diffusers, to_original = sai_to_diffusers, diffusers_to_sai

@@ -17,20 +17,22 @@ from typing import Callable
 
 import torch
 
+from trainer.models.dit import DIT_FAMILIES as _RECORDS, dit_family
+from trainer.models.dit_keys import PREFIX as TRANSFORMER_PREFIX  # ComfyUI / SAI files: the transformer under it
+
 from .output import ToolError
 
-DIT_FAMILIES = ("flux", "chroma", "sd3")
-TRANSFORMER_PREFIX = "model.diffusion_model."
+DIT_FAMILIES = tuple(_RECORDS)
 # parts other than the transformer a single file may bundle (ComfyUI / SAI full checkpoints)
 OTHER_PREFIXES = ("text_encoders.", "cond_stage_model.", "first_stage_model.", "vae.", "conditioner.")
-# the text encoders a file may bundle: kohya LoRA prefix → (label, key prefixes), per family
-_CLIP_L = ("CLIP-L", ("text_encoders.clip_l.transformer.", "text_encoders.clip_l.", "cond_stage_model.clip_l.transformer."))
-_CLIP_G = ("CLIP-G", ("text_encoders.clip_g.transformer.", "text_encoders.clip_g."))
-_T5 = ("T5-XXL", ("text_encoders.t5xxl.transformer.", "text_encoders.t5xxl.", "cond_stage_model.t5xxl.transformer."))
-TEXT_ENCODERS = {"flux": {"lora_te1": _CLIP_L, "lora_te3": _T5},
-                 "chroma": {"lora_te3": _T5},
-                 "sd3": {"lora_te1": _CLIP_L, "lora_te2": _CLIP_G, "lora_te3": _T5}}
-LABELS = {"flux": "FLUX.1", "chroma": "Chroma", "sd3": "SD3.5"}
+LABELS = {name: record.label for name, record in _RECORDS.items()}
+
+
+def bundled_text_encoders(family: str) -> dict:
+    """kohya LoRA prefix → (label, key prefixes) of the text encoders the family's single file may bundle."""
+    return dit_family(family).module("loader").BUNDLED_TEXT_ENCODERS
+
+
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
               "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
@@ -130,76 +132,29 @@ def _open_folder(folder: Path, family: str, what: str) -> OriginalCheckpoint:
     sd = {}
     for f in files:
         sd.update(load_file(f))
-    state = to_original(family, sd, cfg)
-    if family == "sd3":
-        from trainer.models.ldm_keys import vae_to_ldm
-
-        state = {TRANSFORMER_PREFIX + k: v for k, v in state.items()}
-        vae_files = sorted((folder / "vae").glob("*.safetensors"))
-        if vae_files:
-            vae_cfg = json.loads((folder / "vae" / "config.json").read_text())
-            state.update(vae_to_ldm(load_file(vae_files[0]), vae_cfg))
-    arch = _folder_architecture(family, cfg)
-    prefix = TRANSFORMER_PREFIX if family == "sd3" else ""
+    loader = dit_family(family).module("loader")
+    state = {loader.FILE_PREFIX + k: v for k, v in to_original(family, sd, cfg).items()}
+    state.update(loader.folder_extras(folder))  # what the family's single file holds beside the transformer
     return OriginalCheckpoint(family, folder, {k: tuple(v.shape) for k, v in state.items()},
-                              {k: v.dtype for k, v in state.items()}, {"modelspec.architecture": arch}, prefix, cfg,
+                              {k: v.dtype for k, v in state.items()},
+                              {"modelspec.architecture": loader.modelspec_architecture(cfg)}, loader.FILE_PREFIX, cfg,
                               state.__getitem__)
 
 
-def _folder_architecture(family: str, cfg: dict) -> str:
-    if family == "flux":
-        return "flux-1-dev" if cfg.get("guidance_embeds") else "flux-1-schnell"
-    if family == "sd3":
-        return "stable-diffusion-3.5-medium" if cfg.get("dual_attention_layers") else "stable-diffusion-3.5-large"
-    return "chroma"
-
-
 def to_original(family: str, sd: dict, cfg: dict) -> dict:
-    if family == "flux":
-        from trainer.models.flux_keys import diffusers_to_bfl
-        return diffusers_to_bfl(sd, cfg)
-    if family == "chroma":
-        from trainer.models.chroma_keys import diffusers_to_original
-        return diffusers_to_original(sd, cfg)
-    from trainer.models.sd3_keys import diffusers_to_sai
-    return diffusers_to_sai(sd, cfg)
+    return dit_family(family).module("keys").to_original(sd, cfg)
 
 
 def to_diffusers(family: str, sd: dict, cfg: dict) -> dict:
-    if family == "flux":
-        from trainer.models.flux_keys import bfl_to_diffusers
-        return bfl_to_diffusers(sd, cfg)
-    if family == "chroma":
-        from trainer.models.chroma_keys import original_to_diffusers
-        return original_to_diffusers(sd, cfg)
-    from trainer.models.sd3_keys import sai_to_diffusers
-    return sai_to_diffusers(sd, cfg)
+    return dit_family(family).module("keys").to_diffusers(sd, cfg)
 
 
 def transformer_config(ck: OriginalCheckpoint) -> dict:
     """The diffusers config of a single file's transformer, as the family's loader derives it (from shapes)."""
     from trainer.models.checkpoint_io import CheckpointError
 
-    sd = ck.meta_state(ck.transformer_keys())
     try:
-        if ck.family == "flux":
-            from trainer.models.flux import match_flux_architecture
-            from trainer.models.flux_keys import config_from_bfl
-
-            arch = match_flux_architecture(sd, any(k.startswith("guidance_in.") for k in sd))
-            return config_from_bfl(sd, arch.config("transformer"))
-        if ck.family == "chroma":
-            from trainer.models.chroma_keys import config_from_original
-            from trainer.models.dit import match_by_widths
-            from trainer.models.flux import config_widths, transformer_widths
-
-            arch = match_by_widths("chroma", "Chroma", transformer_widths(sd), config_widths)
-            return config_from_original(sd, arch.config("transformer"))
-        from trainer.models.sd3 import match_sd3_architecture
-        from trainer.models.sd3_keys import config_from_sai
-
-        arch = match_sd3_architecture(sd, any(".attn2." in k for k in sd))
-        return config_from_sai(sd, arch.config("transformer"))
+        return dit_family(ck.family).module("loader").original_transformer_config(ck.meta_state(ck.transformer_keys()))
     except (CheckpointError, KeyError) as exc:
         raise ToolError(f"{ck.path}: its {ck.label} transformer is not one the studio knows ({exc})") from exc
 
@@ -208,8 +163,6 @@ def empty_transformer(ck: OriginalCheckpoint):
     """The diffusers transformer of ``ck`` on the meta device (no memory): the layer catalog and the load check."""
     import diffusers
     from accelerate import init_empty_weights
-
-    from trainer.models.dit import dit_family
 
     cls = getattr(diffusers, dit_family(ck.family).transformer_class)
     with init_empty_weights():
@@ -250,7 +203,7 @@ def text_encoder_keys_by_name(ck: OriginalCheckpoint) -> dict[str, dict[str, str
     from trainer.networks.naming import canonical_te_path
 
     out: dict[str, dict[str, str]] = {}
-    for lora_prefix, (_, prefixes) in TEXT_ENCODERS[ck.family].items():
+    for lora_prefix, (_, prefixes) in bundled_text_encoders(ck.family).items():
         for p in prefixes:
             keys = [k for k in ck.shapes if k.startswith(p)]
             if not keys:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .dit_checkpoint import (LABELS, TEXT_ENCODERS, check_loads, open_checkpoint, text_encoder_keys_by_name,
+from .dit_checkpoint import (LABELS, bundled_text_encoders, check_loads, open_checkpoint, text_encoder_keys_by_name,
                              transformer_catalog, transformer_keys_by_name, write_safetensors)
 from .lora_io import rank_summary, state_dict
 from .lora_math import ModuleWeights, factorize, svd
@@ -84,12 +84,12 @@ def check_fits(path, modules, meta, base, catalog, keys) -> None:
     for name, m in modules.items():
         if name in unet:
             continue
-        te = next((p for p in TEXT_ENCODERS[base.family] if name.startswith(p + "_")), None)
+        te = next((p for p in bundled_text_encoders(base.family) if name.startswith(p + "_")), None)
         if te is None:
             raise ToolError(f"{path}: module {name} is no {base.label} layer (kohya's names start with lora_unet_ or "
-                            f"{'/'.join(TEXT_ENCODERS[base.family])}_); the LoRA is for another model")
+                            f"{'/'.join(bundled_text_encoders(base.family))}_); the LoRA is for another model")
         if te not in bundled:
-            label = TEXT_ENCODERS[base.family][te][0]
+            label = bundled_text_encoders(base.family)[te][0]
             n = sum(1 for x in modules if x.startswith(te + "_"))
             raise ToolError(f"{path} changes the {label} text encoder ({n} modules {te}_…), but --sd_model "
                             f"{base.path} holds no {label} weights (kohya's layout keeps it in its own file). Merge a "
