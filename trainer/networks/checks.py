@@ -23,7 +23,8 @@ from trainer.models.hashing import addnet_hash_safetensors
 from .files import read_lora_file
 from .lycoris_checks import ADAPTERS, adapter_of, is_plain_lora, lycoris_module_problem
 from .naming import (
-    Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, names_by_part, resolve_base, split_key,
+    Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, kohya_name, names_by_part, resolve_base,
+    split_key,
 )
 
 _SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
@@ -101,7 +102,7 @@ def build_name_map(targets: Sequence[Target], family: str) -> dict[str, Target]:
         if family != "sdxl" and t.part == "te":
             names.setdefault("lora_te1_" + t.lora_name[len("lora_te_"):], t)
         if family == "sdxl" and t.part == "unet":
-            names.setdefault(("lora_unet." + t.path).replace(".", "_"), t)
+            names.setdefault(kohya_name("lora_unet", t.path), t)
     return names
 
 

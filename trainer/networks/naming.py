@@ -178,7 +178,8 @@ def _sgm_child(block_path: str, child: str) -> str:
     return child
 
 
-def _to_name(prefix: str, path: str) -> str:
+def kohya_name(prefix: str, path: str) -> str:
+    """kohya's LoRA module name: ``lora_unet`` + ``down_blocks.0.proj_in`` → ``lora_unet_down_blocks_0_proj_in``."""
     return (prefix + "." + path).replace(".", "_")
 
 
@@ -202,7 +203,7 @@ def unet_targets(unet: nn.Module, family: str, include_conv_blocks: bool) -> lis
             child_name = _sgm_child(block_path, child_path) if block_map is not None else child_path
             targets.append(
                 Target(
-                    lora_name=_to_name(PREFIX_UNET, f"{named_path}.{child_name}"),
+                    lora_name=kohya_name(PREFIX_UNET, f"{named_path}.{child_name}"),
                     module=child,
                     part="unet",
                     is_conv_block=is_conv_block,
@@ -223,7 +224,7 @@ def te_targets(text_encoder: nn.Module, prefix: str) -> list[Target]:
             if type(child).__name__ != "Linear":
                 continue
             path = canonical_te_path(f"{block_path}.{child_path}")
-            targets.append(Target(_to_name(prefix, path), child, part, False, path))
+            targets.append(Target(kohya_name(prefix, path), child, part, False, path))
     return targets
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from trainer.models.flux_keys import module_map
 
 from .fused_lora import LinearGroup
-from .naming import Target, te_targets
+from .naming import Target, kohya_name, te_targets
 
 PREFIX_UNET = "lora_unet"
 PREFIX_CLIP = "lora_te1"
@@ -33,7 +33,7 @@ def transformer_targets(transformer: nn.Module, mapping: dict[str, list[str]] | 
             continue
         members = [modules[p] for p in paths]
         module = members[0] if len(members) == 1 else LinearGroup(members)
-        targets.append(Target((PREFIX_UNET + "." + bfl).replace(".", "_"), module, "unet", False, "+".join(paths)))
+        targets.append(Target(kohya_name(PREFIX_UNET, bfl), module, "unet", False, "+".join(paths)))
     return targets
 
 
@@ -45,7 +45,7 @@ def t5_targets(t5: nn.Module) -> list[Target]:
         for child_path, child in block.named_children():
             if type(child).__name__ == "Linear":
                 path = f"{block_path}.{child_path}"
-                targets.append(Target((PREFIX_T5 + "." + path).replace(".", "_"), child, "te3", False, path))
+                targets.append(Target(kohya_name(PREFIX_T5, path), child, "te3", False, path))
     return targets
 
 

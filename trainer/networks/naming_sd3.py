@@ -13,7 +13,7 @@ from torch import nn
 from trainer.models.sd3_keys import module_map
 
 from .fused_lora import LinearGroup
-from .naming import Target, te_targets
+from .naming import Target, kohya_name, te_targets
 from .naming_flux import t5_targets
 
 PREFIX_UNET = "lora_unet"
@@ -35,7 +35,7 @@ def transformer_targets(transformer: nn.Module) -> list[Target]:
             module = LinearGroup(members, rows=[_swapped_rows(members[0].out_features)])
         else:
             module = members[0] if len(members) == 1 else LinearGroup(members)
-        targets.append(Target((PREFIX_UNET + "." + sai).replace(".", "_"), module, "unet", False, "+".join(paths)))
+        targets.append(Target(kohya_name(PREFIX_UNET, sai), module, "unet", False, "+".join(paths)))
     return targets
 
 

@@ -10,6 +10,7 @@ diffusers folder is converted to the original layout on reading (its transformer
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,19 +177,17 @@ def transformer_catalog(ck: OriginalCheckpoint):
     return all_targets(empty_transformer(ck), [], ck.family)
 
 
-def lora_name(prefix: str, path: str) -> str:
-    return (prefix + "." + path).replace(".", "_")
-
-
 def transformer_keys_by_name(ck: OriginalCheckpoint, catalog) -> dict[str, str]:
     """kohya module name → the original tensor key it changes (``lora_unet_single_blocks_0_linear1`` →
     ``single_blocks.0.linear1.weight``). Every catalog target must have one."""
+    from trainer.networks.naming import kohya_name
+
     wanted = {t.lora_name for t in catalog}
     out = {}
     for key in ck.transformer_keys():
         path = key[len(ck.prefix):]
         if path.endswith(".weight") and len(ck.shapes[key]) == 2:
-            name = lora_name("lora_unet", path[:-len(".weight")])
+            name = kohya_name("lora_unet", path[:-len(".weight")])
             if name in wanted:
                 out[name] = key
     missing = sorted(wanted - set(out))
@@ -200,7 +199,7 @@ def transformer_keys_by_name(ck: OriginalCheckpoint, catalog) -> dict[str, str]:
 
 def text_encoder_keys_by_name(ck: OriginalCheckpoint) -> dict[str, dict[str, str]]:
     """For each text encoder the file bundles (kohya prefix lora_te1/2/3): module name → tensor key."""
-    from trainer.networks.naming import canonical_te_path
+    from trainer.networks.naming import canonical_te_path, kohya_name
 
     out: dict[str, dict[str, str]] = {}
     for lora_prefix, (_, prefixes) in bundled_text_encoders(ck.family).items():
@@ -216,7 +215,7 @@ def text_encoder_keys_by_name(ck: OriginalCheckpoint) -> dict[str, dict[str, str
                 path = path[:-len(".weight")]
                 if lora_prefix != "lora_te3":  # CLIP: kohya names say text_model.encoder… whatever the wrapper
                     path = canonical_te_path(path)
-                names[lora_name(lora_prefix, path)] = key
+                names[kohya_name(lora_prefix, path)] = key
             out[lora_prefix] = names
             break
     return out
@@ -247,7 +246,7 @@ def write_safetensors(path: Path, keys: list[str], shapes: dict, dtypes: dict, t
     header: dict = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
     offset = 0
     for k in keys:
-        size = _numel(shapes[k]) * torch.empty((), dtype=dtypes[k]).element_size()
+        size = math.prod(shapes[k]) * torch.empty((), dtype=dtypes[k]).element_size()
         header[k] = {"dtype": _ST_NAMES[dtypes[k]], "shape": list(shapes[k]), "data_offsets": [offset, offset + size]}
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -260,10 +259,3 @@ def write_safetensors(path: Path, keys: list[str], shapes: dict, dtypes: dict, t
             if tuple(t.shape) != tuple(shapes[k]) or t.dtype != dtypes[k]:
                 raise RuntimeError(f"{k}: {tuple(t.shape)} {t.dtype}, planned {shapes[k]} {dtypes[k]}")
             fh.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n

@@ -18,7 +18,7 @@ import torch
 from .dit_checkpoint import (LABELS, bundled_text_encoders, check_loads, open_checkpoint, text_encoder_keys_by_name,
                              transformer_catalog, transformer_keys_by_name, write_safetensors)
 from .lora_io import rank_summary, state_dict
-from .lora_math import ModuleWeights, factorize, svd
+from .lora_math import ModuleWeights
 from .output import Report, ToolError, percent, progress, save_checked_lora
 
 
@@ -128,6 +128,8 @@ def extract_dit(org_path: Path, tuned_path: Path, family: str, save_to: Path, di
     from trainer.networks.checks import check_state_dict
     from trainer.networks.files import modelspec_metadata, network_metadata, read_lora_file
 
+    from .extract import extract_module
+
     org = open_checkpoint(org_path, family, "--model_org")
     tuned = open_checkpoint(tuned_path, family, "--model_tuned")
     catalog = transformer_catalog(org)
@@ -142,11 +144,8 @@ def extract_dit(org_path: Path, tuned_path: Path, family: str, save_to: Path, di
         delta = tuned.read(k_tuned).to(device, torch.float32) - org.read(k_org).to(device, torch.float32)
         if not bool(delta.abs().max() > 0):
             continue
-        decomposed = svd(delta)
-        f = factorize(delta, dim, clamp_quantile=clamp_quantile, decomposed=decomposed)
-        out[name] = ModuleWeights(f.module.down.cpu(), f.module.up.cpu(), f.module.alpha)
-        diff_sq += float(decomposed[1].pow(2).sum())
-        kept_sq += float(decomposed[1][:f.rank].pow(2).sum())
+        out[name], total, kept = extract_module(delta, dim, clamp_quantile)
+        diff_sq, kept_sq = diff_sq + total, kept_sq + kept
     if not out:
         raise ToolError(f"{tuned_path.name} and {org_path.name} have the same weights in every LoRA-targetable "
                         "layer: there is nothing to extract")

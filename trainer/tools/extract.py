@@ -79,13 +79,8 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
         if not bool(delta.abs().max() > 0):
             unchanged += 1
             continue
-        rank = conv_dim if t.is_conv3x3 else dim
-        decomposed = svd(delta)
-        f = factorize(delta, rank, clamp_quantile=clamp_quantile, decomposed=decomposed)
-        out[t.lora_name] = ModuleWeights(f.module.down.cpu(), f.module.up.cpu(), f.module.alpha)
-        s = decomposed[1]
-        diff_sq += float(s.pow(2).sum())
-        kept_sq += float(s[:f.rank].pow(2).sum())
+        out[t.lora_name], total, kept = extract_module(delta, conv_dim if t.is_conv3x3 else dim, clamp_quantile)
+        diff_sq, kept_sq = diff_sq + total, kept_sq + kept
     if not out:
         raise ToolError(f"{tuned_path.name} and {org_path.name} have the same weights in every LoRA-targetable "
                         "layer: there is nothing to extract")
@@ -109,6 +104,16 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
             + " The file passed its self-check and fits the base model.")
     return Report("extract", str(save_to), text, {"fro_kept": kept, "modules": len(out), "skipped": skipped},
                   list(report.warnings))
+
+
+def extract_module(delta: torch.Tensor, rank: int, clamp_quantile: float) -> tuple[ModuleWeights, float, float]:
+    """ΔW cut to `rank` by SVD (alpha = rank), with the squared Frobenius norms of ΔW and of what the module keeps
+    (the report's "keeps N % of the difference")."""
+    decomposed = svd(delta)
+    f = factorize(delta, rank, clamp_quantile=clamp_quantile, decomposed=decomposed)
+    s = decomposed[1]
+    return (ModuleWeights(f.module.down.cpu(), f.module.up.cpu(), f.module.alpha), float(s.pow(2).sum()),
+            float(s[:f.rank].pow(2).sum()))
 
 
 _RESOLUTION = {"sd1": "512x512", "sd2": "768x768", "sdxl": "1024x1024"}

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from .lora_io import kept_metadata, network_fields, rank_summary, read_modules
+from .lora_io import kept_metadata, metadata_network_args, network_fields, rank_summary, read_modules
 from .lora_math import ModuleWeights
-from .output import Report, ToolError, check_inputs, check_output, progress, save_checked_lora
+from .output import Report, ToolError, check_inputs, progress, save_checked_lora
 from .resize import _lora_output
 
 # ss_network_args keys that describe DyLoRA training, not the plain LoRA written
@@ -50,7 +50,7 @@ def extract_dylora(model, save_to, unit: int | None = None, new_rank: int | None
 def dylora_unit(path: Path, metadata: Mapping[str, str]) -> int | None:
     """The file's DyLoRA unit (None when its metadata does not say); refuses a file that is not DyLoRA."""
     module = metadata.get("ss_network_module", "")
-    args = _network_args(metadata)
+    args = metadata_network_args(metadata)
     if module == "networks.dylora" or (module.startswith("lycoris") and args.get("algo") == "dylora"):
         try:
             return int(args["unit"]) if args.get("unit") not in (None, "", "None") else None
@@ -104,17 +104,9 @@ def _output_for(save_to, rank: int, single: bool, overwrite: bool) -> Path:
     return _lora_output(path, overwrite)
 
 
-def _network_args(metadata: Mapping[str, str]) -> dict:
-    try:
-        args = json.loads(metadata.get("ss_network_args") or "{}")
-    except ValueError:
-        return {}
-    return args if isinstance(args, dict) else {}
-
-
 def _metadata(source: Mapping[str, str], cut: Mapping[str, ModuleWeights], source_rank: int, rank: int,
               out_path: Path) -> dict[str, str]:
-    args = {k: v for k, v in _network_args(source).items() if k not in _DYLORA_ARGS}
+    args = {k: v for k, v in metadata_network_args(source).items() if k not in _DYLORA_ARGS}
     plain = {**source, "ss_network_args": json.dumps(args) if args else "None"}
     meta = kept_metadata(source)
     meta.update(network_fields(cut, plain))  # networks.lora, the new dim, conv entries

@@ -84,17 +84,21 @@ def network_fields(modules: Mapping[str, ModuleWeights], metadata: Mapping[str, 
     out = {"ss_network_module": "networks.lora"}
     if lin:
         out["ss_network_dim"], out["ss_network_alpha"] = dim_alpha(lin)
-    try:
-        args = json.loads(metadata.get("ss_network_args") or "{}")
-    except ValueError:
-        args = {}
-    if not isinstance(args, dict):
-        args = {}
+    args = metadata_network_args(metadata)
     args.pop("conv_dim", None), args.pop("conv_alpha", None)
     if conv:
         args["conv_dim"], args["conv_alpha"] = dim_alpha(conv)
     out["ss_network_args"] = json.dumps(args) if args else "None"
     return out
+
+
+def metadata_network_args(metadata: Mapping[str, str]) -> dict:
+    """A file's ss_network_args as a new dict ({} when absent, "None" or not a JSON object)."""
+    try:
+        args = json.loads(metadata.get("ss_network_args") or "{}")
+    except ValueError:
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 def rank_summary(modules: Mapping[str, ModuleWeights]) -> str:

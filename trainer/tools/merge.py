@@ -60,7 +60,6 @@ def merge_into_model(sd_model, models, save_to, ratios=None, save_precision: str
                      family: str | None = None, overwrite: bool = False, show_progress: bool = True) -> Report:
     """LoRAs into a base checkpoint; the output is a single file or a diffusers folder."""
     from trainer.models import load_base_model
-    from trainer.models.saving import save_diffusers, save_single_file
     from trainer.networks.checks import build_name_map
     from trainer.networks.network import canonical_state_dict
 
@@ -87,12 +86,8 @@ def merge_into_model(sd_model, models, save_to, ratios=None, save_precision: str
                 w.copy_((w.float() + ratio * m.delta()).to(w.dtype))
             changed += 1
     dtype = SAVE_DTYPES[save_precision]
-    title = out_path.stem if not folder else out_path.name
-    if folder:
-        save_diffusers(base, out_path, dtype=dtype, overwrite=overwrite)
-    else:
-        save_single_file(base, out_path, dtype=dtype, title=title, overwrite=overwrite)
-    _check_saved_model(out_path, base, catalog, dtype)
+    save_model(base, out_path, dtype, overwrite)
+    check_saved_model(out_path, base, catalog, dtype)
     sources = ", ".join(f"{p.name}×{r:g}" for p, r, _, _ in loaded)
     layout = "diffusers folder" if folder else "single file"
     text = (f"Merged {sources} into {Path(sd_model).name} ({base.family}): {changed} layers changed by "
@@ -101,20 +96,30 @@ def merge_into_model(sd_model, models, save_to, ratios=None, save_precision: str
     return Report("merge", str(out_path), text, {"layers_changed": changed, "family": base.family})
 
 
-def _check_saved_model(path: Path, merged, catalog, dtype) -> None:
-    """Load the written model and compare every LoRA-targetable layer with the merged weights."""
+def save_model(base, out_path: Path, dtype: torch.dtype, overwrite: bool) -> None:
+    """A merged model as a single file (.safetensors/.ckpt) or, for a name without suffix, a diffusers folder."""
+    from trainer.models.saving import save_diffusers, save_single_file
+
+    if out_path.suffix == "":
+        save_diffusers(base, out_path, dtype=dtype, overwrite=overwrite)
+    else:
+        save_single_file(base, out_path, dtype=dtype, title=out_path.stem, overwrite=overwrite)
+
+
+def check_saved_model(path: Path, merged, catalog, dtype: torch.dtype) -> None:
+    """Load the written model and compare every tensor (weight, bias) of each layer a merge can change."""
     from trainer.models import load_base_model
 
-    reloaded = load_base_model(path, family=merged.family)
-    again = {t.lora_name: t for t in all_targets_of(reloaded)}
+    again = {t.lora_name: t.module for t in all_targets_of(load_base_model(path, family=merged.family))}
     bad = []
     for t in catalog:
-        want = t.module.weight.detach().to(dtype).float()
-        got = again[t.lora_name].module.weight.detach().float()
-        if want.shape != got.shape or not torch.equal(want, got):
-            bad.append(t.lora_name)
+        theirs = again[t.lora_name].state_dict()
+        for key, want in t.module.state_dict().items():
+            got = theirs.get(key)
+            if got is None or got.shape != want.shape or not torch.equal(want.to(dtype).float(), got.float()):
+                bad.append(f"{t.lora_name}.{key}")
     if bad:
-        raise ToolError(f"{path} was written but {len(bad)} layers read back differ from the merge "
+        raise ToolError(f"{path} was written but {len(bad)} tensors read back differ from the merge "
                         f"(e.g. {bad[0]}); the file is not usable, delete it and report this")
 
 

@@ -17,10 +17,11 @@ from typing import Mapping
 
 import torch
 
+from .merge import SAVE_DTYPES, all_targets_of, check_saved_model, save_model
 from .output import Report, ToolError, check_inputs, check_output, progress
 
-MODEL_DTYPES = {"float": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+# kohya_ss' merge_lycoris.py --dtype names beside the other tools' precision names
+MODEL_DTYPES = {**SAVE_DTYPES, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def merge_lycoris(base_model, lycoris_model, output_name, weight: float = 1.0, dtype: str = "float",
@@ -39,7 +40,7 @@ def merge_lycoris(base_model, lycoris_model, output_name, weight: float = 1.0, d
     state, metadata = read_lora_file(lyco_path)
     require_lycoris(lyco_path, by_module(state), metadata)
     base = load_base_model(base_model, family="sdxl" if is_sdxl else "sd2" if is_v2 else None)
-    catalog = _targets(base)
+    catalog = all_targets_of(base)
     # a file for another family or layout is refused here, naming the file and the base's family
     state = canonical_state_dict(state, metadata, catalog, base.family, str(lyco_path))
     layers = {t.lora_name: t.module for t in catalog}
@@ -47,8 +48,8 @@ def merge_lycoris(base_model, lycoris_model, output_name, weight: float = 1.0, d
     adapters: Counter = Counter()
     for name, tensors in progress(sorted(modules.items()), f"merge {lyco_path.name}", enabled=show_progress):
         adapters[merge_module_into(name, tensors, layers[name], weight, device)] += 1
-    _save(base, out_path, MODEL_DTYPES[dtype], overwrite)
-    _check_saved(out_path, base, catalog, MODEL_DTYPES[dtype])
+    save_model(base, out_path, MODEL_DTYPES[dtype], overwrite)
+    check_saved_model(out_path, base, catalog, MODEL_DTYPES[dtype])
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(adapters.items()))
     layout = "diffusers folder" if out_path.suffix == "" else "single file"
     text = (f"Merged {lyco_path.name}×{weight:g} ({kinds} modules) into {Path(str(base_model)).name} "
@@ -115,36 +116,3 @@ def rebuild_module(name: str, tensors: Mapping[str, torch.Tensor], layer: torch.
         raise ToolError(f"{name}: LyCORIS cannot rebuild this module ({', '.join(sorted(tensors))}); "
                         "the file is damaged or of a type lycoris-lora does not merge")
     return module
-
-
-def _targets(base):
-    from trainer.networks.naming import all_targets
-
-    return all_targets(base.unet, base.text_encoders, base.family, include_conv_blocks=True)
-
-
-def _save(base, out_path: Path, dtype: torch.dtype, overwrite: bool) -> None:
-    from trainer.models.saving import save_diffusers, save_single_file
-
-    if out_path.suffix == "":
-        save_diffusers(base, out_path, dtype=dtype, overwrite=overwrite)
-    else:
-        save_single_file(base, out_path, dtype=dtype, title=out_path.stem, overwrite=overwrite)
-
-
-def _check_saved(path: Path, merged, catalog, dtype: torch.dtype) -> None:
-    """Load the written model and compare every layer a LyCORIS module can change (weight and bias)."""
-    from trainer.models import load_base_model
-
-    again = {t.lora_name: t.module for t in _targets(load_base_model(path, family=merged.family))}
-    bad = []
-    for t in catalog:
-        theirs = again[t.lora_name].state_dict()
-        for key, want in t.module.state_dict().items():
-            got = theirs.get(key)
-            if got is None or got.shape != want.shape or not torch.equal(want.to(dtype).float(), got.float()):
-                bad.append(f"{t.lora_name}.{key}")
-    if bad:
-        raise ToolError(f"{path} was written but {len(bad)} tensors read back differ from the merge "
-                        f"(e.g. {bad[0]}); the file is not usable, delete it and report this")
-
