@@ -29,6 +29,7 @@ OPTIONAL_OPTIMIZERS = {
 }
 SCHEDULERS = ("adafactor", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
               "polynomial", "piecewise_constant", "cosine_with_min_lr", "inverse_sqrt", "warmup_stable_decay")
+HUBER_LOSSES = ("huber", "smooth_l1")  # the loss types with a threshold (huber_c, huber_schedule, huber_scale)
 SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++",
             "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a", "dpm++_2m")
 
@@ -112,12 +113,12 @@ class TrainingOptions(Options):
         "snr", "How the Huber/smooth-L1 threshold follows the noise level (sd-scripts' scheduled Huber loss): snr "
         "= (1 − huber_c)/(1 + σ)² + huber_c, near 1 on lightly noised samples and huber_c on noisy ones; "
         "exponential = huber_scale · huber_c^(t/1000); constant = huber_c · huber_scale.", section="training",
-        visible_if={"loss_type": ["huber", "smooth_l1"]})
+        visible_if={"loss_type": list(HUBER_LOSSES)})
     huber_c: float = opt(0.1, "Huber/smooth-L1 threshold: the value on the noisiest samples (snr, exponential) "
                          "or throughout (constant).", section="training", ge=0,
-                         visible_if={"loss_type": ["huber", "smooth_l1"]})
+                         visible_if={"loss_type": list(HUBER_LOSSES)})
     huber_scale: float = opt(1.0, "Multiplies the threshold of the exponential and constant schedules.",
-                             section="training", ge=0, le=100, visible_if={"loss_type": ["huber", "smooth_l1"]})
+                             section="training", ge=0, le=100, visible_if={"loss_type": list(HUBER_LOSSES)})
     zero_terminal_snr: bool = opt(
         False, "Rescale the noise schedule so the last timestep is pure noise (zero terminal SNR, arXiv 2305.08891): "
         "lets a v-prediction model reach very dark or bright images. For v-prediction models (NoobAI-XL v-pred, "

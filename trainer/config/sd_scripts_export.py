@@ -21,6 +21,7 @@ from trainer.networks.options import sd_scripts_network
 
 from .block_lr import block_lr_text, parse_block_lr
 from .defaults import option
+from .options_train import HUBER_LOSSES
 from .spec import parse_resolution
 
 # (training type, SDXL?) → the sd-scripts script
@@ -42,6 +43,7 @@ SAME_NAME = (
     "persistent_data_loader_workers", "train_batch_size", "gradient_accumulation_steps", "mixed_precision",
     "full_fp16", "full_bf16", "gradient_checkpointing", "min_snr_gamma", "min_timestep", "loss_type",
     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "fp8_base", "fp8_base_unet",
+    "ip_noise_gamma", "v_pred_like_loss", "zero_terminal_snr",
     "learning_rate", "lr_scheduler", "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_n_epochs",
     "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps", "save_last_n_epochs_state",
     "save_last_n_steps_state", "save_state", "save_state_on_train_end",
@@ -165,18 +167,12 @@ def _noise(c, data: dict) -> None:
             data["noise_offset_random_strength"] = True
         if c.adaptive_noise_scale:
             data["adaptive_noise_scale"] = c.adaptive_noise_scale
-    if c.ip_noise_gamma:
-        data["ip_noise_gamma"] = c.ip_noise_gamma
-        if c.ip_noise_gamma_random_strength:
-            data["ip_noise_gamma_random_strength"] = True
-    if c.v_pred_like_loss:
-        data["v_pred_like_loss"] = c.v_pred_like_loss
-    if c.zero_terminal_snr:
-        data["zero_terminal_snr"] = True
+    if c.ip_noise_gamma and c.ip_noise_gamma_random_strength:
+        data["ip_noise_gamma_random_strength"] = True
     if c.noise_offset_type == "Multires" and c.multires_noise_iterations:
         data["multires_noise_iterations"] = c.multires_noise_iterations
         data["multires_noise_discount"] = c.multires_noise_discount
-    if c.loss_type in ("huber", "smooth_l1"):
+    if c.loss_type in HUBER_LOSSES:
         data.update(huber_c=c.huber_c, huber_schedule=c.huber_schedule, huber_scale=c.huber_scale)
 
 

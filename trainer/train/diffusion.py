@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
+from trainer.config.options_train import HUBER_LOSSES
+
 
 def step_seed(seed: int, rank: int, step: int) -> int:
     digest = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
@@ -88,9 +90,6 @@ def training_target(noise_scheduler, latents, noise, timesteps, v_prediction: bo
     return noise
 
 
-HUBER_LOSSES = ("huber", "smooth_l1")  # the losses with a threshold huber_c
-
-
 def mask_at(mask: torch.Tensor, size) -> torch.Tensor:
     """A batch of loss masks [B, H, W] (0..1, image or latent size) as weights [B, 1, h, w] of a latent pixel:
     the mean of the mask over the pixels each latent covers (sd-scripts' apply_masked_loss, mode "area")."""
@@ -131,8 +130,10 @@ def huber_threshold(schedule: str, huber_c: float, huber_scale: float, t_fractio
     return torch.full(t_fraction.shape, huber_c * huber_scale, device=t_fraction.device)
 
 
-def ddpm_huber_c(noise_scheduler, timesteps: torch.Tensor, cfg) -> torch.Tensor:
-    """The scheduled Huber threshold for DDPM timesteps (σ² = (1 − ᾱ)/ᾱ)."""
+def ddpm_huber_c(noise_scheduler, timesteps: torch.Tensor, cfg) -> torch.Tensor | float:
+    """The scheduled Huber threshold for DDPM timesteps (σ² = (1 − ᾱ)/ᾱ); 0 for the losses without one."""
+    if cfg.loss_type not in HUBER_LOSSES:
+        return 0.0
     alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
     return huber_threshold(cfg.huber_schedule, float(cfg.huber_c), float(cfg.huber_scale),
                            timesteps.float() / noise_scheduler.config.num_train_timesteps,

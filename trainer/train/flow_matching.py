@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .diffusion import HUBER_LOSSES, huber_threshold, per_sample_loss
+from trainer.config.options_train import HUBER_LOSSES
+
+from .diffusion import huber_threshold, per_sample_loss
 
 SAMPLINGS = ("sigma", "uniform", "sigmoid", "shift", "flux_shift")
 PREDICTIONS = ("raw", "additive", "sigma_scaled")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .diffusion import (HUBER_LOSSES, ddpm_huber_c, finish_noise, per_sample_loss, sample_noise,
+from .diffusion import (ddpm_huber_c, finish_noise, per_sample_loss, sample_noise,
                         sample_timesteps, snr_loss_weights, step_seed, training_target)
 
 
@@ -124,8 +124,7 @@ def micro_loss(ctx: StepContext, pred, latents, noise, t, loss_weights, n: int, 
     if ctx.objective is not None:
         return (ctx.objective.loss(pred, latents, noise, t, noisy, mask) * loss_weights).sum() / n
     target = training_target(ctx.noise_scheduler, latents, noise, t, ctx.v_prediction)
-    huber_c = ddpm_huber_c(ctx.noise_scheduler, t, ctx.cfg) if ctx.cfg.loss_type in HUBER_LOSSES else 0.0
-    loss = per_sample_loss(pred, target, ctx.cfg.loss_type, huber_c, mask)
+    loss = per_sample_loss(pred, target, ctx.cfg.loss_type, ddpm_huber_c(ctx.noise_scheduler, t, ctx.cfg), mask)
     loss = loss * loss_weights
     weights = snr_loss_weights(ctx.noise_scheduler, t, ctx.cfg, ctx.v_prediction)
     if weights is not None:
