@@ -11,7 +11,7 @@ from trainer.config.defaults import option
 from .augment import render_masked
 from .epochs import BatchKey, EpochPlan
 from .errors import DatasetError
-from .images import load_masked, load_rgb
+from .images import load_for_training
 from .latent_cache import LatentCache
 from .captions import process_caption
 from .rng import derive_rng, derive_seed
@@ -88,7 +88,7 @@ class TrainDataset(EpochPlan, Dataset):
             row["crop"] = crop
             return row
         try:
-            image, alpha = load_masked(item.path, item.mask_path) if subset.masked else (load_rgb(item.path), None)
+            image, alpha = load_for_training(item.path, subset.masked, item.mask_path)
         except Exception as exc:  # never die mid-run on one file
             log.warning("skipping %s in this batch: %s", item.path, exc)
             return None

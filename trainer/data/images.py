@@ -137,6 +137,13 @@ def load_masked(path: Path, mask_path: Path | None = None) -> tuple[Image.Image,
     return image, load_mask_image(mask_path, image.size)
 
 
+def load_for_training(path: Path, masked: bool, mask_path: Path | None = None
+                      ) -> tuple[Image.Image, Image.Image | None]:
+    """(RGB, loss mask or None) as a subset trains it: with masks (alpha or a mask folder) the colours as stored
+    and the mask, else the image put on white (load_rgb) and no mask."""
+    return load_masked(path, mask_path) if masked else (load_rgb(path), None)
+
+
 def load_mask_image(path: Path, size: tuple[int, int]) -> Image.Image:
     """A mask image's red channel ("L"; a greyscale image's own value), as sd-scripts reads conditioning masks
     (R / 255 after its [-1, 1] round trip), at `size`: a mask saved smaller or larger is stretched to its image so

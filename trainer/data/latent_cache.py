@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from trainer.atomic import atomic_path
-import torch.nn.functional as F
 
-from .augment import render, render_masked
-from .images import load_masked, load_rgb
+from .augment import render_masked
+from .images import load_for_training
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +236,9 @@ class LatentCache:
         for item, masked in chunk:
             try:
                 digest = file_digest(item.path) if self.to_disk else ""
-                if masked:
-                    pixels, _, mask = render_masked(*load_masked(item.path, mask_image(item)), item.placement)
-                else:
-                    pixels, mask = render(load_rgb(item.path), item.placement)[0], None
-                out.append((item, pixels, digest, mask))
+                image, alpha = load_for_training(item.path, masked, mask_image(item))
+                pixels, _, mask = render_masked(image, alpha, item.placement)
+                out.append((item, pixels, digest, mask if masked else None))
             except Exception as exc:
                 log.warning("not caching %s: %s", item.path, exc)
         return out
@@ -304,5 +302,3 @@ class LatentCache:
         key = self._entry_key(item, masked)
         return key in self.memory or key in self.files
 
-    def __contains__(self, item) -> bool:
-        return self.has(item)
