@@ -19,13 +19,13 @@ def parse_block_lr(text) -> list[float] | None:
     text = str(text or "").strip()
     if not text:
         return None
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        rates = [float(p) for p in parts]
-    except ValueError:
-        bad = next(p for p in parts if not _is_number(p))
-        raise ValueError(f"{FIELD}: {bad!r} is not a number; write {SDXL_UNET_BLOCKS} learning rates separated "
-                         "by commas, e.g. 1e-6,1e-6,…") from None
+    rates = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            rates.append(float(part))
+        except ValueError:
+            raise ValueError(f"{FIELD}: {part!r} is not a number; write {SDXL_UNET_BLOCKS} learning rates separated "
+                             "by commas, e.g. 1e-6,1e-6,…") from None
     if len(rates) != SDXL_UNET_BLOCKS:
         raise ValueError(f"{FIELD}: {len(rates)} values given, the SDXL U-Net has {SDXL_UNET_BLOCKS} blocks "
                          "(embeddings, IN0-8, MID0-2, OUT0-8, out); give one rate for each")
@@ -38,11 +38,3 @@ def parse_block_lr(text) -> list[float] | None:
 def block_lr_text(rates) -> str:
     """The rates as sd-scripts' string (what kohya_ss writes and `--block_lr` reads)."""
     return ",".join(format(float(r), "g") for r in rates)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
