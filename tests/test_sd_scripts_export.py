@@ -56,7 +56,7 @@ def test_a_lora_export_names_its_network_list_args_and_a_prompts_file(tmp_path):
     data = toml.loads(toml_path.read_text())
     assert data["network_module"] == "networks.lora" and data["max_train_epochs"] == config.epoch
     assert data["optimizer_args"] == ["weight_decay=0.01", "betas=0.9,0.99"]
-    assert data["lr_scheduler_args"] == ["min_lr_rate=0.1"]
+    assert data["lr_scheduler_min_lr_ratio"] == 0.1 and "lr_scheduler_args" not in data  # sd-scripts passes it itself
     assert data["multires_noise_iterations"] == 6 and "noise_offset" not in data
     assert data["huber_schedule"] == "snr" and data["huber_c"] == 0.1 and data["huber_scale"] == 1.0
     assert Path(data["sample_prompts"]).read_text() == "a cat --w 512\n"

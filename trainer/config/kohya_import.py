@@ -133,6 +133,9 @@ def _additional_parameters(text: str, fields, values: dict, ignored: list[str]) 
         while i < len(tokens) and not tokens[i].startswith("--"):
             args.append(tokens[i])
             i += 1
+        if key in K.SD_SCRIPTS_SCHEDULE_ARGS and "lr_scheduler_args" in fields and args:
+            if _schedule_arg(key, args[0], values):
+                continue
         target = K.SD_SCRIPTS_RENAMED.get(key, key)
         if target not in fields:
             ignored.append(f"additional_parameters {token}")
@@ -144,6 +147,23 @@ def _additional_parameters(text: str, fields, values: dict, ignored: list[str]) 
             values[target] = " ".join(args)
         else:
             values[target] = _coerce(fields[target], " ".join(args))
+
+
+def _schedule_arg(key: str, value: str, values: dict) -> bool:
+    """--lr_scheduler_min_lr_ratio 0.1 → lr_scheduler_args min_lr_rate=0.1 (the name the chosen schedule
+    takes); False when the schedule does not read it (sd-scripts then ignored it too)."""
+    scheduler = values.get("lr_scheduler", schema_default("lr_scheduler"))
+    name = K.SD_SCRIPTS_SCHEDULE_ARGS[key].get(scheduler)
+    if name is None:
+        return False
+    value = value.strip()
+    if value.endswith("%"):  # sd-scripts reads lr_decay_steps "10%" as a ratio of the run
+        value = str(float(value[:-1]) / 100) if _number(value[:-1]) is not None else value
+    if _number(value) is None:
+        return False
+    existing = [a for a in str(values.get("lr_scheduler_args", "")).split() if not a.startswith(f"{name}=")]
+    values["lr_scheduler_args"] = " ".join([*existing, f"{name}={value}"])
+    return True
 
 
 def unsupported_family(data: dict) -> Problem | None:

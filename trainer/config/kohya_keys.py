@@ -22,6 +22,14 @@ RENAMED = {
 SD_SCRIPTS_RENAMED = {"optimizer_type": "optimizer", "sdpa": "xformers", "no_half_vae": "no_half_vae",
                       "max_train_epochs": "epoch"}
 
+# sd-scripts' schedule-shape arguments → the key of lr_scheduler_args that carries it here, per lr_scheduler
+# (sd-scripts passes them to the transformers schedule under these names).
+SD_SCRIPTS_SCHEDULE_ARGS = {
+    "lr_scheduler_min_lr_ratio": {"cosine_with_min_lr": "min_lr_rate", "warmup_stable_decay": "min_lr_ratio"},
+    "lr_decay_steps": {"warmup_stable_decay": "num_decay_steps"},
+    "lr_scheduler_timescale": {"inverse_sqrt": "timescale"},
+}
+
 # kohya's 0 / "" (not passed) → what sd-scripts then used, where that is not our 0 or our default.
 ZERO_MEANS = {
     "vae_batch_size": 1, "clip_skip": 1, "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0,
@@ -50,7 +58,7 @@ GUI_ONLY = {
 # Values that are the neutral setting of a key we have no counterpart for (not worth a report).
 NEUTRAL = {
     "LyCORIS_preset": {"full"}, "factor": {-1}, "unit": {1}, "train_on_input": {True, False},
-    "lr_scheduler_type": {""}, "ggpo_sigma": {0.03}, "ggpo_beta": {0.01},
+    "ggpo_sigma": {0.03}, "ggpo_beta": {0.01},
 }
 # Keys that only matter when another key has one of some values (else they are quiet).
 RELEVANT_IF = {
@@ -100,6 +108,9 @@ SPECIAL = {
                       "becomes weight_decay=0.01 betas=0.9,0.99",
     "additional_parameters": "its --flags are read: sd-scripts names that are options here are applied "
                              "(--network_train_unet_only, --optimizer_args …); the others are listed as ignored",
+    "--lr_scheduler_min_lr_ratio / --lr_decay_steps / --lr_scheduler_timescale": "additional_parameters of "
+        "sd-scripts become lr_scheduler_args keys of the chosen schedule (min_lr_rate or min_lr_ratio, "
+        "num_decay_steps, timescale); for a schedule that never read them they are listed as ignored",
     "use_8bit_adam (v21)": "optimizer AdamW8bit / AdamW when the file has no optimizer",
     "use_wandb (v21)": "log_with wandb when true",
     "xformers true/false (v21–v22)": "xformers / none",

@@ -185,6 +185,11 @@ class OptimizerOptions(Options):
     lr_scheduler_args: str = opt("", 'Extra arguments of the schedule as key=value, e.g. "min_lr_rate=0.1" '
                                  '(cosine_with_min_lr), "num_decay_steps=200" (warmup_stable_decay), '
                                  '"step_rules=\'1:100,0.5\'" (piecewise_constant).', section="optimizer")
+    lr_scheduler_type: str = opt("", "A scheduler class instead of lr_scheduler (sd-scripts' custom scheduler): a "
+                                 "name in torch.optim.lr_scheduler such as CosineAnnealingLR, or a dotted path "
+                                 "(mypackage.MySchedule). Its arguments come from lr_scheduler_args (\"T_max=1000\", "
+                                 "counted in optimizer steps); it has no warm-up.", section="optimizer",
+                                 label="LR scheduler type (custom class)")
     lr_warmup: float = opt(10.0, "Warm-up as a percentage of total steps (ignored by 'constant').",
                            section="optimizer", level="basic", ge=0, le=100, label="LR warmup (% of steps)")
     lr_warmup_steps: int = opt(0, "Warm-up in steps; when > 0 it replaces the percentage.", section="optimizer",

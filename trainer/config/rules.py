@@ -352,6 +352,19 @@ def _output_name(c):
                          '(< > : " / \\ | ? * or leading/trailing spaces); use letters, digits, - and _')
 
 
+def _scheduler_type(c):
+    name = c.lr_scheduler_type.strip()
+    if not name:
+        return
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+        yield Problem.at("lr_scheduler_type", f"{name!r} is not a class name or dotted path; write e.g. "
+                         "CosineAnnealingLR or mypackage.schedules.MySchedule")
+    if c.lr_warmup > 0 or c.lr_warmup_steps > 0:
+        yield Problem.at("lr_warmup", f"lr_scheduler_type {name} has no warm-up (sd-scripts refuses warm-up "
+                         "steps with a custom scheduler too); set lr_warmup and lr_warmup_steps to 0, or clear "
+                         "lr_scheduler_type and use a warm-up schedule such as cosine")
+
+
 @rule
 def _misc(c):
     if c.caption_extension and not c.caption_extension.startswith("."):
@@ -360,6 +373,7 @@ def _misc(c):
     if c.lr_scheduler == "constant" and (c.lr_warmup > 0 or c.lr_warmup_steps > 0):
         yield Problem.at("lr_warmup", "the 'constant' scheduler has no warm-up; set lr_warmup and lr_warmup_steps "
                          "to 0 or choose constant_with_warmup", level="warning")
+    yield from _scheduler_type(c)
     if c.min_timestep >= c.max_timestep:
         yield Problem.at("min_timestep", f"min_timestep {c.min_timestep} must be below max_timestep {c.max_timestep}")
     if c.optimizer_args and not re.fullmatch(r"\s*(\S+=\S+)(\s+\S+=\S+)*\s*", c.optimizer_args):

@@ -20,6 +20,7 @@ from trainer.atomic import atomic_write_text
 from trainer.networks.options import sd_scripts_network
 
 from .block_lr import block_lr_text, parse_block_lr
+from .kohya_keys import SD_SCRIPTS_SCHEDULE_ARGS
 from .defaults import option
 from .options_train import HUBER_LOSSES
 from .spec import parse_resolution
@@ -193,12 +194,32 @@ def _optimizer(c, data: dict) -> None:
     data["optimizer_type"] = c.optimizer
     if c.optimizer_args:
         data["optimizer_args"] = _split(c.optimizer_args)
-    if c.lr_scheduler_args:
-        data["lr_scheduler_args"] = _split(c.lr_scheduler_args)
+    _schedule(c, data)
     if c.lr_warmup_steps:
         data["lr_warmup_steps"] = c.lr_warmup_steps
     elif c.lr_warmup and c.lr_scheduler != "constant":
         data["lr_warmup_steps"] = round(c.lr_warmup / 100.0, 6)  # a ratio of the run, as kohya_ss writes it
+
+
+def _schedule(c, data: dict) -> None:
+    """sd-scripts passes the schedule's shape as its own arguments (min_lr_rate=lr_scheduler_min_lr_ratio …)
+    and lr_scheduler_args on top: the same key in both is a TypeError there, so those keys move out."""
+    args = _split(c.lr_scheduler_args) if c.lr_scheduler_args else []
+    if c.lr_scheduler_type:
+        data["lr_scheduler_type"] = c.lr_scheduler_type
+    else:
+        own = {name: arg for arg, names in SD_SCRIPTS_SCHEDULE_ARGS.items()
+               for scheduler, name in names.items() if scheduler == c.lr_scheduler}
+        for item in list(args):
+            key, _, value = item.partition("=")
+            if key in own:
+                args.remove(item)
+                data[own[key]] = float(value) if own[key] != "lr_decay_steps" or "." in value else int(value)
+        has_min_lr = any(a.startswith("min_lr=") for a in args)
+        if c.lr_scheduler == "cosine_with_min_lr" and not has_min_lr:  # sd-scripts has no default for it
+            data.setdefault("lr_scheduler_min_lr_ratio", 0.0)
+    if args:
+        data["lr_scheduler_args"] = args
 
 
 def _network(c, data: dict, notes: list[str]) -> None:
