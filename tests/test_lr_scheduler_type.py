@@ -119,3 +119,15 @@ def test_a_whole_lora_run_steps_the_custom_scheduler_and_reports_its_rate(tmp_pa
     assert rc == 0, err[-3000:]
     last = [e for e in events if e["type"] == "step"][-1]
     assert last["step"] == 3 and last["lr"] == pytest.approx(1e-3 * 0.5 ** 3)
+
+
+def test_kohya_json_compiled_through_accelerate_imports_with_compile_on_and_exports_torch_compile():
+    values, ignored, notes = import_kohya_json({"LoRA_type": "Standard", "dynamo_backend": "inductor"}, "lora")
+    assert values["compile"] == "on" and not ignored and any("dynamo_backend 'inductor'" in n for n in notes)
+    values, _, _ = import_kohya_json({"LoRA_type": "Standard", "dynamo_backend": "no"}, "lora")
+    assert "compile" not in values
+    values, ignored, _ = import_kohya_json({"LoRA_type": "Standard", "additional_parameters": "--torch_compile"},
+                                           "lora")
+    assert values["compile"] == "on" and not ignored
+    assert sd_scripts_export(config_for("lora", compile="on")).toml_data["torch_compile"] is True
+    assert "torch_compile" not in sd_scripts_export(config_for("lora", compile="auto")).toml_data

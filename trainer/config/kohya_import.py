@@ -109,6 +109,11 @@ def _upgrade(data: dict, notes: list[str]) -> dict:
         data["xformers"] = "xformers" if str(data["xformers"]) == "True" else "none"
     if "stop_text_encoder_training_pct" in data:
         data.setdefault("stop_text_encoder_training", data.pop("stop_text_encoder_training_pct"))
+    backend = str(data.get("dynamo_backend") or "no").strip().lower()
+    if backend != "no" and "compile" not in data:  # kohya_ss passes it to accelerate launch: torch.compile
+        data["compile"] = "on"
+        notes.append(f"dynamo_backend {backend!r}: accelerate compiled the model with torch.compile, so compile is "
+                     "on" + ("" if backend == "inductor" else " (with torch's default inductor backend)"))
     if data.get("wandb_api_key"):
         notes.append("wandb_api_key is in the file but is not copied (a secret stays out of configs and logs); "
                      "set WANDB_API_KEY in the environment or run `wandb login`")
@@ -142,7 +147,7 @@ def _additional_parameters(text: str, fields, values: dict, ignored: list[str]) 
             continue
         annotation, _ = _unwrap_optional(fields[target].annotation)
         if not args:
-            values[target] = "sdpa" if key == "sdpa" else True
+            values[target] = {"sdpa": "sdpa", "torch_compile": "on"}.get(key, True)
         elif target in ("optimizer_args", "lr_scheduler_args"):
             values[target] = " ".join(args)
         else:

@@ -20,7 +20,7 @@ RENAMED = {
 
 # sd-scripts argument → our option, for `additional_parameters` ("--optimizer_type Lion" …).
 SD_SCRIPTS_RENAMED = {"optimizer_type": "optimizer", "sdpa": "xformers", "no_half_vae": "no_half_vae",
-                      "max_train_epochs": "epoch"}
+                      "max_train_epochs": "epoch", "torch_compile": "compile"}
 
 # sd-scripts' schedule-shape arguments → the key of lr_scheduler_args that carries it here, per lr_scheduler
 # (sd-scripts passes them to the transformers schedule under these names).
@@ -111,6 +111,8 @@ SPECIAL = {
     "--lr_scheduler_min_lr_ratio / --lr_decay_steps / --lr_scheduler_timescale": "additional_parameters of "
         "sd-scripts become lr_scheduler_args keys of the chosen schedule (min_lr_rate or min_lr_ratio, "
         "num_decay_steps, timescale); for a schedule that never read them they are listed as ignored",
+    "dynamo_backend / --torch_compile": "a backend other than no (accelerate's torch.compile) or sd-scripts' "
+                                        "--torch_compile → compile on",
     "use_8bit_adam (v21)": "optimizer AdamW8bit / AdamW when the file has no optimizer",
     "use_wandb (v21)": "log_with wandb when true",
     "xformers true/false (v21–v22)": "xformers / none",

@@ -113,6 +113,8 @@ def sd_scripts_export(config) -> Export:
         data["seed"] = c.seed
     if c.xformers in ("xformers", "sdpa"):
         data[c.xformers] = True
+    if c.compile == "on":  # sd-scripts' own torch.compile switch (its dynamo_backend defaults to inductor)
+        data["torch_compile"] = True
     if c.cache_text_encoder_outputs and sdxl:
         data["cache_text_encoder_outputs"] = True
     # sd-scripts: max_train_epochs overrides max_train_steps (whose default is 1600)
