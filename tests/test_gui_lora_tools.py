@@ -88,7 +88,7 @@ def test_show_reports_the_file_and_its_metadata(lora):
 
 
 def test_every_tool_has_a_tab_and_the_new_ones_become_kohyas_commands(tmp_path):
-    assert {"merge-lycoris", "extract-dylora"} <= set(TOOLS)  # the page draws a tab for each tool
+    assert {"merge-lycoris", "extract-dylora", "extract-locon"} <= set(TOOLS)  # the page draws a tab for each tool
     raw = raw_for("merge-lycoris", base_model=f"{tmp_path}/base.safetensors",
                   lycoris_model=f"{tmp_path}/loha.safetensors", output_name=str(tmp_path / "out.safetensors"),
                   weight=0.8, is_sdxl=True)

@@ -48,6 +48,12 @@ def _run(name: str, o) -> "object":
 
         return extract_lora(o.model_org, o.model_tuned, o.save_to, o.dim, o.conv_dim, o.clamp_quantile,
                             o.min_diff, o.sdxl, o.v2, o.save_precision, o.device, o.overwrite)
+    if name == "extract-locon":
+        from .extract_locon import extract_locon
+
+        return extract_locon(o.base_model, o.db_model, o.output_name, o.mode, o.linear_dim, o.conv_dim,
+                             o.linear_threshold, o.conv_threshold, o.linear_ratio, o.conv_ratio, o.linear_quantile,
+                             o.conv_quantile, o.min_diff, o.is_sdxl, o.is_v2, o.save_precision, o.device, o.overwrite)
     if name == "merge-lycoris":
         from .merge_lycoris import merge_lycoris
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 
@@ -20,6 +21,8 @@ from .lora_math import ModuleWeights, factorize, svd
 from .lora_io import rank_summary
 from .output import Report, ToolError, check_inputs, percent, progress, save_checked_lora
 from .resize import _lora_output
+
+RankRule = Callable[[torch.Tensor, bool], int]  # (singular values of ΔW, is a 3×3 conv) → rank
 
 
 def _load(path, family):
@@ -31,13 +34,15 @@ def _load(path, family):
 def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | None = None,
                  clamp_quantile: float = 0.99, min_diff: float = 0.01, sdxl: bool = False, v2: bool = False,
                  save_precision: str = "fp16", device: str = "cpu", overwrite: bool = False,
-                 show_progress: bool = True) -> Report:
+                 show_progress: bool = True, rank_rule: RankRule | None = None, how: str = "") -> Report:
+    """`rank_rule(singular_values, is_conv3x3)` chooses each module's rank instead of dim / conv_dim (the
+    LyCORIS extract's modes); `how` then describes it in the report and the training comment."""
     from trainer.networks.checks import verify_lora_file
     from trainer.networks.naming import all_targets
 
     save_to = _lora_output(save_to, overwrite)
     org_path, tuned_path = check_inputs([model_org, model_tuned], "--model_org/--model_tuned")
-    if dim < 1:
+    if dim < 1 and rank_rule is None:
         raise ToolError(f"--dim must be ≥ 1, got {dim}")
     if not 0 < clamp_quantile <= 1:
         raise ToolError(f"--clamp_quantile must be in (0, 1], got {clamp_quantile}")
@@ -46,17 +51,22 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
     if dit is not None:  # FLUX.1 / Chroma / SD3.5: on the original (fused) tensors, as kohya's flux_extract_lora
         from .dit_lora import extract_dit
 
+        if rank_rule is not None:
+            raise ToolError(f"the models are {dit}: extract them with the `extract` tool (a fixed --dim), as "
+                            "kohya's flux_extract_lora does; the LyCORIS modes cover SD1/SD2/SDXL")
+
         return extract_dit(org_path, tuned_path, dit, save_to, dim, clamp_quantile, save_precision, device,
                            overwrite, show_progress, conv_dim=conv_dim)
     org, tuned = _load(org_path, family), _load(tuned_path, family)
     if org.family != tuned.family:
         raise ToolError(f"--model_org is {org.family} but --model_tuned is {tuned.family}; extract needs a "
                         "fine-tune and the model it was tuned from")
-    targets_o = all_targets(org.unet, org.text_encoders, org.family, include_conv_blocks=bool(conv_dim))
-    targets_t = {t.lora_name: t for t in all_targets(tuned.unet, tuned.text_encoders, tuned.family, bool(conv_dim))}
+    convs = bool(conv_dim) or rank_rule is not None  # 3×3 convs: a LoCon
+    targets_o = all_targets(org.unet, org.text_encoders, org.family, include_conv_blocks=convs)
+    targets_t = {t.lora_name: t for t in all_targets(tuned.unet, tuned.text_encoders, tuned.family, convs)}
     pairs = []
     for t in targets_o:
-        if t.is_conv_block and t.is_conv3x3 and not conv_dim:
+        if t.is_conv_block and t.is_conv3x3 and not convs:
             continue
         other = targets_t.get(t.lora_name)
         if other is None or other.module.weight.shape != t.module.weight.shape:
@@ -79,17 +89,23 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
         if not bool(delta.abs().max() > 0):
             unchanged += 1
             continue
-        out[t.lora_name], total, kept = extract_module(delta, conv_dim if t.is_conv3x3 else dim, clamp_quantile)
+        rank = (lambda sv, conv=t.is_conv3x3: rank_rule(sv, conv)) if rank_rule else (conv_dim if t.is_conv3x3
+                                                                                       else dim)
+        out[t.lora_name], total, kept = extract_module(delta, rank, clamp_quantile)
         diff_sq, kept_sq = diff_sq + total, kept_sq + kept
     if not out:
         raise ToolError(f"{tuned_path.name} and {org_path.name} have the same weights in every LoRA-targetable "
                         "layer: there is nothing to extract")
+    if rank_rule is not None:  # the file's largest ranks, as sd-scripts reads ss_network_dim
+        dim = max((m.rank for m in out.values() if not m.is_conv or m.down.shape[-1] == 1), default=1)
+        conv_dim = max((m.rank for m in out.values() if m.is_conv and m.down.shape[-1] > 1), default=None)
     meta = network_metadata(org.family, dim, dim, conv_dim or 0, conv_dim or 0, v_prediction=org.v_prediction)
     meta.update(modelspec_metadata(org.family, save_to.stem, _RESOLUTION[org.family], org.v_prediction))
     meta["ss_sd_model_name"] = org_path.name
     meta["ss_output_name"] = save_to.stem
-    meta["ss_training_comment"] = (f"extracted from {tuned_path.name} minus {org_path.name}, dim {dim}, "
-                                   f"conv_dim {conv_dim or 0}, clamp_quantile {clamp_quantile}")
+    how = how or f"dim {dim}, conv_dim {conv_dim or 0}"
+    meta["ss_training_comment"] = (f"extracted from {tuned_path.name} minus {org_path.name}, {how}, "
+                                   f"clamp_quantile {clamp_quantile}")
     meta["modelspec.date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     save_checked_lora(save_to, out, meta, save_precision, overwrite)
     report = verify_lora_file(save_to, org)
@@ -97,7 +113,7 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
         raise ToolError(f"{save_to} was written but does not fit {org_path.name}:\n  " + "\n  ".join(report.problems))
     kept = math.sqrt(kept_sq / diff_sq) if diff_sq else 1.0
     left_out = f" Left out the unchanged {', '.join(skipped)} (largest change < min_diff {min_diff})." if skipped else ""
-    text = (f"Extracted {save_to} ({rank_summary(out)}, alpha = rank, {save_precision}) from {tuned_path.name} "
+    text = (f"Extracted {save_to} ({rank_summary(out)}, alpha = rank, {save_precision}; {how}) from {tuned_path.name} "
             f"minus {org_path.name} ({org.family}). It keeps {percent(kept)} of the weight difference's "
             f"Frobenius norm over the {len(out)} extracted layers.{left_out}"
             + (f" {unchanged} layers did not change and have no module." if unchanged else "")
@@ -106,10 +122,13 @@ def extract_lora(model_org, model_tuned, save_to, dim: int = 4, conv_dim: int | 
                   list(report.warnings))
 
 
-def extract_module(delta: torch.Tensor, rank: int, clamp_quantile: float) -> tuple[ModuleWeights, float, float]:
-    """ΔW cut to `rank` by SVD (alpha = rank), with the squared Frobenius norms of ΔW and of what the module keeps
-    (the report's "keeps N % of the difference")."""
+def extract_module(delta: torch.Tensor, rank: int | Callable[[torch.Tensor], int],
+                   clamp_quantile: float) -> tuple[ModuleWeights, float, float]:
+    """ΔW cut to `rank` (or the rank a rule picks from its singular values) by SVD (alpha = rank), with the
+    squared Frobenius norms of ΔW and of what the module keeps (the report's "keeps N % of the difference")."""
     decomposed = svd(delta)
+    if callable(rank):
+        rank = rank(decomposed[1])
     f = factorize(delta, rank, clamp_quantile=clamp_quantile, decomposed=decomposed)
     s = decomposed[1]
     return (ModuleWeights(f.module.down.cpu(), f.module.up.cpu(), f.module.alpha), float(s.pow(2).sum()),

@@ -2,7 +2,7 @@
 widgets and the docs are all read from these pydantic models. Names are those of kohya's own
 scripts (resize_lora.py, merge_lora.py, svd_merge_lora.py, extract_lora_from_models.py,
 convert_diffusers20_original_sd.py, kohya_ss' merge_lycoris.py,
-extract_lora_from_dylora.py) so users' commands carry over. No torch here: the GUI reads it.
+extract_lora_from_dylora.py, LyCORIS' extract_locon.py) so users' commands carry over. No torch here: the GUI reads it.
 """
 from __future__ import annotations
 
@@ -88,6 +88,37 @@ class ExtractOptions(BaseModel):
     overwrite: bool = topt(False, _OVERWRITE, label="Overwrite")
 
 
+class ExtractLoconOptions(BaseModel):
+    base_model: str = topt(..., "the original (base) model", kind="model", label="Base model", positional=True)
+    db_model: str = topt(..., "the fine-tuned (DreamBooth) model", kind="model", label="Tuned model",
+                         positional=True)
+    output_name: str = topt(..., "the LoCon to write (.safetensors)", kind="save", label="Save to", positional=True)
+    mode: Literal["fixed", "threshold", "ratio", "quantile", "full"] = topt(
+        "fixed", "how each layer's rank is chosen from its singular values: fixed dims; threshold: those above a "
+        "value; ratio: those above ratio × the largest; quantile: those whose running sum stays below quantile × "
+        "the total; full: all (the exact difference)", label="Mode")
+    linear_dim: int = topt(64, "rank of linear layers (fixed mode)", label="Linear dim")
+    conv_dim: int = topt(32, "rank of 3×3 convs (fixed mode)", label="Conv dim")
+    linear_threshold: float = topt(0.0, "singular-value threshold of linear layers (threshold mode)",
+                                   label="Linear threshold")
+    conv_threshold: float = topt(0.0, "singular-value threshold of 3×3 convs (threshold mode)",
+                                 label="Conv threshold")
+    linear_ratio: float = topt(0.0, "fraction of the largest singular value kept above, linear (ratio mode)",
+                               label="Linear ratio")
+    conv_ratio: float = topt(0.0, "fraction of the largest singular value kept above, convs (ratio mode)",
+                             label="Conv ratio")
+    linear_quantile: float = topt(1.0, "share of the singular values' sum kept, linear (quantile mode)",
+                                  label="Linear quantile")
+    conv_quantile: float = topt(1.0, "share of the singular values' sum kept, convs (quantile mode)",
+                                label="Conv quantile")
+    min_diff: float = topt(0.01, "a text encoder whose largest change is below this is left out", label="Min diff")
+    is_sdxl: bool = topt(False, "the models are SDXL (normally detected)", label="SDXL")
+    is_v2: bool = topt(False, "the models are SD2 (normally detected)", label="SD2 (v2)")
+    save_precision: PRECISION = topt("fp16", "precision of the saved tensors", label="Save precision")
+    device: str = topt("cpu", "where the SVDs run", label="Device")
+    overwrite: bool = topt(False, _OVERWRITE, label="Overwrite")
+
+
 class ShowOptions(BaseModel):
     model: str = topt(..., "the LoRA file", kind="file", label="LoRA file", positional=True)
     metadata: bool = topt(False, "also print every metadata key", label="All metadata")
@@ -146,6 +177,8 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("svd-merge", "SVD merge", "LoRAs of any ranks into one LoRA of a chosen rank", SvdMergeOptions),
     Tool("resize", "Resize LoRA", "a LoRA to a lower rank (fixed or dynamic)", ResizeOptions),
     Tool("extract", "Extract LoRA", "a LoRA from a fine-tuned model and its base", ExtractOptions),
+    Tool("extract-locon", "Extract LyCORIS LoCon", "a LoCon from a fine-tuned model, each layer's rank chosen by "
+         "LyCORIS' modes (fixed, threshold, ratio, quantile, full)", ExtractLoconOptions),
     Tool("merge-lycoris", "Merge LyCORIS", "a LyCORIS file (LoHa, LoKr, LoCon, iA3, DoRA, full) into a checkpoint",
          MergeLycorisOptions),
     Tool("extract-dylora", "Extract DyLoRA", "a plain LoRA of a chosen rank from a DyLoRA file",
