@@ -1,4 +1,4 @@
-"""python -m captioning wd14|blip|git|prepare|balance|group ... (option names as in kohya's scripts)."""
+"""python -m captioning basic|wd14|blip|git|prepare|balance|group ... (option names as in kohya's scripts)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,22 @@ def _print_run(run, a) -> None:
     print(run.summary(top_tags=50 if getattr(a, "frequency_tags", False) else 0))
     fixes = "choose Overwrite or Append" if a.command == "wd14" else "choose Overwrite"
     print(f"result: {run.report(fixes)}")
+
+
+def cmd_basic(a) -> int:
+    from .basic import basic_captions, check_edit
+
+    edit = check_edit(a.caption_text, a.prefix, a.postfix, a.find_text, a.replace_text, a.overwrite)
+    run = basic_captions(a.train_data_dir, edit, a.caption_extension, a.recursive, _progress(a.quiet or a.json))
+    if a.json:
+        print(json.dumps(run.to_dict(), ensure_ascii=False, indent=1))
+        return 0
+    if a.debug:
+        for path, text in run.captions.items():
+            print(f"{path}: {text}")
+    print(run.summary())
+    print(f"result: {run.report()}")
+    return 0
 
 
 def cmd_wd14(a) -> int:
@@ -187,8 +203,8 @@ def cmd_group(a) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handler = {"wd14": cmd_wd14, "blip": cmd_blip, "git": cmd_git, "prepare": cmd_prepare, "balance": cmd_balance,
-               "group": cmd_group}
+    handler = {"basic": cmd_basic, "wd14": cmd_wd14, "blip": cmd_blip, "git": cmd_git, "prepare": cmd_prepare,
+               "balance": cmd_balance, "group": cmd_group}
     try:
         return handler[a.command](a)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:

@@ -1,7 +1,8 @@
-"""The captioners' options, declared once: `python -m captioning wd14|blip|git --help` and the
+"""The captioners' options, declared once: `python -m captioning basic|wd14|blip|git --help` and the
 Utilities tab's widgets are both generated from these models (trainer/tools/optionmodel.py), so the
 page and the CLI show the same options with the same defaults. Names are those of kohya's scripts
-(tag_images_by_wd14_tagger.py, make_captions.py, make_captions_by_git.py). No torch here.
+(tag_images_by_wd14_tagger.py, make_captions.py, make_captions_by_git.py) and of kohya_ss's Basic
+Captioning form (tools/caption.py). No torch here.
 """
 from __future__ import annotations
 
@@ -92,6 +93,23 @@ class GitOptions(_Common):
     dtype: DTYPE = topt("auto", "weights' precision", label="Precision")
 
 
+class BasicOptions(BaseModel):
+    """kohya_ss's Basic Captioning form (tools/caption.py + the GUI's prefix/postfix and find/replace)."""
+
+    train_data_dir: str = topt(..., "folder with the images", kind="dir", label="Image folder", positional=True)
+    caption_extension: str = topt(".txt", "suffix of the caption files (.txt, .caption, .cap)",
+                                  label="Caption extension", aliases=("caption_extention", "caption_file_ext"))
+    overwrite: bool = topt(False, "write Caption text over existing captions too (default: only where there is "
+                           "none)", label="Overwrite existing captions")
+    recursive: bool = topt(False, "also the images in sub-folders", label="Include sub-folders")
+    caption_text: str = topt("", "caption written for images without one", label="Caption text")
+    prefix: str = topt("", "added before every caption unless it starts with it (e.g. a trigger word)",
+                       label="Prefix")
+    postfix: str = topt("", "added after every caption unless it ends with it", label="Postfix")
+    find_text: str = topt("", "text replaced in every caption (case-sensitive)", label="Find text")
+    replace_text: str = topt("", "what Find text becomes (empty: removed)", label="Replacement text")
+
+
 @dataclass(frozen=True)
 class Captioner:
     name: str
@@ -100,6 +118,8 @@ class Captioner:
 
 
 CAPTIONERS: dict[str, Captioner] = {c.name: c for c in (
+    Captioner("basic", "write a fixed caption, add a prefix/postfix, find/replace (kohya's Basic Captioning)",
+              BasicOptions),
     Captioner("wd14", "tag images with a WD14 (SmilingWolf) ONNX tagger", Wd14Options),
     Captioner("blip", "caption images with BLIP or BLIP-2 (transformers)", BlipOptions),
     Captioner("git", "caption images with GIT (transformers), kohya's make_captions_by_git", GitOptions),

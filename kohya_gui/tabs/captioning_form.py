@@ -1,5 +1,5 @@
 """The captioners' forms on the Utilities tab, generated from captioning/options.py — the same models
-`python -m captioning wd14|blip|git` builds its argparse from, so the page and the CLI show the same
+`python -m captioning basic|wd14|blip|git` builds its argparse from, so the page and the CLI show the same
 options with the same defaults. The values turn back into that CLI's arguments (`caption_argv`)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Utilities: captioning (WD14, BLIP/BLIP-2, GIT), dataset tools (folder preparation, balancing, grouping,
+"""Utilities: captioning (basic, WD14, BLIP/BLIP-2, GIT), dataset tools (folder preparation, balancing, grouping,
 manual captioning), Verify LoRA, TensorBoard.
 
 Each tool builds a `python -m captioning …` command and streams its output into the page, so the
@@ -10,6 +10,8 @@ import subprocess
 
 import gradio as gr
 
+from captioning.options import CAPTIONERS
+
 from ..context import AppContext
 from .captioning_form import caption_argv, render_captioner, values_from_inputs
 from .dataset_helpers import render_dataset_helpers
@@ -19,7 +21,8 @@ from .tensorboard_panel import render_tensorboard
 from .verify import render_verify
 
 # the captioners' forms, generated from captioning/options.py (the CLI's declaration)
-CAPTION_TITLES = {"wd14": "WD14 tagger (ONNX, anime/illustration tags)",
+CAPTION_TITLES = {"basic": "Basic captioning (fixed caption, prefix/postfix, find/replace)",
+                  "wd14": "WD14 tagger (ONNX, anime/illustration tags)",
                   "blip": "BLIP / BLIP-2 captioning (sentences)",
                   "git": "GIT captioning (sentences; reads text in images)"}
 
@@ -94,8 +97,8 @@ def render_utilities(ctx: AppContext) -> None:
         picker = PickerPanel(ctx.settings.allowed_roots, "util")
         caption_inputs, caption_buttons = {}, {}
         with gr.Tab("Captioning"):
-            for name, title in CAPTION_TITLES.items():
-                with gr.Accordion(title, open=name == "wd14"):
+            for name, captioner in CAPTIONERS.items():  # every captioner of the CLI gets its form
+                with gr.Accordion(CAPTION_TITLES.get(name, captioner.help), open=name == "wd14"):
                     caption_inputs[name] = render_captioner(name, lambda label, n: _folder(label, picker, n))
                     caption_buttons[name] = gr.Button("Caption images", variant="primary", elem_id=f"util-{name}-run")
         with gr.Tab("Dataset tools"):
