@@ -190,8 +190,8 @@ def test_a_kohya_ss_flux1_oft_config_trains_flux1_oft_and_exports_to_oft_flux(tm
     assert (c.LoRA_type, c.enable_all_linear, c.constrain, c.network_alpha) == ("Flux1 OFT", True, 0.0, 0.001)
     assert any("constrain=0.5" in n and "network_alpha" in n for n in loaded.notes)
     export = sd_scripts_export(c)
-    assert (export.data["network_module"], export.data["network_args"]) == ("networks.oft_flux",
-                                                                            ["enable_all_linear=True"])
+    assert export.toml_data["network_module"] == "networks.oft_flux"
+    assert export.toml_data["network_args"] == ["enable_all_linear=True"]
 
 
 def test_a_kohya_ss_flux1_lora_config_is_a_flux_lora_here(tmp_path):
