@@ -23,8 +23,8 @@ from trainer.models.hashing import addnet_hash_safetensors
 from .files import read_lora_file
 from .lycoris_checks import ADAPTERS, adapter_of, is_plain_lora, lycoris_module_problem
 from .naming import (
-    DIT_FAMILIES, Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, kohya_name, names_by_part, resolve_base,
-    split_key,
+    DIT_FAMILIES, Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, kohya_name, names_by_part,
+    resolve_base, split_key,
 )
 
 _SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
