@@ -171,6 +171,27 @@ def test_a_model_family_this_build_does_not_train_is_one_clear_refusal(tmp_path)
         _kohya(tmp_path, lumina_checkbox=True)
     assert [p.field for p in err.value.problems] == ["lumina_checkbox"]
     assert "Lumina family not supported yet" in str(err.value)
+    # the list of what this build trains never names a family the import refuses
+    trained = str(err.value).split("trains ")[1].split(" (kohya_ss")[0]
+    from trainer.config import kohya_keys as K
+
+    refused = set(K.UNSUPPORTED_FAMILIES.values()) | set(K.FAMILY_LORA_TYPES.values())
+    assert "FLUX.1" in trained and not any(f in trained for f in refused)
+
+
+def test_a_kohya_ss_flux1_oft_config_trains_flux1_oft_and_exports_to_oft_flux(tmp_path):
+    """kohya_ss passes Flux1 OFT only enable_all_linear; its constraint is network_alpha, LyCORIS' constrain is not
+    passed (left out with a note)."""
+    from trainer.config.sd_scripts_export import sd_scripts_export
+
+    loaded = _kohya(tmp_path, flux1_checkbox=True, LoRA_type="Flux1 OFT", enable_all_linear=True, constrain=0.5,
+                    network_alpha=0.001)
+    c = loaded.config
+    assert (c.LoRA_type, c.enable_all_linear, c.constrain, c.network_alpha) == ("Flux1 OFT", True, 0.0, 0.001)
+    assert any("constrain=0.5" in n and "network_alpha" in n for n in loaded.notes)
+    export = sd_scripts_export(c)
+    assert export.toml_data["network_module"] == "networks.oft_flux"
+    assert export.toml_data["network_args"] == ["enable_all_linear=True"]
 
 
 def test_a_kohya_ss_flux1_lora_config_is_a_flux_lora_here(tmp_path):

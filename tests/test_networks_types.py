@@ -48,9 +48,11 @@ def train_steps(base, network, steps=1, lr=1e-2):
 
 
 @pytest.mark.parametrize("lora_type", [t for t in LORA_TYPES if t not in ("LyCORIS/LoHa", "LyCORIS/LoKr",
-                                                                          "LyCORIS/iA3")])
+                                                                          "LyCORIS/iA3")
+                                       and NETWORK_TYPES[t].trains_on("sd1")])
 def test_every_network_type_trains_a_step_and_saves_a_file_verify_accepts(lora_type, tmp_path):
-    """(LoHa, LoKr, iA3 and DoRA go through the whole trainer in test_networks_lycoris.py.)"""
+    """(LoHa, LoKr, iA3 and DoRA go through the whole trainer in test_networks_lycoris.py; Flux1 OFT, a FLUX.1
+    module, in test_flux_oft.py.)"""
     base, _ = tiny_base()
     kind = NETWORK_TYPES[lora_type]
     cfg = config(LoRA_type=lora_type, conv_dim=4 if kind.builder == "dylora" else 2, conv_alpha=1, unit=2)

@@ -12,6 +12,7 @@ import shlex
 from typing import Any, Literal, get_args, get_origin
 
 from . import kohya_keys as K
+from trainer.families import FAMILY_NAMES
 from trainer.problems import Problem
 
 from .defaults import schema_default
@@ -182,8 +183,9 @@ def unsupported_family(data: dict) -> Problem | None:
 
 
 def _family_problem(field: str, family: str) -> Problem:
-    return Problem.at(field, f"{family} family not supported yet: kohya-studio trains SD1.x, SD2.x, SDXL, FLUX.1 "
-                      f"and SD3.5 (kohya_ss runs this config with sd-scripts' {K.SD_SCRIPTS_OF_FAMILY[family]})")
+    trained = ", ".join(FAMILY_NAMES.values())  # the families this build has (trainer.families)
+    return Problem.at(field, f"{family} family not supported yet: kohya-studio trains {trained} (kohya_ss runs "
+                      f"this config with sd-scripts' {K.SD_SCRIPTS_OF_FAMILY[family]})")
 
 
 def _hashable(value: Any) -> bool:

@@ -6,6 +6,8 @@ imported as they are; this maps the rest before the general import runs:
 * ``flux1_/sd3_cache_text_encoder_outputs[_to_disk]`` → ``cache_text_encoder_outputs[_to_disk]``;
 * ``flux_fused_backward_pass`` / ``sd3_fused_backward_pass`` (kohya_ss's per-family checkboxes) →
   ``fused_backward_pass`` for the ticked family, as kohya_ss routes them to the script;
+* ``LoRA_type`` "Flux1 OFT" (networks.oft_flux) keeps its name; kohya_ss passes it only ``enable_all_linear`` (an
+  option here too): its constraint is ``network_alpha``, so ``constrain``/``rescaled`` (LyCORIS OFT's) are dropped;
 * ``cpu_offload_checkpointing`` turns ``gradient_checkpointing`` on, as sd-scripts' flux_train does;
 * settings with no counterpart yet are named in a note when they would change the run.
 """
@@ -28,9 +30,11 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """A copy of a kohya_ss JSON with the FLUX keys in this schema's terms (others untouched)."""
     flags = [f for f in SUPPORTED_FAMILY_FLAGS if str(data.get(f, "")).lower() == "true"]
     lora_type = data.get("LoRA_type") if isinstance(data.get("LoRA_type"), str) else None
-    if not flags and lora_type not in LORA_TYPES:
+    if not flags and lora_type not in LORA_TYPES and lora_type != "Flux1 OFT":
         return data
     out = dict(data)
+    if lora_type == "Flux1 OFT":
+        _oft_keys(out, notes)
     if lora_type in LORA_TYPES:
         out["LoRA_type"] = LORA_TYPES[lora_type]
         notes.append(f"LoRA_type {data['LoRA_type']!r} is kohya's FLUX.1 LoRA: trained as Standard on the FLUX.1 "
@@ -61,6 +65,15 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
         if value not in (None, "", False, 0, "0", "false", "False"):
             notes.append(f"{key}={value!r} is not available for FLUX.1 here yet and was left out")
     return out
+
+
+def _oft_keys(out: dict[str, Any], notes: list[str]) -> None:
+    """kohya_ss runs Flux1 OFT with network_alpha as the constraint: its LyCORIS OFT fields do not reach it."""
+    for key in ("constrain", "rescaled"):
+        value = out.pop(key, None)
+        if value not in (None, "", False, 0, 0.0, "0", "false", "False"):
+            notes.append(f"{key}={value!r} is LyCORIS OFT's; kohya_ss does not pass it to networks.oft_flux (Flux1 "
+                         f"OFT), whose constraint is network_alpha ({out.get('network_alpha', 1)}): left out")
 
 
 def _true(value: Any) -> bool:

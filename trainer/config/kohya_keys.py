@@ -65,14 +65,14 @@ RELEVANT_IF = {
     "train_on_input": ("LoRA_type", {"LyCORIS/iA3"}),
     "factor": ("LoRA_type", {"LyCORIS/LoKr", "Kohya LoKr"}),
     "unit": ("LoRA_type", {"LyCORIS/DyLoRA", "Kohya DyLoRA"}),
-    "constrain": ("LoRA_type", {"LyCORIS/BOFT", "LyCORIS/Diag-OFT", "Flux1 OFT"}),
-    "rescaled": ("LoRA_type", {"LyCORIS/BOFT", "LyCORIS/Diag-OFT", "Flux1 OFT"}),
+    "constrain": ("LoRA_type", {"LyCORIS/BOFT", "LyCORIS/Diag-OFT"}),
+    "rescaled": ("LoRA_type", {"LyCORIS/BOFT", "LyCORIS/Diag-OFT"}),
 }
 # Settings of the model families below (FLUX.1, SD3 …): quiet, the family itself is what is refused.
 FAMILY_KEY_PREFIXES = ("flux1_", "sd3_", "t5xxl", "clip_g", "clip_l", "hunyuan", "anima", "lumina")
 FAMILY_KEYS = {"ae", "guidance_scale", "discrete_flow_shift", "timestep_sampling", "model_prediction_type",
                "weighting_scheme", "logit_mean", "logit_std", "mode_scale", "split_mode", "train_blocks",
-               "apply_t5_attn_mask", "cpu_offload_checkpointing", "enable_all_linear", "split_qkv", "model_type",
+               "apply_t5_attn_mask", "cpu_offload_checkpointing", "split_qkv", "model_type",
                "mem_eff_save", "train_lora_ggpo", "blocks_to_swap", "single_blocks_to_swap", "double_blocks_to_swap",
                "img_attn_dim", "img_mlp_dim", "img_mod_dim", "single_dim", "txt_attn_dim", "txt_mlp_dim",
                "txt_mod_dim", "single_mod_dim", "in_dims", "train_double_block_indices",
@@ -84,8 +84,7 @@ UNSUPPORTED_FAMILIES = {
     "hunyuan_image_checkbox": "HunyuanImage-2.1",
     "anima_checkbox": "Anima", "lumina_checkbox": "Lumina",
 }
-FAMILY_LORA_TYPES = {"Flux1 OFT": "FLUX.1", "HunyuanImage-2.1": "HunyuanImage-2.1",
-                     "Anima": "Anima", "Lumina": "Lumina"}
+FAMILY_LORA_TYPES = {"HunyuanImage-2.1": "HunyuanImage-2.1", "Anima": "Anima", "Lumina": "Lumina"}
 SD_SCRIPTS_OF_FAMILY = {"FLUX.1": "flux_train_network.py / flux_train.py", "SD3": "sd3_train_network.py / sd3_train.py",
                         "HunyuanImage-2.1": "hunyuan_image_train_network.py", "Anima": "anima_train_network.py",
                         "Lumina": "lumina_train_network.py"}

@@ -80,5 +80,9 @@ class DitNetworkOptions(Options):
         "diffusers (PEFT keys transformer.…lora_A/lora_B, what pipeline.load_lora_weights reads; diffusers' SD3 "
         "loader reads only this one). A diffusers-layout file cannot be resumed from with network_weights.",
         section="network")
+    enable_all_linear: bool = opt(
+        False, "Flux1 OFT: rotate every Linear of the double and single blocks (attention, MLP, modulation) instead "
+        "of only the double blocks' attention (sd-scripts' oft_flux default).", section="network", families=FLUX,
+        visible_if={"LoRA_type": ["Flux1 OFT"]}, label="Enable all linear (OFT)")
     train_t5xxl: bool = opt(False, "FLUX.1 / SD3: also put a LoRA on T5-XXL (needs text-encoder training, no text "
                             "cache).", section="network", label="Train T5-XXL", families=DIT)

@@ -32,13 +32,13 @@ class NetworkOptions(Options):
     LoRA_type: Literal[LORA_TYPES] = opt(
         "Standard", "Network type, kohya_ss's list: Standard (attention/MLP layers), Kohya LoCon (+3×3 "
         "convolutions), Kohya DyLoRA, and the LyCORIS types (LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, "
-        "Diag-OFT, Native Fine-Tuning). See docs/networks.md for what each is and which programs load it.",
-        section="network", level="basic", label="LoRA type")
+        "Diag-OFT, Native Fine-Tuning); FLUX.1 also Flux1 OFT. See docs/networks.md for what each is and which "
+        "programs load it.", section="network", level="basic", label="LoRA type")
     network_dim: int = opt(8, "LoRA rank: capacity and file size (8–32 for a character).", section="network",
                            level="basic", ge=1, le=100000, label="Network rank (dimension)")
     network_alpha: float = opt(1.0, "Scale = alpha / rank; alpha 1 with rank 8 trains gently (raise the "
-                               "learning rate) — alpha = rank gives scale 1.", section="network", level="basic",
-                               ge=1e-5, le=1024)
+                               "learning rate) — alpha = rank gives scale 1. Flux1 OFT: the rotation's constraint "
+                               "(about 1e-3).", section="network", level="basic", ge=1e-5, le=1024)
     conv_dim: int = opt(1, "Rank of the convolution LoRA (LoCon).", section="network", level="basic", ge=1,
                         le=512, visible_if={"LoRA_type": LOCON}, label="Convolution rank")
     conv_alpha: float = opt(1.0, "Alpha of the convolution LoRA (LoCon).", section="network", level="basic",

@@ -23,11 +23,12 @@ from trainer.models.hashing import addnet_hash_safetensors
 from .files import read_lora_file
 from .lycoris_checks import ADAPTERS, adapter_of, is_plain_lora, lycoris_module_problem
 from .naming import (
-    Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, kohya_name, names_by_part, resolve_base,
-    split_key,
+    DIT_FAMILIES, Target, all_targets, is_diffusers_unet_name, is_sgm_unet_name, kohya_name, names_by_part,
+    resolve_base, split_key,
 )
 
 _SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
+KOHYA_OFT = "OFT (sd-scripts oft_flux)"  # oft_unet_<name>.oft_blocks.<split>: one [k, n, n] tensor per split
 ALL_ADAPTER_TENSORS = frozenset().union(*(req | opt for req, opt in ADAPTERS.values()))
 _MAX_LISTED = 20
 
@@ -83,7 +84,7 @@ def guess_file_family(names: Sequence[str], metadata: Mapping[str, str]) -> str 
     fam = family_from_metadata(metadata)
     if fam:
         return fam
-    if any(n.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for n in names):
+    if any(n.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_", "oft_unet_")) for n in names):
         return "flux"
     if any(n.startswith("lora_unet_joint_blocks_") for n in names):
         return "sd3"
@@ -103,6 +104,8 @@ def build_name_map(targets: Sequence[Target], family: str) -> dict[str, Target]:
             names.setdefault("lora_te1_" + t.lora_name[len("lora_te_"):], t)
         if family == "sdxl" and t.part == "unet":
             names.setdefault(kohya_name("lora_unet", t.path), t)
+        if family in DIT_FAMILIES and t.part == "unet":  # sd-scripts' oft_flux names the same layers oft_unet_
+            names.setdefault("oft_unet" + t.lora_name[len("lora_unet"):], t)
     return names
 
 
@@ -141,7 +144,7 @@ def check_state_dict(
     warnings: list[str] = []
     for key, value in state_dict.items():
         name, suffix = split_key(key)
-        if suffix not in _SUFFIXES and suffix not in ALL_ADAPTER_TENSORS:
+        if suffix not in _SUFFIXES and suffix not in ALL_ADAPTER_TENSORS and not _is_oft_block(suffix):
             problems.append(f"stray key {key!r}: not .lora_down.weight/.lora_up.weight/.alpha nor a LyCORIS "
                             "tensor (diffusers refuses such files; A1111/ComfyUI skip the key)")
             continue
@@ -173,8 +176,11 @@ def check_state_dict(
     seen_targets: dict[int, str] = {}
     untrained: list[str] = []
     for name, tensors in modules.items():
-        adapter = adapter_of(set(tensors)) or "LoRA"
+        adapter = KOHYA_OFT if any(map(_is_oft_block, tensors)) else adapter_of(set(tensors)) or "LoRA"
         report.adapters[adapter] = report.adapters.get(adapter, 0) + 1
+        if adapter == KOHYA_OFT:
+            problems += _kohya_oft_problems(name, tensors, name_map.get(name), seen_targets)
+            continue
         if not is_plain_lora(set(tensors)):
             problems += _lycoris_problems(name, tensors, name_map.get(name), seen_targets)
             continue
@@ -210,6 +216,36 @@ def check_state_dict(
     report.problems = problems
     report.warnings = warnings
     return report
+
+
+def _is_oft_block(suffix: str) -> bool:
+    head, _, index = suffix.partition(".")
+    return head == "oft_blocks" and index.isdigit()
+
+
+def _kohya_oft_problems(name, tensors, target, seen_targets) -> list[str]:
+    """An oft_flux module: alpha, and one block tensor [k, n, n] per split of the layer's rows (qkv: q, k, v)."""
+    if set(tensors) - {"alpha"} - {s for s in tensors if _is_oft_block(s)}:
+        return [f"{name}: oft_blocks.N and alpha cannot be mixed with other adapters' tensors"]
+    problems = _lycoris_problems(name, tensors, None, seen_targets)
+    if "alpha" not in tensors or tensors["alpha"].numel() != 1:
+        problems.append(f"{name}: needs a scalar .alpha (the rotation's constraint)")
+    if target is None or problems:
+        return problems
+    if id(target.module) in seen_targets:
+        return [f"{name}: targets the same layer as {seen_targets[id(target.module)]}"]
+    seen_targets[id(target.module)] = name
+    members = getattr(target.module, "members", [target.module])
+    widths = [m.out_features for m in members]
+    blocks = [tensors.get(f"oft_blocks.{i}") for i in range(len(widths))]
+    ok = len(tensors) == len(widths) + 1 and all(b is not None and b.dim() == 3 for b in blocks)
+    ok = ok and all(b.shape[1] == b.shape[2] == w // b.shape[0] and b.shape[0] == blocks[0].shape[0]
+                    and w % b.shape[0] == 0 for b, w in zip(blocks, widths))
+    if not ok:
+        shapes = [tuple(v.shape) for k, v in sorted(tensors.items()) if k != "alpha"]
+        problems.append(f"{name}: oft_blocks {shapes} do not split {target.path} (rows {widths}) into the same "
+                        "number of square blocks per part")
+    return problems
 
 
 def _lycoris_problems(name, tensors, target, seen_targets) -> list[str]:

@@ -281,6 +281,6 @@ def is_diffusers_unet_name(lora_name: str) -> bool:
 def names_by_part(names: Iterable[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for n in names:
-        part = n.split("_")[1] if n.startswith("lora_") else "other"
+        part = n.split("_")[1] if n.startswith(("lora_", "oft_")) else "other"
         counts[part] = counts.get(part, 0) + 1
     return counts

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.families import FAMILY_FLAGS, FAMILY_NAMES, chosen_family
+
 from .blocks import check_block_options
 from .registry import dit_refusal, network_type
 
@@ -16,6 +18,29 @@ DORA_NOT_FP8 = ("dora_wd (DoRA) reads the base layers' weights, which fp8_base k
                 "fp8_base (and fp8_base_unet)")
 IA3_NOT_FP8 = ("LyCORIS/iA3 scales the base layers' weights, which fp8_base keeps in 8 bits (LyCORIS' bypass path "
                "would scale their biases too): turn off fp8_base or pick another LoRA_type")
+
+
+OFT_FLUX_NOT = {  # what sd-scripts' networks.oft_flux does not have: option → why
+    "network_dropout": "has no dropout", "rank_dropout": "has no dropout", "module_dropout": "has no dropout",
+    "scale_weight_norms": "has no max-norm regularisation", "loraplus_lr_ratio": "has no LoRA+",
+    "loraplus_unet_lr_ratio": "has no LoRA+", "loraplus_text_encoder_lr_ratio": "has no LoRA+",
+    "network_train_text_encoder_only": "trains the transformer only",
+    "train_t5xxl": "trains the transformer only", "fp8_base": "rebuilds each weight, which fp8_base keeps in 8 bits",
+    "fp8_base_unet": "rebuilds each weight, which fp8_base_unet keeps in 8 bits",
+}
+
+
+def oft_flux_problems(c) -> list[tuple[str, str]]:
+    """Flux1 OFT: options its sd-scripts module has no counterpart for, and its family and layout."""
+    problems = [(k, f"Flux1 OFT (sd-scripts' networks.oft_flux) {why}: turn {k} off or pick another LoRA_type")
+                for k, why in OFT_FLUX_NOT.items() if getattr(c, k)]
+    if c.train_blocks != "all":
+        problems.append(("train_blocks", "Flux1 OFT picks its layers with enable_all_linear, not train_blocks "
+                         "(sd-scripts' oft_flux ignores it): set train_blocks to all"))
+    if c.save_lora_format == "diffusers":
+        problems.append(("save_lora_format", "the diffusers layout has PEFT LoRA keys, which OFT does not have: "
+                         "choose kohya"))
+    return problems
 
 
 def network_option_problems(c) -> list[tuple[str, str]]:
@@ -32,8 +57,11 @@ def network_option_problems(c) -> list[tuple[str, str]]:
     if kind.algo not in ("lokr", "ia3", "full") and c.network_dim > 1024:
         problems.append(("network_dim", f"{c.network_dim} is above 1024, wider than any SD1/SD2/SDXL layer, for "
                          f"{c.LoRA_type}; use 4–128 (only LoKr reads a huge dim, as full matrix)"))
-    if (c.flux1_checkbox or c.sd3_checkbox) and not kind.dit:
-        problems.append(("LoRA_type", dit_refusal(kind, "FLUX.1" if c.flux1_checkbox else "SD3")))
+    ticked = chosen_family(c.model_dump(include={f for f, _ in FAMILY_FLAGS}), None)
+    if ticked and not kind.trains_on(ticked):
+        problems.append(("LoRA_type", dit_refusal(kind, FAMILY_NAMES[ticked], ticked)))
+    if kind.builder == "oft_flux":
+        problems += oft_flux_problems(c)
     if kind.builder == "lycoris" and c.save_lora_format == "diffusers":
         problems.append(("save_lora_format", LYCORIS_NOT_PEFT))
     fp8 = c.fp8_base or c.fp8_base_unet
@@ -96,6 +124,9 @@ def sd_scripts_network(config) -> tuple[str, list[str]]:
     args: dict[str, Any] = {}
     if kind.builder == "lycoris":
         args = lycoris_network_args(config, kind, lycoris_module_kwargs(config, kind.algo))
+    elif kind.builder == "oft_flux":
+        if config.enable_all_linear:  # the one network_args key kohya_ss passes to networks.oft_flux
+            args["enable_all_linear"] = "True"
     else:
         conv = config.conv_dim
         if kind.lora_type == "Kohya LoCon" or (kind.builder == "dylora" and conv > 1):

@@ -6,12 +6,15 @@ imported only when a network is built. One entry per type, one builder module pe
 * ``lora``    → trainer.networks.kohya_lora (sd-scripts networks.lora: Standard, Kohya LoCon)
 * ``dylora``  → trainer.networks.dylora   (sd-scripts networks.dylora: Kohya DyLoRA)
 * ``lycoris`` → trainer.networks.lycoris_net (the `lycoris-lora` package, lycoris.kohya: every LyCORIS/ type)
+* ``oft_flux`` → trainer.networks.oft_flux (sd-scripts networks.oft_flux: Flux1 OFT, FLUX.1-based models only)
 """
 from __future__ import annotations
 
 import importlib
 import shlex
 from dataclasses import dataclass
+
+from trainer.families import FAMILY_NAMES
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,13 @@ class NetworkType:
     # trains on the DiT families (FLUX.1, SD3): its modules can run on a fused layer (qkv, linear1) that the
     # original layout packs and diffusers splits (trainer/networks/fused_lora.py, fused_lycoris.py)
     dit: bool = False
+    # the only families it trains on (sd-scripts modules made for one model); None = as `dit` says
+    families: tuple[str, ...] | None = None
+
+    def trains_on(self, family: str) -> bool:
+        if self.families is not None:
+            return family in self.families
+        return family in ("sd1", "sd2", "sdxl") or self.dit
 
 
 NETWORK_TYPES: dict[str, NetworkType] = {t.lora_type: t for t in (
@@ -58,6 +68,10 @@ NETWORK_TYPES: dict[str, NetworkType] = {t.lora_type: t for t in (
                 "Block-diagonal orthogonal fine-tuning (oft_blocks; constrain, rescaled).", True),
     NetworkType("LyCORIS/Native Fine-Tuning", "lycoris.kohya", "full", "lycoris",
                 "Trains the full weight difference of every targeted layer (diff keys): large files.", False),
+    NetworkType("Flux1 OFT", "networks.oft_flux", None, "oft_flux",
+                "FLUX.1 orthogonal fine-tuning (sd-scripts' oft_flux): rotates the transformer's weights in "
+                "network_dim blocks (oft_blocks keys); network_alpha limits the rotation.", False, dit=True,
+                families=("flux", "chroma")),
 )}
 
 LORA_TYPES: tuple[str, ...] = tuple(NETWORK_TYPES)
@@ -66,7 +80,7 @@ LYCORIS_PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-transforme
 # kohya_ss GUI names that older versions wrote and that mean one of the types above
 _LEGACY_NAMES = {"LoCon": "LyCORIS/LoCon", "LyCORIS/Full": "LyCORIS/Native Fine-Tuning"}
 _BUILDERS = {"lora": "trainer.networks.kohya_lora", "dylora": "trainer.networks.dylora",
-             "lycoris": "trainer.networks.lycoris_net"}
+             "lycoris": "trainer.networks.lycoris_net", "oft_flux": "trainer.networks.oft_flux"}
 
 
 def network_type(lora_type: str) -> NetworkType:
@@ -78,7 +92,8 @@ def network_type(lora_type: str) -> NetworkType:
 
 def kohya_lora_type(value: str) -> str | None:
     """A kohya_ss GUI `LoRA_type` value as this studio's (legacy names renamed); None when not trainable here
-    (Flux1, Flux1 OFT, LoRA-FA need model families or sd-scripts modules the studio does not have)."""
+    (Flux1 is Standard on a FLUX.1 base, mapped by the importer; LoRA-FA and the other families' types need
+    sd-scripts modules or model families the studio does not have)."""
     value = _LEGACY_NAMES.get(value, value)
     return value if value in NETWORK_TYPES else None
 
@@ -91,6 +106,8 @@ def lora_type_for(network_module: str, network_args: dict | str | list | None = 
         return "Kohya LoCon" if args.get("conv_dim") else "Standard"
     if network_module == "networks.dylora":
         return "Kohya DyLoRA"
+    if network_module == "networks.oft_flux":
+        return "Flux1 OFT"
     if network_module == "lycoris.kohya":
         algo = args.get("algo", "lora").strip('"').lower()
         algo = "locon" if algo == "lora" else algo
@@ -119,7 +136,7 @@ def parse_network_args(network_args: dict | str | list | None) -> dict[str, str]
 def build_network(base, config):
     """Build (not yet apply) the network `config.LoRA_type` names on `base` (a BaseModel)."""
     kind = network_type(config.LoRA_type)
-    if base.family not in ("sd1", "sd2", "sdxl") and not kind.dit:
+    if not kind.trains_on(base.family):
         raise ValueError(dit_refusal(kind, base.family))
     module = importlib.import_module(_BUILDERS[kind.builder])
     return module.build_from_config(base, config, kind)
@@ -128,8 +145,18 @@ def build_network(base, config):
 DIT_LORA_TYPES: tuple[str, ...] = tuple(t.lora_type for t in NETWORK_TYPES.values() if t.dit)
 
 
-def dit_refusal(kind: NetworkType, family: str) -> str:
-    """Why `kind` does not train on a DiT family (FLUX.1, SD3), and what does."""
+def types_for(family: str) -> list[str]:
+    """The LoRA_type values that train on a family (a trainer.families id)."""
+    return [t.lora_type for t in NETWORK_TYPES.values() if t.trains_on(family)]
+
+
+def dit_refusal(kind: NetworkType, family: str, family_id: str | None = None) -> str:
+    """Why `kind` does not train on `family` (its id, or a name with `family_id`), and what does."""
+    choices = ", ".join(types_for(family_id or family))
+    if kind.families is not None:
+        return (f"LoRA_type {kind.lora_type} is sd-scripts' {kind.network_module}, made for "
+                f"{'/'.join(FAMILY_NAMES[f] for f in kind.families)} models only, not the {family} family. "
+                f"Choose one of: {choices}")
     if kind.lora_type == "Kohya LoCon":
         why = "it adds the U-Net's convolutions, which this transformer does not have"
     elif kind.builder == "dylora" or kind.random_ranks:
@@ -138,7 +165,7 @@ def dit_refusal(kind: NetworkType, family: str) -> str:
         why = (f"LyCORIS' {kind.algo} modules cannot run on the fused layers (qkv, linear1) that the original "
                "layout packs and diffusers splits")
     return (f"LoRA_type {kind.lora_type} is not available for the {family} family: {why}. "
-            f"Choose one of: {', '.join(DIT_LORA_TYPES)} (DoRA: LyCORIS/LoCon, LoHa or LoKr with dora_wd)")
+            f"Choose one of: {choices} (DoRA: LyCORIS/LoCon, LoHa or LoKr with dora_wd)")
 
 
 def builder_module(lora_type: str):
