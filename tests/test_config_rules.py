@@ -44,6 +44,11 @@ CASES = [
     ({"min_timestep": 500, "max_timestep": 400}, "min_timestep", "below max_timestep"),
     ({"dim_from_weights": True}, "dim_from_weights", "needs network_weights"),
     ({"sdxl": True, "v2": True}, "sdxl", "exclude each other"),
+    ({"base_weights": "style.safetensors\nchar.safetensors", "base_weights_multiplier": "0.8"},
+     "base_weights_multiplier", "1 strength for 2 base_weights files"),
+    ({"base_weights": "style.safetensors", "base_weights_multiplier": "0.8 strong"}, "base_weights_multiplier",
+     "'strong' is not a number"),
+    ({"base_weights_multiplier": "0.8"}, "base_weights_multiplier", "base_weights names no file"),
 ]
 
 
@@ -104,10 +109,16 @@ def test_an_output_folder_that_is_a_file_is_rejected(tmp_path):
 
 
 def test_missing_folders_and_files_are_named(tmp_path):
+    (tmp_path / "style.safetensors").write_bytes(b"x")
     found = _paths(tmp_path, train_data_dir=str(tmp_path / "nope"), reg_data_dir=str(tmp_path / "reg"),
-                   network_weights=str(tmp_path / "w.safetensors"), resume=str(tmp_path / "state"))
+                   network_weights=str(tmp_path / "w.safetensors"), resume=str(tmp_path / "state"),
+                   base_weights=f"{tmp_path / 'style.safetensors'}, {tmp_path / 'missing.safetensors'}")
     assert "dataset/images" in found["train_data_dir"]
-    assert {"reg_data_dir", "network_weights", "resume"} <= set(found)
+    assert {"reg_data_dir", "network_weights", "resume", "base_weights"} <= set(found)
+    missing = [p.message for p in check_paths(tc.LoraConfig(base_weights=f"{tmp_path / 'style.safetensors'}, "
+                                                                         f"{tmp_path / 'missing.safetensors'}"))
+               if p.field == "base_weights"]  # only the one of the two files that is missing
+    assert len(missing) == 1 and "missing.safetensors' does not exist" in missing[0]
 
 
 def test_a1111_embeddings_must_be_saved_as_pt():

@@ -151,6 +151,8 @@ def _additional_parameters(text: str, fields, values: dict, ignored: list[str]) 
             values[target] = {"sdpa": "sdpa", "torch_compile": "on"}.get(key, True)
         elif target in ("optimizer_args", "lr_scheduler_args"):
             values[target] = " ".join(args)
+        elif target in K.LIST_ARGS:  # nargs lists: the option's own text (base_weights one path per line)
+            values[target] = K.LIST_ARGS[target].join(args)
         else:
             values[target] = _coerce(fields[target], " ".join(args))
 

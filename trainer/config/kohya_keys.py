@@ -30,6 +30,9 @@ SD_SCRIPTS_SCHEDULE_ARGS = {
     "lr_scheduler_timescale": {"inverse_sqrt": "timescale"},
 }
 
+# sd-scripts' list arguments (nargs) in `additional_parameters` → the separator of our option's text.
+LIST_ARGS = {"base_weights": "\n", "base_weights_multiplier": ", "}
+
 # kohya's 0 / "" (not passed) → what sd-scripts then used, where that is not our 0 or our default.
 ZERO_MEANS = {
     "vae_batch_size": 1, "clip_skip": 1, "lr_scheduler_num_cycles": 1, "lr_scheduler_power": 1.0,
@@ -124,6 +127,8 @@ SPECIAL = {
     "bucket_reso_steps not a multiple of 8": "refused with enable_bucket, as sd-scripts' buckets would not fit "
                                              "the VAE grid",
     "mixed_precision fp8": "refused: use bf16 and fp8_base",
+    "--base_weights / --base_weights_multiplier": "in additional_parameters: the files become base_weights one "
+                                                  "per line, the strengths base_weights_multiplier",
     "block_lr": "kept for SDXL (sdxl_train.py reads it); dropped with a note otherwise, as fine_tune.py never "
                 "read it",
 }

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from trainer.problems import Problem
 
+from .base_weights import base_weights_path_problems
 from .defaults import option
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -80,6 +81,7 @@ def check_paths(c) -> list[Problem]:
         value = option(c, field)
         if value and not Path(value).is_file() and not (field == "in_json"):
             problems.append(Problem.at(field, f"{value!r} does not exist; choose the file or clear the field"))
+    problems += base_weights_path_problems(c)
     if c.resume and not Path(c.resume).is_dir():
         problems.append(Problem.at("resume", f"{c.resume!r} is not a saved state folder (NAME-000004-state); "
                                 "choose one or clear the field"))

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from trainer.problems import Problem
 
+from .base_weights import base_weights_problems
 from .defaults import option
 from .spec import parse_resolution
 from .types import CONFIG_TYPES, BaseConfig
@@ -414,6 +415,11 @@ def _noise_type(c):
     if c.adaptive_noise_scale and c.noise_offset_type == "Original" and not c.noise_offset:
         yield Problem.at("adaptive_noise_scale", "adaptive_noise_scale adds to noise_offset, which is 0 (sd-scripts "
                          "stops with an error here); set noise_offset (0.05–0.1) or set adaptive_noise_scale to 0")
+
+
+@rule
+def _base_weights(c):
+    yield from base_weights_problems(c)
 
 
 @rule

@@ -19,6 +19,7 @@ from trainer import tomlio as toml
 from trainer.atomic import atomic_write_text
 from trainer.networks.options import sd_scripts_network
 
+from .base_weights import base_weight_files
 from .block_lr import block_lr_text, parse_block_lr
 from .kohya_keys import SD_SCRIPTS_SCHEDULE_ARGS
 from .defaults import option
@@ -236,6 +237,11 @@ def _network(c, data: dict, notes: list[str]) -> None:
     for name in ("unet_lr", "text_encoder_lr"):
         if getattr(c, name) is not None:
             data[name] = getattr(c, name)
+    files = base_weight_files(c)  # train_network.py's nargs lists; no multipliers = its 1.0 each
+    if files:
+        data["base_weights"] = [path for path, _ in files]
+        if c.base_weights_multiplier.strip():
+            data["base_weights_multiplier"] = [m for _, m in files]
 
 
 def _full_model_rates(c, data: dict, sdxl: bool) -> None:

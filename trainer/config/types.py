@@ -9,6 +9,7 @@ from .options_dit import DitModelOptions, DitNetworkOptions
 from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
 from .options_train import (AccelerateOptions, FrozenBaseOptions, FullTrainingOptions, LoggingOptions,
                             OptimizerOptions, SamplingOptions, SavingOptions, TrainingOptions)
+from .base_weights import text_of
 from .spec import opt
 from trainer.families import SD_FAMILIES
 from trainer.networks.registry import LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
@@ -122,6 +123,20 @@ class NetworkOptions(Options):
                                kind="file")
     dim_from_weights: bool = opt(False, "Take ranks from network_weights instead of network_dim.",
                                  section="network")
+    base_weights: str = opt(
+        "", "LoRA files merged into the base model before training (sd-scripts' --base_weights): the new LoRA "
+        "learns on top of a base with them baked in, without saving a merged checkpoint. One path per line (or "
+        "comma-separated on one line); kohya LoRA/LoCon or LyCORIS files for this model family. The files are "
+        "only read.", section="network", kind="text")
+    base_weights_multiplier: str = opt(
+        "", "Strength of each base_weights file, in the same order, separated by commas (e.g. 0.8, 1); "
+        "empty = 1.0 each.", section="network", label="Base weights multipliers")
+
+    @field_validator("base_weights", "base_weights_multiplier", mode="before")
+    @classmethod
+    def _list_as_text(cls, value, info):
+        """sd-scripts' TOML holds lists (nargs): the files one per line, the strengths comma-separated."""
+        return text_of(value, "\n" if info.field_name == "base_weights" else ", ")
 
 
 class BaseConfig(ModelOptions, DitModelOptions, FolderOptions, DatasetOptions, TrainingOptions, OptimizerOptions,

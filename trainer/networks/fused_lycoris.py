@@ -93,9 +93,7 @@ class FusedLycorisMixin:
 
     @torch.no_grad()
     def merge_to(self, multiplier: float = 1.0, **kwargs) -> None:
-        delta = self.fused_delta(multiplier)
-        for member, rows in zip(self.view.members, self.view.rows):
-            _add(member.weight, delta.index_select(0, rows.to(delta.device)))
+        _add_rows(self.view, self.fused_delta(multiplier))
 
 
 def forward_delta(module: nn.Module, multiplier: float) -> torch.Tensor | None:
@@ -129,11 +127,22 @@ def merge_module(module: nn.Module, multiplier: float) -> None:
         module.merge_to(multiplier)
         return
     delta = forward_delta(module, multiplier)
-    if delta is None:
+    if isinstance(module.org_module[0], FusedWeightView):  # rebuilt from a file on a fused DiT layer
+        if delta is None:  # LyCORIS' own merge would write into the stand-in's concatenated copy
+            raise ValueError(f"{module.lora_name}: a {type(module).__name__} cannot be merged into a fused layer "
+                             "(LoCon, LoHa, LoKr, DoRA and iA3 can)")
+        _add_rows(module.org_module[0], delta)
+    elif delta is None:
         module.merge_to(multiplier)
     else:
         weight = module.org_module[0].weight
         _add(weight, delta.reshape(weight.shape))
+
+
+def _add_rows(view: FusedWeightView, delta: torch.Tensor) -> None:
+    """Each member of a fused layer takes its rows of the fused ΔW."""
+    for member, rows in zip(view.members, view.rows):
+        _add(member.weight, delta.index_select(0, rows.to(delta.device)))
 
 
 def _add(weight: torch.Tensor, delta: torch.Tensor) -> None:

@@ -104,9 +104,14 @@ def rebuild_module(name: str, tensors: Mapping[str, torch.Tensor], layer: torch.
     """LyCORIS' module for one file module on its layer (its iA3 loader is broken in 4.1.3: see make_ia3)."""
     from lycoris.modules import get_module, make_module
 
+    from trainer.networks.fused_lora import LinearGroup
+    from trainer.networks.fused_lycoris import FusedWeightView
     from trainer.networks.lycoris_checks import adapter_of, make_ia3
 
     logging.getLogger("LyCORIS").setLevel(logging.WARNING)
+    if isinstance(layer, LinearGroup):  # a fused DiT layer (FLUX.1 qkv): the module sees the whole layer
+        layer = FusedWeightView(layer)
+        logging.getLogger("LyCORIS").setLevel(logging.ERROR)  # its bypass warning for a Linear subclass: none runs
     if adapter_of(set(tensors)) == "iA3":
         return make_ia3(name, layer, tensors)
     state = {f"{name}.{k}": (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}

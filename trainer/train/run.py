@@ -133,7 +133,8 @@ class TrainingRun:
         return {"network_dim": option(c, "network_dim"), "train_batch_size": c.train_batch_size,
                 "gradient_accumulation_steps": c.gradient_accumulation_steps,
                 "num_processes": self.acc.num_processes, "total_steps": self.plan["total_steps"],
-                "optimizer": c.optimizer}
+                "optimizer": c.optimizer, "base_weights": option(c, "base_weights"),
+                "base_weights_multiplier": option(c, "base_weights_multiplier")}
 
     # --- the loop --------------------------------------------------------------------------------
 

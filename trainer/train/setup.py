@@ -74,6 +74,7 @@ def load_base(config, accelerator, mp: str):
                            v_parameterization=True if config.v_parameterization else None,
                            vae=config.ae or config.vae or None,
                            text_encoder_files={k: v for k, v in files.items() if v} or None)
+    bake_base_weights(config, base)  # in fp32, before any cast, fp8 or network touches the layers
     device, dtype = accelerator.device, weight_dtype(mp)
     n_swap = int(config.blocks_to_swap)
     if n_swap and config.training_type != "lora":
@@ -99,6 +100,25 @@ def load_base(config, accelerator, mp: str):
                                                       bool(config.gradient_checkpointing))
         cast_module(base.unet, dtype, device)  # the other blocks; the swapped ones stay in host memory
     return base
+
+
+def bake_base_weights(config, base) -> None:
+    """sd-scripts' base_weights: LoRA files merged into the base model, each at its multiplier, before training."""
+    from trainer.config.base_weights import base_weight_files
+
+    files = base_weight_files(config)
+    if not files:
+        return
+    from trainer.networks.base_weights import merge_base_weights
+    from trainer.networks.files import LoRAFileError
+
+    try:
+        lines = merge_base_weights(base, files)
+    except LoRAFileError as exc:
+        raise TrainingFault(f"base_weights: {exc}", "Choose LoRA files made for this base model (its family and "
+                            "layout), or remove the file from base_weights.") from exc
+    for line in lines:
+        logger.info("base_weights: %s", line)
 
 
 def fp8_modules(config, base) -> list:
