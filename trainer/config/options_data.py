@@ -98,6 +98,13 @@ class DatasetOptions(Options):
         False, "Captions may vary: a caption file with several lines gives one line, drawn at random each time the "
         "image is used, and {red|blue|green} in a caption is replaced by one of its choices (sd-scripts' "
         "enable_wildcard). Not with cached text-encoder outputs.", section="dataset")
+    token_warmup_min: int = opt(
+        1, "With token_warmup_step: how many of the shuffle-able tags (after keep_tokens) a caption starts with.",
+        section="dataset", ge=0)
+    token_warmup_step: float = opt(
+        0.0, "Token warm-up (sd-scripts): captions start with token_warmup_min tags and gain tags until this step, "
+        "then are whole; below 1 it is a share of the run (0.1 = the first 10% of the steps). 0 = off. Not with "
+        "cached text-encoder outputs.", section="dataset", ge=0)
     weighted_captions: bool = opt(
         False, "Read captions in A1111 prompt-weight syntax: (word) x1.1, [word] /1.1, (word:1.3), \\( for a "
         "literal bracket. The text encoder sees the words without the syntax; each token's output is scaled by "
@@ -111,6 +118,11 @@ class DatasetOptions(Options):
     color_aug: bool = opt(False, "Random hue shifts. Incompatible with cache_latents.", section="dataset")
     random_crop: bool = opt(False, "Random instead of centre crop. Incompatible with cache_latents.",
                             section="dataset")
+    face_crop_aug_range: str = opt(
+        "", 'Face crop "2.0,4.0": for images named name_X_Y_W_H.png (the face\'s centre X, Y and size W, H in pixels, '
+        "as sd-scripts' tools/detect_face_rotate.py names them) each step crops around the face, zoomed so the crop's "
+        "short side is 2 to 4 face sizes. Other images are used as they are. Incompatible with cache_latents.",
+        section="dataset")
     alpha_mask: bool = opt(
         False, "Use each image's transparency (alpha channel) as its loss mask, as sd-scripts' --alpha_mask: "
         "transparent parts are not learned, half-transparent ones count half; an image without alpha counts "

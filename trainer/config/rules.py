@@ -15,7 +15,7 @@ from trainer.problems import Problem
 
 from .base_weights import base_weights_problems
 from .defaults import option
-from .spec import parse_resolution
+from .spec import parse_face_crop_aug_range, parse_resolution
 from .types import CONFIG_TYPES, BaseConfig
 
 
@@ -204,11 +204,16 @@ def _block_lr(c):
 
 @rule
 def _latent_cache(c):
+    try:
+        parse_face_crop_aug_range(c.face_crop_aug_range)
+    except ValueError as exc:
+        yield Problem.at("face_crop_aug_range", str(exc))
     if c.cache_latents or c.cache_latents_to_disk:
-        for name in ("color_aug", "random_crop"):
+        for name in ("color_aug", "random_crop", "face_crop_aug_range"):
             if getattr(c, name):
+                off = "clear " if name == "face_crop_aug_range" else "untick "
                 yield Problem.at(name, f"{name} changes the image every step, so cached latents would be stale; "
-                                 "untick cache_latents (and cache_latents_to_disk) or untick " + name)
+                                 "untick cache_latents (and cache_latents_to_disk) or " + off + name)
 
 
 def mask_source_fix(c) -> str:
@@ -247,7 +252,7 @@ def _text_encoder_cache(c):
         yield Problem.at("cache_text_encoder_outputs", "caching text-encoder outputs needs frozen text encoders "
                          f"(UNet-only training); {fix} or untick cache_text_encoder_outputs")
     changing = [n for n in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
-                            "caption_dropout_every_n_epochs", "enable_wildcard") if getattr(c, n)]
+                            "caption_dropout_every_n_epochs", "enable_wildcard", "token_warmup_step") if getattr(c, n)]
     if changing:
         yield Problem.at("cache_text_encoder_outputs", f"captions change every step with {', '.join(changing)}, "
                          "so cached text-encoder outputs would be wrong; turn those off or untick "

@@ -55,7 +55,7 @@ SAME_NAME = (
     "train_text_encoder", "network_weights", "dim_from_weights", "network_dropout", "network_train_unet_only",
     "network_train_text_encoder_only", "network_alpha", "network_dim", "token_string", "init_word",
     "num_vectors_per_token", "weights", "stop_text_encoder_training", "scale_weight_norms", "fused_backward_pass",
-    "masked_loss", "alpha_mask", "conditioning_data_dir",
+    "masked_loss", "alpha_mask", "conditioning_data_dir", "token_warmup_step", "face_crop_aug_range",
 )
 # written even when 0 / False: sd-scripts' default is not what 0 means here
 ALWAYS = {"max_grad_norm", "max_data_loader_n_workers", "caption_extension"}
@@ -112,6 +112,8 @@ def sd_scripts_export(config) -> Export:
         data["max_timestep"] = c.max_timestep
     if c.seed:
         data["seed"] = c.seed
+    if c.token_warmup_step:  # 0 would be left out, and sd-scripts' default is 1
+        data["token_warmup_min"] = c.token_warmup_min
     if c.xformers in ("xformers", "sdpa"):
         data[c.xformers] = True
     if c.compile == "on":  # sd-scripts' own torch.compile switch (its dynamo_backend defaults to inductor)

@@ -5,6 +5,7 @@ choices, range, visibility, the model families it applies to) rides in ``json_sc
 """
 from __future__ import annotations
 
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
@@ -135,3 +136,19 @@ def parse_resolution(value: str | int | float | list | tuple) -> tuple[int, int]
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise ValueError(f'resolution {value!r} must be "512" or "width,height" such as "512,768"')
     return int(parts[0]), int(parts[1])
+
+
+def parse_face_crop_aug_range(value) -> tuple[float, float] | None:
+    """sd-scripts' face_crop_aug_range: "2.0,4.0" (command line) or [2.0, 4.0] (dataset TOML) → (2.0, 4.0);
+    "" / None → None (off)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts = list(value) if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        low, high = (float(str(p).strip()) for p in parts)
+    except ValueError:
+        raise ValueError(f'face_crop_aug_range {value!r} must be two numbers "low,high" such as "2.0,4.0"') from None
+    if not (0 < low <= high and math.isfinite(high)):
+        raise ValueError(f"face_crop_aug_range {value!r}: the crop's short side in face sizes, from low to high, both "
+                         'above 0 and low ≤ high, e.g. "2.0,4.0"')
+    return low, high

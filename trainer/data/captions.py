@@ -1,7 +1,8 @@
-"""Caption files and Kohya's per-step caption transforms (prefix/suffix, dropout, wildcards, keep/shuffle, tag
-dropout)."""
+"""Caption files and Kohya's per-step caption transforms (prefix/suffix, dropout, wildcards, keep/shuffle, token
+warm-up, tag dropout)."""
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -92,11 +93,14 @@ def _bomless_utf16(data: bytes) -> str | None:
     return None
 
 
-def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int) -> str:
+def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoch: int, step: int | None = None,
+                    total_steps: int = 0) -> str:
     """Kohya's BaseDataset.process_caption order: whole-caption dropout -> wildcards -> prefix/suffix ->
-    fixed part + shuffle + tag dropout -> join with ", " -> secondary separator -> plain text.
+    fixed part + token warm-up + shuffle + tag dropout -> join with ", " -> secondary separator -> plain text.
 
     `epoch` is 1-based as in Kohya, so caption_dropout_every_n_epochs=2 drops in epochs 2, 4, ...
+    `step` is the optimizer step (from 0) the caption is trained in, None when not known (no warm-up cut);
+    `total_steps` is the run's length, for a token_warmup_step below 1.
     """
     # Draw the dropout number even when the rate is 0 would change other draws; Kohya draws only if > 0.
     dropped = opts.caption_dropout_rate > 0 and rng.random() < opts.caption_dropout_rate
@@ -112,8 +116,9 @@ def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoc
         caption = caption + " " + opts.caption_suffix
     sep = opts.caption_separator or ","
     marker = opts.keep_tokens_separator
-    if opts.shuffle_caption or opts.caption_tag_dropout_rate > 0:
+    if opts.shuffle_caption or opts.caption_tag_dropout_rate > 0 or opts.token_warmup_step > 0:
         fixed, flex, fixed_suffix = split_tags(caption, opts)
+        flex = warmup_tags(flex, opts, step, total_steps)
         if opts.shuffle_caption:
             rng.shuffle(flex)
         if opts.caption_tag_dropout_rate > 0:
@@ -125,6 +130,21 @@ def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, epoc
     if opts.secondary_separator:
         caption = caption.replace(opts.secondary_separator, sep)
     return caption
+
+
+def warmup_tags(flex: list[str], opts: CaptionOptions, step: int | None, total_steps: int) -> list[str]:
+    """sd-scripts' token warm-up: before step token_warmup_step the shuffle-able tags are cut, in file order (before
+    shuffling), to token_warmup_min plus their share of the warm-up done."""
+    warmup = token_warmup_steps(opts.token_warmup_step, total_steps)
+    if step is None or not warmup or step >= warmup:
+        return flex
+    keep = math.floor(step * (len(flex) - opts.token_warmup_min) / warmup) + opts.token_warmup_min
+    return flex[:max(0, keep)]
+
+
+def token_warmup_steps(token_warmup_step: float, total_steps: int) -> float:
+    """The warm-up's length in steps: below 1 a share of the run, floored (sd-scripts), else the number itself."""
+    return math.floor(token_warmup_step * total_steps) if token_warmup_step < 1 else token_warmup_step
 
 
 def draw_wildcards(caption: str, rng: random.Random) -> str:

@@ -11,6 +11,7 @@ from trainer.config.defaults import option
 from .augment import render_masked
 from .epochs import BatchKey, EpochPlan
 from .errors import DatasetError
+from .face_crop import face_crop_placement, face_from_name
 from .images import load_for_training
 from .latent_cache import LatentCache
 from .captions import process_caption
@@ -28,10 +29,16 @@ class TrainDataset(EpochPlan, Dataset):
         self.prior_loss_weight = float(option(cfg, "prior_loss_weight"))
         self.latents = latents
         self.epoch = 1
+        self.total_steps = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Epochs count from 1 (Kohya's numbering; caption_dropout_every_n_epochs relies on it)."""
         self.epoch = int(epoch)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """The run's length (a token_warmup_step below 1 is a share of it); set once, before the loader starts its
+        workers, so every worker holds it."""
+        self.total_steps = int(total_steps)
 
     def __len__(self) -> int:
         return self.batches_per_epoch()
@@ -69,7 +76,7 @@ class TrainDataset(EpochPlan, Dataset):
     def _row(self, item_index: int, key: BatchKey, rng) -> dict | None:
         item = self.scan.items[item_index]
         subset = self.scan.datasets[item.dataset].subsets[item.subset].spec
-        caption = process_caption(item.caption, subset.caption, rng, key.epoch)
+        caption = process_caption(item.caption, subset.caption, rng, key.epoch, key.step, self.total_steps)
         flip = subset.flip_aug and rng.random() < 0.5
         row = {"item": item, "caption": caption, "flip": flip}
         if self.latents is not None:
@@ -92,9 +99,16 @@ class TrainDataset(EpochPlan, Dataset):
         except Exception as exc:  # never die mid-run on one file
             log.warning("skipping %s in this batch: %s", item.path, exc)
             return None
-        row["images"], row["crop"], mask = render_masked(image, alpha, item.placement, flip=flip,
-                                                         random_crop=subset.random_crop,
+        face = face_from_name(item.path) if subset.face_crop_aug_range else None
+        placement = item.placement
+        if face:
+            placement = face_crop_placement(image.size, face, placement, subset.face_crop_aug_range,
+                                            subset.random_crop, rng)
+        row["images"], row["crop"], mask = render_masked(image, alpha, placement, flip=flip,
+                                                         random_crop=subset.random_crop and not face,
                                                          color_aug=subset.color_aug, rng=rng)
+        if face:  # SDXL conditioning as sd-scripts gives a face crop: an uncropped image of the bucket's size
+            row["original"], row["crop"] = placement.bucket, (0, 0, *placement.bucket)
         if subset.masked:
             row["alpha_mask"] = mask
         return row
@@ -110,7 +124,7 @@ class TrainDataset(EpochPlan, Dataset):
             "bucket": key.bucket,
             "paths": [str(it.path) for it in items],
             # SDXL size conditioning, (height, width) order as in its add_time_ids
-            "original_sizes_hw": torch.tensor([[it.facts.size[1], it.facts.size[0]] for it in items]),
+            "original_sizes_hw": torch.tensor([original_hw(r) for r in rows]),
             "crop_top_lefts": torch.tensor([[r["crop"][1], r["crop"][0]] for r in rows]),
             "target_sizes_hw": torch.tensor([[bh, bw]] * len(rows)),
             "epoch": key.epoch,
@@ -126,6 +140,12 @@ class TrainDataset(EpochPlan, Dataset):
         if any("alpha_mask" in r for r in rows):
             batch["alpha_masks"] = batch_masks(rows)
         return batch
+
+
+def original_hw(row: dict) -> list[int]:
+    """SDXL's original size, (height, width): the image's own size, or what a face crop says it is."""
+    width, height = row.get("original", row["item"].facts.size)
+    return [height, width]
 
 
 def batch_masks(rows: list[dict]) -> torch.Tensor:

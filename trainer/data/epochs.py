@@ -23,6 +23,7 @@ class BatchKey:
     dataset: int
     bucket: tuple[int, int]
     samples: tuple[tuple[int, int], ...]  # (item index, occurrence)
+    step: int | None = None  # the optimizer step (from 0) it trains in; StepBatches sets it (token warm-up)
 
 
 class EpochPlan:

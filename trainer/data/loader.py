@@ -19,7 +19,7 @@ def loader_workers(dataset: TrainDataset, cfg) -> int:
 
 
 def check_cache_compatible(scan: ScanResult) -> None:
-    """DatasetError when an augmentation would make cached latents stale (color_aug, random_crop)."""
+    """DatasetError when an augmentation would make cached latents stale (color_aug, random_crop, face crop)."""
     problems = cache_problems(scan)
     if problems:
         raise DatasetError(problems)

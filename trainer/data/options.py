@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config.defaults import option
-from trainer.config.spec import parse_resolution
+from trainer.config.spec import parse_face_crop_aug_range, parse_resolution
 from trainer.plan import run_length  # noqa: F401  (re-exported: one parser for all)
+
+from .errors import DatasetError
 
 # Subset keys of Kohya's dataset TOML. Most are also options: with no TOML layer setting them the config's value
 # (the schema's default unless the user set it) applies; the TOML-only keys default as in sd-scripts.
@@ -20,7 +22,7 @@ SUBSET_KEYS: tuple[str, ...] = (
     *TOML_ONLY_SUBSET_DEFAULTS, "caption_extension", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
     "secondary_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
     "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive",
-    "alpha_mask", "enable_wildcard")
+    "alpha_mask", "enable_wildcard", "token_warmup_min", "token_warmup_step", "face_crop_aug_range")
 # Caption settings of the whole run (sd-scripts' command line only, no dataset TOML key) that subsets still read.
 RUN_CAPTION_KEYS: tuple[str, ...] = ("weighted_captions",)
 # Per-dataset keys: the TOML name → the option that gives its value when no TOML layer sets it.
@@ -49,11 +51,14 @@ class CaptionOptions:
     caption_tag_dropout_rate: float = 0.0
     weighted_captions: bool = False  # "(red hair, blue eyes:1.2)" is one tag: its commas do not split it
     enable_wildcard: bool = False  # a random line of the caption file, {a|b} → one of a, b
+    token_warmup_min: int = 1  # tags a caption starts with during the token warm-up
+    token_warmup_step: float = 0.0  # the warm-up's length in steps; below 1 a share of the run; 0 = off
 
     @property
     def is_fixed(self) -> bool:
         """True when a caption is the same every epoch (needed for text-encoder output caching)."""
         return not (self.shuffle_caption or self.caption_dropout_rate > 0 or self.enable_wildcard
+                    or self.token_warmup_step > 0
                     or self.caption_dropout_every_n_epochs > 0 or self.caption_tag_dropout_rate > 0)
 
 
@@ -70,6 +75,7 @@ class SubsetSpec:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+    face_crop_aug_range: tuple[float, float] | None = None  # crop around the face a file name gives
     alpha_mask: bool = False  # the image's transparency is its loss mask (sd-scripts' subset alpha_mask)
     conditioning_data_dir: Path | None = None  # mask images named like the images (sd-scripts' masked loss folder)
     caption: CaptionOptions = field(default_factory=CaptionOptions)
@@ -116,7 +122,15 @@ def make_subset(image_dir: Path, values: dict[str, Any], *, is_reg: bool, label:
         is_reg=is_reg, caption_extension=ext if ext.startswith(".") else "." + ext,
         recursive=bool(values["recursive"]), flip_aug=bool(values["flip_aug"]),
         color_aug=bool(values["color_aug"]), random_crop=bool(values["random_crop"]),
+        face_crop_aug_range=face_crop_range(values["face_crop_aug_range"]),
         alpha_mask=bool(values["alpha_mask"]), caption=caption, label=label)
+
+
+def face_crop_range(value) -> tuple[float, float] | None:
+    try:
+        return parse_face_crop_aug_range(value)
+    except ValueError as exc:
+        raise DatasetError(str(exc), 'write it as face_crop_aug_range = [2.0, 4.0] (or "2.0,4.0")') from None
 
 
 def make_dataset_spec(layers: list[dict], cfg) -> DatasetSpec:

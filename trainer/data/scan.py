@@ -383,7 +383,7 @@ def cache_problems(scan: ScanResult) -> list[Problem]:
     problems = []
     for ds in scan.datasets:
         for subset in ds.subsets:
-            for name in ("color_aug", "random_crop"):
+            for name in ("color_aug", "random_crop", "face_crop_aug_range"):
                 if getattr(subset.spec, name):
                     problems.append(Problem("error", f"{name} is on for {subset.spec.label!r} but latents are "
                                             "cached, so the augmentation could never change the cached latent",
@@ -393,9 +393,10 @@ def cache_problems(scan: ScanResult) -> list[Problem]:
 
 
 def text_cache_problems(scan: ScanResult) -> list[Problem]:
-    """Cached text-encoder outputs need captions that never change (no shuffle, caption dropout or wildcards)."""
+    """Cached text-encoder outputs need captions that never change (no shuffle, caption dropout, wildcards or token
+    warm-up)."""
     return [Problem("error", f"captions change between steps in {subset.spec.label!r} (shuffle_caption, caption "
-                    "dropout or enable_wildcard), so text-encoder outputs cannot be cached",
+                    "dropout, enable_wildcard or token_warmup_step), so text-encoder outputs cannot be cached",
                     "turn those options off for it or untick cache_text_encoder_outputs", str(subset.spec.image_dir),
                     "cache_text_encoder_outputs")
             for ds in scan.datasets for subset in ds.subsets if not subset.spec.caption.is_fixed]

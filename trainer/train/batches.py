@@ -3,10 +3,13 @@
 The dataset fixes each epoch's batch order from (seed, epoch). Rank r of W takes batches r, r+W, …
 (wrapping round so every rank runs the same number of steps); consecutive groups of
 `gradient_accumulation_steps` batches make one optimizer step. Resuming mid-epoch skips whole steps.
+Each key handed to the loader carries the global step it trains in, so a worker process builds its batch (token
+warm-up captions) from the key alone: the same in a resumed run and with any number of workers.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from torch.utils.data import DataLoader, Sampler
 
@@ -49,7 +52,9 @@ class StepBatches:
     def epoch(self, epoch: int, skip_steps: int = 0):
         self.dataset.set_epoch(epoch)
         keys = self.dataset.epoch_batches(epoch)
-        mine = [keys[i] for i in rank_share(len(keys), self.rank, self.world)]
+        first = (epoch - 1) * self.steps_per_epoch()  # every epoch but the last runs steps_per_epoch steps
+        mine = [replace(keys[i], step=first + n // self.accumulation)
+                for n, i in enumerate(rank_share(len(keys), self.rank, self.world))]
         self._sampler.keys = mine[skip_steps * self.accumulation:]
         group = []
         for batch in self.loader:

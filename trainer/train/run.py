@@ -71,6 +71,7 @@ class TrainingRun:
         scan, latents, self.dataset, self.steps, need_flip = S.build_data(cfg, self.base, self.acc, self.events,
                                                                           self.kind.scan_dataset(cfg))
         self.plan = S.plan_event(cfg, self.dataset, self.steps, self.base, self.acc)
+        self.dataset.set_total_steps(self.plan["total_steps"])
         self.plan["warmup_steps"] = S.warmup_for_plan(cfg, self.plan["total_steps"])
         owned = set(self.resumed.written) if self.resumed else set()
         if self.main:
