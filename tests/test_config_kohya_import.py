@@ -26,12 +26,12 @@ def test_a_kohya_lora_json_imports_with_ignored_keys_reported():
 
 def test_only_keys_that_would_change_training_are_reported_as_ignored(tmp_path):
     data = json.load(open(KOHYA_JSON))
-    data.update({"lr_scheduler_type": "CosineAnnealingLR", "adaptive_noise_scale": 0, "model_list": "custom", "mem_eff_attn": True,
+    data.update({"train_norm": True, "adaptive_noise_scale": 0, "model_list": "custom", "mem_eff_attn": True,
                  "huber_schedule": "snr", "loss_type": "l2", "wandb_api_key": "secret-123"})
     path = tmp_path / "kohya.json"
     path.write_text(json.dumps(data))
     loaded = tc.load_config_file(path)
-    assert loaded.ignored_keys == ["lr_scheduler_type (has a value that is not used)"]
+    assert loaded.ignored_keys == ["train_norm (value True is not used)"]
     text = " ".join(loaded.notes + loaded.ignored_keys)
     assert "wandb_api_key" in text and "secret-123" not in text  # the key is named, never shown
 

@@ -5,6 +5,9 @@ Torch-free, so the GUI can show the detected family from a safetensors header al
 """
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
 from typing import Iterable, Mapping
 
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1", "sd3": "SD3.5", "chroma": "Chroma"}
@@ -50,4 +53,57 @@ def family_from_keys(keys: Iterable[str]) -> str | None:
         return "sd2"
     if any(k.startswith(SD1_TE) for k in keys):
         return "sd1"
+    return None
+
+
+# a diffusers folder's model_index.json _class_name, where it names the family
+PIPELINE_FAMILIES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3", "ChromaPipeline": "chroma",
+                     "StableDiffusionXLPipeline": "sdxl"}
+
+
+def safetensors_header(path: Path) -> dict:
+    """A .safetensors file's JSON header (names, dtypes, shapes; no tensor read); {} for an absurd length."""
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > 100_000_000:
+            return {}
+        return json.loads(fh.read(length))
+
+
+def family_of_diffusers_folder(folder: Path) -> str | None:
+    try:
+        pipeline = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        pipeline = None
+    if pipeline in PIPELINE_FAMILIES:
+        return PIPELINE_FAMILIES[pipeline]
+    transformer = folder / "transformer" / "config.json"
+    if transformer.is_file():  # a DiT family (FLUX.1, SD3, Chroma …)
+        try:
+            return DIT_CLASSES.get(json.loads(transformer.read_text()).get("_class_name"))
+        except ValueError:
+            return None
+    if (folder / "text_encoder_2").is_dir():
+        return "sdxl"
+    cfg = folder / "text_encoder" / "config.json"
+    if cfg.is_file():
+        try:
+            hidden = json.loads(cfg.read_text()).get("hidden_size")
+        except ValueError:
+            return None
+        return "sd2" if hidden == 1024 else "sd1"
+    return None
+
+
+def local_family(value: str | Path) -> str | None:
+    """The family of a local .safetensors file or diffusers folder from its header / JSON alone (None for
+    anything else: a .ckpt, a hub id, a missing or unreadable path)."""
+    path = Path(str(value or "").strip()).expanduser()
+    try:
+        if path.is_file() and path.suffix.lower() == ".safetensors":
+            return family_from_keys(k for k in safetensors_header(path) if k != "__metadata__")
+        if path.is_dir():
+            return family_of_diffusers_folder(path)
+    except (OSError, ValueError, struct.error):
+        return None
     return None

@@ -8,6 +8,8 @@ imported as they are; this maps the rest before the general import runs:
   ``fused_backward_pass`` for the ticked family, as kohya_ss routes them to the script;
 * ``LoRA_type`` "Flux1 OFT" (networks.oft_flux) keeps its name; kohya_ss passes it only ``enable_all_linear`` (an
   option here too): its constraint is ``network_alpha``, so ``constrain``/``rescaled`` (LyCORIS OFT's) are dropped;
+* SD3's ``training_shift`` (sd-scripts' default 1.0 when absent) becomes ``discrete_flow_shift``, which shifts
+  the SD3 schedule here;
 * ``cpu_offload_checkpointing`` turns ``gradient_checkpointing`` on, as sd-scripts' flux_train does;
 * settings with no counterpart yet are named in a note when they would change the run.
 """
@@ -51,6 +53,8 @@ def prepare_dit_keys(data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     if _true(out.get("cpu_offload_checkpointing")) and not _true(out.get("gradient_checkpointing")):
         out["gradient_checkpointing"] = True
         notes.append("cpu_offload_checkpointing is on, so gradient_checkpointing is on too (as sd-scripts does)")
+    if "sd3_checkbox" in flags:
+        _sd3_shift(out, notes)
     for key in ("sd3_text_encoder_batch_size",):
         out.pop(key, None)
     if str(out.get("model_type", "")).lower() not in ("flux", "chroma"):
@@ -74,6 +78,22 @@ def _oft_keys(out: dict[str, Any], notes: list[str]) -> None:
         if value not in (None, "", False, 0, 0.0, "0", "false", "False"):
             notes.append(f"{key}={value!r} is LyCORIS OFT's; kohya_ss does not pass it to networks.oft_flux (Flux1 "
                          f"OFT), whose constraint is network_alpha ({out.get('network_alpha', 1)}): left out")
+
+
+def _sd3_shift(out: dict[str, Any], notes: list[str]) -> None:
+    """sd3_train*.py shift the schedule by --training_shift (default 1.0) and never read discrete_flow_shift
+    (FLUX.1's), which is what shifts it here: the run kohya_ss made gets training_shift."""
+    given = [out.pop(k) for k in ("training_shift", "sd3_training_shift") if out.get(k) not in (None, "")]
+    stray = out.pop("discrete_flow_shift", None)
+    try:
+        shift = float(given[0]) if given else 1.0
+    except (TypeError, ValueError):
+        shift = 1.0
+    out["discrete_flow_shift"] = shift
+    if not given:
+        notes.append("SD3: sd-scripts shifted the training schedule by its --training_shift default 1.0"
+                     + (f" (the file's discrete_flow_shift {stray} is FLUX.1's and was not read)" if stray not in
+                        (None, "") else "") + ", so discrete_flow_shift is 1.0; SD3.5's own sampler uses 3.0")
 
 
 def _true(value: Any) -> bool:

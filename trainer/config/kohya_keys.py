@@ -79,7 +79,7 @@ FAMILY_KEYS = {"ae", "guidance_scale", "discrete_flow_shift", "timestep_sampling
                "mem_eff_save", "train_lora_ggpo", "blocks_to_swap", "single_blocks_to_swap", "double_blocks_to_swap",
                "img_attn_dim", "img_mlp_dim", "img_mod_dim", "single_dim", "txt_attn_dim", "txt_mlp_dim",
                "txt_mod_dim", "single_mod_dim", "in_dims", "train_double_block_indices",
-               "train_single_block_indices", "fused_backward_pass", "fused_optimizer_groups"}
+               "train_single_block_indices", "fused_backward_pass", "fused_optimizer_groups", "training_shift"}
 
 # Model families kohya_ss trains that this build does not (yet). The one place to lift a refusal:
 # a family module registering itself removes its entry here.

@@ -17,6 +17,7 @@ from typing import Any
 from trainer import tomlio as toml
 
 from trainer.atomic import atomic_write_text
+from trainer.families import FAMILY_FLAGS, chosen_family, local_family
 from trainer.networks.options import sd_scripts_network
 
 from .base_weights import base_weight_files
@@ -24,6 +25,7 @@ from .block_lr import block_lr_text, parse_block_lr
 from .kohya_keys import SD_SCRIPTS_SCHEDULE_ARGS
 from .defaults import option
 from .options_train import HUBER_LOSSES
+from .sd_scripts_export_dit import dit_export, dit_script
 from .spec import parse_resolution
 
 # (training type, SDXL?) → the sd-scripts script
@@ -89,11 +91,14 @@ def _split(text: str) -> list[str]:
         return (text or "").split()
 
 
-def sd_scripts_export(config) -> Export:
-    """The sd-scripts TOML (argument names as keys) and accelerate flags for `config`."""
+def sd_scripts_export(config, family: str | None = None) -> Export:
+    """The sd-scripts TOML (argument names as keys) and accelerate flags for `config` on `family` (default: a
+    ticked family checkbox, else the family the base model's header or folder tells)."""
     c = config
     kind = c.training_type
-    sdxl = bool(c.sdxl)
+    family = chosen_family({flag: getattr(c, flag, False) for flag, _ in FAMILY_FLAGS},
+                           family or local_family(c.pretrained_model_name_or_path))
+    sdxl = family == "sdxl" or bool(c.sdxl)
     notes: list[str] = []
     data: dict[str, Any] = {}
     for name in SAME_NAME:
@@ -142,14 +147,17 @@ def sd_scripts_export(config) -> Export:
     _weighted_captions(c, data, notes, sdxl)
     _mask_folder(c, data, notes)
     if kind == "lora":
-        _network(c, data, notes)
+        _network(c, data, notes, family)
     elif kind in ("dreambooth", "finetune"):
         _full_model_rates(c, data, sdxl)
         _block_lr(c, data, notes, sdxl)
     elif kind == "textual_inversion":
         if c.template != "caption":
             data["use_object_template" if c.template == "object template" else "use_style_template"] = True
-    return Export(data, SCRIPTS[(kind, sdxl)], _launch_args(c), prompts=c.sample_prompts, notes=notes)
+    script = dit_script(family, kind)
+    if script:
+        dit_export(c, family, data)
+    return Export(data, script or SCRIPTS[(kind, sdxl)], _launch_args(c), prompts=c.sample_prompts, notes=notes)
 
 
 def _mask_folder(c, data: dict, notes: list[str]) -> None:
@@ -227,10 +235,10 @@ def _schedule(c, data: dict) -> None:
         data["lr_scheduler_args"] = args
 
 
-def _network(c, data: dict, notes: list[str]) -> None:
+def _network(c, data: dict, notes: list[str], family: str | None) -> None:
     # the network package's own answer (the same one ss_network_args records), plus the LoRA+ ratios
     # that sd-scripts also reads from network_args
-    data["network_module"], args = sd_scripts_network(c)
+    data["network_module"], args = sd_scripts_network(c, family)
     for name in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
         if getattr(c, name):
             args.append(f"{name}={getattr(c, name)}")

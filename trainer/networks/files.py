@@ -15,6 +15,8 @@ import torch
 from trainer.atomic import atomic_write_bytes
 from trainer.models.hashing import precalculate_safetensors_hashes
 
+from .registry import FAMILY_LORA_MODULE
+
 SAVE_DTYPES = {
     "fp16": torch.float16, "float16": torch.float16, "float": torch.float32, "fp32": torch.float32,
     "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -25,8 +27,6 @@ BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", 
                       "chroma": "chroma"}
 _MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
                    "flux": "flux-1-dev", "sd3": "stable-diffusion-3.5-medium", "chroma": "chroma"}
-# the sd-scripts network module that writes each family's files
-NETWORK_MODULE = {"flux": "networks.lora_flux", "sd3": "networks.lora_sd3", "chroma": "networks.lora_flux"}
 _MODELSPEC_IMPL = {"sdxl": "https://github.com/Stability-AI/generative-models",
                    "flux": "https://github.com/black-forest-labs/flux", "sd3": "https://github.com/Stability-AI/sd3.5",
                    "chroma": "https://huggingface.co/lodestones/Chroma"}
@@ -93,7 +93,7 @@ def network_metadata(
         args[k] = metadata_value(v)
     version = BASE_MODEL_VERSION[family] + ("_v" if v_prediction and family != "sdxl" else "")
     meta = {
-        "ss_network_module": NETWORK_MODULE.get(family, "networks.lora"),
+        "ss_network_module": FAMILY_LORA_MODULE.get(family, "networks.lora"),
         "ss_network_dim": "None" if network_dim is None else format_number(network_dim),
         "ss_network_alpha": "None" if network_alpha is None else format_number(network_alpha),
         "ss_network_dropout": "None" if not dropout else format_number(dropout),

@@ -6,7 +6,7 @@ from typing import Any
 from trainer.families import FAMILY_FLAGS, FAMILY_NAMES, chosen_family
 
 from .blocks import check_block_options
-from .registry import dit_refusal, network_type
+from .registry import FAMILY_LORA_MODULE, dit_refusal, network_type
 
 BLOCK_OPTIONS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                  "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
@@ -117,10 +117,13 @@ def lycoris_network_args(config, kind, kwargs) -> dict[str, str]:
     return args
 
 
-def sd_scripts_network(config) -> tuple[str, list[str]]:
-    """(--network_module, --network_args list) that make sd-scripts train what this config trains, e.g.
-    ("lycoris.kohya", ["preset=full", "algo=loha", "conv_dim=4", ...]); also what ss_network_args records."""
+def sd_scripts_network(config, family: str | None = None) -> tuple[str, list[str]]:
+    """(--network_module, --network_args list) that make sd-scripts train what this config trains on `family`,
+    e.g. ("lycoris.kohya", ["preset=full", "algo=loha", "conv_dim=4", ...]); also what ss_network_args records."""
     kind = network_type(config.LoRA_type)
+    module = kind.network_module
+    if module == "networks.lora" and family in FAMILY_LORA_MODULE:
+        module = FAMILY_LORA_MODULE[family]
     args: dict[str, Any] = {}
     if kind.builder == "lycoris":
         args = lycoris_network_args(config, kind, lycoris_module_kwargs(config, kind.algo))
@@ -138,4 +141,4 @@ def sd_scripts_network(config) -> tuple[str, list[str]]:
             for key in ("rank_dropout", "module_dropout"):
                 if getattr(config, key):
                     args[key] = str(getattr(config, key))
-    return kind.network_module, [f"{k}={v}" for k, v in args.items()]
+    return module, [f"{k}={v}" for k, v in args.items()]

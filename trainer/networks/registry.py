@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from trainer.families import FAMILY_NAMES
 
+# the sd-scripts module of a plain LoRA on each DiT family (its files' ss_network_module, its export)
+FAMILY_LORA_MODULE = {"flux": "networks.lora_flux", "sd3": "networks.lora_sd3", "chroma": "networks.lora_flux"}
+
 
 @dataclass(frozen=True)
 class NetworkType:
