@@ -11,7 +11,7 @@ from .options_train import (AccelerateOptions, FrozenBaseOptions, FullTrainingOp
                             OptimizerOptions, SamplingOptions, SavingOptions, TrainingOptions)
 from .spec import opt
 from trainer.families import SD_FAMILIES
-from trainer.networks.registry import LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
+from trainer.networks.registry import KOHYA_BLOCK_BUILDERS, LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
 
 CONFIG_VERSION = 1
 # which LoRA_type values use which options (the registry in trainer.networks names every type)
@@ -20,7 +20,7 @@ LYCORIS = [t for t, k in NETWORK_TYPES.items() if k.builder == "lycoris"]
 TUCKER = ["LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr", "LyCORIS/DyLoRA", "LyCORIS/GLoRA"]
 DORA = ["LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr"]
 OFT = ["LyCORIS/BOFT", "LyCORIS/Diag-OFT"]
-KOHYA_LORA = ["Standard", "Kohya LoCon"]
+KOHYA_LORA = [t for t, k in NETWORK_TYPES.items() if k.builder in KOHYA_BLOCK_BUILDERS]
 
 
 def block_opt(help_text: str):
@@ -31,8 +31,9 @@ def block_opt(help_text: str):
 class NetworkOptions(Options):
     LoRA_type: Literal[LORA_TYPES] = opt(
         "Standard", "Network type, kohya_ss's list: Standard (attention/MLP layers), Kohya LoCon (+3×3 "
-        "convolutions), Kohya DyLoRA, and the LyCORIS types (LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, "
-        "Diag-OFT, Native Fine-Tuning). See docs/networks.md for what each is and which programs load it.",
+        "convolutions), Kohya DyLoRA, LoRA-FA (lora_down frozen, only lora_up trains), and the LyCORIS types "
+        "(LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, Diag-OFT, Native Fine-Tuning). See docs/networks.md for "
+        "what each is and which programs load it.",
         section="network", level="basic", label="LoRA type")
     network_dim: int = opt(8, "LoRA rank: capacity and file size (8–32 for a character).", section="network",
                            level="basic", ge=1, le=100000, label="Network rank (dimension)")
