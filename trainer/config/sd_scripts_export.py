@@ -140,6 +140,8 @@ def sd_scripts_export(config) -> Export:
     elif kind in ("dreambooth", "finetune"):
         _full_model_rates(c, data, sdxl)
         _block_lr(c, data, notes, sdxl)
+        if option(c, "no_token_padding"):  # train_db.py's flag (the config rules refuse it with sdxl)
+            data["no_token_padding"] = True
     elif kind == "textual_inversion":
         if c.template != "caption":
             data["use_object_template" if c.template == "object template" else "use_style_template"] = True

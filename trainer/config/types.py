@@ -148,6 +148,10 @@ class DreamboothConfig(BaseConfig, RegularizationOptions, FullTrainingOptions):
                                              families=("sdxl",))
     stop_text_encoder_training: int = opt(0, "Stop training the text encoder after this many steps "
                                           "(0 = train it the whole run).", section="training", ge=0)
+    no_token_padding: bool = opt(False, "Pad each batch's captions only to its longest caption instead of 77 "
+                                 "tokens, as Diffusers' DreamBooth does (sd-scripts train_db.py): the U-Net sees "
+                                 "no padding tokens past the longest caption. SD1.x/SD2.x, max_token_length 75.",
+                                 section="training", families=("sd1", "sd2"))
     save_model_as: Literal["safetensors", "ckpt", "diffusers", "diffusers_safetensors"] = opt(
         "safetensors", "safetensors/ckpt = one file in the original layout (A1111, ComfyUI); diffusers = a "
         "folder.", section="model", level="basic", label="Save trained model as")
