@@ -285,6 +285,14 @@ def _token_padding(c):
 
 
 @rule
+def _save_ratio(c):
+    if c.save_n_epoch_ratio and c.save_every_n_epochs not in (0, 1):
+        yield Problem.at("save_every_n_epochs", f"save_n_epoch_ratio {c.save_n_epoch_ratio} sets the epoch "
+                         f"cadence, so save_every_n_epochs {c.save_every_n_epochs} is not used (as in sd-scripts); "
+                         "clear one of them", level="warning")
+
+
+@rule
 def _train_t5xxl(c):
     """kohya: a T5-XXL LoRA needs T5's outputs at every step (no text cache) and text-encoder training."""
     if c.training_type != "lora" or not c.train_t5xxl:
