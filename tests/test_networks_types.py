@@ -79,12 +79,13 @@ def test_every_network_type_trains_a_step_and_saves_a_file_verify_accepts(lora_t
 def test_kohya_lora_types_map_to_the_studios_types_and_back():
     assert kohya_lora_type("LoCon") == "LyCORIS/LoCon"  # what kohya_ss GUI v21 called LyCORIS LoCon
     assert kohya_lora_type("LyCORIS/LoHa") == "LyCORIS/LoHa"
-    assert kohya_lora_type("Flux1") is None and kohya_lora_type("LoRA-FA") is None
+    assert kohya_lora_type("Flux1") is None and kohya_lora_type("LoRA-FA") == "LoRA-FA"
     assert lora_type_for("lycoris.kohya", ["algo=loha", "conv_dim=4"]) == "LyCORIS/LoHa"
     assert lora_type_for("lycoris.kohya", 'preset=full algo="lora"') == "LyCORIS/LoCon"
     assert lora_type_for("lycoris.kohya", {"algo": "diag-oft"}) == "LyCORIS/Diag-OFT"
     assert lora_type_for("networks.lora", ["conv_dim=4"]) == "Kohya LoCon"
     assert lora_type_for("networks.dylora", []) == "Kohya DyLoRA"
+    assert lora_type_for("networks.lora_fa", []) == "LoRA-FA"
     assert lora_type_for("networks.oft", []) is None
     for t in NETWORK_TYPES.values():  # the registry's own pairs come back to their type
         args = [f"algo={t.algo}"] + (["conv_dim=2"] if t.lora_type == "Kohya LoCon" else [])

@@ -104,7 +104,7 @@ def _scan(config):
 
 def cmd_plan(args) -> int:
     from trainer.data.preflight import exact_plan
-    from trainer.plan import compute_plan
+    from trainer.plan import compute_plan, epoch_save_interval
     from trainer.vram import config_family, estimate_vram
 
     config = _load(args.config, args.type).config
@@ -120,11 +120,14 @@ def cmd_plan(args) -> int:
                             max_train_steps=config.max_train_steps, num_processes=config.num_processes)
     family, variant = config_family(config)
     vram = estimate_vram(family, config, variant) if family else None
+    every = epoch_save_interval(plan.epochs, config.save_every_n_epochs, config.save_n_epoch_ratio)
     if args.json:
-        print(json.dumps({**plan.to_dict(), "problems": [p.to_dict() for p in scan.problems],
+        print(json.dumps({**plan.to_dict(), "save_every_n_epochs": every,
+                          "problems": [p.to_dict() for p in scan.problems],
                           "family": family, "vram_estimate": vram.to_dict() if vram else None}, indent=2))
     else:
         print(plan.formula())
+        print(f"Epoch files: every {every} epochs (and the final one)" if every else "Epoch files: the final one only")
         if vram:
             print(f"VRAM: about {vram.total_gb} GB for {family} with these settings ({vram.note})")
         for p in scan.problems:

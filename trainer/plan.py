@@ -47,6 +47,14 @@ def run_length(steps_per_epoch: int, epochs: int, max_train_steps: int = 0) -> t
     return epochs, steps_per_epoch * epochs
 
 
+def epoch_save_interval(epochs: int, save_every_n_epochs: int, save_n_epoch_ratio: int = 0) -> int:
+    """Every how many epochs a run writes NAME-0000NN (0 = only the final file). sd-scripts: a
+    save_n_epoch_ratio above 0 replaces save_every_n_epochs with floor(epochs / ratio), at least 1."""
+    if save_n_epoch_ratio > 0:
+        return max(1, epochs // save_n_epoch_ratio)
+    return save_every_n_epochs
+
+
 def reg_samples_used(train_samples: int, reg_image_counts: list[tuple[int, int]]) -> int:
     """Kohya registers reg images (with their repeats) until they match the training count."""
     available = sum(images * repeats for images, repeats in reg_image_counts)

@@ -206,6 +206,10 @@ class SavingOptions(Options):
                                    section="saving", level="basic", ge=0)
     save_every_n_steps: int = opt(0, "Also save NAME-step00000500.safetensors every N steps (0 = off).",
                                   section="saving", ge=0)
+    save_n_epoch_ratio: int = opt(0, "Save every floor(epochs / N) epochs (at least every epoch), so about N "
+                                  "files are written in all, the last included; replaces save_every_n_epochs, as in "
+                                  "sd-scripts (0 = off).", section="saving", ge=0, le=10000,
+                                  label="Save N epoch ratio")
     save_last_n_epochs: int = opt(0, "Keep only the N newest epoch files written by this run (0 = keep all). "
                                   "Files from other runs are never removed.", section="saving", ge=0)
     save_last_n_steps: int = opt(0, "Keep only step files from the last N steps of this run (0 = keep all).",

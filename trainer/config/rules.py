@@ -271,6 +271,34 @@ def _weighted_captions(c):
 
 
 @rule
+def _token_padding(c):
+    """sd-scripts' train_db.py (SD1/SD2) pads with `tokenizer(captions, padding=True, truncation=True)`: one
+    77-token chunk, no weights; sdxl_train.py has no such option."""
+    if not option(c, "no_token_padding"):
+        return
+    family = next((name for flag, name in (("sdxl", "SDXL"), ("flux1_checkbox", "FLUX.1"), ("sd3_checkbox", "SD3"))
+                   if getattr(c, flag)), None)
+    if family:
+        yield Problem.at("no_token_padding", "no_token_padding is an option of sd-scripts' train_db.py for SD1.x/"
+                         f"SD2.x; {family} reads every caption at its full token length: untick no_token_padding")
+    if c.max_token_length != 75:
+        yield Problem.at("no_token_padding", "no_token_padding pads a batch to its longest caption within one "
+                         "75-token chunk (sd-scripts cuts longer captions there), so max_token_length "
+                         f"{c.max_token_length} cannot apply: set max_token_length to 75 or untick no_token_padding")
+    if c.weighted_captions:
+        yield Problem.at("no_token_padding", "weighted_captions reads every caption at 77 tokens (sd-scripts then "
+                         "ignores no_token_padding): untick one of them")
+
+
+@rule
+def _save_ratio(c):
+    if c.save_n_epoch_ratio and c.save_every_n_epochs not in (0, 1):
+        yield Problem.at("save_every_n_epochs", f"save_n_epoch_ratio {c.save_n_epoch_ratio} sets the epoch "
+                         f"cadence, so save_every_n_epochs {c.save_every_n_epochs} is not used (as in sd-scripts); "
+                         "clear one of them", level="warning")
+
+
+@rule
 def _train_t5xxl(c):
     """kohya: a T5-XXL LoRA needs T5's outputs at every step (no text cache) and text-encoder training."""
     if c.training_type != "lora" or not c.train_t5xxl:

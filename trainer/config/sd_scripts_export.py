@@ -49,7 +49,7 @@ SAME_NAME = (
     "debiased_estimation_loss", "scale_v_pred_loss_like_noise_pred", "fp8_base", "fp8_base_unet",
     "ip_noise_gamma", "v_pred_like_loss", "zero_terminal_snr",
     "learning_rate", "lr_scheduler", "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_n_epochs",
-    "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps", "save_last_n_epochs_state",
+    "save_n_epoch_ratio", "save_every_n_steps", "save_last_n_epochs", "save_last_n_steps", "save_last_n_epochs_state",
     "save_last_n_steps_state", "save_state", "save_state_on_train_end",
     "resume", "training_comment", "sample_every_n_epochs", "sample_every_n_steps", "sample_at_first",
     "log_prefix", "log_tracker_name", "wandb_run_name", "metadata_title", "metadata_author", "metadata_description",
@@ -151,6 +151,8 @@ def sd_scripts_export(config, family: str | None = None) -> Export:
     elif kind in ("dreambooth", "finetune"):
         _full_model_rates(c, data, sdxl)
         _block_lr(c, data, notes, sdxl)
+        if option(c, "no_token_padding"):  # train_db.py's flag (the config rules refuse it with sdxl)
+            data["no_token_padding"] = True
     elif kind == "textual_inversion":
         if c.template != "caption":
             data["use_object_template" if c.template == "object template" else "use_style_template"] = True

@@ -12,7 +12,7 @@ from .options_train import (AccelerateOptions, FrozenBaseOptions, FullTrainingOp
 from .base_weights import text_of
 from .spec import opt
 from trainer.families import SD_FAMILIES
-from trainer.networks.registry import LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
+from trainer.networks.registry import KOHYA_BLOCK_BUILDERS, LORA_TYPES, LYCORIS_PRESETS, NETWORK_TYPES
 
 CONFIG_VERSION = 1
 # which LoRA_type values use which options (the registry in trainer.networks names every type)
@@ -21,7 +21,7 @@ LYCORIS = [t for t, k in NETWORK_TYPES.items() if k.builder == "lycoris"]
 TUCKER = ["LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr", "LyCORIS/DyLoRA", "LyCORIS/GLoRA"]
 DORA = ["LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr"]
 OFT = ["LyCORIS/BOFT", "LyCORIS/Diag-OFT"]
-KOHYA_LORA = ["Standard", "Kohya LoCon"]
+KOHYA_LORA = [t for t, k in NETWORK_TYPES.items() if k.builder in KOHYA_BLOCK_BUILDERS]
 
 
 def block_opt(help_text: str):
@@ -32,9 +32,10 @@ def block_opt(help_text: str):
 class NetworkOptions(Options):
     LoRA_type: Literal[LORA_TYPES] = opt(
         "Standard", "Network type, kohya_ss's list: Standard (attention/MLP layers), Kohya LoCon (+3×3 "
-        "convolutions), Kohya DyLoRA, and the LyCORIS types (LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, "
-        "Diag-OFT, Native Fine-Tuning); FLUX.1 also Flux1 OFT. See docs/networks.md for what each is and which "
-        "programs load it.", section="network", level="basic", label="LoRA type")
+        "convolutions), Kohya DyLoRA, LoRA-FA (lora_down frozen, only lora_up trains), and the LyCORIS types "
+        "(LoCon, LoHa, LoKr, iA3, DyLoRA, GLoRA, BOFT, Diag-OFT, Native Fine-Tuning); FLUX.1 also Flux1 OFT. See "
+        "docs/networks.md for what each is and which programs load it.",
+        section="network", level="basic", label="LoRA type")
     network_dim: int = opt(8, "LoRA rank: capacity and file size (8–32 for a character).", section="network",
                            level="basic", ge=1, le=100000, label="Network rank (dimension)")
     network_alpha: float = opt(1.0, "Scale = alpha / rank; alpha 1 with rank 8 trains gently (raise the "
@@ -162,6 +163,10 @@ class DreamboothConfig(BaseConfig, RegularizationOptions, FullTrainingOptions):
                                              families=("sdxl",))
     stop_text_encoder_training: int = opt(0, "Stop training the text encoder after this many steps "
                                           "(0 = train it the whole run).", section="training", ge=0)
+    no_token_padding: bool = opt(False, "Pad each batch's captions only to its longest caption instead of 77 "
+                                 "tokens, as Diffusers' DreamBooth does (sd-scripts train_db.py): the U-Net sees "
+                                 "no padding tokens past the longest caption. SD1.x/SD2.x, max_token_length 75.",
+                                 section="training", families=("sd1", "sd2"))
     save_model_as: Literal["safetensors", "ckpt", "diffusers", "diffusers_safetensors"] = opt(
         "safetensors", "safetensors/ckpt = one file in the original layout (A1111, ComfyUI); diffusers = a "
         "folder.", section="model", level="basic", label="Save trained model as")

@@ -33,6 +33,12 @@ def tokenize_long(tokenizer, captions: list[str], max_token_length: int | None =
     return _chunked(tokenizer, ids)
 
 
+def batch_padded_length(ids: torch.Tensor, eos_token_id: int) -> int:
+    """The length `tokenizer(captions, padding=True, truncation=True)` gives a batch (sd-scripts' no_token_padding):
+    BOS, the longest caption's tokens and its EOS, at most 77. `ids`: the batch padded to 77 [B, 77]."""
+    return int((ids == eos_token_id).int().argmax(dim=1).max()) + 1
+
+
 def tokenize_weighted(tokenizer, captions: list[str], max_token_length: int | None = 75
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted captions ("(red:1.2) hat"): the ids of the text without the syntax, laid out as tokenize_long's,

@@ -1,5 +1,5 @@
 """Standard and Kohya LoCon (sd-scripts networks.lora) built from a training config: the registry's
-"lora" builder, also used by Kohya DyLoRA (same file layout, another module class)."""
+"lora" builder, also used by Kohya DyLoRA and LoRA-FA (same file layout, another module class)."""
 from __future__ import annotations
 
 import logging
@@ -34,8 +34,9 @@ def build_lora_like(base, config, kind, module_class: type = LoRAModule, module_
     te_only = bool(config.network_train_text_encoder_only)
     dropouts = config_dropouts(config)
     weights = config.network_weights
-    if weights and config.dim_from_weights:
-        return create_network_from_weights(weights, base, **dropouts)
+    if weights and config.dim_from_weights:  # ranks from the file, modules of this type (LoRA-FA keeps A frozen)
+        return create_network_from_weights(weights, base, module_class=module_class, module_kwargs=module_kwargs,
+                                           network_module=kind.network_module, **dropouts)
     blocks = config_blocks(config)
     conv = kind.uses_conv_dim
     network = create_network(

@@ -320,9 +320,10 @@ def create_network(
 
 
 def create_network_from_weights(path, unet_or_base, text_encoders=None, family: str | None = None,
-                                multiplier: float = 1.0, **dropouts) -> LoRANetwork:
+                                multiplier: float = 1.0, **options) -> LoRANetwork:
     """A network shaped by a saved file (`dim_from_weights`): each module's rank and alpha come
-    from the file, and its weights are loaded. Not applied yet: call `apply_to()` or `merge_to()`."""
+    from the file, and its weights are loaded. Not applied yet: call `apply_to()` or `merge_to()`.
+    `options`: create_network's dropouts and module class (a LoRA-FA or DyLoRA network)."""
     unet, tes, fam = resolve_base(unet_or_base, text_encoders, family)
     state, meta = read_lora_file(path)
     catalog = all_targets(unet, tes, fam, include_conv_blocks=True)
@@ -336,7 +337,7 @@ def create_network_from_weights(path, unet_or_base, text_encoders=None, family: 
         elif suffix == "alpha":
             alphas[name] = float(value)
     net = create_network(unet_or_base, text_encoders, fam, multiplier=multiplier, module_dims=dims,
-                         module_alphas=alphas, **dropouts)
+                         module_alphas=alphas, **options)
     # keep what the file said about itself, for metadata when it is saved again
     common_dim = Counter(dims.values()).most_common(1)[0][0]
     net.settings["network_dim"] = _meta_number(meta.get("ss_network_dim"), common_dim)

@@ -6,7 +6,7 @@ from typing import Any
 from trainer.families import FAMILY_FLAGS, FAMILY_NAMES, chosen_family
 
 from .blocks import check_block_options
-from .registry import FAMILY_LORA_MODULE, dit_refusal, network_type
+from .registry import FAMILY_LORA_MODULE, KOHYA_BLOCK_BUILDERS, dit_refusal, network_type
 
 BLOCK_OPTIONS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                  "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
@@ -45,13 +45,15 @@ def oft_flux_problems(c) -> list[tuple[str, str]]:
 
 def network_option_problems(c) -> list[tuple[str, str]]:
     kind = network_type(c.LoRA_type)
-    problems = check_block_options(c) if kind.builder == "lora" else []
-    if kind.builder != "lora":
+    blocks = kind.builder in KOHYA_BLOCK_BUILDERS
+    problems = check_block_options(c) if blocks else []
+    if not blocks:
         set_blocks = [k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
                                   "down_lr_weight", "mid_lr_weight", "up_lr_weight") if getattr(c, k)]
         if set_blocks:
-            problems.append((set_blocks[0], f"{set_blocks[0]} is an option of sd-scripts' networks.lora (Standard, "
-                             f"Kohya LoCon); {c.LoRA_type} does not use it: clear it or pick one of those types"))
+            problems.append((set_blocks[0], f"{set_blocks[0]} is an option of sd-scripts' networks.lora and lora_fa "
+                             f"(Standard, Kohya LoCon, LoRA-FA); {c.LoRA_type} does not use it: clear it or pick "
+                             "one of those types"))
     # kohya_ss's slider goes to 100000 because LoKr reads a huge dim as "full matrix" and iA3/full ignore it;
     # for the low-rank types a rank past the widest layer only grows the file.
     if kind.algo not in ("lokr", "ia3", "full") and c.network_dim > 1024:

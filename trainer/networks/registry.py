@@ -5,6 +5,7 @@ imported only when a network is built. One entry per type, one builder module pe
 
 * ``lora``    → trainer.networks.kohya_lora (sd-scripts networks.lora: Standard, Kohya LoCon)
 * ``dylora``  → trainer.networks.dylora   (sd-scripts networks.dylora: Kohya DyLoRA)
+* ``lora_fa`` → trainer.networks.lora_fa  (sd-scripts networks.lora_fa: LoRA-FA)
 * ``lycoris`` → trainer.networks.lycoris_net (the `lycoris-lora` package, lycoris.kohya: every LyCORIS/ type)
 * ``oft_flux`` → trainer.networks.oft_flux (sd-scripts networks.oft_flux: Flux1 OFT, FLUX.1-based models only)
 """
@@ -25,7 +26,7 @@ class NetworkType:
     lora_type: str  # the kohya_ss GUI's LoRA_type value
     network_module: str  # what sd-scripts gets as --network_module (and ss_network_module)
     algo: str | None  # LyCORIS `algo` network argument
-    builder: str  # "lora", "dylora" or "lycoris"
+    builder: str  # "lora", "dylora", "lora_fa" or "lycoris"
     summary: str
     uses_conv_dim: bool = True  # conv_dim/conv_alpha mean something for this type
     random_ranks: bool = False  # picks the trained ranks on the CPU every step (no CUDA-graph capture)
@@ -50,6 +51,9 @@ NETWORK_TYPES: dict[str, NetworkType] = {t.lora_type: t for t in (
     NetworkType("Kohya DyLoRA", "networks.dylora", None, "dylora",
                 "LoRA trained at every rank up to network_dim at once (unit ranks per step); saves a plain LoRA.",
                 True, True),
+    NetworkType("LoRA-FA", "networks.lora_fa", None, "lora_fa",
+                "LoRA with the down projection frozen at its random start: only lora_up trains (less optimizer "
+                "memory); saves a plain LoRA.", False),
     NetworkType("LyCORIS/LoCon", "lycoris.kohya", "locon", "lycoris",
                 "LyCORIS LoRA/LoCon: LoRA on linear and conv layers; Tucker (use_tucker) and DoRA (dora_wd).",
                 True, dit=True),
@@ -83,7 +87,10 @@ LYCORIS_PRESETS = ("full", "full-lin", "attn-mlp", "attn-only", "unet-transforme
 # kohya_ss GUI names that older versions wrote and that mean one of the types above
 _LEGACY_NAMES = {"LoCon": "LyCORIS/LoCon", "LyCORIS/Full": "LyCORIS/Native Fine-Tuning"}
 _BUILDERS = {"lora": "trainer.networks.kohya_lora", "dylora": "trainer.networks.dylora",
-             "lycoris": "trainer.networks.lycoris_net", "oft_flux": "trainer.networks.oft_flux"}
+             "lora_fa": "trainer.networks.lora_fa", "lycoris": "trainer.networks.lycoris_net",
+             "oft_flux": "trainer.networks.oft_flux"}
+# the builders of sd-scripts modules that read the block-wise network_args (block_dims, down_lr_weight …)
+KOHYA_BLOCK_BUILDERS = ("lora", "lora_fa")
 
 
 def network_type(lora_type: str) -> NetworkType:
@@ -95,8 +102,8 @@ def network_type(lora_type: str) -> NetworkType:
 
 def kohya_lora_type(value: str) -> str | None:
     """A kohya_ss GUI `LoRA_type` value as this studio's (legacy names renamed); None when not trainable here
-    (Flux1 is Standard on a FLUX.1 base, mapped by the importer; LoRA-FA and the other families' types need
-    sd-scripts modules or model families the studio does not have)."""
+    (Flux1 is Standard on a FLUX.1 base, mapped by the importer; the other families' types need model families
+    the studio does not have)."""
     value = _LEGACY_NAMES.get(value, value)
     return value if value in NETWORK_TYPES else None
 
@@ -111,6 +118,8 @@ def lora_type_for(network_module: str, network_args: dict | str | list | None = 
         return "Kohya DyLoRA"
     if network_module == "networks.oft_flux":
         return "Flux1 OFT"
+    if network_module == "networks.lora_fa":
+        return "LoRA-FA"
     if network_module == "lycoris.kohya":
         algo = args.get("algo", "lora").strip('"').lower()
         algo = "locon" if algo == "lora" else algo
@@ -162,6 +171,8 @@ def dit_refusal(kind: NetworkType, family: str, family_id: str | None = None) ->
                 f"Choose one of: {choices}")
     if kind.lora_type == "Kohya LoCon":
         why = "it adds the U-Net's convolutions, which this transformer does not have"
+    elif kind.builder == "lora_fa":
+        why = "sd-scripts' networks.lora_fa is written for the U-Net families (SD1, SD2, SDXL)"
     elif kind.builder == "dylora" or kind.random_ranks:
         why = "DyLoRA's per-step ranks are not built for the fused layers (qkv, linear1) of the original layout"
     else:

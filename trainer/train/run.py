@@ -26,6 +26,7 @@ from .optimizers import evaluation_weights
 from .samples import generate_samples, load_prompts
 from trainer.crashpoints import crash_point
 from trainer.kinds import create_kind
+from trainer.plan import epoch_save_interval
 
 from .leftovers import clean_leftovers
 from .saving import Retention, SavePolicy, adoptable, check_no_collisions, check_writable, write_settings_json
@@ -72,6 +73,9 @@ class TrainingRun:
                                                                           self.kind.scan_dataset(cfg))
         self.plan = S.plan_event(cfg, self.dataset, self.steps, self.base, self.acc)
         self.dataset.set_total_steps(self.plan["total_steps"])
+        # save_n_epoch_ratio needs the run's epochs, known only now
+        self.policy.every_n_epochs = epoch_save_interval(self.plan["epochs"], cfg.save_every_n_epochs,
+                                                         cfg.save_n_epoch_ratio)
         self.plan["warmup_steps"] = S.warmup_for_plan(cfg, self.plan["total_steps"])
         owned = set(self.resumed.written) if self.resumed else set()
         if self.main:

@@ -249,10 +249,14 @@ def build_text(config, base, kind, accelerator, dataset=None, events=None) -> Te
     if weighted and family_tokenize(base, config) is not None:  # a DiT family detected from the weights
         raise TrainingFault(f"weighted_captions works with SD1.x, SD2.x and SDXL models only, not this "
                             f"{base.family} model.", "Untick weighted_captions.")
+    pad_to_batch = bool(option(config, "no_token_padding"))
+    if pad_to_batch and (len(base.tokenizers) != 1 or family_tokenize(base, config) is not None):
+        raise TrainingFault(f"no_token_padding works with SD1.x and SD2.x models only (sd-scripts' train_db.py), not "
+                            f"this {base.family} model.", "Untick no_token_padding.")
     text = TextConditioner(base.family, base.text_encoders, base.tokenizers, clip_skip=config.clip_skip,
                            max_token_length=config.max_token_length,
                            memoize=frozen, grad_enabled=kind.text_encoder_grad,
-                           tokenize=family_tokenize(base, config), weighted=weighted)
+                           tokenize=family_tokenize(base, config), weighted=weighted, pad_to_batch=pad_to_batch)
     wanted = bool(config.cache_text_encoder_outputs)
     if not frozen:
         if wanted:

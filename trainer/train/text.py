@@ -7,6 +7,8 @@ The encoding itself is trainer.models.text's; this module adds remembering the o
 With weighted captions ("(red hair:1.2)") each caption's tokens carry weights that scale its hidden states
 (trainer.models.text.weight_tokens); the weights come from the caption text itself, so a remembered or cached
 output is keyed by that text, and on disk by its token ids and weights (see _disk).
+With no_token_padding (DreamBooth, SD1/SD2) a batch's ids end at its longest caption, so the U-Net's cross-attention
+sees no padding past it (sd-scripts train_db.py); see tokens() and _trimmed().
 
 When the text encoders are frozen their output for a caption never changes, so it is computed once:
 * cache_outputs(captions): every caption the dataset can yield is encoded up front, in batches; the
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from trainer.data.te_cache import TextCacheFolder, TextEncoderOutputCache, weights_fingerprint
-from trainer.models.text import encode_prompt, tokenize_long, tokenize_weighted
+from trainer.models.text import batch_padded_length, encode_prompt, tokenize_long, tokenize_weighted
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +37,18 @@ DEVICE_SHARE = 0.25
 
 class TextConditioner(nn.Module):
     def __init__(self, family: str, text_encoders, tokenizers, clip_skip: int = 1, max_token_length: int = 75,
-                 memoize: bool = True, tokenize=None, grad_enabled=None, weighted: bool = False):
+                 memoize: bool = True, tokenize=None, grad_enabled=None, weighted: bool = False,
+                 pad_to_batch: bool = False):
         super().__init__()
         if weighted and tokenize is not None:  # a DiT family's own tokenization (T5 ...)
             raise ValueError(f"weighted_captions is not supported for {family}: SD1, SD2 and SDXL only")
+        if pad_to_batch and (weighted or tokenize is not None or len(tokenizers) != 1
+                             or int(max_token_length or 75) != 75):
+            raise ValueError("no_token_padding needs one CLIP text encoder (SD1/SD2), max_token_length 75 and "
+                             "unweighted captions")
         self.family = family
         self.weighted = weighted  # captions in A1111 prompt-weight syntax
+        self.pad_to_batch = pad_to_batch  # no_token_padding: a batch's ids end at its longest caption
         self.encoders = nn.ModuleList(text_encoders)  # part of the trained model until cache_outputs
         self._encoders = list(text_encoders)
         self.tokenizers = list(tokenizers)
@@ -61,7 +69,16 @@ class TextConditioner(nn.Module):
         return self.tokens(captions)[0]
 
     def tokens(self, captions: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """(ids per encoder, token weights per encoder or None when captions are not weighted)."""
+        """What the encoders read for this batch: (ids per encoder, token weights per encoder or None when captions
+        are not weighted); with no_token_padding the ids end at the batch's longest caption (sd-scripts'
+        `tokenizer(captions, padding=True, truncation=True)`, the same ids as the 77-token ones cut there)."""
+        ids, weights = self.full_tokens(captions)
+        if self.pad_to_batch:
+            ids = [t[:, :batch_padded_length(t, tok.eos_token_id)] for t, tok in zip(ids, self.tokenizers)]
+        return ids, weights
+
+    def full_tokens(self, captions: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """The ids at the full max_token_length (+ weights): what remembered and cached outputs are made of."""
         if self._tokenize is not None:
             return self._tokenize(captions), None
         if not self.weighted:
@@ -82,24 +99,40 @@ class TextConditioner(nn.Module):
         return encode_prompt(self, ids, self.clip_skip, token_weights=weights)
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.cache is not None:
-            return self._from_cache(list(captions))
         if not self.memoize:
             grad = self.grad_enabled() if callable(self.grad_enabled) else True
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 return self.encode(list(captions))
+        return self._trimmed(list(captions), self._remembered(list(captions)))
+
+    def _trimmed(self, captions: list[str], out: tuple[torch.Tensor, torch.Tensor | None]):
+        """no_token_padding with frozen encoders: the memo and the cache (memory and disk) keep every caption's
+        full 77-token output, so they need no key for it and serve any batch; a batch takes the positions up to its
+        longest caption. That is exactly what encoding the batch's shorter ids gives: CLIP's causal attention makes
+        position i depend on tokens 0…i only, and those are the same ids."""
+        if not self.pad_to_batch:
+            return out
+        hidden, pooled = out
+        return hidden[:, :self.tokens(captions)[0][0].shape[1]], pooled
+
+    def _remembered(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cache is not None:
+            return self._from_cache(captions)
         for caption in dict.fromkeys(captions):
             if caption not in self._memo:
                 if self._memo_bytes > MEMO_LIMIT_BYTES:
-                    return self.encode(list(captions))  # too many distinct captions to remember
+                    return self._encode_full(captions)  # too many distinct captions to remember
                 with torch.no_grad():
-                    hidden, pooled = self.encode([caption])
+                    hidden, pooled = self._encode_full([caption])
                 self._memo[caption] = (hidden[0], None if pooled is None else pooled[0])
                 self._memo_bytes += hidden.numel() * hidden.element_size()
         hidden = torch.stack([self._memo[c][0] for c in captions])
         if self._memo[captions[0]][1] is None:  # families without a pooled embedding (SD1/SD2)
             return hidden, None
         return hidden, torch.stack([self._memo[c][1] for c in captions])
+
+    def _encode_full(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.encode_tokens(*self.full_tokens(captions))
 
     # ---- the up-front cache -----------------------------------------------------------------------
     def cache_outputs(self, captions: list[str], batch_size: int = 16, on_progress=None,
@@ -114,7 +147,7 @@ class TextConditioner(nn.Module):
         self.device = next(self._encoders[0].parameters()).device
         if limit_bytes is not None:
             with torch.no_grad():
-                hidden, pooled = self.encode(captions[:1])
+                hidden, pooled = self._encode_full(captions[:1])
             need = len(captions) * sum(t.numel() * t.element_size() for t in (hidden, pooled) if t is not None)
             if need > limit_bytes:
                 logger.info("not caching text-encoder outputs: %d captions need %.1f GiB", len(captions),
@@ -146,7 +179,7 @@ class TextConditioner(nn.Module):
         return TextCacheFolder(folder, fingerprint, self._cache_key_tensors)
 
     def _cache_key_tensors(self, caption: str) -> list[torch.Tensor]:
-        ids, weights = self.tokens([caption])
+        ids, weights = self.full_tokens([caption])
         return ids + (weights or [])
 
     def offload(self, device="cpu") -> None:
@@ -155,7 +188,7 @@ class TextConditioner(nn.Module):
             encoder.to(device)
 
     def _encode_rows(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        hidden, pooled = self.encode(captions)
+        hidden, pooled = self._encode_full(captions)
         return {"hidden": hidden} if pooled is None else {"hidden": hidden, "pooled": pooled}
 
     def _from_cache(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
