@@ -75,7 +75,12 @@ def test_kohya_json_and_sd_scripts_toml_carry_both_memory_options():
     assert import_kohya_json(sdxl_ft, "finetune")[0]["fused_backward_pass"] is True
 
     export = sd_scripts_export(parse_config("dreambooth", {**values, "train_data_dir": "d"}))
-    assert export.toml_data["fused_backward_pass"] is True
-    assert "cpu_offload_checkpointing" not in export.toml_data  # train_db.py has no such argument
+    assert export.script == "flux_train.py" and export.toml_data["fused_backward_pass"] is True
+    assert export.toml_data["cpu_offload_checkpointing"] is True and not export.notes  # flux_train.py reads it
+    sd_db = sd_scripts_export(parse_config("dreambooth", {**BASE, "flux1_checkbox": False,
+                                                          "gradient_checkpointing": True,
+                                                          "cpu_offload_checkpointing": True}))
+    assert "cpu_offload_checkpointing" not in sd_db.toml_data  # train_db.py has no such argument
+    assert sd_db.notes == ["cpu_offload_checkpointing is left out: train_db.py has no such option"]
     lora = parse_config("lora", {**BASE, "gradient_checkpointing": True, "cpu_offload_checkpointing": True})
     assert sd_scripts_export(lora).toml_data["cpu_offload_checkpointing"] is True

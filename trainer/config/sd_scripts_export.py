@@ -96,9 +96,11 @@ def sd_scripts_export(config, family: str | None = None) -> Export:
     ticked family checkbox, else the family the base model's header or folder tells)."""
     c = config
     kind = c.training_type
-    family = chosen_family({flag: getattr(c, flag, False) for flag, _ in FAMILY_FLAGS},
+    family = chosen_family({flag: option(c, flag) for flag, _ in FAMILY_FLAGS},
                            family or local_family(c.pretrained_model_name_or_path))
     sdxl = family == "sdxl" or bool(c.sdxl)
+    dit = dit_script(family, kind)
+    script = dit or SCRIPTS[(kind, sdxl)]
     notes: list[str] = []
     data: dict[str, Any] = {}
     for name in SAME_NAME:
@@ -136,13 +138,13 @@ def sd_scripts_export(config, family: str | None = None) -> Export:
         data["log_with"] = c.log_with
     data["sample_sampler"] = c.sample_sampler
     if c.cpu_offload_checkpointing:  # sd-scripts reads it in train_network.py (and flux_/sd3_train.py) only
-        if kind == "lora":
+        if kind == "lora" or dit:
             data["cpu_offload_checkpointing"] = True
         else:
-            notes.append(f"cpu_offload_checkpointing is left out: {SCRIPTS[(kind, sdxl)]} has no such option")
+            notes.append(f"cpu_offload_checkpointing is left out: {script} has no such option")
     if data.pop("fp8_base_unet", None) and kind != "lora":  # an argument of train_network.py only
         data["fp8_base"] = True
-        notes.append(f"fp8_base_unet becomes fp8_base: {SCRIPTS[(kind, sdxl)]} has only that, which stores the "
+        notes.append(f"fp8_base_unet becomes fp8_base: {script} has only that, which stores the "
                      "text encoders in 8 bits too")
     _weighted_captions(c, data, notes, sdxl)
     _mask_folder(c, data, notes)
@@ -156,10 +158,9 @@ def sd_scripts_export(config, family: str | None = None) -> Export:
     elif kind == "textual_inversion":
         if c.template != "caption":
             data["use_object_template" if c.template == "object template" else "use_style_template"] = True
-    script = dit_script(family, kind)
-    if script:
+    if dit:
         dit_export(c, family, data)
-    return Export(data, script or SCRIPTS[(kind, sdxl)], _launch_args(c), prompts=c.sample_prompts, notes=notes)
+    return Export(data, script, _launch_args(c), prompts=c.sample_prompts, notes=notes)
 
 
 def _mask_folder(c, data: dict, notes: list[str]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .defaults import option
+
 # (family, training type) → the sd-scripts script; Chroma is trained by the FLUX.1 scripts (--model_type chroma)
 DIT_SCRIPTS = {
     ("flux", "lora"): "flux_train_network.py", ("flux", "dreambooth"): "flux_train.py",
@@ -36,17 +38,17 @@ def dit_export(c, family: str, data: dict[str, Any]) -> None:
     for name in SD_ONLY:
         data.pop(name, None)
     for name in FAMILY_ARGS[script_family] + DIT_ARGS:
-        value = getattr(c, name, None)
+        value = option(c, name)
         if value not in (None, "", False) and not (name == "blocks_to_swap" and not value):
             data[name] = value
-    if c.t5xxl_max_token_length:
-        data["t5xxl_max_token_length"] = c.t5xxl_max_token_length
+    if option(c, "t5xxl_max_token_length"):
+        data["t5xxl_max_token_length"] = option(c, "t5xxl_max_token_length")
     if family == "chroma":
         data["model_type"] = "chroma"
         data.pop("clip_l", None)
     if script_family == "sd3":
         # sd3_train*.py shift the training schedule with --training_shift (discrete_flow_shift is FLUX.1's)
-        data["training_shift"] = c.discrete_flow_shift
+        data["training_shift"] = option(c, "discrete_flow_shift")
     if c.training_type == "lora":
         _network_args(c, script_family, data)
     elif c.training_type in ("dreambooth", "finetune"):
@@ -58,9 +60,9 @@ def dit_export(c, family: str, data: dict[str, Any]) -> None:
 def _network_args(c, script_family: str, data: dict[str, Any]) -> None:
     args = [a for a in data.get("network_args", []) if not a.startswith(("down_lr_weight", "mid_lr_weight",
                                                                          "up_lr_weight", "block_"))]
-    if script_family == "flux" and getattr(c, "train_blocks", "all") != "all":
+    if script_family == "flux" and option(c, "train_blocks") != "all":
         args.append(f"train_blocks={c.train_blocks}")
-    if getattr(c, "train_t5xxl", False):
+    if option(c, "train_t5xxl"):
         args.append("train_t5xxl=True")
     if args:
         data["network_args"] = args
