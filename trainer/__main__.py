@@ -121,10 +121,13 @@ def cmd_plan(args) -> int:
     family, variant = config_family(config)
     vram = estimate_vram(family, config, variant) if family else None
     if args.json:
-        print(json.dumps({**plan.to_dict(), "problems": [p.to_dict() for p in scan.problems],
+        held = len(scan.validation.items) if scan.validation else 0
+        print(json.dumps({**plan.to_dict(), "validation_images": held, "problems": [p.to_dict() for p in scan.problems],
                           "family": family, "vram_estimate": vram.to_dict() if vram else None}, indent=2))
     else:
         print(plan.formula())
+        if scan.validation:
+            print(f"{len(scan.validation.items)} images held out for the validation loss (validation_split)")
         if vram:
             print(f"VRAM: about {vram.total_gb} GB for {family} with these settings ({vram.note})")
         for p in scan.problems:

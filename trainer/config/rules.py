@@ -424,3 +424,11 @@ def _network_options(c):
 
         for field, message in network_option_problems(c):
             yield Problem.at(field, message)
+
+
+@rule
+def _validation_split(c):
+    split = float(option(c, "validation_split"))
+    if split >= 1:
+        yield Problem.at("validation_split", f"validation_split {split:g} would hold out every image, leaving none to "
+                         "train on; use a fraction below 1 such as 0.1 (or 0 for no validation)")

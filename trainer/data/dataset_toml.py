@@ -19,8 +19,7 @@ SUBSET_KEYS = set(SUBSET_OPTION_KEYS) | {"image_dir", "is_reg", "conditioning_da
 DATASET_KEYS = set(DATASET_OPTIONS)
 # Kohya keys we read without acting on them: a warning says so instead of a schema error.
 IGNORED_KEYS = {"enable_wildcard", "token_warmup_min", "token_warmup_step", "face_crop_aug_range", "cache_info",
-                "custom_attributes", "resize_interpolation", "network_multiplier",
-                "validation_split", "validation_seed"}
+                "custom_attributes", "resize_interpolation", "network_multiplier"}
 ALIASES = {"caption_extention": "caption_extension"}  # Kohya keeps its old misspelling working
 
 
