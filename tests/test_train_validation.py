@@ -49,8 +49,10 @@ def test_a_split_that_leaves_nothing_to_validate_or_train_names_validation_split
     _, problems = validate_values("lora", {"validation_split": 1.0})
     assert [p.field for p in problems if p.level == "error"] == ["validation_split"]
     assert "leaving none to train on" in problems[0].message
-    _, problems = validate_values("lora", {"validation_split": 0.5})
-    assert not [p for p in problems if p.field == "validation_split"]
+    _, problems = validate_values("lora", {"validation_split": 0.5, "validate_every_n_steps": 10})
+    assert not [p for p in problems if p.field in ("validation_split", "validate_every_n_steps")]
+    _, problems = validate_values("lora", {"validate_every_n_steps": 10})
+    assert [(p.field, p.level) for p in problems] == [("validate_every_n_steps", "warning")]
 
 
 def test_validation_reports_a_loss_every_step_and_trains_exactly_the_same_lora(tmp_path, tiny_model_dir):
