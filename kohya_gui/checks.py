@@ -268,6 +268,8 @@ def plan_markdown(plan: dict | None, vram: vramcheck.VramCheck | None = None) ->
             f" → {steps_per_epoch} steps/epoch (batch {plan.get('batch_size', '?')}, accumulation "
             f"{plan.get('gradient_accumulation_steps', 1)}) × {plan.get('epochs', '?')} epochs = "
             f"**{plan.get('total_steps', '?')} steps**")
+    if plan.get("validation_images"):
+        text += f"  \n{plan['validation_images']} more images held out for the validation loss (validation_split)"
     buckets = plan.get("buckets")
     if isinstance(buckets, dict) and buckets:
         shown = ", ".join(f"{k}: {v}" for k, v in list(buckets.items())[:12])

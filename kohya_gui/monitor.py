@@ -97,6 +97,7 @@ class JobMonitor:
         self.cache: dict | None = None
         self.step: dict | None = None
         self.losses: list[tuple[int, float, float]] = []
+        self.validation: list[tuple[int, float]] = []  # (step, validation loss), from `validation` events
         self.samples: list[dict] = []
         self.saved: list[SavedFile] = []
         self.warnings: list[str] = []
@@ -149,6 +150,13 @@ class JobMonitor:
                                 float(avg) if isinstance(avg, (int, float)) else float(loss)))
             if len(self.losses) > MAX_LOSS_POINTS:   # keep the chart light: drop every other point
                 self.losses = self.losses[::2]
+
+    def _on_validation(self, e: dict) -> None:
+        loss = e.get("loss")
+        if isinstance(loss, (int, float)):
+            self.validation.append((int(e.get("step", 0)), float(loss)))
+            if len(self.validation) > MAX_LOSS_POINTS:
+                self.validation = self.validation[::2]
 
     def _on_sample(self, e: dict) -> None:
         self.samples.append(e)
@@ -207,6 +215,7 @@ class JobMonitor:
                 "cache": dict(self.cache) if self.cache else None,
                 "step": dict(self.step) if self.step else None,
                 "losses": list(self.losses),
+                "validation": list(self.validation),
                 "samples": list(self.samples),
                 "saved": list(self.saved),
                 "warnings": list(self.warnings),

@@ -53,6 +53,9 @@ def progress_html(snap: dict, job: Job | None) -> str:
     if isinstance(step.get("loss"), (int, float)):
         avg = step.get("avg_loss")
         parts.append(f"loss {step['loss']:.4f}" + (f" (avg {avg:.4f})" if isinstance(avg, (int, float)) else ""))
+    if snap.get("validation"):
+        v_step, v_loss = snap["validation"][-1]
+        parts.append(f"validation loss {v_loss:.4f} (step {v_step})")
     state = final.status if final is not None else job.status
     label = html.escape(f"{job.name} — {state}")
     return (f"<div class='ks-progress {state}' data-status='{state}' data-percent='{pct:.0f}'>"
@@ -64,15 +67,20 @@ def progress_html(snap: dict, job: Job | None) -> str:
 
 
 def loss_frame(snap: dict) -> pd.DataFrame:
-    """Long format for gr.LinePlot: one row per (step, series). With no data yet it still holds one
-    empty (NaN) point per series: a chart created without its series never draws them later."""
-    steps, losses, series = [0, 0], [float("nan"), float("nan")], ["loss", "average"]
-    if snap.get("losses"):
-        steps, losses, series = [], [], []
+    """Long format for gr.LinePlot: one row per (step, series), the validation loss (validation_split) as a
+    third series. With no data yet it still holds one empty (NaN) point per series: a chart created without
+    its series never draws them later."""
+    steps, losses, series = [], [], []
     for step, loss, avg in snap.get("losses", []):
         steps += [step, step]
         losses += [round(loss, 4), round(avg, 4)]
         series += ["loss", "average"]
+    for step, loss in snap.get("validation", []):
+        steps.append(step)
+        losses.append(round(loss, 4))
+        series.append("validation")
+    if not steps:
+        steps, losses, series = [0, 0, 0], [float("nan")] * 3, ["loss", "average", "validation"]
     return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(losses, dtype="float64"),
                          "series": pd.Series(series, dtype="object")})
 

@@ -83,7 +83,7 @@ def test_face_crop_is_refused_with_cached_latents_and_a_bad_range_names_the_fix(
     make_image(tmp_path / "img" / "me_64_64_32_32.png", (128, 128))
     (tmp_path / "d.toml").write_text(f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = '
                                      f'"{tmp_path / "img"}"\nface_crop_aug_range = [2.0, 4.0]\n', encoding="utf-8")
-    from trainer.data import preflight
+    from trainer.data.preflight import preflight  # the function (the package name can be the submodule)
     from trainer.data.dataset_toml import load_dataset_config
 
     [spec], problems = load_dataset_config(tmp_path / "d.toml", make_cfg())

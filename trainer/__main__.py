@@ -122,12 +122,15 @@ def cmd_plan(args) -> int:
     vram = estimate_vram(family, config, variant) if family else None
     every = epoch_save_interval(plan.epochs, config.save_every_n_epochs, config.save_n_epoch_ratio)
     if args.json:
-        print(json.dumps({**plan.to_dict(), "save_every_n_epochs": every,
+        held = len(scan.validation.items) if scan.validation else 0
+        print(json.dumps({**plan.to_dict(), "save_every_n_epochs": every, "validation_images": held,
                           "problems": [p.to_dict() for p in scan.problems],
                           "family": family, "vram_estimate": vram.to_dict() if vram else None}, indent=2))
     else:
         print(plan.formula())
         print(f"Epoch files: every {every} epochs (and the final one)" if every else "Epoch files: the final one only")
+        if scan.validation:
+            print(f"{len(scan.validation.items)} images held out for the validation loss (validation_split)")
         if vram:
             print(f"VRAM: about {vram.total_gb} GB for {family} with these settings ({vram.note})")
         for p in scan.problems:

@@ -201,6 +201,22 @@ class OptimizerOptions(Options):
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = no clipping).", section="optimizer", ge=0)
 
 
+class ValidationOptions(Options):
+    """sd-scripts' validation loss (train_network.py --validation_split … --max_validation_steps)."""
+    validation_split: float = opt(0.0, "Fraction of each training folder's images held out to measure a validation "
+                                  "loss on (0.1 = every tenth image; regularisation images are never held out). "
+                                  "They are not trained on: steps count the rest. 0 = no validation.",
+                                  section="training", ge=0, le=1)
+    validation_seed: int = opt(0, "Seed of which images are held out and of the validation noise (0 = seed).",
+                               section="training", ge=0)
+    validate_every_n_steps: int = opt(0, "Also measure the validation loss every N steps (0 = only at the end of "
+                                      "epochs).", section="training", ge=0)
+    validate_every_n_epochs: int = opt(0, "Measure the validation loss every N epochs (0 = every epoch).",
+                                       section="training", ge=0)
+    max_validation_steps: int = opt(0, "At most this many validation batches per measurement (0 = all).",
+                                    section="training", ge=0)
+
+
 class SavingOptions(Options):
     save_every_n_epochs: int = opt(1, "Save NAME-000004.safetensors every N epochs (0 = only at the end).",
                                    section="saving", level="basic", ge=0)

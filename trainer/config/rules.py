@@ -463,3 +463,14 @@ def _network_options(c):
 
         for field, message in network_option_problems(c):
             yield Problem.at(field, message)
+
+
+@rule
+def _validation_split(c):
+    split = float(option(c, "validation_split"))
+    if split >= 1:
+        yield Problem.at("validation_split", f"validation_split {split:g} would hold out every image, leaving none to "
+                         "train on; use a fraction below 1 such as 0.1 (or 0 for no validation)")
+    if split <= 0 and option(c, "validate_every_n_steps"):
+        yield Problem.at("validate_every_n_steps", "validate_every_n_steps is set but validation_split is 0, so no "
+                         "image is held out and nothing is validated; set validation_split (e.g. 0.1)", "warning")

@@ -8,7 +8,8 @@ from pydantic import Field, field_validator, model_validator
 from .options_dit import DitModelOptions, DitNetworkOptions
 from .options_data import DatasetOptions, FolderOptions, ModelOptions, Options, RegularizationOptions
 from .options_train import (AccelerateOptions, FrozenBaseOptions, FullTrainingOptions, LoggingOptions,
-                            OptimizerOptions, SamplingOptions, SavingOptions, TrainingOptions)
+                            OptimizerOptions, SamplingOptions, SavingOptions, TrainingOptions,
+                            ValidationOptions)
 from .base_weights import text_of
 from .spec import opt
 from trainer.families import SD_FAMILIES
@@ -146,7 +147,8 @@ class BaseConfig(ModelOptions, DitModelOptions, FolderOptions, DatasetOptions, T
     training_type: str = "base"
 
 
-class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions, DitNetworkOptions, FrozenBaseOptions):
+class LoraConfig(BaseConfig, RegularizationOptions, NetworkOptions, DitNetworkOptions, FrozenBaseOptions,
+                 ValidationOptions):
     training_type: Literal["lora"] = "lora"
 
 

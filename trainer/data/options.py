@@ -34,6 +34,8 @@ DATASET_OPTIONS: dict[str, str] = {
     "max_bucket_reso": "max_bucket_reso",
     "bucket_reso_steps": "bucket_reso_steps",
     "bucket_no_upscale": "bucket_no_upscale",
+    "validation_split": "validation_split",  # sd-scripts reads both per [[datasets]]
+    "validation_seed": "validation_seed",
 }
 
 
@@ -98,6 +100,8 @@ class DatasetSpec:
     max_bucket_reso: int = 1024
     bucket_reso_steps: int = 64
     bucket_no_upscale: bool = False
+    validation_split: float = 0.0  # fraction of each training subset's images held out (trainer/data/holdout.py)
+    validation_seed: int = 0  # 0: the run's seed
     subsets: list[SubsetSpec] = field(default_factory=list)
 
 
@@ -141,7 +145,8 @@ def make_dataset_spec(layers: list[dict], cfg) -> DatasetSpec:
     return DatasetSpec(resolution=parse_resolution(v["resolution"]), batch_size=max(1, int(v["batch_size"])),
                        enable_bucket=bool(v["enable_bucket"]), min_bucket_reso=int(v["min_bucket_reso"]),
                        max_bucket_reso=int(v["max_bucket_reso"]), bucket_reso_steps=int(v["bucket_reso_steps"]),
-                       bucket_no_upscale=bool(v["bucket_no_upscale"]))
+                       bucket_no_upscale=bool(v["bucket_no_upscale"]),
+                       validation_split=float(v["validation_split"]), validation_seed=int(v["validation_seed"]))
 
 
 def steps_for(batches_per_epoch: int, cfg) -> tuple[int, int, int]:

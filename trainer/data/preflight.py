@@ -29,6 +29,7 @@ class ConceptReport:
     repeats: int
     samples_per_epoch: int
     steps_per_epoch: int  # this concept's share: ceil(samples / batch / accumulation)
+    held_out: int = 0  # images set aside for the validation loss (not in `images`)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class PreflightReport:
     concepts: list[ConceptReport] = field(default_factory=list)
     images: int = 0
     reg_images: int = 0
+    validation_images: int = 0  # held out by validation_split: measured, never trained on
     train_samples_per_epoch: int = 0
     reg_samples_per_epoch: int = 0
     reg_share: float = 0.0
@@ -67,6 +69,8 @@ class PreflightReport:
                              f"{c.repeats:>7} {c.samples_per_epoch:>7} {c.steps_per_epoch:>6}")
         lines.append("")
         lines.append(f"Training images: {self.images} ({self.train_samples_per_epoch} samples per epoch with repeats)")
+        if self.validation_images:
+            lines.append(f"Validation images: {self.validation_images} held out (validation_split), not trained on")
         if self.reg_images:
             lines.append(f"Regularization images: {self.reg_images} ({self.reg_samples_per_epoch} samples per "
                          f"epoch, {self.reg_share:.0%} of each epoch)")
@@ -145,6 +149,7 @@ def _fill_counts(report: PreflightReport, scan: ScanResult, dataset: EpochPlan, 
     report.reg_share = reg_samples / (train_samples + reg_samples) if train_samples + reg_samples else 0.0
     report.images = sum(1 for it in scan.items if not it.is_reg)
     report.reg_images = sum(1 for it in scan.items if it.is_reg)
+    report.validation_images = len(scan.validation.items) if scan.validation else 0
     images_per_bucket: dict[tuple[int, int], int] = {}
     for it in scan.items:
         images_per_bucket[it.placement.bucket] = images_per_bucket.get(it.placement.bucket, 0) + 1
@@ -162,7 +167,7 @@ def _fill_counts(report: PreflightReport, scan: ScanResult, dataset: EpochPlan, 
             report.concepts.append(ConceptReport(
                 s.spec.label, str(s.spec.image_dir), s.spec.is_reg, len(s.items), s.captions_found,
                 s.captions_missing, s.spec.num_repeats, samples,
-                math.ceil(samples / ds.spec.batch_size / accum)))
+                math.ceil(samples / ds.spec.batch_size / accum), s.held_out))
     if reg_pool and reg_pool > reg_samples:
         problems.append(Problem("warning", f"{reg_pool} regularization samples but each epoch uses "
                                 f"{reg_samples} (as many as training samples); a different seeded selection "

@@ -42,6 +42,7 @@ class ScannedSubset:
     items: list[int] = field(default_factory=list)  # indices into ScanResult.items
     captions_found: int = 0
     captions_missing: int = 0
+    held_out: int = 0  # its images set aside for the validation loss (trainer/data/holdout.py)
 
     @property
     def samples(self) -> int:
@@ -60,6 +61,7 @@ class ScanResult:
     datasets: list[ScannedDataset]
     items: list[ImageItem]
     problems: list[Problem]
+    validation: "ScanResult | None" = None  # the held-out images (validation_split), same datasets/subsets
 
     def of(self, level: str) -> list[Problem]:
         return [p for p in self.problems if p.level == level]
@@ -90,7 +92,9 @@ def scan_dataset(cfg, *, strict: bool = True, max_workers: int | None = None) ->
             problems.append(Problem("error", "no usable training image was found",
                                     "add .png/.jpg/.jpeg/.webp/.bmp images to the concept folders\n"
                                     + EXPECTED_LAYOUT, str(cfg.train_data_dir)))
-    result = ScanResult(datasets, items, problems)
+    from .holdout import split_validation  # (it builds on this module's types)
+
+    result = split_validation(ScanResult(datasets, items, problems), int(cfg.seed))
     if strict and result.of("error"):
         raise DatasetError(result.of("error"))
     return result

@@ -18,11 +18,6 @@ STUDIO_REVISION = "kohya-studio"
 # sd-scripts options this trainer does not have: the keys carry the value that matches what it does
 NOT_OPTIONS_HERE = {
     "ss_lowram": False,
-    "ss_validation_seed": None,
-    "ss_validation_split": 0.0,
-    "ss_max_validation_steps": None,
-    "ss_validate_every_n_epochs": None,
-    "ss_validate_every_n_steps": None,
     "ss_resize_interpolation": None,
 }
 
@@ -42,7 +37,13 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_unet_lr": option(c, "unet_lr"),
         "ss_text_encoder_lr": option(c, "text_encoder_lr"),
         "ss_num_train_images": plan["repeats_total"],
-        "ss_num_validation_images": 0,
+        "ss_num_validation_images": plan.get("validation_images", 0),
+        # sd-scripts writes its None (not given) where 0 means "not given" here
+        "ss_validation_seed": option(c, "validation_seed") or None,
+        "ss_validation_split": float(option(c, "validation_split")),
+        "ss_max_validation_steps": option(c, "max_validation_steps") or None,
+        "ss_validate_every_n_epochs": option(c, "validate_every_n_epochs") or None,
+        "ss_validate_every_n_steps": option(c, "validate_every_n_steps") or None,
         "ss_num_reg_images": plan["reg_images"],
         "ss_num_batches_per_epoch": plan["batches_per_epoch"],
         "ss_num_epochs": plan["epochs"],

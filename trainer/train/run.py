@@ -33,6 +33,7 @@ from .saving import Retention, SavePolicy, adoptable, check_no_collisions, check
 from .state import TrainState, check_resume_settings, load_state, read_train_state, save_state
 from .stop import AbortRequested, StopSignal
 from .text import modules_on
+from .validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,13 @@ class TrainingRun:
             settings = cfg.model_dump() if hasattr(cfg, "model_dump") else dict(vars(cfg))
             self.settings_path = write_settings_json(self.policy.output_dir, self.policy.output_name, settings)
         self.events.emit("plan", **{k: self.plan[k] for k in (
-            "images", "repeats_total", "reg_images", "buckets", "steps_per_epoch", "epochs", "total_steps",
-            "batch_size", "gradient_accumulation_steps", "family", "num_processes")})
+            "images", "validation_images", "repeats_total", "reg_images", "buckets", "steps_per_epoch", "epochs",
+            "total_steps", "batch_size", "gradient_accumulation_steps", "family", "num_processes")})
         if latents is not None:
             S.cache_latents(latents, scan, need_flip, self.acc)
+            if scan.validation:  # the held-out images' latents too, without touching the run's random state
+                with torch.random.fork_rng(devices=[self.acc.device] if self.acc.device.type == "cuda" else []):
+                    S.cache_latents(latents, scan.validation, need_flip, self.acc)
         self.prompts = load_prompts(cfg.sample_prompts)
         if latents is not None and not self.prompts and self.acc.device.type == "cuda":
             self.base.vae.to("cpu")  # cached: the VAE is not needed on the GPU any more
@@ -102,6 +106,8 @@ class TrainingRun:
                                         self.plan["total_steps"], cached=latents is not None,
                                         dataset=self.dataset, events=self.events)
         self.step_fn = make_step_fn(self.ctx, cfg, self.warn)
+        self.validator = Validator(self.ctx, cfg, scan.validation, latents, self.kind, self.events) \
+            if scan.validation else None
         self.state = TrainState(seed=self.seed, total_steps=self.plan["total_steps"], settings=self.resume_settings())
         self.missing_result: dict = {}
         if self.resumed:
@@ -171,6 +177,8 @@ class TrainingRun:
                     step = self.state.global_step
                     crash_point(f"step:{step}")
                     self.progress.record(step, epoch, loss, self.ctx.lr_scheduler.get_last_lr())
+                    if self.validator and self.validator.step_due(step):
+                        self.validate(step, None)
                     if self.policy.step_due(step, total):
                         self.save("step", epoch, step)
                     if every(self.config, "sample_every_n_steps", step):
@@ -190,11 +198,18 @@ class TrainingRun:
 
     def end_epoch(self, epoch: int, epochs: int) -> None:
         self.progress.end_epoch(epoch)
+        if self.validator and self.validator.epoch_due(epoch):  # before the epoch's save: a resume never repeats it
+            self.validate(self.state.global_step, epoch)
         self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
         if self.policy.epoch_due(epoch, epochs) and self.state.global_step < self.plan["total_steps"]:
             self.save("epoch", epoch, self.state.global_step)
         if every(self.config, "sample_every_n_epochs", epoch):
             self.sample(self.state.global_step, epoch)
+
+    def validate(self, step: int, epoch: int | None) -> None:
+        self.progress.flush()  # the training average the divergence is taken against
+        losses = self.progress.epoch_losses
+        self.validator.report(step, epoch, sum(losses) / len(losses) if losses else None, self.progress.tracker)
 
     def stop_agreed(self) -> bool:
         """Every rank must stop at the same step, whichever one got the signal."""

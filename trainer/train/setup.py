@@ -141,8 +141,9 @@ def plan_event(config, dataset, steps: StepBatches, base, accelerator) -> dict:
                             "Lower epoch or the repeats in the folder names (10_name = 10 repeats), or set "
                             "max_train_steps.")
     images = sum(1 for it in dataset.scan.items if not it.is_reg)
+    held = dataset.scan.validation
     return {
-        "images": images, "repeats_total": train_samples, "reg_images": reg_samples,
+        "images": images, "validation_images": len(held.items) if held else 0, "repeats_total": train_samples, "reg_images": reg_samples,
         "buckets": {f"{w}x{h}": n for (w, h), n in dataset.bucket_counts().items()},
         "batches_per_epoch": dataset.batches_per_epoch(), "steps_per_epoch": per_epoch, "epochs": epochs,
         "total_steps": total, "batch_size": int(config.train_batch_size),
