@@ -68,14 +68,7 @@ class LycorisNetwork(PatchedNetwork, nn.Module):
     def __init__(self, family: str, catalog: Sequence[Target], modules: Sequence[nn.Module],
                  parts: Mapping[str, str], settings: Mapping[str, Any]):
         super().__init__()
-        self.family = family
-        self.catalog = list(catalog)
-        self.parts = dict(parts)
-        self.settings = dict(settings)
-        self.multiplier = float(settings.get("multiplier", 1.0))
-        self._backups: dict[tuple[str, int], torch.Tensor] = {}
-        for m in modules:
-            self.add_module(m.lora_name, m)
+        self.hold_modules(family, catalog, modules, parts, settings)
 
     @property
     def loras(self) -> list[nn.Module]:

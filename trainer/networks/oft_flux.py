@@ -122,14 +122,7 @@ class OFTNetwork(PatchedNetwork, nn.Module):
     def __init__(self, family: str, catalog: Sequence[Target], modules: Sequence[OFTModule],
                  settings: Mapping[str, Any]):
         super().__init__()
-        self.family = family
-        self.catalog = list(catalog)
-        self.parts = {m.lora_name: "unet" for m in modules}
-        self.settings = dict(settings)
-        self.multiplier = float(settings.get("multiplier", 1.0))
-        self._backups: dict[tuple[str, int], torch.Tensor] = {}
-        for m in modules:
-            self.add_module(m.lora_name, m)
+        self.hold_modules(family, catalog, modules, {m.lora_name: "unet" for m in modules}, settings)
 
     @property
     def loras(self) -> list[OFTModule]:

@@ -3,13 +3,25 @@ encoders), patching the base layers' forwards in and out, and the strength multi
 
 A network class mixes this in before `nn.Module` and provides `loras` (its modules: each has
 `lora_name`, `apply_to()`, `restore()` and `multiplier`) and `parts` (lora_name → "unet" / "te" /
-"te1" / …): `LoRANetwork` (network.py) and `LycorisNetwork` (lycoris_net.py).
+"te1" / …): `LoRANetwork` (network.py), `LycorisNetwork` (lycoris_net.py) and `OFTNetwork` (oft_flux.py).
 """
 from __future__ import annotations
 
 
 class PatchedNetwork:
     multiplier: float
+
+    def hold_modules(self, family: str, catalog, modules, parts, settings) -> None:
+        """Keep the built modules (as children, by lora_name) and what they were built from: the family, the
+        catalog of layers, each module's part and the settings (whose multiplier is the strength)."""
+        self.family = family
+        self.catalog = list(catalog)
+        self.parts = dict(parts)
+        self.settings = dict(settings)
+        self.multiplier = float(self.settings.get("multiplier", 1.0))
+        self._backups = {}  # (lora_name, part index) → base weight kept while merged
+        for m in modules:
+            self.add_module(m.lora_name, m)
 
     @property
     def unet_loras(self) -> list:
