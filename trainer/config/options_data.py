@@ -10,6 +10,8 @@ from trainer.families import SD_FAMILIES
 from .spec import opt
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# sd-scripts' resize_interpolation names ("" = its default: area when shrinking, Lanczos when enlarging)
+RESIZE_INTERPOLATIONS = ("", "lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
 
 
 class Options(BaseModel):
@@ -123,6 +125,10 @@ class DatasetOptions(Options):
         "as sd-scripts' tools/detect_face_rotate.py names them) each step crops around the face, zoomed so the crop's "
         "short side is 2 to 4 face sizes. Other images are used as they are. Incompatible with cache_latents.",
         section="dataset")
+    resize_interpolation: Literal[RESIZE_INTERPOLATIONS] = opt(
+        "", "How images are resized to their bucket (sd-scripts' --resize_interpolation): empty = area averaging "
+        "when shrinking, Lanczos when enlarging (sd-scripts' default). area is PIL's box filter here.",
+        section="dataset", label="Resize interpolation")
     alpha_mask: bool = opt(
         False, "Use each image's transparency (alpha channel) as its loss mask, as sd-scripts' --alpha_mask: "
         "transparent parts are not learned, half-transparent ones count half; an image without alpha counts "

@@ -58,6 +58,7 @@ SAME_NAME = (
     "network_train_text_encoder_only", "network_alpha", "network_dim", "token_string", "init_word",
     "num_vectors_per_token", "weights", "stop_text_encoder_training", "scale_weight_norms", "fused_backward_pass",
     "masked_loss", "alpha_mask", "conditioning_data_dir", "token_warmup_step", "face_crop_aug_range",
+    "resize_interpolation",
     # LoRA only (train_network.py); 0 here is sd-scripts' None (not given), so 0 is left out
     "validation_split", "validation_seed", "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps",
 )

@@ -106,7 +106,8 @@ class TrainDataset(EpochPlan, Dataset):
                                             subset.random_crop, rng)
         row["images"], row["crop"], mask = render_masked(image, alpha, placement, flip=flip,
                                                          random_crop=subset.random_crop and not face,
-                                                         color_aug=subset.color_aug, rng=rng)
+                                                         color_aug=subset.color_aug, rng=rng,
+                                                         interpolation=item.resize_interpolation)
         if face:  # SDXL conditioning as sd-scripts gives a face crop: an uncropped image of the bucket's size
             row["original"], row["crop"] = placement.bucket, (0, 0, *placement.bucket)
         if subset.masked:

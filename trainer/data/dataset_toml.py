@@ -18,7 +18,7 @@ from .options import (DATASET_OPTIONS, SUBSET_KEYS as SUBSET_OPTION_KEYS, Datase
 SUBSET_KEYS = set(SUBSET_OPTION_KEYS) | {"image_dir", "is_reg", "conditioning_data_dir"}
 DATASET_KEYS = set(DATASET_OPTIONS)
 # Kohya keys we read without acting on them: a warning says so instead of a schema error.
-IGNORED_KEYS = {"enable_wildcard", "cache_info", "custom_attributes", "resize_interpolation", "network_multiplier"}
+IGNORED_KEYS = {"enable_wildcard", "cache_info", "custom_attributes", "network_multiplier"}
 ALIASES = {"caption_extention": "caption_extension"}  # Kohya keeps its old misspelling working
 
 

@@ -160,6 +160,8 @@ class LatentCache:
                "crop": list(p.crop_ltrb), "flip": flipped, "alpha_mask": masked and mask_image(item) is None,
                "image": {"digest": digest, "bytes": item.facts.file_size, "mtime_ns": item.facts.mtime_ns,
                          "size": list(item.facts.size)}}
+        if item.resize_interpolation:  # only when set: caches made with the default stay valid
+            key["interpolation"] = item.resize_interpolation
         if masked and mask_image(item) is not None:
             key["mask_image"] = {"path": str(item.mask_path), "digest": mask_digest,
                                  "bytes": item.mask_facts.file_size, "mtime_ns": item.mask_facts.mtime_ns}
@@ -177,7 +179,8 @@ class LatentCache:
         if (meta.get("format") != FORMAT or meta.get("vae") != self.fingerprint
                 or meta.get("bucket") != list(p.bucket) or meta.get("resized") != list(p.resized)
                 or meta.get("crop") != list(p.crop_ltrb) or (need_flip and not meta.get("flip"))
-                or bool(meta.get("alpha_mask")) != (masked and mask_image(item) is None)):
+                or bool(meta.get("alpha_mask")) != (masked and mask_image(item) is None)
+                or meta.get("interpolation", "") != item.resize_interpolation):
             return False
         if masked and mask_image(item) is not None and not _same_file(meta.get("mask_image", {}), item.mask_path,
                                                                     item.mask_facts):
@@ -237,7 +240,8 @@ class LatentCache:
             try:
                 digest = file_digest(item.path) if self.to_disk else ""
                 image, alpha = load_for_training(item.path, masked, mask_image(item))
-                pixels, _, mask = render_masked(image, alpha, item.placement)
+                pixels, _, mask = render_masked(image, alpha, item.placement,
+                                                interpolation=item.resize_interpolation)
                 out.append((item, pixels, digest, mask if masked else None))
             except Exception as exc:
                 log.warning("not caching %s: %s", item.path, exc)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config.defaults import option
+from trainer.config.options_data import RESIZE_INTERPOLATIONS
 from trainer.config.spec import parse_face_crop_aug_range, parse_resolution
 from trainer.plan import run_length  # noqa: F401  (re-exported: one parser for all)
 
@@ -22,7 +23,8 @@ SUBSET_KEYS: tuple[str, ...] = (
     *TOML_ONLY_SUBSET_DEFAULTS, "caption_extension", "shuffle_caption", "keep_tokens", "keep_tokens_separator",
     "secondary_separator", "caption_prefix", "caption_suffix", "caption_dropout_rate",
     "caption_dropout_every_n_epochs", "caption_tag_dropout_rate", "flip_aug", "color_aug", "random_crop", "recursive",
-    "alpha_mask", "enable_wildcard", "token_warmup_min", "token_warmup_step", "face_crop_aug_range")
+    "alpha_mask", "enable_wildcard", "token_warmup_min", "token_warmup_step", "face_crop_aug_range",
+    "resize_interpolation")
 # Caption settings of the whole run (sd-scripts' command line only, no dataset TOML key) that subsets still read.
 RUN_CAPTION_KEYS: tuple[str, ...] = ("weighted_captions",)
 # Per-dataset keys: the TOML name → the option that gives its value when no TOML layer sets it.
@@ -78,6 +80,7 @@ class SubsetSpec:
     color_aug: bool = False
     random_crop: bool = False
     face_crop_aug_range: tuple[float, float] | None = None  # crop around the face a file name gives
+    resize_interpolation: str = ""  # "" = area when shrinking, Lanczos when enlarging (augment.py)
     alpha_mask: bool = False  # the image's transparency is its loss mask (sd-scripts' subset alpha_mask)
     conditioning_data_dir: Path | None = None  # mask images named like the images (sd-scripts' masked loss folder)
     caption: CaptionOptions = field(default_factory=CaptionOptions)
@@ -127,7 +130,16 @@ def make_subset(image_dir: Path, values: dict[str, Any], *, is_reg: bool, label:
         recursive=bool(values["recursive"]), flip_aug=bool(values["flip_aug"]),
         color_aug=bool(values["color_aug"]), random_crop=bool(values["random_crop"]),
         face_crop_aug_range=face_crop_range(values["face_crop_aug_range"]),
+        resize_interpolation=interpolation(values["resize_interpolation"]),
         alpha_mask=bool(values["alpha_mask"]), caption=caption, label=label)
+
+
+def interpolation(value) -> str:
+    name = str(value or "").strip().lower()
+    if name not in RESIZE_INTERPOLATIONS:
+        raise DatasetError(f"resize_interpolation {value!r} is not one of {', '.join(RESIZE_INTERPOLATIONS[1:])}",
+                           "leave it empty (area when shrinking, Lanczos when enlarging) or name one of those")
+    return name
 
 
 def face_crop_range(value) -> tuple[float, float] | None:

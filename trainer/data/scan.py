@@ -34,6 +34,7 @@ class ImageItem:
     is_reg: bool
     mask_path: Path | None = None  # its mask image, when its subset has a mask folder (conditioning_data_dir)
     mask_facts: ImageFacts | None = None
+    resize_interpolation: str = ""  # its subset's (the latent cache renders items without their subset)
 
 
 @dataclass
@@ -279,7 +280,7 @@ def _scan_subset(subset: SubsetSpec, buckets: BucketManager, d_index: int, s_ind
             scanned.captions_missing += 1
         scanned.items.append(len(items))
         items.append(ImageItem(path, result, caption, source, placement, d_index, s_index, subset.is_reg,
-                               mask_path, mask_facts))
+                               mask_path, mask_facts, subset.resize_interpolation))
     _caption_extension_hint(subset, scanned, paths, problems)
     return scanned
 

@@ -18,7 +18,6 @@ STUDIO_REVISION = "kohya-studio"
 # sd-scripts options this trainer does not have: the keys carry the value that matches what it does
 NOT_OPTIONS_HERE = {
     "ss_lowram": False,
-    "ss_resize_interpolation": None,
 }
 
 
@@ -96,6 +95,7 @@ def training_metadata(config, *, base, plan: dict, seed: int, optimizer_desc: st
         "ss_caption_dropout_every_n_epochs": c.caption_dropout_every_n_epochs,
         "ss_caption_tag_dropout_rate": c.caption_tag_dropout_rate,
         "ss_face_crop_aug_range": parse_face_crop_aug_range(c.face_crop_aug_range),  # "(2.0, 4.0)" or "None"
+        "ss_resize_interpolation": option(c, "resize_interpolation") or None,
         "ss_v2": base.family == "sd2",
         "ss_base_model_version": getattr(base, "base_model_version", base.family),
         "ss_dataset_dirs": json.dumps(dataset_dirs),
