@@ -156,13 +156,19 @@ def backward_passes(ctx: StepContext, micro_batches: list[dict], step: int) -> t
     for i, (batch, draw, t) in enumerate(zip(micro_batches, draws, timesteps)):
         last = i == len(micro_batches) - 1
         with nullcontext() if last else ctx.accelerator.no_sync(ctx.model):
-            latents = batch_latents(ctx, batch)
-            noise, input_noise = finish_noise(draw, latents, ctx.cfg)
-            noisy = add_noise(ctx, latents, input_noise, t)
-            time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
-            pred = ctx.model(noisy, t, batch["captions"], time_ids)
-            weights = batch["loss_weights"].to(ctx.device, non_blocking=True)
-            loss = micro_loss(ctx, pred, latents, noise, t, weights, n, noisy, batch_mask(ctx, batch))
+            loss = forward_loss(ctx, batch, draw, t, n)
             ctx.accelerator.backward(loss)
         total += loss.detach()
     return total
+
+
+def forward_loss(ctx: StepContext, batch: dict, draw: dict, t, n: int) -> torch.Tensor:
+    """A micro-batch's share of the mean loss over `n` samples, with its noise draws and timesteps `t`
+    (training's backward passes and the validation loss)."""
+    latents = batch_latents(ctx, batch)
+    noise, input_noise = finish_noise(draw, latents, ctx.cfg)
+    noisy = add_noise(ctx, latents, input_noise, t)
+    time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
+    pred = ctx.model(noisy, t, batch["captions"], time_ids)
+    weights = batch["loss_weights"].to(ctx.device, non_blocking=True)
+    return micro_loss(ctx, pred, latents, noise, t, weights, n, noisy, batch_mask(ctx, batch))

@@ -15,8 +15,7 @@ import torch
 
 from trainer.config.defaults import option
 
-from .loop import (StepContext, add_noise, batch_latents, batch_mask, finish_noise, micro_loss, sample_noise,
-                   sdxl_time_ids, stack_draws)
+from .loop import StepContext, forward_loss, latent_shape, sample_noise, stack_draws
 
 NUM_TIMESTEPS = 4  # sd-scripts' NUM_VALIDATION_TIMESTEPS
 
@@ -29,18 +28,12 @@ def fixed_timesteps(cfg) -> list[int]:
 
 def batch_loss(ctx: StepContext, batch: dict, t_value: int) -> torch.Tensor:
     """One batch's mean training loss with every sample at timestep `t_value` (draws from the global generator)."""
-    latents = batch_latents(ctx, batch)
-    n = latents.shape[0]
-    draws = stack_draws([sample_noise(tuple(latents.shape[1:]), ctx.device, ctx.cfg) for _ in range(n)])
-    noise, input_noise = finish_noise(draws, latents, ctx.cfg)
+    shape = latent_shape(batch, ctx.latent_channels)
+    n = shape[0]
+    draw = stack_draws([sample_noise(shape[1:], ctx.device, ctx.cfg) for _ in range(n)])
     # the DDPM schedule indexes integer timesteps; flow matching takes t = 1000·σ as a float
     dtype = torch.long if ctx.objective is None else torch.float32
-    t = torch.full((n,), t_value, device=ctx.device, dtype=dtype)
-    noisy = add_noise(ctx, latents, input_noise, t)
-    time_ids = sdxl_time_ids(batch, ctx.device, latents.dtype) if ctx.sdxl else None
-    pred = ctx.model(noisy, t, batch["captions"], time_ids)
-    weights = batch["loss_weights"].to(ctx.device)
-    return micro_loss(ctx, pred, latents, noise, t, weights, n, noisy, batch_mask(ctx, batch))
+    return forward_loss(ctx, batch, draw, torch.full((n,), t_value, device=ctx.device, dtype=dtype), n)
 
 
 class Validator:
